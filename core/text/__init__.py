@@ -1,0 +1,1 @@
+"""Text handling: CLIP tokenization and prompt processing."""
