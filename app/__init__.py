@@ -1,0 +1,1 @@
+"""Web front-end of the studio (Gradio). All image generation lives in core/."""
