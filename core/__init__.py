@@ -1,0 +1,1 @@
+"""The engine: models, checkpoint loading, samplers and generation pipelines. No UI imports."""

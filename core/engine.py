@@ -1,0 +1,201 @@
+"""The engine object: one loaded model on one device, passed explicitly to whoever generates.
+
+The UI, the API and the command line all hold an ``Engine``; there is no module-level state.
+A lock makes jobs run one at a time on the device.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from core.devices import resolve_device, resolve_dtype
+from core.errors import EngineError
+from core.hashing import HashCache
+from core.images import save_png
+from core.infotext import create_infotext
+from core.loading import CHECKPOINT_SUFFIXES, load_model
+from core.params import GenerationParams
+from core.pipelines.common import resolve_seed, to_pil
+from core.pipelines.txt2img import txt2img
+from core.text.tokenizer import load_clip_tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Progress:
+    step: int  # steps done in the current batch
+    steps: int
+    batch: int  # batches done
+    batches: int
+    started: float
+    latent: torch.Tensor | None = None  # the current denoised estimate, for previews
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, (self.batch + self.step / max(self.steps, 1)) / max(self.batches, 1))
+
+    @property
+    def eta_seconds(self) -> float | None:
+        done = self.fraction
+        return (time.monotonic() - self.started) * (1 - done) / done if done > 0 else None
+
+
+@dataclass
+class GeneratedImage:
+    image: object  # PIL.Image.Image
+    seed: int
+    infotext: str
+    path: Path | None = None
+
+
+class _Stop(Exception):
+    """Raised from the step callback to end sampling early."""
+
+
+@dataclass
+class LoadedModel:
+    path: Path
+    name: str
+    model: torch.nn.Module
+    hash: str | None = None
+
+
+@dataclass
+class JobFlags:
+    interrupted: bool = False
+    skipped: bool = False
+
+
+class Engine:
+    def __init__(
+        self,
+        device: str = "auto",
+        precision: str = "auto",
+        ckpt_dir: str | Path | None = None,
+        output_dir: str | Path | None = None,
+        hash_cache: str | Path | None = None,
+    ):
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(precision, self.device)
+        self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else ROOT / "models" / "Stable-diffusion"
+        self.output_dir = Path(output_dir) if output_dir else ROOT / "outputs"
+        self.hashes = HashCache(Path(hash_cache) if hash_cache else ROOT / "models" / ".hash-cache.json")
+        self.loaded: LoadedModel | None = None
+        self.flags = JobFlags()
+        self._lock = threading.Lock()
+        self.tokenizer = load_clip_tokenizer()
+
+    # --- checkpoints -------------------------------------------------------------------
+
+    def list_checkpoints(self) -> list[str]:
+        """Checkpoint files and diffusers folders under ckpt_dir, as names relative to it."""
+        if not self.ckpt_dir.is_dir():
+            return []
+        found = []
+        for path in sorted(self.ckpt_dir.rglob("*")):
+            if path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES and not _inside_diffusers_folder(path, self.ckpt_dir):
+                found.append(path.relative_to(self.ckpt_dir).as_posix())
+            elif path.is_dir() and (path / "model_index.json").is_file():
+                found.append(path.relative_to(self.ckpt_dir).as_posix())
+        return found
+
+    def resolve_checkpoint(self, name: str, allow_paths: bool = False) -> Path:
+        """A name from list_checkpoints() (or, for trusted callers, any path) -> a checked path.
+
+        Names from requests are confined to ckpt_dir: no '..', no absolute paths."""
+        candidate = Path(name)
+        if allow_paths and candidate.exists():
+            return candidate
+        root = self.ckpt_dir.resolve()
+        path = (root / name).resolve()
+        if not path.is_relative_to(root):
+            raise EngineError(f"checkpoint: {name!r} is outside the checkpoint folder")
+        if not path.exists():
+            matches = [n for n in self.list_checkpoints() if Path(n).stem == candidate.stem or n == name]
+            if not matches:
+                raise EngineError(f"checkpoint: {name!r} not found in {self.ckpt_dir}")
+            path = (root / matches[0]).resolve()
+        return path
+
+    def load(self, name: str, allow_paths: bool = False) -> LoadedModel:
+        path = self.resolve_checkpoint(name, allow_paths)
+        if self.loaded and self.loaded.path == path:
+            return self.loaded
+        self.unload()
+        model = load_model(path, device=self.device, dtype=self.dtype)
+        self.loaded = LoadedModel(path=path, name=path.stem if path.is_file() else path.name, model=model)
+        return self.loaded
+
+    def unload(self) -> None:
+        self.loaded = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def model_hash(self) -> str | None:
+        if self.loaded and self.loaded.hash is None:
+            self.loaded.hash = self.hashes.short(self.loaded.path)
+        return self.loaded.hash if self.loaded else None
+
+    # --- jobs -------------------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        self.flags.interrupted = True
+
+    def skip(self) -> None:
+        self.flags.skipped = True
+
+    def txt2img(
+        self,
+        params: GenerationParams,
+        progress: Callable[[Progress], None] | None = None,
+        save: bool = True,
+        allow_paths: bool = False,
+    ) -> list[GeneratedImage]:
+        params.validate()
+        with self._lock:
+            self.flags = JobFlags()
+            if params.checkpoint:
+                self.load(params.checkpoint, allow_paths)
+            elif self.loaded is None:
+                names = self.list_checkpoints()
+                if not names:
+                    raise EngineError(f"no checkpoint: put a model in {self.ckpt_dir}")
+                self.load(names[0])
+            loaded = self.loaded
+            first_seed = resolve_seed(params.seed)
+            model_hash = self.model_hash()
+            out_dir = self.output_dir / "txt2img-images" / dt.date.today().isoformat()
+            started = time.monotonic()
+            results: list[GeneratedImage] = []
+            for batch in range(params.batch_count):
+                seeds = [first_seed + batch * params.batch_size + i for i in range(params.batch_size)]
+                self.flags.skipped = False
+
+                def on_step(step, sigma, x, denoised, batch=batch):
+                    if self.flags.interrupted or self.flags.skipped:
+                        raise _Stop
+                    if progress:
+                        progress(Progress(step + 1, params.steps, batch, params.batch_count, started, denoised))
+
+                try:
+                    images = txt2img(loaded.model, self.tokenizer, params, seeds, on_step)
+                except _Stop:
+                    if self.flags.interrupted:
+                        break
+                    continue
+                for index, (seed, image) in enumerate(zip(seeds, to_pil(images))):
+                    infotext = create_infotext(params, seed, loaded.name, model_hash, batch_index=index)
+                    path = save_png(image, out_dir, seed, infotext) if save else None
+                    results.append(GeneratedImage(image=image, seed=seed, infotext=infotext, path=path))
+            return results
+
+
+def _inside_diffusers_folder(path: Path, root: Path) -> bool:
+    return any((parent / "model_index.json").is_file() for parent in path.parents if parent != root and parent.is_relative_to(root))

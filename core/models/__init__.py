@@ -1,0 +1,1 @@
+"""Network definitions whose module names mirror the single-file checkpoint keys."""

@@ -1,0 +1,102 @@
+"""Names in a diffusers folder -> names in the single-file checkpoint layout.
+
+Diffusers groups the UNet into down/mid/up blocks of resnets and attentions; the original
+layout numbers every stage (``input_blocks.N``). The mapping is computed from the keys
+themselves (how many resnets per block, which up blocks hold attention), so it needs no
+config.json and works for any width or depth.
+"""
+from __future__ import annotations
+
+import re
+
+RESNET_PARTS = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+VAE_ATTENTION_PARTS = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _count(keys, pattern: str) -> int:
+    rx = re.compile(pattern)
+    found = {m.group(1) for k in keys if (m := rx.match(k))}
+    return len(found)
+
+
+def _resnet_rest(rest: str) -> str:
+    part, _, tail = rest.partition(".")
+    if part == "conv_shortcut" or part in RESNET_PARTS:
+        return f"{RESNET_PARTS[part]}.{tail}"
+    return rest
+
+
+def unet_key(key: str, keys) -> str:
+    """One diffusers UNet key -> its ``model.diffusion_model.`` key (without that prefix)."""
+    layers = _count(keys, r"down_blocks\.0\.resnets\.(\d+)\.")
+    simple = {
+        "conv_in.": "input_blocks.0.0.",
+        "time_embedding.linear_1.": "time_embed.0.",
+        "time_embedding.linear_2.": "time_embed.2.",
+        "add_embedding.linear_1.": "label_emb.0.0.",
+        "add_embedding.linear_2.": "label_emb.0.2.",
+        "conv_norm_out.": "out.0.",
+        "conv_out.": "out.2.",
+    }
+    for old, new in simple.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    if m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
+        level, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        index = 1 + level * (layers + 1) + j
+        return f"input_blocks.{index}.0.{_resnet_rest(rest)}" if kind == "resnets" else f"input_blocks.{index}.1.{rest}"
+    if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
+        index = 1 + int(m[1]) * (layers + 1) + layers
+        return f"input_blocks.{index}.0.op.{m[2]}"
+    if m := re.match(r"mid_block\.resnets\.(\d+)\.(.*)", key):
+        return f"middle_block.{2 * int(m[1])}.{_resnet_rest(m[2])}"
+    if m := re.match(r"mid_block\.attentions\.0\.(.*)", key):
+        return f"middle_block.1.{m[1]}"
+    if m := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
+        level, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        index = level * (layers + 1) + j
+        return f"output_blocks.{index}.0.{_resnet_rest(rest)}" if kind == "resnets" else f"output_blocks.{index}.1.{rest}"
+    if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
+        level = int(m[1])
+        has_attention = any(k.startswith(f"up_blocks.{level}.attentions.") for k in keys)
+        index = level * (layers + 1) + layers
+        return f"output_blocks.{index}.{2 if has_attention else 1}.conv.{m[2]}"
+    raise KeyError(key)
+
+
+def vae_key(key: str, keys) -> str:
+    """One diffusers AutoencoderKL key -> its ``first_stage_model.`` key (without that prefix)."""
+    levels = _count(keys, r"decoder\.up_blocks\.(\d+)\.")
+    for old, new in {"conv_norm_out.": "norm_out.", "conv_in.": "conv_in.", "conv_out.": "conv_out."}.items():
+        for side in ("encoder.", "decoder."):
+            if key.startswith(side + old):
+                return side + new + key[len(side + old):]
+    if key.startswith(("quant_conv.", "post_quant_conv.")):
+        return key
+    if m := re.match(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
+        return f"encoder.down.{m[1]}.block.{m[2]}.{m[3].replace('conv_shortcut', 'nin_shortcut')}"
+    if m := re.match(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
+        return f"encoder.down.{m[1]}.downsample.conv.{m[2]}"
+    if m := re.match(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
+        level = levels - 1 - int(m[1])  # diffusers counts up-blocks from the lowest resolution
+        return f"decoder.up.{level}.block.{m[2]}.{m[3].replace('conv_shortcut', 'nin_shortcut')}"
+    if m := re.match(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
+        return f"decoder.up.{levels - 1 - int(m[1])}.upsample.conv.{m[2]}"
+    if m := re.match(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.*)", key):
+        return f"{m[1]}.mid.block_{int(m[2]) + 1}.{m[3]}"
+    if m := re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.*)", key):
+        part, _, tail = m[2].rpartition(".")
+        return f"{m[1]}.mid.attn_1.{VAE_ATTENTION_PARTS[part]}.{tail}"
+    raise KeyError(key)
+
+
+def is_vae_linear_attention(ldm_key: str) -> bool:
+    """Diffusers stores the VAE's attention projections as Linear; the checkpoint as 1x1 convs."""
+    return bool(re.search(r"mid\.attn_1\.(q|k|v|proj_out)\.weight$", ldm_key))

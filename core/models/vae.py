@@ -1,0 +1,195 @@
+"""The KL-regularised autoencoder of latent diffusion (``first_stage_model.*`` in a checkpoint).
+
+Module names mirror the checkpoint keys (``encoder.down.0.block.1.conv2``,
+``decoder.mid.attn_1.q``...). The downsampling factor is 2 ** (levels - 1): SD uses
+f=8 (four levels), the paper's LDM-4 and the x4 upscaler f=4 (three levels).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    in_channels: int = 3
+    out_channels: int = 3
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    z_channels: int = 4
+    embed_dim: int = 4
+    scaling_factor: float = 0.18215
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+def normalization(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(32, channels, eps=1e-6)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.norm1 = normalization(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = normalization(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        if in_channels != out_channels:
+            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        if hasattr(self, "nin_shortcut"):
+            x = self.nin_shortcut(x)
+        return x + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all pixels (only in the middle, at the lowest resolution)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = normalization(channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        y = self.norm(x)
+        q, k, v = (t.reshape(b, 1, c, h * w).transpose(2, 3) for t in (self.q(y), self.k(y), self.v(y)))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return x + self.proj_out(out.transpose(2, 3).reshape(b, c, h, w))
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+
+    def forward(self, x):
+        # Asymmetric padding (right and bottom only), as the checkpoints were trained.
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class MidBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.block_1 = ResnetBlock(channels, channels)
+        self.attn_1 = AttnBlock(channels)
+        self.block_2 = ResnetBlock(channels, channels)
+
+    def forward(self, x):
+        return self.block_2(self.attn_1(self.block_1(x)))
+
+
+class Encoder(nn.Module):
+    def __init__(self, c: VAEConfig):
+        super().__init__()
+        self.conv_in = nn.Conv2d(c.in_channels, c.ch, 3, padding=1)
+        self.down = nn.ModuleList()
+        block_in = c.ch
+        for level, mult in enumerate(c.ch_mult):
+            stage = nn.Module()
+            stage.block = nn.ModuleList()
+            for _ in range(c.num_res_blocks):
+                stage.block.append(ResnetBlock(block_in, c.ch * mult))
+                block_in = c.ch * mult
+            if level != len(c.ch_mult) - 1:
+                stage.downsample = Downsample(block_in)
+            self.down.append(stage)
+        self.mid = MidBlock(block_in)
+        self.norm_out = normalization(block_in)
+        self.conv_out = nn.Conv2d(block_in, 2 * c.z_channels, 3, padding=1)
+
+    def forward(self, x):
+        h = self.conv_in(x)
+        for stage in self.down:
+            for block in stage.block:
+                h = block(h)
+            if hasattr(stage, "downsample"):
+                h = stage.downsample(h)
+        h = self.mid(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    def __init__(self, c: VAEConfig):
+        super().__init__()
+        block_in = c.ch * c.ch_mult[-1]
+        self.conv_in = nn.Conv2d(c.z_channels, block_in, 3, padding=1)
+        self.mid = MidBlock(block_in)
+        # Built from the lowest resolution up, but stored by level index like the encoder.
+        stages = []
+        for level in reversed(range(len(c.ch_mult))):
+            stage = nn.Module()
+            stage.block = nn.ModuleList()
+            for _ in range(c.num_res_blocks + 1):
+                stage.block.append(ResnetBlock(block_in, c.ch * c.ch_mult[level]))
+                block_in = c.ch * c.ch_mult[level]
+            if level != 0:
+                stage.upsample = Upsample(block_in)
+            stages.insert(0, stage)
+        self.up = nn.ModuleList(stages)
+        self.norm_out = normalization(block_in)
+        self.conv_out = nn.Conv2d(block_in, c.out_channels, 3, padding=1)
+
+    def forward(self, z):
+        h = self.mid(self.conv_in(z))
+        for stage in reversed(self.up):
+            for block in stage.block:
+                h = block(h)
+            if hasattr(stage, "upsample"):
+                h = stage.upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class AutoencoderKL(nn.Module):
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.quant_conv = nn.Conv2d(2 * config.z_channels, 2 * config.embed_dim, 1)
+        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.quant_conv.weight.dtype
+
+    def encode_moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images in [-1, 1] -> (mean, logvar) of the posterior, unscaled."""
+        moments = self.quant_conv(self.encoder(images.to(self.dtype)))
+        mean, logvar = moments.chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """images in [-1, 1] -> scaled latents. Deterministic (the posterior mean) unless a
+        generator is given, in which case the posterior is sampled with noise drawn on the CPU."""
+        mean, logvar = self.encode_moments(images)
+        if generator is not None:
+            noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32).to(mean.device, mean.dtype)
+            mean = mean + torch.exp(0.5 * logvar) * noise
+        return mean * self.config.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """scaled latents -> images in [-1, 1] (not clamped)."""
+        z = latents.to(self.dtype) / self.config.scaling_factor
+        return self.decoder(self.post_quant_conv(z))

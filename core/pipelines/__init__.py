@@ -1,0 +1,1 @@
+"""Generation pipelines: functions over an explicit loaded model; no global state."""

@@ -1,0 +1,1 @@
+"""Noise schedules, the denoiser wrappers and the samplers that walk a schedule."""

@@ -1,0 +1,126 @@
+"""Our UNet, VAE, text encoder and whole txt2img runs against diffusers (the test-only oracle),
+on identical random weights."""
+import pytest
+import torch
+
+import tiny_models
+from core.loading import load_model
+from core.params import GenerationParams
+from core.pipelines.common import decode_latents
+from core.pipelines.txt2img import sample_latents
+from core.sampling.schedules import DiscreteSchedule, automatic_sigmas
+from core.text.tokenizer import load_clip_tokenizer
+
+PROMPT, NEGATIVE = "a red circle at the top left, (masterpiece)", "blurry, low quality"
+BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+
+
+@pytest.fixture(scope="module")
+def models(tiny_checkpoints):
+    ours = load_model(tiny_checkpoints["safetensors"])
+    theirs = tiny_models.diffusers_components(0)
+    return ours, theirs
+
+
+def test_unet_forward_matches(models):
+    ours, (unet, _, _) = models
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 16, 24, generator=generator)
+    t = torch.tensor([10.0, 500.5])
+    context = torch.randn(2, 77, tiny_models.TEXT_HIDDEN, generator=generator)
+    with torch.no_grad():
+        a = ours.unet(x, t, context)
+        b = unet(x, t, encoder_hidden_states=context).sample
+    assert a.abs().mean() > 0.1  # the comparison is not between two near-zero tensors
+    assert (a - b).abs().max() < 1e-4
+
+
+def test_vae_encode_decode_match(models):
+    ours, (_, vae, _) = models
+    generator = torch.Generator().manual_seed(2)
+    image = torch.rand(1, 3, 64, 48, generator=generator) * 2 - 1
+    latent = torch.randn(1, 4, 8, 6, generator=generator)
+    with torch.no_grad():
+        mean_ours = ours.vae.encode(image)
+        mean_theirs = vae.encode(image).latent_dist.mean * 0.18215
+        decoded_ours = ours.vae.decode(latent)
+        decoded_theirs = vae.decode(latent / 0.18215).sample
+    assert (mean_ours - mean_theirs).abs().max() < 1e-4
+    assert (decoded_ours - decoded_theirs).abs().max() < 1e-4
+    assert decoded_ours.abs().mean() > 0.1
+
+
+@pytest.mark.parametrize("clip_skip", [1, 2])
+def test_text_encoding_matches(models, clip_skip):
+    ours, (_, _, text) = models
+    tokenizer = load_clip_tokenizer()
+    ids = torch.tensor([tokenizer.encode_padded(PROMPT), tokenizer.encode_padded("")])
+    with torch.no_grad():
+        a = ours.text_encoder(ids, clip_skip=clip_skip)
+        out = text(ids, output_hidden_states=True)
+        b = out.last_hidden_state if clip_skip == 1 else text.final_layer_norm(out.hidden_states[-clip_skip])
+    assert (a - b).abs().max() < 1e-5
+
+
+def diffusers_txt2img(components, sampler, steps, seeds, width, height, output_type, alphas_cumprod):
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
+
+    unet, vae, text = components
+    if sampler == "Euler":
+        scheduler = EulerDiscreteScheduler(**BETAS, timestep_spacing="linspace")
+        # A1111's "Automatic" sigmas interpolate the schedule in log-sigma; diffusers' Euler
+        # interpolates linearly (1e-5 apart, see test_schedule_close_to_diffusers_linspace), so
+        # the oracle is handed the same sigmas.
+        extra = {"sigmas": automatic_sigmas(DiscreteSchedule(alphas_cumprod), steps).tolist()}
+    else:
+        scheduler = DDIMScheduler(**BETAS, steps_offset=1, timestep_spacing="leading", set_alpha_to_one=False, clip_sample=False)
+        extra = {"num_inference_steps": steps}
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text, tokenizer=load_clip_tokenizer().hf, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    dtype = unet.dtype
+    latents = torch.stack([torch.randn(4, height // 8, width // 8, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    return pipe(
+        prompt=PROMPT, negative_prompt=NEGATIVE, guidance_scale=7.0, width=width, height=height,
+        latents=latents.to(dtype), num_images_per_prompt=len(seeds), output_type=output_type, **extra,
+    ).images
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DDIM"])
+def test_txt2img_latents_match_diffusers(tiny_checkpoints, sampler):
+    """float64 on both sides: the algorithms agree to 1e-4 (in float32, rounding alone reaches
+    1e-4 on latents of magnitude 14 that a random model leaves behind)."""
+    ours = load_model(tiny_checkpoints["safetensors"], dtype=torch.float64)
+    theirs = tuple(c.double() for c in tiny_models.diffusers_components(0))
+    params = GenerationParams(prompt=PROMPT, negative_prompt=NEGATIVE, steps=12, cfg_scale=7.0, width=64, height=48, sampler=sampler)
+    a = sample_latents(ours, load_clip_tokenizer(), params, [3, 4])
+    b = diffusers_txt2img(theirs, sampler, 12, [3, 4], 64, 48, "latent", ours.alphas_cumprod)
+    assert a.dtype == torch.float64
+    assert (a - b).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DDIM"])
+def test_txt2img_pixels_match_diffusers_in_float32(models, sampler):
+    ours, theirs = models
+    params = GenerationParams(prompt=PROMPT, negative_prompt=NEGATIVE, steps=10, cfg_scale=7.0, width=64, height=64, sampler=sampler)
+    latents = sample_latents(ours, load_clip_tokenizer(), params, [7])
+    pixels = decode_latents(ours.vae, latents)
+    reference = diffusers_txt2img(theirs, sampler, 10, [7], 64, 64, "pt", ours.alphas_cumprod)
+    ours_255 = (pixels * 255).round()
+    theirs_255 = (reference.clamp(0, 1) * 255).round()
+    assert (ours_255 - theirs_255).abs().max() <= 1
+    assert pixels.std() > 0.01  # a real picture, not a flat one
+
+
+def test_schedule_close_to_diffusers_linspace(models):
+    """Our log-sigma interpolation against diffusers' linear one: the same up to 1e-4."""
+    from diffusers import EulerDiscreteScheduler
+
+    ours, _ = models
+    scheduler = EulerDiscreteScheduler(**BETAS, timestep_spacing="linspace")
+    for steps in (5, 20, 50):
+        scheduler.set_timesteps(steps)
+        sigmas = automatic_sigmas(DiscreteSchedule(ours.alphas_cumprod), steps)
+        assert (sigmas - scheduler.sigmas).abs().max() < 1e-4
