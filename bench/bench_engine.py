@@ -1,0 +1,154 @@
+"""Speed and memory of the engine against diffusers, measured in the same run on this machine.
+
+    python bench/bench_engine.py            # everything below
+    python bench/bench_engine.py --quick    # smaller latent, one repeat (a smoke run)
+
+1. One CFG step of the full-size SD 1.5 UNet (random weights, batch 2 = cond + uncond,
+   512x512 image = 64x64 latent): seconds per step and peak RSS, ours vs diffusers.
+2. Loading a full-size SD 1.5 single-file checkpoint (random weights, written once to a temp
+   folder): peak RSS growth while loading, as a ratio of the file size.
+
+Each measurement runs in a fresh subprocess so that peak RSS belongs to that measurement alone.
+Prints ratios (ours / diffusers, load RSS / file size); targets: both speed and memory ratios
+<= 1.0, load ratio < 1.5.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+REFERENCE = ROOT.parent / "shared" / "reference" / "sd15.json"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def sd15_shapes() -> dict:
+    return {k: tuple(v) for k, v in json.loads(REFERENCE.read_text())["tensors"].items()}
+
+
+def build_ours():
+    import torch
+
+    from core.models.detection import detect
+    from core.models.unet import UNetModel
+
+    spec = detect(sd15_shapes())
+    torch.manual_seed(0)
+    return UNetModel(spec.unet).eval(), spec.unet.context_dim
+
+
+def build_diffusers():
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=64, cross_attention_dim=768, attention_head_dim=8,
+        block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+    ).eval()
+    return unet, 768
+
+
+def measure_step(which: str, latent: int, repeats: int) -> dict:
+    import torch
+
+    torch.set_grad_enabled(False)
+    unet, context_dim = build_ours() if which == "ours" else build_diffusers()
+    x = torch.randn(2, 4, latent, latent)
+    t = torch.tensor([500.0, 500.0])
+    context = torch.randn(2, 77, context_dim)
+    call = (lambda: unet(x, t, context)) if which == "ours" else (lambda: unet(x, t, encoder_hidden_states=context).sample)
+    call()  # warm-up: allocator, kernels
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return {"seconds": min(times), "peak_rss_mb": peak_rss_mb()}
+
+
+def write_checkpoint(path: Path, dtype_name: str) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    dtype = getattr(torch, dtype_name)
+    generator = torch.Generator().manual_seed(0)
+    tensors = {k: (torch.randn(s, generator=generator) * 0.02).to(dtype) for k, s in sd15_shapes().items()}
+    save_file(tensors, path)
+
+
+def measure_load(path: str, dtype_name: str) -> dict:
+    import torch
+
+    from core.loading import load_model
+
+    before = current_rss_mb()
+    start = time.perf_counter()
+    model = load_model(path, dtype=getattr(torch, dtype_name))
+    seconds = time.perf_counter() - start
+    params = sum(p.numel() for p in model.parameters())
+    return {"seconds": seconds, "rss_before_mb": before, "peak_rss_mb": peak_rss_mb(), "params": params}
+
+
+def in_subprocess(*args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument("--_step", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--_load", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._step:
+        print(json.dumps(measure_step(args._step[0], int(args._step[1]), int(args._step[2]))))
+        return
+    if args._load:
+        print(json.dumps(measure_load(*args._load)))
+        return
+
+    import torch
+
+    latent, repeats = (32, 1) if args.quick else (64, 3)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    print(f"UNet step: SD 1.5 size, batch 2 (CFG), latent {latent}x{latent} ({latent * 8}x{latent * 8} image), best of {repeats}")
+    results = {which: in_subprocess("--_step", which, str(latent), str(repeats)) for which in ("ours", "diffusers")}
+    for which, r in results.items():
+        print(f"  {which:10s} {r['seconds']:7.2f} s/step   peak RSS {r['peak_rss_mb']:8.0f} MB")
+    print(f"  ratio ours/diffusers: time {results['ours']['seconds'] / results['diffusers']['seconds']:.3f}, "
+          f"peak RSS {results['ours']['peak_rss_mb'] / results['diffusers']['peak_rss_mb']:.3f}")
+
+    if args.skip_load:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for dtype_name in ("float16", "float32"):
+            path = Path(tmp) / f"sd15-{dtype_name}.safetensors"
+            write_checkpoint(path, dtype_name)
+            size_mb = path.stat().st_size / 2**20
+            r = in_subprocess("--_load", str(path), dtype_name)
+            grew = r["peak_rss_mb"] - r["rss_before_mb"]
+            print(f"Load {path.name} ({size_mb:.0f} MB, {r['params'] / 1e9:.3f}B parameters) as {dtype_name}: "
+                  f"{r['seconds']:.1f} s, peak RSS growth {grew:.0f} MB = {grew / size_mb:.2f}x the file size")
+            path.unlink()
+
+
+if __name__ == "__main__":
+    main()
