@@ -1,6 +1,8 @@
 """Wrappers that turn the UNet into k-diffusion's denoiser ``model(x, sigma) -> clean estimate``."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from core.sampling.schedules import DiscreteSchedule
@@ -15,29 +17,80 @@ class DiscreteDenoiser:
         self.schedule = schedule
         self.prediction = prediction
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, **unet_kwargs) -> torch.Tensor:
-        sigma = sigma.reshape(-1).to(x.device, x.dtype).expand(x.shape[0])
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, c_concat: torch.Tensor | None = None, **unet_kwargs) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma).reshape(-1).to(x.device, x.dtype).expand(x.shape[0])
         s = sigma[:, None, None, None]
         c_in = 1 / (s**2 + 1) ** 0.5
         t = self.schedule.sigma_to_t(sigma)
-        out = self.unet(x * c_in, t, context, **unet_kwargs).to(x.dtype)
+        x_in = x * c_in
+        if c_concat is not None:
+            x_in = torch.cat([x_in, c_concat], dim=1)
+        out = self.unet(x_in, t, context, **unet_kwargs).to(x.dtype)
         if self.prediction == "v":
             return x * (1 / (s**2 + 1)) - out * s * c_in
         return x - out * s
 
 
-class CFGDenoiser:
-    """Classifier-free guidance: one batched call for conditional and unconditional halves."""
+@dataclass
+class ScheduledContext:
+    """A prompt whose text changes during sampling (prompt editing, alternation):
+    ``parts[i] = (last step it applies to, context)``, in step order."""
 
-    def __init__(self, denoiser: DiscreteDenoiser, cond: torch.Tensor, uncond: torch.Tensor, cfg_scale: float):
+    parts: list[tuple[int, torch.Tensor]]
+
+    def at(self, step: int) -> torch.Tensor:
+        for end, context in self.parts:
+            if step <= end:
+                return context
+        return self.parts[0][1]  # A1111's fallback past the last entry
+
+    @classmethod
+    def fixed(cls, context: torch.Tensor) -> "ScheduledContext":
+        return cls([(1 << 30, context)])
+
+
+class CFGDenoiser:
+    """Classifier-free guidance with composable prompts (A1111's ``AND``):
+    denoised = uncond + cfg_scale * sum_i weight_i * (cond_i - uncond), in one batched call.
+
+    ``step`` is advanced by the pipeline after each sampler step, so scheduled prompts switch
+    at the right step even for samplers that call the model several times per step."""
+
+    def __init__(self, denoiser, conds: list[tuple[ScheduledContext, float]], uncond: ScheduledContext, cfg_scale: float):
         self.denoiser = denoiser
-        self.cond = cond
+        self.conds = conds
         self.uncond = uncond
         self.cfg_scale = cfg_scale
+        self.step = 0
+        # Inpainting checkpoints: mask + masked-image latent, concatenated to the UNet input.
+        self.image_conditioning: torch.Tensor | None = None
+        # Regular checkpoints inpainting: the known latent and where to keep it (1 = keep).
+        self.init_latent: torch.Tensor | None = None
+        self.keep_mask: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        if self.cfg_scale == 1.0:
-            return self.denoiser(x, sigma, self.cond)
-        both = self.denoiser(torch.cat([x, x]), sigma, torch.cat([self.uncond, self.cond]))
-        uncond, cond = both.chunk(2)
-        return uncond + (cond - uncond) * self.cfg_scale
+        n = x.shape[0]
+        contexts = [cond.at(self.step) for cond, _ in self.conds]
+        use_uncond = not (self.cfg_scale == 1.0 and len(self.conds) == 1 and self.conds[0][1] == 1.0)
+        if use_uncond:
+            contexts.insert(0, self.uncond.at(self.step))
+        # Contexts are (tokens, hidden), all padded to one length when the guidance was built.
+        context = torch.cat([c[None].expand(n, -1, -1) for c in contexts])
+        x_in = x.repeat(len(contexts), 1, 1, 1)
+        kwargs = {}
+        if self.image_conditioning is not None:
+            kwargs["c_concat"] = self.image_conditioning.to(x).repeat(len(contexts), 1, 1, 1)
+        out = self.denoiser(x_in, sigma, context, **kwargs).chunk(len(contexts))
+        if not use_uncond:
+            guided = out[0]
+        else:
+            uncond, conds = out[0], out[1:]
+            guided = uncond.clone()
+            for (_, weight), cond in zip(self.conds, conds):
+                guided = guided + (cond - uncond) * (self.cfg_scale * weight)
+        if self.keep_mask is not None:
+            # A1111's inpainting with a regular checkpoint: outside the mask the model is told
+            # the answer at every step.
+            guided = self.init_latent * self.keep_mask + guided * (1 - self.keep_mask)
+        return guided
+
