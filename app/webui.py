@@ -20,7 +20,12 @@ import gradio as gr  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ["Euler", "DDIM"]
+def sampler_choices() -> tuple[list[str], list[str]]:
+    """Sampler names and schedule types, as the engine knows them."""
+    from core.sampling.samplers import SAMPLERS
+    from core.sampling.schedules import AUTOMATIC, SCHEDULES
+
+    return list(SAMPLERS), [AUTOMATIC, *SCHEDULES]
 TITLE = "Stable Diffusion Studio"
 
 
@@ -100,6 +105,7 @@ class StudioUI:
         negative_prompt: str,
         checkpoint: str | None,
         sampler: str,
+        scheduler: str,
         steps: float,
         cfg_scale: float,
         seed: float | None,
@@ -123,6 +129,7 @@ class StudioUI:
             width=int(width),
             height=int(height),
             sampler=sampler,
+            scheduler=scheduler or "Automatic",
             batch_size=int(batch_size),
             batch_count=int(batch_count),
             checkpoint=checkpoint or None,
@@ -165,7 +172,10 @@ def build_ui(engine: Any, params_cls: Callable[..., Any] | None = None) -> gr.Bl
             with gr.Column(scale=1):
                 prompt = gr.Textbox(label="Prompt", lines=3, placeholder="a photo of ...")
                 negative = gr.Textbox(label="Negative prompt", lines=2)
-                sampler = gr.Dropdown(choices=SAMPLERS, value=SAMPLERS[0], label="Sampler")
+                samplers, schedules = sampler_choices()
+                with gr.Row():
+                    sampler = gr.Dropdown(choices=samplers, value="Euler", label="Sampler")
+                    scheduler = gr.Dropdown(choices=schedules, value=schedules[0], label="Schedule type")
                 steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps")
                 cfg = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG scale")
                 with gr.Row():
@@ -181,14 +191,14 @@ def build_ui(engine: Any, params_cls: Callable[..., Any] | None = None) -> gr.Bl
                 infotext = gr.Textbox(label="Generation info", lines=4, interactive=False)
 
         # Named parameters so the HTTP API (api_name="/txt2img") reads well.
-        def txt2img(prompt, negative_prompt, checkpoint, sampler, steps, cfg_scale, seed, width, height,
+        def txt2img(prompt, negative_prompt, checkpoint, sampler, scheduler, steps, cfg_scale, seed, width, height,
                     batch_count, batch_size, progress=gr.Progress()):
-            return ui.generate(prompt, negative_prompt, checkpoint, sampler, steps, cfg_scale, seed, width, height,
-                               batch_count, batch_size, progress=progress)
+            return ui.generate(prompt, negative_prompt, checkpoint, sampler, scheduler, steps, cfg_scale, seed, width,
+                               height, batch_count, batch_size, progress=progress)
 
         generate.click(
             txt2img,
-            inputs=[prompt, negative, checkpoint, sampler, steps, cfg, seed, width, height, batch_count, batch_size],
+            inputs=[prompt, negative, checkpoint, sampler, scheduler, steps, cfg, seed, width, height, batch_count, batch_size],
             outputs=[gallery, infotext],
             api_name="txt2img",
         )

@@ -23,7 +23,15 @@ def build_parser() -> argparse.ArgumentParser:
     t2i.add_argument("--seed", type=int, default=-1, help="-1 for a random seed")
     t2i.add_argument("--width", type=int, default=512)
     t2i.add_argument("--height", type=int, default=512)
-    t2i.add_argument("--sampler", default="Euler")
+    t2i.add_argument("--sampler", default="Euler", help="A1111 sampler name, e.g. Euler, 'Euler a', 'DPM++ 2M' (old names like 'DPM++ 2M Karras' work)")
+    t2i.add_argument("--scheduler", default="Automatic", help="schedule type: Automatic, Karras, Exponential, ...")
+    t2i.add_argument("--subseed", type=int, default=-1, help="variation seed")
+    t2i.add_argument("--subseed-strength", type=float, default=0.0, help="variation strength, 0..1")
+    t2i.add_argument("--seed-resize-from", type=int, nargs=2, default=(0, 0), metavar=("W", "H"), help="resize seed from width/height")
+    t2i.add_argument("--eta", type=float, default=None, help="noise for ancestral/SDE samplers (sampler default if unset)")
+    t2i.add_argument("--s-noise", type=float, default=None)
+    t2i.add_argument("--emphasis", default="Original", choices=("Original", "No norm", "None"))
+    t2i.add_argument("--embeddings-dir", default=None, help="textual-inversion embeddings (default models/embeddings)")
     t2i.add_argument("--batch-size", type=int, default=1)
     t2i.add_argument("--batch-count", type=int, default=1)
     t2i.add_argument("--clip-skip", type=int, default=1)
@@ -43,14 +51,16 @@ def run_txt2img(args) -> list[Path]:
 
     params = GenerationParams(
         prompt=args.prompt, negative_prompt=args.negative, steps=args.steps, cfg_scale=args.cfg, seed=args.seed,
-        width=args.width, height=args.height, sampler=args.sampler, batch_size=args.batch_size,
-        batch_count=args.batch_count, clip_skip=args.clip_skip, checkpoint=args.model,
+        width=args.width, height=args.height, sampler=args.sampler, scheduler=args.scheduler, batch_size=args.batch_size,
+        batch_count=args.batch_count, clip_skip=args.clip_skip, checkpoint=args.model, subseed=args.subseed,
+        subseed_strength=args.subseed_strength, seed_resize_from_w=args.seed_resize_from[0],
+        seed_resize_from_h=args.seed_resize_from[1], eta=args.eta, s_noise=args.s_noise, emphasis=args.emphasis,
     )
     params.validate()
     model_path = Path(args.model)
     if not model_path.exists():
         raise EngineError(f"--model: {args.model}: no such file or folder")
-    engine = Engine(device=args.device, precision=args.precision, ckpt_dir=model_path.parent)
+    engine = Engine(device=args.device, precision=args.precision, ckpt_dir=model_path.parent, embeddings_dir=args.embeddings_dir)
     total = params.steps * params.batch_count
     bar = tqdm(total=total, disable=args.no_progress, unit="step", file=sys.stderr)
 

@@ -17,6 +17,8 @@ import torch
 from core.devices import resolve_device, resolve_dtype
 from core.errors import EngineError
 from core.hashing import HashCache
+from core.conditioning import TextConditioner
+from core.embeddings import EmbeddingDatabase
 from core.images import save_png
 from core.infotext import create_infotext
 from core.loading import CHECKPOINT_SUFFIXES, load_model
@@ -64,6 +66,7 @@ class LoadedModel:
     path: Path
     name: str
     model: torch.nn.Module
+    embeddings: EmbeddingDatabase | None = None
     hash: str | None = None
 
 
@@ -81,11 +84,13 @@ class Engine:
         ckpt_dir: str | Path | None = None,
         output_dir: str | Path | None = None,
         hash_cache: str | Path | None = None,
+        embeddings_dir: str | Path | None = None,
     ):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(precision, self.device)
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else ROOT / "models" / "Stable-diffusion"
         self.output_dir = Path(output_dir) if output_dir else ROOT / "outputs"
+        self.embeddings_dir = Path(embeddings_dir) if embeddings_dir else ROOT / "models" / "embeddings"
         self.hashes = HashCache(Path(hash_cache) if hash_cache else ROOT / "models" / ".hash-cache.json")
         self.loaded: LoadedModel | None = None
         self.flags = JobFlags()
@@ -130,7 +135,8 @@ class Engine:
             return self.loaded
         self.unload()
         model = load_model(path, device=self.device, dtype=self.dtype)
-        self.loaded = LoadedModel(path=path, name=path.stem if path.is_file() else path.name, model=model)
+        embeddings = EmbeddingDatabase(self.embeddings_dir, self.tokenizer, model.spec.text.hidden_size)
+        self.loaded = LoadedModel(path=path, name=path.stem if path.is_file() else path.name, model=model, embeddings=embeddings)
         return self.loaded
 
     def unload(self) -> None:
@@ -159,6 +165,7 @@ class Engine:
         allow_paths: bool = False,
     ) -> list[GeneratedImage]:
         params.validate()
+        params = normalise_sampler(params)
         with self._lock:
             self.flags = JobFlags()
             if params.checkpoint:
@@ -170,12 +177,18 @@ class Engine:
                 self.load(names[0])
             loaded = self.loaded
             first_seed = resolve_seed(params.seed)
+            first_subseed = resolve_seed(params.subseed) if params.subseed_strength > 0 else None
+            conditioner = TextConditioner(
+                loaded.model.text_encoder, self.tokenizer, loaded.embeddings, params.clip_skip, params.emphasis
+            )
             model_hash = self.model_hash()
             out_dir = self.output_dir / "txt2img-images" / dt.date.today().isoformat()
             started = time.monotonic()
             results: list[GeneratedImage] = []
             for batch in range(params.batch_count):
-                seeds = [first_seed + batch * params.batch_size + i for i in range(params.batch_size)]
+                offsets = [batch * params.batch_size + i for i in range(params.batch_size)]
+                seeds = [first_seed + o for o in offsets]
+                subseeds = [first_subseed + o for o in offsets] if first_subseed is not None else None
                 self.flags.skipped = False
 
                 def on_step(step, sigma, x, denoised, batch=batch):
@@ -185,16 +198,49 @@ class Engine:
                         progress(Progress(step + 1, params.steps, batch, params.batch_count, started, denoised))
 
                 try:
-                    images = txt2img(loaded.model, self.tokenizer, params, seeds, on_step)
+                    images = txt2img(loaded.model, conditioner, params, seeds, on_step, subseeds)
                 except _Stop:
                     if self.flags.interrupted:
                         break
                     continue
                 for index, (seed, image) in enumerate(zip(seeds, to_pil(images))):
-                    infotext = create_infotext(params, seed, loaded.name, model_hash, batch_index=index)
+                    extra = generation_fields(params, subseeds[index] if subseeds else None)
+                    infotext = create_infotext(params, seed, loaded.name, model_hash, batch_index=index, extra=extra)
                     path = save_png(image, out_dir, seed, infotext) if save else None
                     results.append(GeneratedImage(image=image, seed=seed, infotext=infotext, path=path))
             return results
+
+
+def normalise_sampler(params: GenerationParams) -> GenerationParams:
+    """An old combined name ("DPM++ 2M Karras") becomes sampler + schedule type, as A1111 records it."""
+    import dataclasses
+
+    from core.sampling.samplers import resolve_sampler_name
+
+    sampler, schedule = resolve_sampler_name(params.sampler)
+    if params.scheduler in ("", "Automatic") and schedule != "Automatic":
+        return dataclasses.replace(params, sampler=sampler, scheduler=schedule)
+    return dataclasses.replace(params, sampler=sampler)
+
+
+def generation_fields(params: GenerationParams, subseed: int | None) -> dict:
+    """Infotext fields beyond the basic ones, written only when they differ from the default,
+    in A1111's spelling."""
+    fields: dict = {}
+    if params.scheduler and params.scheduler != "Automatic":
+        fields["Schedule type"] = params.scheduler
+    if subseed is not None:
+        fields["Variation seed"] = subseed
+        fields["Variation seed strength"] = params.subseed_strength
+    if params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0:
+        fields["Seed resize from"] = f"{params.seed_resize_from_w}x{params.seed_resize_from_h}"
+    if params.eta is not None:
+        fields["Eta"] = params.eta
+    if params.s_noise is not None:
+        fields["S noise"] = params.s_noise
+    if params.emphasis != "Original":
+        fields["Emphasis"] = params.emphasis
+    return fields
 
 
 def _inside_diffusers_folder(path: Path, root: Path) -> bool:

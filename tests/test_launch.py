@@ -389,7 +389,10 @@ def test_page_builds_with_checkpoints_and_samplers(webui, tmp_path: Path):
     blocks = list(demo.blocks.values())
     dropdowns = {b.label: b for b in blocks if isinstance(b, gr.Dropdown)}
     assert [c[0] for c in dropdowns["Checkpoint"].choices] == ["sd15.safetensors", "sub/other.ckpt"]
-    assert [c[0] for c in dropdowns["Sampler"].choices] == ["Euler", "DDIM"]
+    from core.sampling.samplers import SAMPLERS
+
+    assert [c[0] for c in dropdowns["Sampler"].choices] == list(SAMPLERS)
+    assert [c[0] for c in dropdowns["Schedule type"].choices][:3] == ["Automatic", "Uniform", "Karras"]
     labels = {getattr(b, "label", None) for b in blocks}
     assert {"Prompt", "Negative prompt", "Sampling steps", "CFG scale", "Width", "Height",
             "Generation info", "Output"} <= labels
@@ -400,11 +403,11 @@ def test_generate_builds_params_and_returns_saved_pngs(webui, tmp_path: Path):
     engine = FakeEngine(tmp_path)
     ui = webui.StudioUI(engine, params_cls=FakeParams)
     steps_seen = []
-    items, info = ui.generate("a cat", "blurry", "sd15.safetensors", "DDIM", 12.0, 6.5, 42.0, 64.0, 96.0,
+    items, info = ui.generate("a cat", "blurry", "sd15.safetensors", "DDIM", "Karras", 12.0, 6.5, 42.0, 64.0, 96.0,
                               2.0, 1.0, progress=lambda frac, desc=None: steps_seen.append((frac, desc)))
     (params,) = engine.calls
     assert vars(params) == dict(prompt="a cat", negative_prompt="blurry", steps=12, cfg_scale=6.5, seed=42,
-                                width=64, height=96, sampler="DDIM", batch_size=1, batch_count=2,
+                                width=64, height=96, sampler="DDIM", scheduler="Karras", batch_size=1, batch_count=2,
                                 checkpoint="sd15.safetensors")
     assert items == [str(tmp_path / "00000.png"), str(tmp_path / "00001.png")]
     assert info == "a cat #0\n\na cat #1"
@@ -426,7 +429,7 @@ def test_page_uses_the_real_generation_params(webui, tmp_path: Path):
 
     engine = FakeEngine(tmp_path)
     ui = webui.StudioUI(engine)
-    ui.generate("a dog", "", "sd15.safetensors", "Euler", 20, 7, 5, 512, 512, 1, 1)
+    ui.generate("a dog", "", "sd15.safetensors", "Euler", "Automatic", 20, 7, 5, 512, 512, 1, 1)
     (params,) = engine.calls
     assert isinstance(params, GenerationParams)
     params.validate()  # what the page sends passes the engine's own checks
@@ -434,7 +437,7 @@ def test_page_uses_the_real_generation_params(webui, tmp_path: Path):
 
 def test_generate_empty_seed_and_checkpoint_mean_defaults(webui, tmp_path: Path):
     engine = FakeEngine(tmp_path)
-    webui.StudioUI(engine, params_cls=FakeParams).generate("x", None, "", "Euler", 1, 7, None, 64, 64, 1, 1)
+    webui.StudioUI(engine, params_cls=FakeParams).generate("x", None, "", "Euler", "Automatic", 1, 7, None, 64, 64, 1, 1)
     assert engine.calls[0].seed == -1 and engine.calls[0].checkpoint is None
     assert engine.calls[0].negative_prompt == ""
 
@@ -448,7 +451,7 @@ def test_generate_errors_become_messages_in_the_page(webui, tmp_path: Path, erro
 
     ui = webui.StudioUI(FakeEngine(tmp_path, fail=error), params_cls=FakeParams)
     with pytest.raises(gr.Error) as info:
-        ui.generate("x", "", None, "Euler", 1, 7, 1, 64, 64, 1, 1)
+        ui.generate("x", "", None, "Euler", "Automatic", 1, 7, 1, 64, 64, 1, 1)
     assert info.value.message == message
 
 

@@ -164,7 +164,7 @@ def test_incomplete_checkpoint(tiny_checkpoints, tmp_path):
 @pytest.mark.parametrize(
     "field,value,pattern",
     [("width", 100, "width: must be a multiple of 8"), ("height", 0, "height"), ("steps", 0, "steps: must be between 1"),
-     ("sampler", "Nope", "sampler: unknown sampler 'Nope'"), ("seed", -5, "seed"), ("cfg_scale", "x", "cfg_scale")],
+     ("sampler", "Nope", "sampler: unknown 'Nope'"), ("scheduler", "Wavy", "schedule type: unknown 'Wavy'"), ("subseed_strength", 2.0, "subseed_strength"), ("seed", -5, "seed"), ("cfg_scale", "x", "cfg_scale")],
 )
 def test_bad_parameters(field, value, pattern):
     params = GenerationParams(**{field: value})

@@ -9,9 +9,10 @@ from core.params import GenerationParams
 from core.pipelines.common import decode_latents
 from core.pipelines.txt2img import sample_latents
 from core.sampling.schedules import DiscreteSchedule, automatic_sigmas
+from core.conditioning import TextConditioner
 from core.text.tokenizer import load_clip_tokenizer
 
-PROMPT, NEGATIVE = "a red circle at the top left, (masterpiece)", "blurry, low quality"
+PROMPT, NEGATIVE = "a red circle at the top left, masterpiece", "blurry, low quality"
 BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
 
@@ -95,7 +96,7 @@ def test_txt2img_latents_match_diffusers(tiny_checkpoints, sampler):
     ours = load_model(tiny_checkpoints["safetensors"], dtype=torch.float64)
     theirs = tuple(c.double() for c in tiny_models.diffusers_components(0))
     params = GenerationParams(prompt=PROMPT, negative_prompt=NEGATIVE, steps=12, cfg_scale=7.0, width=64, height=48, sampler=sampler)
-    a = sample_latents(ours, load_clip_tokenizer(), params, [3, 4])
+    a = sample_latents(ours, TextConditioner(ours.text_encoder, load_clip_tokenizer()), params, [3, 4])
     b = diffusers_txt2img(theirs, sampler, 12, [3, 4], 64, 48, "latent", ours.alphas_cumprod)
     assert a.dtype == torch.float64
     assert (a - b).abs().max() < 1e-4
@@ -105,7 +106,7 @@ def test_txt2img_latents_match_diffusers(tiny_checkpoints, sampler):
 def test_txt2img_pixels_match_diffusers_in_float32(models, sampler):
     ours, theirs = models
     params = GenerationParams(prompt=PROMPT, negative_prompt=NEGATIVE, steps=10, cfg_scale=7.0, width=64, height=64, sampler=sampler)
-    latents = sample_latents(ours, load_clip_tokenizer(), params, [7])
+    latents = sample_latents(ours, TextConditioner(ours.text_encoder, load_clip_tokenizer()), params, [7])
     pixels = decode_latents(ours.vae, latents)
     reference = diffusers_txt2img(theirs, sampler, 10, [7], 64, 64, "pt", ours.alphas_cumprod)
     ours_255 = (pixels * 255).round()
