@@ -24,6 +24,9 @@ from core.infotext import create_infotext
 from core.loading import CHECKPOINT_SUFFIXES, load_model
 from core.params import GenerationParams
 from core.pipelines.common import resolve_seed, to_pil
+from core.pipelines.hires import hires_fields, hires_fix
+from core.pipelines.img2img import img2img, prepare_input
+from core.pipelines.masking import open_image
 from core.pipelines.txt2img import txt2img
 from core.text.tokenizer import load_clip_tokenizer
 
@@ -55,6 +58,7 @@ class GeneratedImage:
     seed: int
     infotext: str
     path: Path | None = None
+    notes: list[str] = field(default_factory=list)  # things the user should know (mask resized, ...)
 
 
 class _Stop(Exception):
@@ -164,6 +168,48 @@ class Engine:
         save: bool = True,
         allow_paths: bool = False,
     ) -> list[GeneratedImage]:
+        def make(loaded, conditioner, seeds, subseeds, on_step):
+            if params.enable_hr:
+                return hires_fix(loaded.model, conditioner, params, seeds, on_step, subseeds, self.upscale_pixels)
+            return to_pil(txt2img(loaded.model, conditioner, params, seeds, on_step, subseeds))
+
+        return self._run(params, make, "txt2img-images", hires_fields(params), progress, save, allow_paths)
+
+    def img2img(
+        self,
+        params: GenerationParams,
+        image,
+        mask=None,
+        progress: Callable[[Progress], None] | None = None,
+        save: bool = True,
+        allow_paths: bool = False,
+    ) -> list[GeneratedImage]:
+        """img2img, or inpainting when a mask is given (white = repaint)."""
+        image = open_image(image, "image")
+        mask = open_image(mask, "mask") if mask is not None else None
+        state = {}
+
+        def make(loaded, conditioner, seeds, subseeds, on_step):
+            if "prepared" not in state:
+                state["prepared"] = prepare_input(loaded.model, params, image, mask)
+            return img2img(loaded.model, conditioner, params, state["prepared"], seeds, on_step, subseeds)
+
+        fields = {"Denoising strength": params.denoising_strength}
+        if mask is not None:
+            fields.update(inpaint_fields(params))
+        results = self._run(params, make, "img2img-images", fields, progress, save, allow_paths)
+        for result in results:
+            result.notes = list(state["prepared"].notes) if "prepared" in state else []
+        return results
+
+    def upscale_pixels(self, image, upscaler: str, size: tuple[int, int]):
+        """Pixel upscaling for hires fix and SD upscale, by resampler or upscaler model."""
+        from core.upscaling import upscale_image
+
+        return upscale_image(image, upscaler, size=size, models_root=self.ckpt_dir.parent, device=str(self.device))
+
+    def _run(self, params, make_images, folder: str, fields: dict, progress, save: bool, allow_paths: bool) -> list[GeneratedImage]:
+        """The batch loop every job shares: lock, model, seeds, cancel flags, infotext, saving."""
         params.validate()
         params = normalise_sampler(params)
         with self._lock:
@@ -182,7 +228,7 @@ class Engine:
                 loaded.model.text_encoder, self.tokenizer, loaded.embeddings, params.clip_skip, params.emphasis
             )
             model_hash = self.model_hash()
-            out_dir = self.output_dir / "txt2img-images" / dt.date.today().isoformat()
+            out_dir = self.output_dir / folder / dt.date.today().isoformat()
             started = time.monotonic()
             results: list[GeneratedImage] = []
             for batch in range(params.batch_count):
@@ -198,13 +244,13 @@ class Engine:
                         progress(Progress(step + 1, params.steps, batch, params.batch_count, started, denoised))
 
                 try:
-                    images = txt2img(loaded.model, conditioner, params, seeds, on_step, subseeds)
+                    images = make_images(loaded, conditioner, seeds, subseeds, on_step)
                 except _Stop:
                     if self.flags.interrupted:
                         break
                     continue
-                for index, (seed, image) in enumerate(zip(seeds, to_pil(images))):
-                    extra = generation_fields(params, subseeds[index] if subseeds else None)
+                for index, (seed, image) in enumerate(zip(seeds, images)):
+                    extra = {**generation_fields(params, subseeds[index] if subseeds else None), **fields}
                     infotext = create_infotext(params, seed, loaded.name, model_hash, batch_index=index, extra=extra)
                     path = save_png(image, out_dir, seed, infotext) if save else None
                     results.append(GeneratedImage(image=image, seed=seed, infotext=infotext, path=path))
@@ -221,6 +267,19 @@ def normalise_sampler(params: GenerationParams) -> GenerationParams:
     if params.scheduler in ("", "Automatic") and schedule != "Automatic":
         return dataclasses.replace(params, sampler=sampler, scheduler=schedule)
     return dataclasses.replace(params, sampler=sampler)
+
+
+def inpaint_fields(params: GenerationParams) -> dict:
+    fields: dict = {"Mask blur": params.mask_blur}
+    if params.inpainting_mask_invert:
+        fields["Mask mode"] = "Inpaint not masked"
+    fields["Masked content"] = ("fill", "original", "latent noise", "latent nothing")[params.inpainting_fill]
+    if params.inpaint_full_res:
+        fields["Inpaint area"] = "Only masked"
+        fields["Masked area padding"] = params.inpaint_full_res_padding
+    if params.inpainting_mask_weight != 1.0:
+        fields["Conditional mask weight"] = params.inpainting_mask_weight
+    return fields
 
 
 def generation_fields(params: GenerationParams, subseed: int | None) -> dict:

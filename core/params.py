@@ -27,6 +27,26 @@ class GenerationParams:
     seed_resize_from_w: int = 0  # "resize seed from width/height": 0 = off
     seed_resize_from_h: int = 0
     emphasis: str = "Original"  # how (word:1.2) weights apply: Original, No norm, None
+    # img2img and inpainting (A1111's names)
+    denoising_strength: float = 0.75
+    resize_mode: int = 0  # 0 just resize, 1 crop and resize, 2 resize and fill, 3 latent upscale
+    mask_blur: int = 4
+    inpainting_fill: int = 1  # masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing
+    inpaint_full_res: bool = False  # inpaint area: False whole picture, True only masked
+    inpaint_full_res_padding: int = 32
+    inpainting_mask_invert: int = 0  # 0 inpaint masked, 1 inpaint not masked
+    inpainting_mask_weight: float = 1.0  # inpainting checkpoints: conditional mask weight
+    # hires fix (txt2img)
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0  # 0 = the same number of steps as the first pass
+    hr_resize_x: int = 0  # a target size instead of hr_scale (0 = use the scale)
+    hr_resize_y: int = 0
+    hr_sampler_name: str = ""  # "" = the first pass's
+    hr_scheduler: str = ""
+    hr_prompt: str = ""  # "" = the first pass's prompt
+    hr_negative_prompt: str = ""
     batch_size: int = 1  # images made together on the device
     batch_count: int = 1  # batches made one after another
     clip_skip: int = 1
@@ -73,6 +93,31 @@ class GenerationParams:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (int, float)) or not 0 <= value <= 10):
                 bad(name, f"must be a number between 0 and 10, got {value!r}")
+        if not isinstance(self.denoising_strength, (int, float)) or not 0 <= self.denoising_strength <= 1:
+            bad("denoising_strength", f"must be between 0 and 1, got {self.denoising_strength!r}")
+        if self.resize_mode not in (0, 1, 2, 3):
+            bad("resize_mode", f"must be 0, 1, 2 or 3, got {self.resize_mode!r}")
+        if self.inpainting_fill not in (0, 1, 2, 3):
+            bad("inpainting_fill", f"must be 0 (fill), 1 (original), 2 (latent noise) or 3 (latent nothing), got {self.inpainting_fill!r}")
+        if not isinstance(self.mask_blur, int) or not 0 <= self.mask_blur <= 256:
+            bad("mask_blur", f"must be a whole number between 0 and 256, got {self.mask_blur!r}")
+        if not isinstance(self.inpaint_full_res_padding, int) or not 0 <= self.inpaint_full_res_padding <= 1024:
+            bad("inpaint_full_res_padding", f"must be between 0 and 1024, got {self.inpaint_full_res_padding!r}")
+        if not 0 <= self.inpainting_mask_weight <= 1:
+            bad("inpainting_mask_weight", f"must be between 0 and 1, got {self.inpainting_mask_weight!r}")
+        if self.enable_hr:
+            if not 1 <= self.hr_scale <= 8:
+                bad("hr_scale", f"must be between 1 and 8, got {self.hr_scale!r}")
+            if not 0 <= self.hr_second_pass_steps <= MAX_STEPS:
+                bad("hr_second_pass_steps", f"must be between 0 and {MAX_STEPS}, got {self.hr_second_pass_steps}")
+            for name in ("hr_resize_x", "hr_resize_y"):
+                value = getattr(self, name)
+                if value and (value % 8 or not 8 <= value <= MAX_SIZE):
+                    bad(name, f"must be 0 or a multiple of 8 up to {MAX_SIZE}, got {value}")
+            if self.hr_sampler_name:
+                resolve_sampler_name(self.hr_sampler_name)
+            if self.hr_scheduler:
+                resolve_schedule_name(self.hr_scheduler)
         if self.emphasis not in EMPHASIS_MODES:
             bad("emphasis", f"must be one of {', '.join(EMPHASIS_MODES)}, got {self.emphasis!r}")
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):

@@ -1,0 +1,167 @@
+"""img2img, inpainting, outpainting and hires fix on the tiny models and synthetic pictures."""
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from core.engine import Engine
+from core.errors import EngineError
+from core.params import GenerationParams
+from core.pipelines.masking import masked_region, outpaint_canvas, resize_image
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_checkpoints, tiny_inpaint_checkpoint, tmp_path_factory):
+    import shutil
+
+    ckpts = tmp_path_factory.mktemp("ckpts")
+    shutil.copy(tiny_checkpoints["safetensors"], ckpts / "tiny.safetensors")
+    shutil.copy(tiny_inpaint_checkpoint, ckpts / "tiny-inpainting.safetensors")
+    out = tmp_path_factory.mktemp("outputs")
+    return Engine(device="cpu", ckpt_dir=ckpts, output_dir=out, hash_cache=out / "hashes.json")
+
+
+def picture(width=64, height=64):
+    image = Image.new("RGB", (width, height), (30, 60, 200))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((10, 12, 40, 44), fill=(220, 40, 30))
+    draw.rectangle((44, 4, 60, 20), fill=(250, 250, 40))
+    return image
+
+
+def params(**kwargs):
+    base = dict(prompt="a red circle", negative_prompt="", steps=8, width=64, height=64, seed=3, checkpoint="tiny.safetensors")
+    return GenerationParams(**{**base, **kwargs})
+
+
+def arr(image):
+    return np.asarray(image, dtype=np.int16)
+
+
+def test_strength_zero_is_the_input_through_the_autoencoder(engine):
+    from core.pipelines.common import decode_latents, to_pil
+    from core.pipelines.img2img import encode, to_tensor
+
+    result = engine.img2img(params(denoising_strength=0.0), picture(), save=False)[0]
+    model = engine.loaded.model
+    expected = to_pil(decode_latents(model.vae, encode(model, to_tensor(picture()))))[0]
+    assert np.array_equal(arr(result.image), arr(expected))
+    assert "Denoising strength: 0" in result.infotext
+
+
+def test_higher_strength_moves_further_from_the_input(engine):
+    base = arr(engine.img2img(params(denoising_strength=0.0), picture(), save=False)[0].image)
+    distances = []
+    for strength in (0.1, 0.3, 0.5, 0.7, 1.0):
+        out = arr(engine.img2img(params(denoising_strength=strength, steps=20), picture(), save=False)[0].image)
+        distances.append(np.abs(out - base).mean())
+    # A random tiny model wrecks a picture fast, so distances are large early; they must still grow.
+    assert all(a < b for a, b in zip(distances, distances[1:])), distances
+
+
+def test_resize_modes_keep_the_working_size(engine):
+    wide = picture(96, 48)
+    for mode in (0, 1, 2, 3):
+        result = engine.img2img(params(resize_mode=mode, denoising_strength=0.5), wide, save=False)[0]
+        assert result.image.size == (64, 64)
+    crop = resize_image(wide, 64, 64, 1)
+    assert np.array_equal(arr(crop)[:, 0], arr(wide.resize((128, 64), Image.LANCZOS))[:, 32])  # centre crop
+    fill = resize_image(wide, 64, 64, 2)
+    # The picture sits in rows 16..47; the borders repeat its edge rows.
+    assert (arr(fill)[:16] == arr(fill)[16]).all() and (arr(fill)[48:] == arr(fill)[47]).all()
+
+
+def square_mask(box=(16, 16, 48, 48), size=(64, 64)):
+    mask = Image.new("L", size, 0)
+    ImageDraw.Draw(mask).rectangle(box, fill=255)
+    return mask
+
+
+@pytest.mark.parametrize("checkpoint", ["tiny.safetensors", "tiny-inpainting.safetensors"])
+@pytest.mark.parametrize("fill", [0, 1, 2, 3])
+def test_inpainting_leaves_unmasked_pixels_bit_identical(engine, checkpoint, fill):
+    source = picture()
+    result = engine.img2img(params(checkpoint=checkpoint, inpainting_fill=fill, denoising_strength=0.9, mask_blur=4),
+                            source, square_mask(), save=False)[0]
+    out, src = arr(result.image), arr(source)
+    from PIL import ImageFilter
+
+    blurred = np.asarray(square_mask().filter(ImageFilter.GaussianBlur(4)))
+    outside = blurred == 0
+    assert outside.sum() > 1000
+    assert np.array_equal(out[outside], src[outside])
+    inside = np.asarray(square_mask()) == 255
+    assert np.abs(out[inside] - src[inside]).mean() > 5  # the masked part was repainted
+    assert "Mask blur: 4" in result.infotext
+
+
+def test_inpaint_not_masked_inverts(engine):
+    source = picture()
+    result = engine.img2img(params(inpainting_mask_invert=1, mask_blur=0, denoising_strength=0.9), source, square_mask(), save=False)[0]
+    inside = np.asarray(square_mask()) == 255
+    assert np.array_equal(arr(result.image)[inside], arr(source)[inside])
+    assert "Mask mode: Inpaint not masked" in result.infotext
+
+
+def test_only_masked_works_on_a_crop_and_pastes_it_back(engine):
+    source = picture(128, 128)
+    mask = square_mask((90, 90, 110, 110), (128, 128))
+    result = engine.img2img(params(inpaint_full_res=True, inpaint_full_res_padding=8, mask_blur=0, denoising_strength=1.0),
+                            source, mask, save=False)[0]
+    assert result.image.size == (128, 128)
+    out, src = arr(result.image), arr(source)
+    changed = np.argwhere(np.abs(out - src).sum(axis=2) > 0)
+    assert changed.size
+    (y1, x1), (y2, x2) = changed.min(axis=0), changed.max(axis=0)
+    assert 90 <= x1 and x2 <= 110 and 90 <= y1 and y2 <= 110  # only the masked square changed
+    assert masked_region(mask, 8, 64, 64) == (82, 82, 119, 119)
+    assert "Inpaint area: Only masked" in result.infotext
+
+
+def test_outpainting_grows_the_canvas(engine):
+    source = picture()
+    canvas = outpaint_canvas(source, 30, ("left", "down"), overlap=8)
+    assert canvas.image.size == (64 + 32, 64 + 32)  # 30 rounded up to 32
+    assert np.array_equal(arr(canvas.image)[:64, 32:], arr(source))
+    result = engine.img2img(params(width=96, height=96, mask_blur=0, inpainting_fill=0, denoising_strength=1.0),
+                            canvas.image, canvas.mask, save=False)[0]
+    assert result.image.size == (96, 96)
+    kept = np.asarray(canvas.mask) == 0
+    assert np.array_equal(arr(result.image)[kept], arr(canvas.image)[kept])
+    with pytest.raises(EngineError, match="outpaint directions"):
+        outpaint_canvas(source, 8, ("sideways",))
+
+
+def test_mask_of_another_size_is_resized_with_a_note(engine):
+    result = engine.img2img(params(denoising_strength=0.5), picture(), square_mask(size=(32, 32)).resize((32, 32)), save=False)[0]
+    assert any("resized" in note for note in result.notes)
+
+
+def test_empty_mask_returns_the_input_and_says_so(engine):
+    source = picture()
+    result = engine.img2img(params(), source, Image.new("L", (64, 64), 0), save=False)[0]
+    assert np.array_equal(arr(result.image), arr(source))
+    assert any("empty" in note for note in result.notes)
+
+
+def test_not_an_image_is_a_clear_error(engine, tmp_path):
+    bogus = tmp_path / "upload.png"
+    bogus.write_text("this is not a picture")
+    with pytest.raises(EngineError, match="image: .*upload.png: not a readable image"):
+        engine.img2img(params(), bogus)
+    with pytest.raises(EngineError, match="mask: .*gone.png: no such file"):
+        engine.img2img(params(), picture(), tmp_path / "gone.png")
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Latent (bicubic antialiased)", "Latent (nearest-exact)"])
+def test_hires_fix_doubles_the_size_and_records_it(engine, upscaler):
+    result = engine.txt2img(params(enable_hr=True, hr_scale=2.0, hr_upscaler=upscaler, hr_second_pass_steps=4, denoising_strength=0.5), save=False)[0]
+    assert result.image.size == (128, 128)
+    for field in ("Hires upscale: 2", "Hires steps: 4", f"Hires upscaler: {upscaler}", "Denoising strength: 0.5"):
+        assert field in result.infotext, field
+    resized = engine.txt2img(params(enable_hr=True, hr_resize_x=96, hr_upscaler="Latent", denoising_strength=0.5), save=False)[0]
+    assert resized.image.size == (96, 96) and "Hires resize: 96x96" in resized.infotext
+
+
+def test_inpainting_checkpoint_txt2img_works(engine):
+    result = engine.txt2img(params(checkpoint="tiny-inpainting.safetensors"), save=False)[0]
+    assert arr(result.image).std() > 1
