@@ -8,6 +8,9 @@
 2. Loading a full-size SD 1.5 single-file checkpoint (random weights, written once to a temp
    folder) and reading every weight once: peak RSS growth, as a ratio of the file size.
 
+3. A 4096x4096 decode through the SD 1.5-size VAE (random weights), tiled automatically:
+   seconds and peak RSS (must fit in this machine's 24 GiB). Skipped with --skip-vae4k.
+
 Each measurement runs in a fresh subprocess so that peak RSS belongs to that measurement alone.
 Prints ratios (ours / diffusers, load RSS / file size); targets: both speed and memory ratios
 <= 1.0, load ratio < 1.5.
@@ -111,6 +114,21 @@ def measure_load(path: str, dtype_name: str) -> dict:
     return {"seconds": seconds, "rss_before_mb": before, "peak_rss_mb": peak_rss_mb(), "params": params}
 
 
+def measure_vae_4k(size: int) -> dict:
+    import torch
+
+    from core.models.detection import detect_vae
+    from core.models.vae import AutoencoderKL
+    from core.pipelines.common import decode_latents
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(detect_vae(sd15_shapes())).eval()
+    latents = torch.randn(1, 4, size // 8, size // 8)
+    start = time.perf_counter()
+    images = decode_latents(vae, latents)
+    return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "shape": list(images.shape)}
+
+
 def in_subprocess(*args: str) -> dict:
     out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -121,13 +139,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-load", action="store_true")
     parser.add_argument("--_step", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--skip-vae4k", action="store_true")
     parser.add_argument("--_load", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--_vae", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._step:
         print(json.dumps(measure_step(args._step[0], int(args._step[1]), int(args._step[2]))))
         return
     if args._load:
         print(json.dumps(measure_load(*args._load)))
+        return
+    if args._vae:
+        print(json.dumps(measure_vae_4k(args._vae)))
         return
 
     import torch
@@ -141,6 +164,11 @@ def main() -> None:
     print(f"  ratio ours/diffusers: time {results['ours']['seconds'] / results['diffusers']['seconds']:.3f}, "
           f"peak RSS {results['ours']['peak_rss_mb'] / results['diffusers']['peak_rss_mb']:.3f}")
 
+    if not args.skip_vae4k:
+        size = 1024 if args.quick else 4096
+        r = in_subprocess("--_vae", str(size))
+        print(f"VAE decode {size}x{size} (SD 1.5-size VAE, auto-tiled): {r['seconds']:.0f} s, peak RSS {r['peak_rss_mb']:.0f} MB "
+              f"({r['peak_rss_mb'] / 1024:.1f} GiB of 24), output {r['shape']}")
     if args.skip_load:
         return
     with tempfile.TemporaryDirectory() as tmp:

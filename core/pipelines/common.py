@@ -19,12 +19,20 @@ def initial_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Scaled latents -> images in [0, 1], float32, (B, 3, H, W). Retries in float32 when half
-    precision overflowed into NaN (a known failure of some VAEs in fp16)."""
-    images = vae.decode(latents).float()
+def decode_latents(vae, latents: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
+    """Scaled latents -> images in [0, 1], float32, (B, 3, H, W).
+
+    ``tiled`` None decodes in tiles only when the whole would not fit in free memory. Retries
+    in float32 when half precision overflowed into NaN (a known failure of some VAEs in fp16)."""
+    from core.pipelines.vae_tiling import decode_tiled, needs_tiling
+
+    if tiled is None:
+        factor = vae.config.downsample_factor
+        tiled = needs_tiling(vae, latents.shape[0] * latents.shape[2] * latents.shape[3] * factor**2, latents.device)
+    decode = (lambda v, z: decode_tiled(v, z)) if tiled else (lambda v, z: v.decode(z))
+    images = decode(vae, latents).float()
     if not torch.isfinite(images).all() and vae.dtype != torch.float32:
-        images = vae.float().decode(latents.float()).float()
+        images = decode(vae.float(), latents.float()).float()
     return ((images + 1) / 2).clamp(0, 1)
 
 

@@ -46,8 +46,13 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 @torch.no_grad()
 def encode(model, image: torch.Tensor) -> torch.Tensor:
     """Pixels in [-1, 1] -> latents (the posterior mean: deterministic for a given picture)."""
+    from core.pipelines.vae_tiling import encode_tiled, needs_tiling
+
     device = model.alphas_cumprod.device
-    return model.vae.encode(image.to(device)).float()
+    image = image.to(device)
+    if needs_tiling(model.vae, image.shape[0] * image.shape[2] * image.shape[3], device):
+        return encode_tiled(model.vae, image).float()
+    return model.vae.encode(image).float()
 
 
 @torch.no_grad()
