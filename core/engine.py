@@ -19,6 +19,7 @@ from core.errors import EngineError
 from core.hashing import HashCache
 from core.conditioning import TextConditioner
 from core.embeddings import EmbeddingDatabase
+from core.extensions import ExtensionRegistry, Job
 from core.images import save_png
 from core.infotext import create_infotext
 from core.loading import CHECKPOINT_SUFFIXES, load_model
@@ -28,6 +29,7 @@ from core.pipelines.hires import hires_fields, hires_fix
 from core.pipelines.img2img import img2img, prepare_input
 from core.pipelines.masking import open_image
 from core.pipelines.txt2img import txt2img
+from core.prompts.parser import extract_extra_networks
 from core.text.tokenizer import load_clip_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,17 +91,23 @@ class Engine:
         output_dir: str | Path | None = None,
         hash_cache: str | Path | None = None,
         embeddings_dir: str | Path | None = None,
+        extensions_dir: str | Path | None = None,
+        disabled_extensions: set[str] | frozenset = frozenset(),
+        models_dir: str | Path | None = None,
     ):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(precision, self.device)
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else ROOT / "models" / "Stable-diffusion"
         self.output_dir = Path(output_dir) if output_dir else ROOT / "outputs"
-        self.embeddings_dir = Path(embeddings_dir) if embeddings_dir else ROOT / "models" / "embeddings"
+        self.models_dir = Path(models_dir) if models_dir else ROOT / "models"
+        self.embeddings_dir = Path(embeddings_dir) if embeddings_dir else self.models_dir / "embeddings"
         self.hashes = HashCache(Path(hash_cache) if hash_cache else ROOT / "models" / ".hash-cache.json")
         self.loaded: LoadedModel | None = None
         self.flags = JobFlags()
         self._lock = threading.Lock()
         self.tokenizer = load_clip_tokenizer()
+        self.extensions = ExtensionRegistry(self)
+        self.extensions.load_folder(Path(extensions_dir) if extensions_dir else ROOT / "extensions", set(disabled_extensions))
 
     # --- checkpoints -------------------------------------------------------------------
 
@@ -138,9 +146,11 @@ class Engine:
         if self.loaded and self.loaded.path == path:
             return self.loaded
         self.unload()
+        self.extensions.run("before_model_load", path)
         model = load_model(path, device=self.device, dtype=self.dtype)
         embeddings = EmbeddingDatabase(self.embeddings_dir, self.tokenizer, model.spec.text.hidden_size)
         self.loaded = LoadedModel(path=path, name=path.stem if path.is_file() else path.name, model=model, embeddings=embeddings)
+        self.extensions.run("after_model_load", self.loaded)
         return self.loaded
 
     def unload(self) -> None:
@@ -173,7 +183,7 @@ class Engine:
                 return hires_fix(loaded.model, conditioner, params, seeds, on_step, subseeds, self.upscale_pixels)
             return to_pil(txt2img(loaded.model, conditioner, params, seeds, on_step, subseeds))
 
-        return self._run(params, make, "txt2img-images", hires_fields(params), progress, save, allow_paths)
+        return self._run(params, make, "txt2img", hires_fields(params), progress, save, allow_paths)
 
     def img2img(
         self,
@@ -197,7 +207,7 @@ class Engine:
         fields = {"Denoising strength": params.denoising_strength}
         if mask is not None:
             fields.update(inpaint_fields(params))
-        results = self._run(params, make, "img2img-images", fields, progress, save, allow_paths)
+        results = self._run(params, make, "img2img", fields, progress, save, allow_paths)
         for result in results:
             result.notes = list(state["prepared"].notes) if "prepared" in state else []
         return results
@@ -208,8 +218,9 @@ class Engine:
 
         return upscale_image(image, upscaler, size=size, models_root=self.ckpt_dir.parent, device=str(self.device))
 
-    def _run(self, params, make_images, folder: str, fields: dict, progress, save: bool, allow_paths: bool) -> list[GeneratedImage]:
-        """The batch loop every job shares: lock, model, seeds, cancel flags, infotext, saving."""
+    def _run(self, params, make_images, kind: str, fields: dict, progress, save: bool, allow_paths: bool) -> list[GeneratedImage]:
+        """The batch loop every job shares: lock, model, extension hooks, seeds, cancel flags,
+        infotext, saving."""
         params.validate()
         params = normalise_sampler(params)
         with self._lock:
@@ -222,13 +233,18 @@ class Engine:
                     raise EngineError(f"no checkpoint: put a model in {self.ckpt_dir}")
                 self.load(names[0])
             loaded = self.loaded
+            job = Job(engine=self, params=params, kind=kind, model=loaded.model, started=time.time())
+            _, tags = extract_extra_networks(params.prompt)
+            fields = {**fields, **self.extensions.run_extra_networks(job, tags)}
+            self.extensions.run("before_sampling", job)
+            params = job.params
             first_seed = resolve_seed(params.seed)
             first_subseed = resolve_seed(params.subseed) if params.subseed_strength > 0 else None
             conditioner = TextConditioner(
                 loaded.model.text_encoder, self.tokenizer, loaded.embeddings, params.clip_skip, params.emphasis
             )
             model_hash = self.model_hash()
-            out_dir = self.output_dir / folder / dt.date.today().isoformat()
+            out_dir = self.output_dir / f"{kind}-images" / dt.date.today().isoformat()
             started = time.monotonic()
             results: list[GeneratedImage] = []
             for batch in range(params.batch_count):
@@ -250,10 +266,13 @@ class Engine:
                         break
                     continue
                 for index, (seed, image) in enumerate(zip(seeds, images)):
-                    extra = {**generation_fields(params, subseeds[index] if subseeds else None), **fields}
+                    extra = {**generation_fields(params, subseeds[index] if subseeds else None), **fields, **job.infotext_fields}
                     infotext = create_infotext(params, seed, loaded.name, model_hash, batch_index=index, extra=extra)
                     path = save_png(image, out_dir, seed, infotext) if save else None
-                    results.append(GeneratedImage(image=image, seed=seed, infotext=infotext, path=path))
+                    result = GeneratedImage(image=image, seed=seed, infotext=infotext, path=path)
+                    results.append(result)
+                    self.extensions.run("after_image_saved", job, result)
+            self.extensions.run("after_job", job, results)
             return results
 
 
