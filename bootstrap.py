@@ -8,7 +8,7 @@ already satisfies the requirement files (package metadata plus
 ``importlib.util.find_spec`` of the key modules; nothing heavy such as torch
 is imported).  If it does, nothing happens.  Otherwise it creates ``venv/``
 beside this file (when missing), pip-installs the requirement files into it,
-optionally installs an extra file with ``--no-deps``, and re-executes the
+optionally installs extra files with ``--no-deps``, and re-executes the
 running script with the venv's interpreter and the same arguments.  An
 environment variable guards against re-exec loops.
 
@@ -293,7 +293,7 @@ def _display(path: Path) -> str:
 
 def ensure_environment(
     requirement_files: list[str],
-    extra_no_deps: str | None = None,
+    extra_no_deps: str | Sequence[str] | None = None,
     *,
     venv_dir: str | os.PathLike | None = None,
     skip_install: bool | None = None,
@@ -306,7 +306,9 @@ def ensure_environment(
     Returns ``"skipped"`` (``--skip-install``) or ``"satisfied"`` (nothing to
     do).  Otherwise it installs into ``venv_dir`` (default ``venv/`` beside
     this file) and re-executes ``argv`` (default ``sys.argv``) with the venv's
-    interpreter, so it does not return.  Exits non-zero with one
+    interpreter, so it does not return.  ``extra_no_deps`` (one file or
+    several; those that do not exist are skipped) is installed after them with
+    ``pip install --no-deps``.  Exits non-zero with one
     ``bootstrap: error: ...`` line when something fails.
 
     ``runner`` (runs a command, returns its exit code) and ``execv`` exist so
@@ -336,13 +338,15 @@ def ensure_environment(
         if not path.is_file():
             _fail(f"requirement file {_display(path)} not found")
         files.append(path)
-    no_deps: Path | None = None
-    if extra_no_deps:
-        candidate = Path(extra_no_deps)
+    no_deps: list[Path] = []
+    if isinstance(extra_no_deps, (str, os.PathLike)):
+        extra_no_deps = [extra_no_deps]
+    for name in extra_no_deps or ():
+        candidate = Path(name)
         candidate = candidate if candidate.is_absolute() else ROOT / candidate
         if candidate.is_file():  # optional: used only when someone added it
-            no_deps = candidate
-    check_files = files + ([no_deps] if no_deps else [])
+            no_deps.append(candidate)
+    check_files = files + no_deps
 
     problems = find_problems(check_files)
     if not problems:
@@ -374,8 +378,7 @@ def ensure_environment(
 
     if _running_in(venv_path) or not _venv_satisfied(python, check_files):
         steps = [(f, ["-r", str(f)]) for f in files]
-        if no_deps is not None:
-            steps.append((no_deps, ["--no-deps", "-r", str(no_deps)]))
+        steps += [(path, ["--no-deps", "-r", str(path)]) for path in no_deps]
         for path, args in steps:
             note = " (first set-up: this downloads large packages such as torch)" if fresh else ""
             print(f"bootstrap: installing {_display(path)} into {_display(venv_path)}{note}", flush=True)

@@ -1,9 +1,10 @@
-"""Start the Stable Diffusion studio web UI.
+"""Start the Stable Diffusion studio: the web page, and with --api the REST API beside it.
 
-    python launch.py [--listen] [--port 7860] [--device auto] ...
+    python launch.py [--api] [--nowebui] [--listen --api-auth USER:PASS] [--port 7860] [--device auto] ...
 
-On first start this creates ``venv/`` and installs requirements.txt into it
-(see bootstrap.py), then restarts itself inside that environment.
+On first start this creates ``venv/`` and installs requirements.txt (and
+requirements-nodeps.txt with ``--no-deps``) into it (see bootstrap.py), then
+restarts itself inside that environment.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import bootstrap  # noqa: E402  (standard library only)
 
 DEFAULT_CKPT_DIR = ROOT / "models" / "Stable-diffusion"
 DEFAULT_OUTDIR = ROOT / "outputs"
+DEFAULT_SETTINGS_FILE = ROOT / "config.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,21 +72,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--nowebui",
         action="store_true",
-        help="only set up the environment and folders, then exit without serving",
+        help="do not serve the web page; with --api serve the API alone, without it set up and exit",
+    )
+    parser.add_argument(
+        "--api",
+        action="store_true",
+        help="serve the AUTOMATIC1111-compatible REST API at /sdapi/v1 (docs at /docs) beside the page",
+    )
+    parser.add_argument(
+        "--api-auth",
+        metavar="USER:PASS[,USER2:PASS2]",
+        default=None,
+        help="require HTTP Basic auth with one of these logins for everything served (API, docs and page)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow --listen without --api-auth (anyone on the network can then use the server)",
+    )
+    parser.add_argument(
+        "--ui-settings-file",
+        type=Path,
+        default=DEFAULT_SETTINGS_FILE,
+        help="JSON file where the API's settings (/sdapi/v1/options) are kept (default: config.json)",
     )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not 0 < args.port < 65536:
-        print(f"launch.py: error: --port {args.port} is not a valid port", file=sys.stderr)
+    problem = serving_problem(args)
+    if problem:
+        print(f"launch.py: error: {problem}", file=sys.stderr)
         return 2
 
-    bootstrap.ensure_environment(["requirements.txt"], skip_install=args.skip_install)
+    bootstrap.ensure_environment(["requirements.txt"], extra_no_deps="requirements-nodeps.txt",
+                                 skip_install=args.skip_install)
 
     args.ckpt_dir = args.ckpt_dir.expanduser().resolve()
     args.outdir = args.outdir.expanduser().resolve()
+    args.ui_settings_file = args.ui_settings_file.expanduser().resolve()
     for folder in (args.ckpt_dir, args.outdir):
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -92,20 +119,36 @@ def main(argv: list[str] | None = None) -> int:
             print(f"launch.py: error: cannot create {folder}: {exc}", file=sys.stderr)
             return 1
 
-    if args.nowebui:
+    if args.nowebui and not args.api:
         print(f"Set-up complete (python {sys.executable}); --nowebui given, not serving.")
         return 0
 
     try:
-        import app.webui as webui
+        import app.server as server
     except ImportError as exc:
         print(
-            f"launch.py: error: cannot import the web UI ({exc}); "
+            f"launch.py: error: cannot import the server ({exc}); "
             "run without --skip-install to install the requirements",
             file=sys.stderr,
         )
         return 1
-    return webui.serve(args) or 0
+    return server.serve(args) or 0
+
+
+def serving_problem(args: argparse.Namespace) -> str | None:
+    """Why these arguments must not start a server, in one line; checked before any set-up."""
+    if not 0 < args.port < 65536:
+        return f"--port {args.port} is not a valid port"
+    if args.api_auth is not None:
+        for index, item in enumerate(part.strip() for part in args.api_auth.split(",")):
+            user, sep, password = item.partition(":")
+            if not (user and sep and password):
+                return f"--api-auth: entry {index + 1} is not USER:PASSWORD"
+    serving = args.api or not args.nowebui
+    if serving and args.listen and not args.api_auth and not args.insecure:
+        return ("--listen would serve on every network interface without a password; "
+                "give --api-auth USER:PASSWORD (or --insecure to serve without one)")
+    return None
 
 
 if __name__ == "__main__":

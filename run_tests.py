@@ -3,8 +3,8 @@
     python run_tests.py [pytest args...]      (default: -q tests)
 
 Creates venv/ and installs requirements-test.txt (and, when present,
-requirements-test-nodeps.txt with --no-deps) if the current interpreter lacks
-them, then runs pytest from the repository root and exits with its code.
+requirements-nodeps.txt and requirements-test-nodeps.txt with --no-deps) if
+the current interpreter lacks them, then runs pytest from the repository root and exits with its code.
 Pytest's "no tests collected" (5) is reported as a failure like any other
 non-zero code.  ``--skip-install`` is consumed here and not passed to pytest.
 """
@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
     pytest_args = [a for a in argv if a != bootstrap.SKIP_FLAG] or ["-q", "tests"]
     bootstrap.ensure_environment(
         ["requirements-test.txt"],
-        extra_no_deps="requirements-test-nodeps.txt",
+        extra_no_deps=["requirements-nodeps.txt", "requirements-test-nodeps.txt"],
         skip_install=skip,
     )
     cmd = [sys.executable, "-m", "pytest", *pytest_args]

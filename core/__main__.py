@@ -1,4 +1,4 @@
-"""Headless command line: ``python -m core txt2img --model PATH --prompt ...``.
+"""Headless command line: ``python -m core txt2img|img2img|inpaint|upscale ...``.
 
 Errors the user can fix print one line (``error: ...``) and exit with status 2.
 """
@@ -11,42 +11,71 @@ from pathlib import Path
 from core.errors import EngineError
 
 
+def add_generation_arguments(p: argparse.ArgumentParser, default_out: str) -> None:
+    """What txt2img, img2img and inpaint share."""
+    p.add_argument("--model", required=True, help="checkpoint file (.safetensors/.ckpt) or diffusers folder")
+    p.add_argument("--prompt", default="")
+    p.add_argument("--negative", default="", help="negative prompt")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=7.0, help="CFG scale")
+    p.add_argument("--seed", type=int, default=-1, help="-1 for a random seed")
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--sampler", default="Euler", help="A1111 sampler name, e.g. Euler, 'Euler a', 'DPM++ 2M' (old names like 'DPM++ 2M Karras' work)")
+    p.add_argument("--scheduler", default="Automatic", help="schedule type: Automatic, Karras, Exponential, ...")
+    p.add_argument("--subseed", type=int, default=-1, help="variation seed")
+    p.add_argument("--subseed-strength", type=float, default=0.0, help="variation strength, 0..1")
+    p.add_argument("--seed-resize-from", type=int, nargs=2, default=(0, 0), metavar=("W", "H"), help="resize seed from width/height")
+    p.add_argument("--eta", type=float, default=None, help="noise for ancestral/SDE samplers (sampler default if unset)")
+    p.add_argument("--s-noise", type=float, default=None)
+    p.add_argument("--emphasis", default="Original", choices=("Original", "No norm", "None"))
+    p.add_argument("--embeddings-dir", default=None, help="textual-inversion embeddings (default models/embeddings)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-count", type=int, default=1)
+    p.add_argument("--clip-skip", type=int, default=1)
+    p.add_argument("--out", default=default_out, help="folder for the PNGs")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_image_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", required=True, help="the input picture")
+    p.add_argument("--denoising-strength", type=float, default=0.75)
+    p.add_argument("--resize-mode", type=int, default=0, choices=(0, 1, 2, 3),
+                   help="0 just resize, 1 crop and resize, 2 resize and fill, 3 just resize (latent upscale)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="Generate images without the UI.")
     sub = parser.add_subparsers(dest="command", required=True)
     t2i = sub.add_parser("txt2img", help="text to image")
-    t2i.add_argument("--model", required=True, help="checkpoint file (.safetensors/.ckpt) or diffusers folder")
-    t2i.add_argument("--prompt", default="")
-    t2i.add_argument("--negative", default="", help="negative prompt")
-    t2i.add_argument("--steps", type=int, default=20)
-    t2i.add_argument("--cfg", type=float, default=7.0, help="CFG scale")
-    t2i.add_argument("--seed", type=int, default=-1, help="-1 for a random seed")
-    t2i.add_argument("--width", type=int, default=512)
-    t2i.add_argument("--height", type=int, default=512)
-    t2i.add_argument("--sampler", default="Euler", help="A1111 sampler name, e.g. Euler, 'Euler a', 'DPM++ 2M' (old names like 'DPM++ 2M Karras' work)")
-    t2i.add_argument("--scheduler", default="Automatic", help="schedule type: Automatic, Karras, Exponential, ...")
-    t2i.add_argument("--subseed", type=int, default=-1, help="variation seed")
-    t2i.add_argument("--subseed-strength", type=float, default=0.0, help="variation strength, 0..1")
-    t2i.add_argument("--seed-resize-from", type=int, nargs=2, default=(0, 0), metavar=("W", "H"), help="resize seed from width/height")
-    t2i.add_argument("--eta", type=float, default=None, help="noise for ancestral/SDE samplers (sampler default if unset)")
-    t2i.add_argument("--s-noise", type=float, default=None)
-    t2i.add_argument("--emphasis", default="Original", choices=("Original", "No norm", "None"))
-    t2i.add_argument("--embeddings-dir", default=None, help="textual-inversion embeddings (default models/embeddings)")
-    t2i.add_argument("--batch-size", type=int, default=1)
-    t2i.add_argument("--batch-count", type=int, default=1)
-    t2i.add_argument("--clip-skip", type=int, default=1)
-    t2i.add_argument("--out", default="outputs/txt2img-images", help="folder for the PNGs")
-    t2i.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    t2i.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
-    t2i.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_generation_arguments(t2i, "outputs/txt2img-images")
+    t2i.add_argument("--hires-scale", type=float, default=0.0, help="hires fix: upscale factor of a second pass (0 = off)")
+    t2i.add_argument("--hires-steps", type=int, default=0, help="hires fix: steps of the second pass (0 = as many as the first)")
+    t2i.add_argument("--hires-upscaler", default="Latent", help="Latent, 'Latent (bicubic)', ..., Lanczos or an upscaler model")
+    t2i.add_argument("--hires-denoising-strength", type=float, default=0.7)
+    i2i = sub.add_parser("img2img", help="image to image")
+    add_generation_arguments(i2i, "outputs/img2img-images")
+    add_image_arguments(i2i)
+    inp = sub.add_parser("inpaint", help="repaint the masked part of a picture (white = repaint)")
+    add_generation_arguments(inp, "outputs/img2img-images")
+    add_image_arguments(inp)
+    inp.add_argument("--mask", required=True, help="mask picture: white is repainted")
+    inp.add_argument("--mask-blur", type=int, default=4)
+    inp.add_argument("--invert-mask", action="store_true", help="repaint what is NOT masked")
+    inp.add_argument("--masked-content", default="original", choices=("fill", "original", "latent noise", "latent nothing"))
+    inp.add_argument("--only-masked", action="store_true", help="work on the masked area only, at full resolution")
+    inp.add_argument("--only-masked-padding", type=int, default=32)
+    inp.add_argument("--mask-weight", type=float, default=1.0, help="inpainting checkpoints: conditional mask weight")
+    up = sub.add_parser("upscale", help="upscale images (ESRGAN, SwinIR, ... models or Lanczos/Nearest/Bicubic)")
+    from core.upscaling.cli import add_arguments as add_upscale_arguments
+
+    add_upscale_arguments(up)
     return parser
 
 
-def run_txt2img(args) -> list[Path]:
-    from tqdm import tqdm
-
-    from core.engine import Engine
-    from core.images import save_png
+def params_from_args(args):
     from core.params import GenerationParams
 
     params = GenerationParams(
@@ -56,24 +85,49 @@ def run_txt2img(args) -> list[Path]:
         subseed_strength=args.subseed_strength, seed_resize_from_w=args.seed_resize_from[0],
         seed_resize_from_h=args.seed_resize_from[1], eta=args.eta, s_noise=args.s_noise, emphasis=args.emphasis,
     )
+    if args.command == "txt2img" and args.hires_scale:
+        params.enable_hr, params.hr_scale, params.hr_upscaler = True, args.hires_scale, args.hires_upscaler
+        params.hr_second_pass_steps, params.denoising_strength = args.hires_steps, args.hires_denoising_strength
+    if args.command in ("img2img", "inpaint"):
+        params.denoising_strength, params.resize_mode = args.denoising_strength, args.resize_mode
+    if args.command == "inpaint":
+        params.mask_blur, params.inpainting_mask_invert = args.mask_blur, int(args.invert_mask)
+        params.inpainting_fill = ("fill", "original", "latent noise", "latent nothing").index(args.masked_content)
+        params.inpaint_full_res, params.inpaint_full_res_padding = args.only_masked, args.only_masked_padding
+        params.inpainting_mask_weight = args.mask_weight
     params.validate()
+    return params
+
+
+def run_generation(args) -> list[Path]:
+    from tqdm import tqdm
+
+    from core.engine import Engine
+    from core.images import save_png
+
+    params = params_from_args(args)
     model_path = Path(args.model)
     if not model_path.exists():
         raise EngineError(f"--model: {args.model}: no such file or folder")
     engine = Engine(device=args.device, precision=args.precision, ckpt_dir=model_path.parent, embeddings_dir=args.embeddings_dir)
-    total = params.steps * params.batch_count
-    bar = tqdm(total=total, disable=args.no_progress, unit="step", file=sys.stderr)
+    bar = tqdm(total=params.steps * params.batch_count, disable=args.no_progress, unit="step", file=sys.stderr)
 
     def progress(p):
         bar.n = p.batch * p.steps + p.step
         bar.refresh()
 
     try:
-        results = engine.txt2img(params, progress=progress, save=False, allow_paths=True)
+        common = dict(progress=progress, save=False, allow_paths=True)
+        if args.command == "txt2img":
+            results = engine.txt2img(params, **common)
+        else:
+            results = engine.img2img(params, args.image, args.mask if args.command == "inpaint" else None, **common)
     finally:
         bar.close()
     paths = []
     for result in results:
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
         path = save_png(result.image, args.out, result.seed, result.infotext)
         paths.append(path)
         print(path)
@@ -83,8 +137,12 @@ def run_txt2img(args) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "txt2img":
-            run_txt2img(args)
+        if args.command == "upscale":
+            from core.upscaling.cli import run_upscale
+
+            run_upscale(args)
+        else:
+            run_generation(args)
     except EngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ from core.params import GenerationParams
 from core.pipelines.common import resolve_seed, to_pil
 from core.pipelines.hires import hires_fields, hires_fix
 from core.pipelines.img2img import img2img, prepare_input
-from core.pipelines.masking import open_image
+from core.pipelines.masking import flatten, open_image
 from core.pipelines.txt2img import txt2img
 from core.prompts.parser import extract_extra_networks
 from core.text.tokenizer import load_clip_tokenizer
@@ -106,6 +106,9 @@ class Engine:
         self.flags = JobFlags()
         self._lock = threading.Lock()
         self.tokenizer = load_clip_tokenizer()
+        from core.upscaling import ModelCache
+
+        self.upscaler_cache = ModelCache()  # the last upscaler model, kept between jobs
         self.extensions = ExtensionRegistry(self)
         self.extensions.load_folder(Path(extensions_dir) if extensions_dir else ROOT / "extensions", set(disabled_extensions))
 
@@ -212,11 +215,35 @@ class Engine:
             result.notes = list(state["prepared"].notes) if "prepared" in state else []
         return results
 
+    def sd_upscale(
+        self,
+        params: GenerationParams,
+        image,
+        upscaler: str = "Lanczos",
+        scale: float = 2.0,
+        overlap: int = 64,
+        progress: Callable[[Progress], None] | None = None,
+        save: bool = True,
+    ) -> list[GeneratedImage]:
+        """Upscale, then redraw in overlapping img2img tiles of params.width pixels."""
+        from core.pipelines.sd_upscale import sd_upscale
+
+        image = flatten(open_image(image, "image"))
+        if not 1 <= scale <= 8:
+            raise EngineError(f"scale: must be between 1 and 8, got {scale}")
+
+        def make(loaded, conditioner, seeds, subseeds, on_step):
+            return [sd_upscale(loaded.model, conditioner, params, image, seed, self.upscale_pixels, upscaler, scale, overlap, on_step)
+                    for seed in seeds]
+
+        fields = {"Denoising strength": params.denoising_strength, "SD upscale overlap": overlap, "SD upscale upscaler": upscaler}
+        return self._run(params, make, "img2img", fields, progress, save, False)
+
     def upscale_pixels(self, image, upscaler: str, size: tuple[int, int]):
         """Pixel upscaling for hires fix and SD upscale, by resampler or upscaler model."""
         from core.upscaling import upscale_image
 
-        return upscale_image(image, upscaler, size=size, models_root=self.ckpt_dir.parent, device=str(self.device))
+        return upscale_image(image, upscaler, size=size, models_root=self.models_dir, device=str(self.device), cache=self.upscaler_cache)
 
     def _run(self, params, make_images, kind: str, fields: dict, progress, save: bool, allow_paths: bool) -> list[GeneratedImage]:
         """The batch loop every job shares: lock, model, extension hooks, seeds, cancel flags,

@@ -165,3 +165,16 @@ def test_hires_fix_doubles_the_size_and_records_it(engine, upscaler):
 def test_inpainting_checkpoint_txt2img_works(engine):
     result = engine.txt2img(params(checkpoint="tiny-inpainting.safetensors"), save=False)[0]
     assert arr(result.image).std() > 1
+
+
+def test_sd_upscale_has_the_requested_size_and_no_seam(engine):
+    source = picture(48, 48)
+    result = engine.sd_upscale(params(denoising_strength=0.0, width=64), source, upscaler="Lanczos", scale=2.0, overlap=32, save=False)[0]
+    assert result.image.size == (96, 96)
+    assert "SD upscale upscaler: Lanczos" in result.infotext and "SD upscale overlap: 32" in result.infotext
+    # Each tile went through the checkpoint (here: only its autoencoder), so the result is not
+    # the plain Lanczos picture; the tile blending itself is tested in tests/test_upscaling.py.
+    lanczos = arr(source.resize((96, 96), Image.LANCZOS))
+    assert np.abs(arr(result.image) - lanczos).mean() > 1
+    strong = engine.sd_upscale(params(denoising_strength=0.6, width=64), source, upscaler="Lanczos", scale=1.5, save=False)[0]
+    assert strong.image.size == (72, 72)

@@ -207,6 +207,39 @@ def test_missing_nodeps_file_is_ignored(tmp_path: Path, bogus_requirements: Path
     assert len(rec.execs) == 1
 
 
+def test_several_nodeps_files_install_in_order_and_missing_ones_are_skipped(tmp_path: Path, bogus_requirements: Path,
+                                                                            no_guard):
+    first, second = tmp_path / "a-nodeps.txt", tmp_path / "b-nodeps.txt"
+    first.write_text("zz-sd-studio-one\n")
+    second.write_text("zz-sd-studio-two\n")
+    target = tmp_path / "venv"
+    rec = Recorder()
+    bootstrap.ensure_environment([str(bogus_requirements)], extra_no_deps=[str(first), str(tmp_path / "absent.txt"),
+                                                                           str(second)],
+                                 venv_dir=target, argv=["p"], runner=rec.run, execv=rec.execv)
+    py = str(bootstrap.venv_python(target))
+    assert rec.commands[1:] == [
+        [py, "-m", "pip", "install", "-r", str(bogus_requirements)],
+        [py, "-m", "pip", "install", "--no-deps", "-r", str(first)],
+        [py, "-m", "pip", "install", "--no-deps", "-r", str(second)],
+    ]
+
+
+def test_launch_and_run_tests_install_the_runtime_nodeps_file(monkeypatch, tmp_path: Path):
+    # spandrel must come without its declared torchvision dependency, for the app and the tests.
+    import launch
+    import run_tests
+
+    seen = []
+    monkeypatch.setattr(bootstrap, "ensure_environment", lambda files, extra_no_deps=None, **kw: seen.append(extra_no_deps))
+    monkeypatch.setattr(run_tests.subprocess, "call", lambda cmd, cwd=None: 0)
+    assert launch.main(["--nowebui", "--ckpt-dir", str(tmp_path / "c"), "--outdir", str(tmp_path / "o")]) == 0
+    assert run_tests.main(["-q", "tests/test_nothing.py"]) == 0
+    assert seen == ["requirements-nodeps.txt", ["requirements-nodeps.txt", "requirements-test-nodeps.txt"]]
+    assert "spandrel" in (ROOT / "requirements-nodeps.txt").read_text()
+    assert not bootstrap.find_problems([ROOT / "requirements.txt", ROOT / "requirements-nodeps.txt"])
+
+
 def test_reexec_guard_stops_instead_of_looping(tmp_path: Path, bogus_requirements: Path, capsys, no_guard):
     os.environ[bootstrap.GUARD_ENV] = str(tmp_path / "venv")
     rec = Recorder()
