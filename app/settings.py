@@ -1,0 +1,244 @@
+"""The page's settings: kept in a JSON file, written atomically, read at every job.
+
+Only plain values live here (folders, file name patterns, the image format, the live preview
+frequency and the defaults the generation tabs start with). A value the file lacks, or holds
+in a form that does not check out, falls back to its default, so an old or hand-edited file
+never stops the page from coming up.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+# Where config.json and styles.csv live unless told otherwise (tests point this elsewhere).
+DATA_DIR_ENV = "SD_STUDIO_DATA_DIR"
+
+IMAGE_FORMATS = ("png", "jpg", "webp")
+# The engine's own layout: <outdir>/<tab>-images/<YYYY-MM-DD>/NNNNN-SEED.png
+DEFAULT_FOLDERS = {"txt2img": "txt2img-images", "img2img": "img2img-images", "extras": "extras-images"}
+DEFAULT_DIR_PATTERN = "[date]"
+DEFAULT_NAME_PATTERN = "[seed]"
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get(DATA_DIR_ENV) or ROOT)
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    default: Any
+    label: str
+    check: Callable[[Any], Any]  # returns the cleaned value or raises ValueError
+    help: str = ""
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be text")
+    return value.strip()
+
+
+def _folder_name(value: Any) -> str:
+    value = _text(value)
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _pattern(value: Any) -> str:
+    value = _text(value)
+    if any(c in value for c in "\\\0") or ".." in value:
+        raise ValueError("must not hold '\\', '..' or NUL")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        value = str(value).lower()
+        if value == "jpeg":
+            value = "jpg"
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+    return check
+
+
+def _int(low: int, high: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError("must be a whole number")
+        number = float(value)
+        if not number.is_integer() or not low <= number <= high:
+            raise ValueError(f"must be a whole number from {low} to {high}")
+        return int(number)
+    return check
+
+
+def _float(low: float, high: float) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError("must be a number")
+        number = float(value)
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return number
+    return check
+
+
+def _size(value: Any) -> int:
+    number = _int(64, 2048)(value)
+    if number % 8:
+        raise ValueError("must be a multiple of 8")
+    return number
+
+
+def _sampler(value: Any) -> str:
+    from core.sampling.samplers import SAMPLERS
+
+    if value not in SAMPLERS:
+        raise ValueError(f"unknown sampler {value!r}")
+    return value
+
+
+def _schedule(value: Any) -> str:
+    from core.sampling.schedules import AUTOMATIC, SCHEDULES
+
+    if value != AUTOMATIC and value not in SCHEDULES:
+        raise ValueError(f"unknown schedule type {value!r}")
+    return value
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("outdir", "", "Output folder", _text,
+           "where images are saved; empty: the --outdir given to launch.py"),
+    Option("outdir_txt2img", DEFAULT_FOLDERS["txt2img"], "txt2img folder", _folder_name,
+           "inside the output folder (or an absolute path)"),
+    Option("outdir_img2img", DEFAULT_FOLDERS["img2img"], "img2img and inpaint folder", _folder_name),
+    Option("outdir_extras", DEFAULT_FOLDERS["extras"], "Super-resolution folder", _folder_name),
+    Option("directory_pattern", DEFAULT_DIR_PATTERN, "Sub-folder pattern", _pattern,
+           "tokens as in the file name; empty: no sub-folder"),
+    Option("filename_pattern", DEFAULT_NAME_PATTERN, "File name pattern", _pattern,
+           "after the NNNNN- number: [seed] [prompt_words] [model_name] [sampler] [scheduler] [steps] [cfg] "
+           "[width] [height] [date] [datetime]"),
+    Option("image_format", "png", "Image format", _choice(*IMAGE_FORMATS),
+           "JPEG and WebP carry the parameters in EXIF UserComment, PNG in a 'parameters' chunk"),
+    Option("jpeg_quality", 90, "JPEG/WebP quality", _int(1, 100)),
+    Option("preview_every", 5, "Live preview every N steps", _int(0, 1000), "0: no live preview"),
+    Option("default_sampler", "Euler", "Default sampler", _sampler),
+    Option("default_scheduler", "Automatic", "Default schedule type", _schedule),
+    Option("default_steps", 20, "Default sampling steps", _int(1, 150)),
+    Option("default_cfg_scale", 7.0, "Default CFG scale", _float(1.0, 30.0)),
+    Option("default_width", 512, "Default width", _size),
+    Option("default_height", 512, "Default height", _size),
+    Option("default_denoising_strength", 0.75, "Default denoising strength", _float(0.0, 1.0)),
+)
+OPTION_BY_KEY = {o.key: o for o in OPTIONS}
+
+
+class SettingsError(ValueError):
+    """A value the user entered that does not check out; the message names the setting."""
+
+
+class Settings:
+    """The settings in memory, backed by ``path`` (JSON). Thread-safe: jobs read while the
+    Settings tab writes."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path else data_dir() / "config.json"
+        self._values = {o.key: o.default for o in OPTIONS}
+        self._lock = threading.Lock()
+        self.load_warnings: list[str] = []
+        self.load()
+
+    def __getitem__(self, key: str) -> Any:
+        with self._lock:
+            return self._values[key]
+
+    def values(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._values)
+
+    def load(self) -> None:
+        self.load_warnings = []
+        if not self.path.is_file():
+            return
+        try:
+            stored = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            self.load_warnings.append(f"{self.path}: not readable ({exc}); using the defaults")
+            log.warning(self.load_warnings[-1])
+            return
+        if not isinstance(stored, dict):
+            self.load_warnings.append(f"{self.path}: not a JSON object; using the defaults")
+            return
+        values = {o.key: o.default for o in OPTIONS}
+        for key, value in stored.items():
+            option = OPTION_BY_KEY.get(key)
+            if option is None:
+                continue  # a setting of a later or earlier version: kept on disk, ignored here
+            try:
+                values[key] = option.check(value)
+            except (ValueError, TypeError) as exc:
+                self.load_warnings.append(f"{self.path}: {key}: {exc}; using {option.default!r}")
+        with self._lock:
+            self._values = values
+
+    def update(self, changes: dict[str, Any]) -> list[str]:
+        """Check every change, then store all of them and save; returns the keys that changed.
+        Raises SettingsError naming the first bad value (nothing is stored then)."""
+        checked = {}
+        for key, value in changes.items():
+            option = OPTION_BY_KEY.get(key)
+            if option is None:
+                raise SettingsError(f"unknown setting {key!r}")
+            try:
+                checked[key] = option.check(value)
+            except (ValueError, TypeError) as exc:
+                raise SettingsError(f"{option.label}: {exc} (got {value!r})") from None
+        with self._lock:
+            changed = [k for k, v in checked.items() if self._values[k] != v]
+            new = {**self._values, **checked}
+            self._save(new)
+            self._values = new
+        return changed
+
+    def _save(self, values: dict[str, Any]) -> None:
+        """Write to a temporary file in the same folder, then os.replace it over the old one:
+        a crash leaves either the old file or the new one, never half of one. Settings the file
+        holds that this version does not know are kept."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        stored: dict[str, Any] = {}
+        try:
+            old = json.loads(self.path.read_text(encoding="utf-8"))
+            if isinstance(old, dict):
+                stored = old
+        except (OSError, ValueError):
+            pass
+        stored.update(values)
+        write_atomically(self.path, json.dumps(stored, indent=2, sort_keys=True) + "\n")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

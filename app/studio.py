@@ -1,0 +1,909 @@
+"""What the page does, apart from how it is laid out: every callback of app/webui.py lives here
+as a method of :class:`StudioUI`, taking and returning plain values, so it can be tested
+without a browser.
+
+No tensor work happens here: the engine (core) makes, upscales and saves images; this module
+builds GenerationParams from the form, runs jobs in a thread while streaming progress and
+previews, saves in the format the settings ask for, and moves files for the gallery.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import html
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import gradio as gr
+from PIL import Image
+
+from app import gallery as gallery_files
+from app.imagefiles import IMAGE_SUFFIXES, expand_pattern, read_metadata, save_image
+from app.preview import latent_preview
+from app.settings import ROOT, DEFAULT_DIR_PATTERN, DEFAULT_FOLDERS, DEFAULT_NAME_PATTERN, Settings, SettingsError
+from app.styles import StyleDatabase, StyleError
+
+log = logging.getLogger(__name__)
+
+TABS = ("txt2img", "img2img", "inpaint")
+TAB_FOLDER = {"txt2img": "txt2img", "img2img": "img2img", "inpaint": "img2img", "extras": "extras"}
+RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
+FILL_MODES = ("fill", "original", "latent noise", "latent nothing")
+MASK_MODES = ("Inpaint masked", "Inpaint not masked")
+INPAINT_AREAS = ("Whole picture", "Only masked")
+OUTPAINT_DIRECTIONS = ("left", "right", "up", "down")
+INPAINT_SOURCES = ("Paint the mask", "Upload a mask")
+SAME = "Use same"
+
+COMMON_FIELDS = (
+    "prompt", "negative_prompt", "styles", "checkpoint", "sampler", "scheduler", "steps", "cfg_scale",
+    "width", "height", "batch_count", "batch_size", "seed", "subseed", "subseed_strength", "clip_skip",
+)
+HIRES_FIELDS = (
+    "enable_hr", "hr_upscaler", "hr_second_pass_steps", "hr_denoising_strength", "hr_scale", "hr_resize_x",
+    "hr_resize_y", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
+)
+FORM_FIELDS = {
+    "txt2img": COMMON_FIELDS + HIRES_FIELDS,
+    "img2img": COMMON_FIELDS + ("init_image", "resize_mode", "denoising_strength"),
+    "inpaint": COMMON_FIELDS + (
+        "inpaint_source", "editor", "inpaint_image", "inpaint_mask", "resize_mode", "denoising_strength",
+        "mask_blur", "mask_mode", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
+        "outpaint_directions", "outpaint_pixels",
+    ),
+}
+FORM_DEFAULTS: dict[str, Any] = {
+    "prompt": "", "negative_prompt": "", "styles": [], "checkpoint": None, "sampler": "Euler",
+    "scheduler": "Automatic", "steps": 20, "cfg_scale": 7.0, "width": 512, "height": 512, "batch_count": 1,
+    "batch_size": 1, "seed": -1, "subseed": -1, "subseed_strength": 0.0, "clip_skip": 1,
+    "enable_hr": False, "hr_upscaler": "Latent", "hr_second_pass_steps": 0, "hr_denoising_strength": 0.7,
+    "hr_scale": 2.0, "hr_resize_x": 0, "hr_resize_y": 0, "hr_sampler_name": SAME, "hr_scheduler": SAME,
+    "hr_prompt": "", "hr_negative_prompt": "", "init_image": None, "resize_mode": RESIZE_MODES[0], "denoising_strength": 0.75,
+    "inpaint_source": INPAINT_SOURCES[0], "editor": None, "inpaint_image": None, "inpaint_mask": None,
+    "mask_blur": 4, "mask_mode": MASK_MODES[0], "inpainting_fill": "original", "inpaint_full_res": INPAINT_AREAS[0],
+    "inpaint_full_res_padding": 32,
+    "outpaint_directions": [], "outpaint_pixels": 128,
+}
+
+# A1111 infotext key -> form field, for "send to" (PNG Info, gallery, results).
+INFOTEXT_TO_FIELD = {
+    "Prompt": "prompt", "Negative prompt": "negative_prompt", "Steps": "steps", "Sampler": "sampler",
+    "Schedule type": "scheduler", "CFG scale": "cfg_scale", "Seed": "seed", "Size-1": "width", "Size-2": "height",
+    "Clip skip": "clip_skip", "Batch size": "batch_size", "Variation seed": "subseed",
+    "Variation seed strength": "subseed_strength", "Denoising strength": "denoising_strength",
+    "Hires upscale": "hr_scale", "Hires steps": "hr_second_pass_steps", "Hires upscaler": "hr_upscaler",
+    "Hires resize-1": "hr_resize_x", "Hires resize-2": "hr_resize_y", "Hires sampler": "hr_sampler_name",
+    "Hires schedule type": "hr_scheduler", "Hires prompt": "hr_prompt", "Hires negative prompt": "hr_negative_prompt",
+    "Mask blur": "mask_blur", "Masked area padding": "inpaint_full_res_padding",
+}
+_INT_FIELDS = {"steps", "seed", "width", "height", "clip_skip", "batch_size", "subseed", "hr_second_pass_steps",
+               "hr_resize_x", "hr_resize_y", "mask_blur", "inpaint_full_res_padding"}
+_FLOAT_FIELDS = {"cfg_scale", "subseed_strength", "denoising_strength", "hr_scale"}
+
+
+def _is_engine_error(exc: BaseException) -> bool:
+    """True for core's EngineError (and subclasses) without importing core."""
+    return any(cls.__name__ == "EngineError" for cls in type(exc).__mro__)
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    if any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def error_message(exc: BaseException, what: str = "Generation") -> str:
+    """One line a person can act on, for any failure of a job."""
+    if isinstance(exc, gr.Error):
+        return exc.message
+    if _is_engine_error(exc) or isinstance(exc, (StyleError, SettingsError, gallery_files.GalleryError)):
+        return str(exc)
+    if _is_out_of_memory(exc):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return (f"Out of memory: try a smaller size, a smaller batch size or a lower hires scale ({first[:200]})")
+    return f"{what} failed: {type(exc).__name__}: {exc}"
+
+
+def sampler_choices() -> tuple[list[str], list[str]]:
+    """Sampler names and schedule types, as the engine knows them."""
+    from core.sampling.samplers import SAMPLERS
+    from core.sampling.schedules import AUTOMATIC, SCHEDULES
+
+    return list(SAMPLERS), [AUTOMATIC, *SCHEDULES]
+
+
+def latent_upscale_modes() -> list[str]:
+    from core.pipelines.hires import LATENT_UPSCALE_MODES
+
+    return list(LATENT_UPSCALE_MODES)
+
+
+def _default_params_cls() -> type:
+    from core.params import GenerationParams
+
+    return GenerationParams
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "…"
+    seconds = max(0, int(round(seconds)))
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes:02d}:{seconds:02d}"
+
+
+def progress_html(progress: Any | None, started: float | None = None, text: str | None = None) -> str:
+    """The bar above the results: fraction, step, batch, ETA."""
+    if progress is None and text is None:
+        return ""
+    if progress is None:
+        return f'<div class="studio-progress"><div class="studio-progress-text">{html.escape(text or "")}</div></div>'
+    fraction = float(getattr(progress, "fraction", 0.0))
+    parts = [f"Step {progress.step}/{progress.steps}"]
+    if getattr(progress, "batches", 1) > 1:
+        parts.append(f"batch {progress.batch + 1}/{progress.batches}")
+    parts.append(f"{fraction * 100:.0f}%")
+    eta = getattr(progress, "eta_seconds", None)
+    parts.append(f"ETA {format_eta(eta)}")
+    label = " · ".join(parts)
+    return (f'<div class="studio-progress" data-fraction="{fraction:.3f}">'
+            f'<div class="studio-progress-bar" style="width:{fraction * 100:.1f}%"></div>'
+            f'<div class="studio-progress-text">{html.escape(label)}</div></div>')
+
+
+def log_html(lines: Sequence[str], error: str | None = None) -> str:
+    out = []
+    if error:
+        out.append(f'<div class="studio-error">{html.escape(error)}</div>')
+    out.extend(f'<div class="studio-note">{html.escape(line)}</div>' for line in lines if line)
+    return "".join(out)
+
+
+@dataclass
+class JobResult:
+    items: list[dict] = field(default_factory=list)  # {"path", "infotext", "seed"} per image
+    notes: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+
+@dataclass
+class _Live:
+    """What the job thread tells the page: the last progress and preview."""
+    progress: Any = None
+    preview: Image.Image | None = None
+    version: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class StudioUI:
+    """The page's behaviour. ``engine`` is a core.engine.Engine or anything with its methods."""
+
+    def __init__(self, engine: Any, params_cls: Callable[..., Any] | None = None,
+                 settings: Settings | None = None, styles: StyleDatabase | None = None):
+        self.engine = engine
+        self._params_cls = params_cls
+        self.settings = settings if settings is not None else Settings()
+        self.styles = styles if styles is not None else StyleDatabase()
+
+    @property
+    def params_cls(self) -> Callable[..., Any]:
+        if self._params_cls is None:
+            self._params_cls = _default_params_cls()
+        return self._params_cls
+
+    # ------------------------------------------------------------------ folders and models
+
+    def output_root(self) -> Path:
+        configured = self.settings["outdir"]
+        if configured:
+            return Path(configured).expanduser()
+        return Path(getattr(self.engine, "output_dir", None) or ROOT / "outputs")
+
+    def folder(self, tab: str) -> Path:
+        """The folder of a tab's images (before the date sub-folder)."""
+        key = TAB_FOLDER.get(tab, tab)
+        return self.output_root() / self.settings[f"outdir_{key}"]
+
+    def folders(self) -> dict[str, Path]:
+        return {name: self.folder(name) for name in ("txt2img", "img2img", "extras")}
+
+    def engine_saves(self, tab: str) -> bool:
+        """Whether the engine's own saving gives what the settings ask for (the default)."""
+        s = self.settings
+        engine_root = getattr(self.engine, "output_dir", None)
+        if engine_root is None:
+            return False
+        key = TAB_FOLDER[tab]
+        return (s["image_format"] == "png" and s["filename_pattern"] == DEFAULT_NAME_PATTERN
+                and s["directory_pattern"] == DEFAULT_DIR_PATTERN and s[f"outdir_{key}"] == DEFAULT_FOLDERS[key]
+                and Path(self.output_root()).resolve() == Path(engine_root).resolve())
+
+    def checkpoints(self) -> list[str]:
+        try:
+            return list(self.engine.list_checkpoints())
+        except Exception as exc:  # the page must come up even if the folder is odd
+            log.warning("could not list checkpoints: %s", exc)
+            return []
+
+    def refresh_checkpoints(self, current: str | None) -> Any:
+        choices = self.checkpoints()
+        value = current if current in choices else (choices[0] if choices else None)
+        return gr.Dropdown(choices=choices, value=value)
+
+    def models_root(self) -> Path:
+        ckpt_dir = getattr(self.engine, "ckpt_dir", None)
+        return Path(ckpt_dir).parent if ckpt_dir else Path("models")
+
+    def upscalers(self) -> list[str]:
+        """Upscaler names from core.upscaling (built-in resamplers and model files)."""
+        try:
+            from core.upscaling import list_upscalers
+        except ImportError as exc:
+            log.warning("upscaling is not available: %s", exc)
+            return []
+        try:
+            return [info.name for info in list_upscalers(self.models_root())]
+        except Exception as exc:
+            log.warning("could not list upscalers: %s", exc)
+            return []
+
+    def hires_upscalers(self) -> list[str]:
+        return latent_upscale_modes() + [name for name in self.upscalers() if name != "None"]
+
+    # ------------------------------------------------------------------ building parameters
+
+    def form(self, tab: str, values: Sequence[Any] | dict[str, Any]) -> dict[str, Any]:
+        """Positional values in FORM_FIELDS[tab] order (as Gradio passes them), or a partial
+        dict, -> a complete form."""
+        names = FORM_FIELDS[tab]
+        if isinstance(values, dict):
+            unknown = set(values) - set(names)
+            if unknown:
+                raise ValueError(f"unknown fields for {tab}: {sorted(unknown)}")
+            given = values
+        else:
+            given = dict(zip(names, values))
+        return {name: given.get(name, FORM_DEFAULTS[name]) for name in names}
+
+    def make_params(self, tab: str, form: dict[str, Any]) -> Any:
+        """GenerationParams from a form; the styles are applied to the prompts here, so the
+        infotext records what the model was given (as A1111)."""
+        def whole(name: str, default: int) -> int:
+            value = form.get(name)
+            if value is None or value == "":
+                return default
+            number = float(value)
+            if not number.is_integer():
+                raise gr.Error(f"{name}: must be a whole number, got {value}", print_exception=False)
+            return int(number)
+
+        try:
+            prompt, negative = self.styles.apply(form.get("styles") or [], form.get("prompt") or "",
+                                                 form.get("negative_prompt") or "")
+        except StyleError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        kwargs: dict[str, Any] = dict(
+            prompt=prompt,
+            negative_prompt=negative,
+            steps=whole("steps", 20),
+            cfg_scale=float(form.get("cfg_scale") if form.get("cfg_scale") is not None else 7.0),
+            seed=whole("seed", -1),
+            width=whole("width", 512),
+            height=whole("height", 512),
+            sampler=form.get("sampler") or "Euler",
+            scheduler=form.get("scheduler") or "Automatic",
+            batch_size=whole("batch_size", 1),
+            batch_count=whole("batch_count", 1),
+            checkpoint=form.get("checkpoint") or None,
+        )
+        clip_skip = whole("clip_skip", 1)
+        if clip_skip != 1:
+            kwargs["clip_skip"] = clip_skip
+        strength = float(form.get("subseed_strength") or 0.0)
+        if strength > 0:
+            kwargs["subseed"] = whole("subseed", -1)
+            kwargs["subseed_strength"] = strength
+        if tab == "txt2img" and form.get("enable_hr"):
+            kwargs.update(
+                enable_hr=True,
+                hr_upscaler=form.get("hr_upscaler") or "Latent",
+                hr_second_pass_steps=whole("hr_second_pass_steps", 0),
+                denoising_strength=float(form.get("hr_denoising_strength") if form.get("hr_denoising_strength")
+                                         is not None else 0.7),
+                hr_scale=float(form.get("hr_scale") or 2.0),
+                hr_resize_x=whole("hr_resize_x", 0),
+                hr_resize_y=whole("hr_resize_y", 0),
+                hr_sampler_name="" if form.get("hr_sampler_name") in (None, "", SAME) else form["hr_sampler_name"],
+                hr_scheduler="" if form.get("hr_scheduler") in (None, "", SAME) else form["hr_scheduler"],
+                hr_prompt=form.get("hr_prompt") or "",
+                hr_negative_prompt=form.get("hr_negative_prompt") or "",
+            )
+        if tab in ("img2img", "inpaint"):
+            kwargs["denoising_strength"] = float(form.get("denoising_strength") if form.get("denoising_strength")
+                                                 is not None else 0.75)
+            kwargs["resize_mode"] = _index(form.get("resize_mode"), RESIZE_MODES)
+        if tab == "inpaint":
+            kwargs.update(
+                mask_blur=whole("mask_blur", 4),
+                inpainting_mask_invert=_index(form.get("mask_mode"), MASK_MODES),
+                inpainting_fill=_index(form.get("inpainting_fill"), FILL_MODES),
+                inpaint_full_res=bool(_index(form.get("inpaint_full_res"), INPAINT_AREAS)),
+                inpaint_full_res_padding=whole("inpaint_full_res_padding", 32),
+            )
+        return self.params_cls(**kwargs)
+
+    def inputs_for(self, tab: str, form: dict[str, Any], params: Any) -> tuple[Any, Any, list[str]]:
+        """(image, mask, notes) for an img2img/inpaint job; raises gr.Error when missing."""
+        notes: list[str] = []
+        if tab == "img2img":
+            image = form.get("init_image")
+            if image is None:
+                raise gr.Error("img2img: upload an input image first", print_exception=False)
+            return _open_upload(image, "input image"), None, notes
+        if form.get("inpaint_source") == INPAINT_SOURCES[1]:
+            image, mask = form.get("inpaint_image"), form.get("inpaint_mask")
+            if image is None:
+                raise gr.Error("Inpaint: upload an image first", print_exception=False)
+            if mask is None:
+                raise gr.Error("Inpaint: upload a mask (white = repaint) or paint one", print_exception=False)
+            image, mask = _open_upload(image, "image"), _open_upload(mask, "mask")
+        else:
+            image, mask = editor_image_and_mask(form.get("editor"))
+        directions = [d for d in (form.get("outpaint_directions") or []) if d]
+        if directions:
+            from core.pipelines.masking import outpaint_canvas
+
+            pixels = int(float(form.get("outpaint_pixels") or 0))
+            left = -(-pixels // 8) * 8 if "left" in directions else 0
+            up = -(-pixels // 8) * 8 if "up" in directions else 0
+            canvas = outpaint_canvas(image.convert("RGB"), pixels, tuple(directions))
+            grown = canvas.mask
+            if mask is not None and mask.getbbox() is not None:  # keep what was painted, moved with the image
+                painted = Image.new("L", grown.size, 0)
+                painted.paste(mask.convert("L").resize(image.size), (left, up))
+                from PIL import ImageChops
+
+                grown = ImageChops.lighter(grown, painted)
+            image, mask = canvas.image, grown
+            width, height = max(64, round(image.width / 8) * 8), max(64, round(image.height / 8) * 8)
+            params.width, params.height = width, height
+            notes.append(f"outpainting {', '.join(directions)} by {pixels}px: working size {width}x{height}")
+        elif mask is None:
+            raise gr.Error("Inpaint: paint over the part of the image to repaint, or upload a mask",
+                           print_exception=False)
+        return image, mask, notes
+
+    # ------------------------------------------------------------------ running jobs
+
+    def run_job(self, tab: str, form: dict[str, Any], progress: Callable[[Any], None] | None = None) -> JobResult:
+        """Run one txt2img/img2img/inpaint job to the end; raises on failure."""
+        params = self.make_params(tab, form)
+        engine_saves = self.engine_saves(tab)
+        if tab == "txt2img":
+            results = self.engine.txt2img(params, progress=progress, save=engine_saves)
+            notes: list[str] = []
+        else:
+            image, mask, notes = self.inputs_for(tab, form, params)
+            results = self.engine.img2img(params, image, mask, progress=progress, save=engine_saves)
+        job = JobResult(notes=list(notes))
+        flags = getattr(self.engine, "flags", None)
+        job.interrupted = bool(getattr(flags, "interrupted", False))
+        for result in results:
+            path = getattr(result, "path", None)
+            if path is None or not engine_saves:
+                path = self.save(tab, result.image, result.infotext, params, result.seed)
+            job.items.append({"path": str(path), "infotext": result.infotext, "seed": result.seed})
+            for note in getattr(result, "notes", None) or []:
+                if note not in job.notes:
+                    job.notes.append(note)
+        expected = params.batch_count * params.batch_size
+        if job.interrupted:
+            job.notes.append(f"Interrupted: {len(job.items)} of {expected} images made")
+        elif len(job.items) < expected:
+            job.notes.append(f"Skipped: {len(job.items)} of {expected} images made")
+        return job
+
+    def save(self, tab: str, image: Image.Image, infotext: str | None, params: Any = None,
+             seed: int | None = None, chunks: dict[str, str] | None = None) -> Path:
+        """Save where and how the settings say (used when the engine's layout is not wanted)."""
+        s = self.settings
+        fields = {
+            "seed": seed if seed is not None else "",
+            "prompt": getattr(params, "prompt", "") if params is not None else "",
+            "model_name": Path(str(getattr(params, "checkpoint", "") or "")).stem if params is not None else "",
+            "sampler": getattr(params, "sampler", "") if params is not None else "",
+            "scheduler": getattr(params, "scheduler", "") if params is not None else "",
+            "steps": getattr(params, "steps", "") if params is not None else "",
+            "cfg": getattr(params, "cfg_scale", "") if params is not None else "",
+            "width": image.width, "height": image.height,
+        }
+        directory = self.folder(tab)
+        sub = expand_pattern(s["directory_pattern"], fields).strip("/ ")
+        if sub:
+            directory = directory / sub
+        name = expand_pattern(s["filename_pattern"], fields).strip(" -_")
+        return save_image(image, directory, name=name, fmt=s["image_format"], infotext=infotext,
+                          chunks=chunks, quality=s["jpeg_quality"])
+
+    def stream(self, tab: str, values: Sequence[Any] | dict[str, Any]) -> Iterator[tuple]:
+        """Run a job in a thread and yield (gallery, info, log, progress, results) while it
+        runs: progress every poll, a preview image when one is due, the results at the end.
+        Errors end as a message in the log and a Gradio error toast; the page stays usable."""
+        form = self.form(tab, values)
+        live = _Live()
+        every = int(self.settings["preview_every"])
+        started = time.monotonic()
+
+        def on_progress(p: Any) -> None:
+            preview = None
+            step = getattr(p, "step", 0)
+            if every > 0 and (step % every == 0 or step == getattr(p, "steps", -1)):
+                try:
+                    preview = latent_preview(getattr(p, "latent", None))
+                except Exception:  # a preview never breaks a job
+                    log.debug("preview failed", exc_info=True)
+            with live.lock:
+                live.progress = p
+                if preview is not None:
+                    live.preview = preview
+                live.version += 1
+
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["result"] = self.run_job(tab, form, on_progress)
+            except BaseException as exc:  # reported to the page below
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=work, name=f"studio-{tab}", daemon=True)
+        skip = gr.skip()
+        yield (skip, skip, "", progress_html(None, text="Starting…"), skip)
+        thread.start()
+        seen_version, shown_preview = 0, None
+        try:
+            while thread.is_alive():
+                thread.join(0.25)
+                with live.lock:
+                    version, progress, preview = live.version, live.progress, live.preview
+                if version != seen_version:
+                    seen_version = version
+                    gallery_value = skip
+                    if preview is not None and preview is not shown_preview:
+                        shown_preview = preview
+                        gallery_value = [(preview, "preview")]
+                    yield (gallery_value, skip, skip, progress_html(progress, started), skip)
+        except GeneratorExit:  # the page went away or the event was cancelled: stop the job too
+            self.interrupt()
+            raise
+        if "error" in outcome:
+            exc = outcome["error"]
+            message = error_message(exc)
+            if not (_is_engine_error(exc) or isinstance(exc, gr.Error)):
+                log.error("job failed:\n%s", "".join(traceback.format_exception(exc)))
+            yield ([] if shown_preview is not None else skip, skip, log_html([], message), "", skip)
+            raise gr.Error(message, print_exception=False)
+        job: JobResult = outcome["result"]
+        elapsed = time.monotonic() - started
+        notes = list(job.notes)
+        if job.items:
+            notes.append(f"{len(job.items)} image{'s' if len(job.items) != 1 else ''} in {elapsed:.1f}s, "
+                         f"saved to {Path(job.items[0]['path']).parent}")
+        gallery_value = [(item["path"], None) for item in job.items]
+        info = job.items[0]["infotext"] if job.items else ""
+        yield (gallery_value, info, log_html(notes), "", job.items)
+
+    def interrupt(self) -> None:
+        try:
+            self.engine.interrupt()
+        except Exception:
+            log.debug("interrupt failed", exc_info=True)
+
+    def skip(self) -> None:
+        try:
+            self.engine.skip()
+        except Exception:
+            log.debug("skip failed", exc_info=True)
+
+    # ------------------------------------------------------------------ results
+
+    @staticmethod
+    def selected_item(items: list[dict] | None, index: int | None) -> dict | None:
+        if not items:
+            return None
+        index = index if isinstance(index, int) and 0 <= index < len(items) else 0
+        return items[index]
+
+    def select_result(self, items: list[dict] | None, index: int | None) -> str:
+        item = self.selected_item(items, index)
+        return item["infotext"] if item else ""
+
+    def reuse_seed(self, items: list[dict] | None, index: int | None) -> Any:
+        item = self.selected_item(items, index)
+        return item["seed"] if item else gr.skip()
+
+    # ------------------------------------------------------------------ infotext -> fields
+
+    def fields_from_infotext(self, text: str | None, tab: str) -> tuple[dict[str, Any], list[str]]:
+        """The form fields of ``tab`` an infotext gives values for, and notes on what it could
+        not use. Only fields the text names are returned: the rest of the form is left as is."""
+        from core.infotext import params_from_infotext, parse_infotext
+
+        if not text or not text.strip():
+            return {}, ["no generation parameters in this image"]
+        parsed = parse_infotext(text)
+        params, rest = params_from_infotext(text)
+        names = set(FORM_FIELDS[tab])
+        notes: list[str] = []
+        out: dict[str, Any] = {}
+        from core.infotext import FIELDS as KNOWN_FIELDS, param_attribute
+
+        for key, value in parsed.items():
+            name = INFOTEXT_TO_FIELD.get(key)
+            if key in ("Denoising strength",) and tab == "txt2img":
+                name = "hr_denoising_strength"
+            if name is None or name not in names:
+                continue
+            attr = param_attribute(key)
+            if key in rest and key in KNOWN_FIELDS:  # a field core reads, with a value it could not
+                notes.append(f"{key}: {rest[key]!r} not understood")
+                continue
+            if attr is not None:
+                converted = getattr(params, attr)
+            elif key in params.extra:
+                converted = params.extra[key]
+            else:
+                converted = value
+            try:
+                if name in _INT_FIELDS:
+                    converted = int(float(converted))
+                elif name in _FLOAT_FIELDS or name == "hr_denoising_strength":
+                    converted = float(converted)
+            except (TypeError, ValueError):
+                notes.append(f"{key}: {value!r} not understood")
+                continue
+            out[name] = converted
+        samplers, schedules = sampler_choices()
+        if "sampler" in out:
+            from core.sampling.samplers import resolve_sampler_name
+
+            try:
+                sampler, schedule = resolve_sampler_name(out["sampler"])
+            except Exception:
+                notes.append(f"Sampler: {out.pop('sampler')!r} is not one this studio has")
+            else:
+                out["sampler"] = sampler
+                if schedule != "Automatic" and "scheduler" not in out:
+                    out["scheduler"] = schedule
+        if "scheduler" in out and out["scheduler"] not in schedules:
+            notes.append(f"Schedule type: {out.pop('scheduler')!r} is not one this studio has")
+        for key in ("hr_sampler_name", "hr_scheduler"):
+            if key in out and out[key] not in (samplers if key == "hr_sampler_name" else schedules):
+                notes.append(f"{key}: {out.pop(key)!r} unknown")
+        if "hr_upscaler" in out and out["hr_upscaler"] not in self.hires_upscalers():
+            notes.append(f"Hires upscaler: {out.pop('hr_upscaler')!r} is not available")
+        if tab == "txt2img" and any(k in parsed for k in ("Hires upscale", "Hires resize-1", "Hires upscaler")):
+            out["enable_hr"] = True
+        if "Model" in parsed:
+            match = self.match_checkpoint(parsed["Model"])
+            if match:
+                out["checkpoint"] = match
+            else:
+                notes.append(f"Model: {parsed['Model']!r} is not in the checkpoint folder")
+        if "subseed_strength" in out and out["subseed_strength"] <= 0:
+            out.pop("subseed", None)
+        if tab == "inpaint":
+            out["mask_mode"] = parsed["Mask mode"] if parsed.get("Mask mode") in MASK_MODES else MASK_MODES[0]
+            if parsed.get("Masked content") in FILL_MODES:
+                out["inpainting_fill"] = parsed["Masked content"]
+            out["inpaint_full_res"] = INPAINT_AREAS[1] if parsed.get("Inpaint area") == "Only masked" else INPAINT_AREAS[0]
+        return out, notes
+
+    def match_checkpoint(self, model: str) -> str | None:
+        names = self.checkpoints()
+        for name in names:
+            if name == model or Path(name).stem == model or Path(name).name == model:
+                return name
+        lowered = model.lower()
+        return next((n for n in names if Path(n).stem.lower() == lowered), None)
+
+    def field_updates(self, tab: str, text: str | None, names: Sequence[str]) -> tuple[list[Any], list[str]]:
+        """Values for components ``names`` (gr.skip() for fields the text does not give)."""
+        fields, notes = self.fields_from_infotext(text, tab)
+        return [fields[name] if name in fields else gr.skip() for name in names], notes
+
+    # ------------------------------------------------------------------ PNG info
+
+    def png_info(self, path: str | None) -> tuple[str, str, dict]:
+        """(infotext, html of the other metadata, raw items) of an uploaded image file."""
+        if not path:
+            return "", "", {}
+        try:
+            meta = read_metadata(path)
+        except FileNotFoundError:
+            raise gr.Error("PNG Info: the file is gone, upload it again", print_exception=False) from None
+        except Exception as exc:
+            raise gr.Error(f"PNG Info: not a readable image ({type(exc).__name__}: {exc})",
+                           print_exception=False) from None
+        rows = [f"<p><b>{html.escape(str(meta.get('format') or 'image'))}</b> {html.escape(meta['size'])}"]
+        if meta["source"]:
+            rows.append(f" — parameters from the {html.escape(meta['source'])}")
+        rows.append("</p>")
+        if not meta["parameters"]:
+            rows.append("<p>No generation parameters found in this image.</p>")
+        for key, value in meta["items"].items():
+            if not isinstance(value, str):
+                import json
+
+                value = json.dumps(value, indent=1, ensure_ascii=False)
+            shown = value if len(value) <= 4000 else value[:4000] + "…"
+            rows.append(f"<div class='studio-chunk'><b>{html.escape(str(key))}</b><pre>{html.escape(shown)}</pre></div>")
+        return meta["parameters"] or "", "".join(rows), meta["items"]
+
+    # ------------------------------------------------------------------ super-resolution
+
+    def upscale(self, mode: str, image_path: str | None, input_dir: str, output_dir: str, upscaler: str,
+                resize_mode: str, scale: float, width: float, height: float,
+                progress: Callable[[float, str], None] | None = None,
+                sd: dict[str, Any] | None = None) -> tuple[list, str, str, list[dict]]:
+        """Upscale one image or every image of a folder; returns (gallery, info, log, items).
+
+        ``sd`` (enabled): SD upscale instead — the engine enlarges with ``upscaler`` and redraws
+        in img2img tiles of ``sd["tile"]`` pixels with the checkpoint; keys are form fields
+        (prompt, negative_prompt, steps, cfg_scale, seed, sampler, denoising_strength) plus
+        ``tile`` and ``overlap``."""
+        try:
+            from core.upscaling import open_image, postprocess_infotext, upscale_image
+        except ImportError as exc:
+            raise gr.Error(f"Super-resolution is not available: {exc}", print_exception=False) from None
+        if not upscaler:
+            raise gr.Error("Super-resolution: choose an upscaler", print_exception=False)
+        by_size = resize_mode == "Scale to"
+        size = (int(width or 0), int(height or 0)) if by_size else None
+        factor = None if by_size else float(scale or 0)
+        if mode == "Batch from folder":
+            if not input_dir or not Path(input_dir).expanduser().is_dir():
+                raise gr.Error(f"Super-resolution: {input_dir!r} is not a folder", print_exception=False)
+            sources = sorted(p for p in Path(input_dir).expanduser().iterdir()
+                             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + (".bmp", ".tif", ".tiff"))
+            if not sources:
+                raise gr.Error(f"Super-resolution: no images in {input_dir}", print_exception=False)
+        else:
+            if not image_path:
+                raise gr.Error("Super-resolution: upload an image first", print_exception=False)
+            sources = [Path(image_path)]
+        out_dir = Path(output_dir).expanduser() if (mode == "Batch from folder" and output_dir) else None
+        done: list[dict] = []
+        notes: list[str] = []
+        for number, source in enumerate(sources):
+            if progress is not None:
+                progress(number / len(sources), f"{source.name} ({number + 1}/{len(sources)})")
+            try:
+                picture = open_image(source)
+                try:
+                    original = read_metadata(source).get("parameters")
+                except Exception:
+                    original = None
+                if sd and sd.get("enabled"):
+                    result, text, saved = self._sd_upscale(picture, upscaler, factor, size, sd, progress,
+                                                           number, len(sources), out_dir, source.stem)
+                    done.append({"path": str(saved), "infotext": text, "seed": None,
+                                 "size": f"{picture.width}x{picture.height} → {result.width}x{result.height}"})
+                    continue
+                result = upscale_image(picture, upscaler, scale=factor, size=size, models_root=self.models_root(),
+                                       device=str(getattr(self.engine, "device", "cpu")))
+                text = postprocess_infotext(upscaler, scale=factor, size=size, source=original)
+                if out_dir is not None:
+                    saved = save_image(result, out_dir, name=source.stem, fmt=self.settings["image_format"],
+                                       infotext=text, quality=self.settings["jpeg_quality"])
+                else:
+                    saved = self.save("extras", result, text)
+            except Exception as exc:
+                message = error_message(exc, "Upscaling")
+                if len(sources) == 1:
+                    raise gr.Error(message, print_exception=False) from None
+                notes.append(f"{source.name}: {message}")
+                continue
+            done.append({"path": str(saved), "infotext": text, "seed": None,
+                         "size": f"{picture.width}x{picture.height} → {result.width}x{result.height}"})
+        if done:
+            notes.append(f"{len(done)} of {len(sources)} image(s) upscaled, saved to {Path(done[0]['path']).parent}")
+        return [(d["path"], d["size"]) for d in done], done[0]["infotext"] if done else "", log_html(notes), done
+
+    def _sd_upscale(self, picture: Image.Image, upscaler: str, factor: float | None, size: tuple[int, int] | None,
+                    sd: dict[str, Any], progress, number: int, total: int, out_dir: Path | None, stem: str):
+        if not hasattr(self.engine, "sd_upscale"):
+            raise gr.Error("SD upscale is not available in this engine", print_exception=False)
+        if factor is None:  # SD upscale takes a factor: the one that reaches the asked width (or height)
+            factor = size[0] / picture.width if size[0] else size[1] / picture.height
+        tile = int(float(sd.get("tile") or 512))
+        form = self.form("img2img", {k: v for k, v in sd.items() if k in FORM_FIELDS["img2img"]})
+        form.update(width=tile, height=tile, batch_count=1, batch_size=1)
+        params = self.make_params("img2img", form)
+
+        def on_step(p: Any) -> None:
+            if progress is not None:
+                progress((number + getattr(p, "fraction", 0.0)) / total,
+                         f"SD upscale {number + 1}/{total}: step {p.step}/{p.steps}")
+
+        saves = self.engine_saves("img2img") and out_dir is None
+        results = self.engine.sd_upscale(params, picture, upscaler=upscaler, scale=float(factor),
+                                         overlap=int(float(sd.get("overlap") or 64)), progress=on_step, save=saves)
+        if not results:
+            raise gr.Error("SD upscale was interrupted", print_exception=False)
+        result = results[0]
+        if saves and result.path is not None:
+            saved = result.path
+        elif out_dir is not None:
+            saved = save_image(result.image, out_dir, name=stem, fmt=self.settings["image_format"],
+                               infotext=result.infotext, quality=self.settings["jpeg_quality"])
+        else:
+            saved = self.save("img2img", result.image, result.infotext, params, result.seed)
+        return result.image, result.infotext, saved
+
+    # ------------------------------------------------------------------ gallery
+
+    def gallery(self, tab: str | None, date: str | None) -> tuple[list, list[str], list[str], str]:
+        """(gallery items, date choices, listed paths, note) for the Gallery tab."""
+        root = self.output_root()
+        everything = gallery_files.list_images(self.folders(), tab, None, exclude=root / gallery_files.TRASH)
+        entries = [e for e in everything if date in (None, "", "All") or e.date == date]
+        note = ""
+        if len(entries) > gallery_files.MAX_LISTED:
+            note = f"showing the newest {gallery_files.MAX_LISTED} of {len(entries)} images"
+            entries = entries[:gallery_files.MAX_LISTED]
+        items = [(str(e.path), f"{e.tab} · {e.path.name}") for e in entries]
+        return items, ["All", *gallery_files.dates(everything)], [str(e.path) for e in entries], note
+
+    def gallery_select(self, paths: list[str] | None, index: int | None) -> tuple[str, str, str]:
+        """(infotext, html link to the full-size file, path) of the picked image."""
+        if not paths or index is None or not 0 <= index < len(paths):
+            return "", "", ""
+        path = paths[index]
+        try:
+            text = read_metadata(path).get("parameters") or ""
+        except Exception as exc:
+            text = f"(cannot read: {exc})"
+        link = (f'<a class="studio-open" href="/gradio_api/file={html.escape(path)}" target="_blank" '
+                f'rel="noopener">Open full size</a> <code>{html.escape(path)}</code>')
+        return text, link, path
+
+    def gallery_delete(self, path: str | None) -> str:
+        if not path:
+            raise gr.Error("Gallery: pick an image first", print_exception=False)
+        root = self.output_root()
+        try:
+            moved = gallery_files.delete_to_trash(root, path, list(self.folders().values()))
+        except gallery_files.GalleryError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        return f"Moved to the trash: {moved}"
+
+    def trash(self) -> tuple[list, list[str]]:
+        entries = gallery_files.list_trash(self.output_root())
+        return [(str(e.path), e.path.name) for e in entries], [str(e.path) for e in entries]
+
+    def restore(self, path: str | None) -> str:
+        if not path:
+            raise gr.Error("Trash: pick an image to restore", print_exception=False)
+        try:
+            back = gallery_files.restore(self.output_root(), path)
+        except gallery_files.GalleryError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        return f"Restored: {back}"
+
+    # ------------------------------------------------------------------ settings and styles
+
+    def apply_settings(self, keys: Sequence[str], values: Sequence[Any]) -> str:
+        try:
+            changed = self.settings.update(dict(zip(keys, values)))
+        except SettingsError as exc:
+            raise gr.Error(f"Settings not saved: {exc}", print_exception=False) from None
+        except OSError as exc:
+            raise gr.Error(f"Settings not saved: cannot write {self.settings.path}: {exc}",
+                           print_exception=False) from None
+        allow_output_folder(self.output_root())
+        if not changed:
+            return f"Nothing changed ({self.settings.path})"
+        needs_reload = [k for k in changed if k.startswith("default_")]
+        text = f"Saved {len(changed)} setting(s) to {self.settings.path}; they apply to the next job"
+        if needs_reload:
+            text += "; new defaults show when the page is reloaded"
+        return text
+
+    def page_defaults(self) -> dict[str, Any]:
+        s = self.settings
+        return {"sampler": s["default_sampler"], "scheduler": s["default_scheduler"], "steps": s["default_steps"],
+                "cfg_scale": s["default_cfg_scale"], "width": s["default_width"], "height": s["default_height"],
+                "denoising_strength": s["default_denoising_strength"]}
+
+    def save_style(self, name: str, prompt: str, negative_prompt: str) -> str:
+        try:
+            style = self.styles.save_style(name, prompt, negative_prompt)
+        except StyleError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        except OSError as exc:
+            raise gr.Error(f"styles: cannot write {self.styles.path}: {exc}", print_exception=False) from None
+        return f"Style {style.name!r} saved to {self.styles.path}"
+
+    def delete_style(self, name: str) -> str:
+        try:
+            self.styles.delete_style(name)
+        except StyleError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        return f"Style {name!r} deleted"
+
+    def apply_styles_to_prompt(self, names: list[str] | None, prompt: str, negative: str) -> tuple[str, str, list]:
+        try:
+            prompt, negative = self.styles.apply(names or [], prompt or "", negative or "")
+        except StyleError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        return prompt, negative, []
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _index(value: Any, names: Sequence[str]) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if value in names:
+        return names.index(value)
+    return 0
+
+
+def _open_upload(value: Any, what: str) -> Image.Image:
+    if isinstance(value, Image.Image):
+        return value
+    try:
+        with Image.open(value) as image:
+            image.load()
+            return image.copy()
+    except Exception as exc:
+        raise gr.Error(f"{what}: not a readable image ({type(exc).__name__})", print_exception=False) from None
+
+
+def editor_image_and_mask(value: Any) -> tuple[Image.Image, Image.Image | None]:
+    """gr.ImageEditor's value -> (the image, an L mask: white where any layer was painted).
+    The mask is None when nothing was painted."""
+    if not isinstance(value, dict) or value.get("background") is None:
+        raise gr.Error("Inpaint: upload an image to paint on first", print_exception=False)
+    background = _open_upload(value["background"], "image")
+    mask = Image.new("L", background.size, 0)
+    painted = False
+    for layer in value.get("layers") or []:
+        if layer is None:
+            continue
+        layer = _open_upload(layer, "mask layer")
+        if layer.mode != "RGBA":
+            layer = layer.convert("RGBA")
+        alpha = layer.getchannel("A")
+        if alpha.size != background.size:
+            alpha = alpha.resize(background.size, Image.NEAREST)
+        if alpha.getbbox() is None:
+            continue
+        from PIL import ImageChops
+
+        mask = ImageChops.lighter(mask, alpha.point(lambda v: 255 if v > 0 else 0))
+        painted = True
+    return background, (mask if painted else None)
+
+
+def allow_output_folder(root: Path) -> None:
+    """Let Gradio serve files under the output root (gallery, "open full size")."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        gr.set_static_paths([str(root.resolve())])
+    except Exception:
+        log.debug("could not register %s as a static path", root, exc_info=True)
