@@ -129,6 +129,7 @@ def build_ui(engine: Any, params_cls: Callable[..., Any] | None = None, settings
                 style_editor = _styles_tab(ui)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings_components = _settings_tab(ui, samplers, schedules)
+            extension_tabs = _extension_tabs(engine)
 
         # ---- send-to: results, gallery and PNG info feed the tabs
         def targets() -> dict[str, tuple[list[Any], Callable[[str | None, str], list[Any]]]]:
@@ -172,6 +173,16 @@ def build_ui(engine: Any, params_cls: Callable[..., Any] | None = None, settings
 
             button.click(handler, inputs=source_inputs, outputs=outputs, concurrency_limit=None,
                          show_progress="hidden")
+
+        for components in extension_tabs:
+            # An extension tab may offer send-to buttons next to an infotext and an image path.
+            for key, target in (("send_txt2img", "txt2img"), ("send_img2img", "img2img")):
+                if key in components and "infotext" in components:
+                    sources = [components.get("image") or components["infotext"], components["infotext"]]
+                    if "image" in components:
+                        wire_send(components[key], target, sources, lambda path, info: (path or None, info))
+                    else:
+                        wire_send(components[key], target, [components["infotext"]], lambda info: (None, info))
 
         def from_results(items, index):
             item = ui.selected_item(items, index)
@@ -248,6 +259,26 @@ def build_ui(engine: Any, params_cls: Callable[..., Any] | None = None, settings
     demo.studio_tabs = tabs
     demo.studio_settings_components = settings_components
     return demo
+
+
+def _extension_tabs(engine: Any) -> list[dict[str, Any]]:
+    """One tab per UI function an enabled extension registered (``api.add_ui_tab``). A tab that
+    fails to build shows the error instead and the rest of the page is unaffected."""
+    built = []
+    registry = getattr(engine, "extensions", None)
+    for extension in registry.enabled() if registry is not None else []:
+        for build in extension.ui_tabs:
+            title = getattr(build, "title", extension.name)
+            with gr.Tab(title, id=f"ext_{extension.name}", elem_id=f"tab_ext_{extension.name}"):
+                try:
+                    components = build(engine)
+                except Exception as exc:  # noqa: BLE001 - one extension must not break the page
+                    log.exception("extension %s: its tab failed to build", extension.name)
+                    gr.Markdown(f"**{extension.name}** could not build its tab: `{type(exc).__name__}: {exc}`")
+                    continue
+            if isinstance(components, dict):
+                built.append(components)
+    return built
 
 
 def extras_default(upscalers: list[str]) -> str | None:

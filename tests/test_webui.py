@@ -706,3 +706,32 @@ def test_real_sd_upscale_redraws_in_tiles(real_studio, tmp_path):
         assert image.size == (48, 40)
     assert "SD upscale upscaler: Lanczos" in info and "Seed: 12" in info and "Denoising strength: 0.3" in info
     assert path.parent.parent.name == "img2img-images" and any("SD upscale 1/1: step" in d for d in seen)
+
+
+def test_extension_tabs_are_shown_and_a_broken_one_is_contained(tmp_path):
+    from app.webui import build_ui
+    from core.extensions import ExtensionRegistry
+
+    engine = FakeEngine(tmp_path)
+    engine.extensions = ExtensionRegistry(engine)
+
+    def good(api):
+        def tab(engine):
+            info = gr.Textbox(label="Stored infotext", value="a cat\nSteps: 5, Seed: 9")
+            return {"infotext": info, "send_txt2img": gr.Button("To txt2img")}
+        tab.title = "Notebook"
+        api.add_ui_tab(tab)
+
+    def bad(api):
+        def tab(engine):
+            raise RuntimeError("no database")
+        api.add_ui_tab(tab)
+
+    engine.extensions.add("notebook", good)
+    engine.extensions.add("broken", bad)
+    demo = build_ui(engine, settings=Settings(tmp_path / "c.json"), styles=StyleDatabase(tmp_path / "s.csv"))
+    labels = {b.label for b in demo.blocks.values() if isinstance(b, gr.Tab)}
+    assert {"Notebook", "broken"} <= labels
+    markdown = [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown)]
+    assert any("could not build its tab" in str(m) and "no database" in str(m) for m in markdown)
+    assert any(isinstance(b, gr.Button) and b.value == "To txt2img" for b in demo.blocks.values())
