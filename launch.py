@@ -21,7 +21,6 @@ import bootstrap  # noqa: E402  (standard library only)
 
 DEFAULT_CKPT_DIR = ROOT / "models" / "Stable-diffusion"
 DEFAULT_OUTDIR = ROOT / "outputs"
-DEFAULT_SETTINGS_FILE = ROOT / "config.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ui-settings-file",
         type=Path,
-        default=DEFAULT_SETTINGS_FILE,
-        help="JSON file where the API's settings (/sdapi/v1/options) are kept (default: config.json)",
+        default=None,
+        help="JSON file where the API's settings (/sdapi/v1/options) are kept (default: config.json beside "
+             "launch.py, or in $SD_STUDIO_DATA_DIR, shared with the page's settings)",
     )
     return parser
 
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args.ckpt_dir = args.ckpt_dir.expanduser().resolve()
     args.outdir = args.outdir.expanduser().resolve()
-    args.ui_settings_file = args.ui_settings_file.expanduser().resolve()
+    if args.ui_settings_file is not None:
+        args.ui_settings_file = args.ui_settings_file.expanduser().resolve()
     for folder in (args.ckpt_dir, args.outdir):
         try:
             folder.mkdir(parents=True, exist_ok=True)

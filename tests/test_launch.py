@@ -87,7 +87,7 @@ def test_help_lists_all_flags():
     done = run_py(["launch.py", "--help"], timeout=30)
     assert done.returncode == 0, done.stderr
     for flag in ("--skip-install", "--device", "--precision", "--ckpt-dir", "--outdir",
-                 "--listen", "--port", "--nowebui"):
+                 "--listen", "--port", "--nowebui", "--api", "--api-auth", "--insecure", "--ui-settings-file"):
         assert flag in done.stdout
     for choice in ("auto,cpu,cuda,mps", "auto,fp32,fp16,bf16"):
         assert choice in done.stdout
@@ -118,22 +118,26 @@ def test_bad_choice_is_rejected():
     assert "--device" in done.stderr
 
 
-def test_launch_hands_parsed_args_to_webui_serve(monkeypatch, tmp_path: Path):
+def test_launch_hands_parsed_args_to_server_serve(monkeypatch, tmp_path: Path):
     import app
     import launch
 
     seen = []
-    fake = types.ModuleType("app.webui")
+    fake = types.ModuleType("app.server")
     fake.serve = lambda args: seen.append(args) or 0
-    monkeypatch.setitem(sys.modules, "app.webui", fake)
-    monkeypatch.setattr(app, "webui", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "app.server", fake)
+    monkeypatch.setattr(app, "server", fake, raising=False)
 
-    rc = launch.main(["--skip-install", "--listen", "--port", "7861", "--device", "cpu", "--precision", "fp32",
-                      "--ckpt-dir", str(tmp_path / "ck"), "--outdir", str(tmp_path / "out")])
+    rc = launch.main(["--skip-install", "--listen", "--api-auth", "me:pw", "--port", "7861", "--device", "cpu",
+                      "--precision", "fp32", "--ckpt-dir", str(tmp_path / "ck"), "--outdir", str(tmp_path / "out")])
     assert rc == 0
     (args,) = seen
     assert (args.listen, args.port, args.device, args.precision) == (True, 7861, "cpu", "fp32")
+    assert (args.api, args.api_auth, args.nowebui, args.insecure) == (False, "me:pw", False, False)
     assert args.ckpt_dir == (tmp_path / "ck").resolve() and args.outdir == (tmp_path / "out").resolve()
+    # --listen without a password is refused before anything is set up or served
+    assert launch.main(["--skip-install", "--listen", "--ckpt-dir", str(tmp_path / "ck2")]) == 2
+    assert len(seen) == 1 and not (tmp_path / "ck2").exists()
 
 
 def test_launch_defaults_point_beside_launch_py():
@@ -383,13 +387,14 @@ class FakeParams:
 class FakeEngine:
     def __init__(self, tmp_path: Path, fail: Exception | None = None):
         self.tmp_path = tmp_path
+        self.output_dir = tmp_path  # the engine saves (the page's default settings)
         self.fail = fail
         self.calls = []
 
     def list_checkpoints(self):
         return ["sd15.safetensors", "sub/other.ckpt"]
 
-    def txt2img(self, params, progress=None):
+    def txt2img(self, params, progress=None, save=True):
         self.calls.append(params)
         if self.fail is not None:
             raise self.fail
@@ -397,13 +402,14 @@ class FakeEngine:
 
         # Same shape as core.engine.Progress.
         progress(types.SimpleNamespace(step=1, steps=params.steps, batch=0, batches=params.batch_count,
-                                       fraction=1 / (params.steps * params.batch_count)))
+                                       fraction=1 / (params.steps * params.batch_count), eta_seconds=None,
+                                       latent=None))
         results = []
         for i in range(params.batch_size * params.batch_count):
             image = Image.new("RGB", (params.width, params.height), (i * 40, 0, 0))
             path = self.tmp_path / f"{i:05d}.png"
             image.save(path)
-            results.append(types.SimpleNamespace(image=image, infotext=f"{params.prompt} #{i}", path=path))
+            results.append(types.SimpleNamespace(image=image, infotext=f"{params.prompt} #{i}", path=path, seed=i))
         return results
 
 
@@ -412,6 +418,14 @@ def webui():
     import app.webui as module
 
     return module
+
+
+def studio(webui, engine, tmp_path, params_cls=None):
+    from app.settings import Settings
+    from app.styles import StyleDatabase
+
+    return webui.StudioUI(engine, params_cls=params_cls, settings=Settings(tmp_path / "config.json"),
+                          styles=StyleDatabase(tmp_path / "styles.csv"))
 
 
 def test_page_builds_with_checkpoints_and_samplers(webui, tmp_path: Path):
@@ -434,35 +448,24 @@ def test_page_builds_with_checkpoints_and_samplers(webui, tmp_path: Path):
 
 def test_generate_builds_params_and_returns_saved_pngs(webui, tmp_path: Path):
     engine = FakeEngine(tmp_path)
-    ui = webui.StudioUI(engine, params_cls=FakeParams)
-    steps_seen = []
-    items, info = ui.generate("a cat", "blurry", "sd15.safetensors", "DDIM", "Karras", 12.0, 6.5, 42.0, 64.0, 96.0,
-                              2.0, 1.0, progress=lambda frac, desc=None: steps_seen.append((frac, desc)))
+    ui = studio(webui, engine, tmp_path, FakeParams)
+    *_, last = ui.stream("txt2img", ("a cat", "blurry", [], "sd15.safetensors", "DDIM", "Karras", 12.0, 6.5,
+                                         64.0, 96.0, 2.0, 1.0, 42.0))
     (params,) = engine.calls
     assert vars(params) == dict(prompt="a cat", negative_prompt="blurry", steps=12, cfg_scale=6.5, seed=42,
                                 width=64, height=96, sampler="DDIM", scheduler="Karras", batch_size=1, batch_count=2,
                                 checkpoint="sd15.safetensors")
-    assert items == [str(tmp_path / "00000.png"), str(tmp_path / "00001.png")]
-    assert info == "a cat #0\n\na cat #1"
-    assert steps_seen == [(pytest.approx(1 / 24), "Step 1/12, batch 1/2")]
-
-
-def test_progress_bridge_accepts_plain_calls(webui):
-    seen = []
-    bridge = webui._ProgressBridge(lambda frac, desc=None: seen.append((frac, desc)))
-    bridge(3, 12)
-    bridge(0.5)
-    bridge("nonsense")
-    assert seen == [(0.25, "Step 3/12"), (0.5, None)]
-    webui._ProgressBridge(None)(1, 2)  # no progress bar: nothing to do
+    gallery, info, log, progress, items = last
+    assert [path for path, _ in gallery] == [str(tmp_path / "00000.png"), str(tmp_path / "00001.png")]
+    assert info == "a cat #0" and [item["infotext"] for item in items] == ["a cat #0", "a cat #1"]
 
 
 def test_page_uses_the_real_generation_params(webui, tmp_path: Path):
     from core.params import GenerationParams
 
     engine = FakeEngine(tmp_path)
-    ui = webui.StudioUI(engine)
-    ui.generate("a dog", "", "sd15.safetensors", "Euler", "Automatic", 20, 7, 5, 512, 512, 1, 1)
+    list(studio(webui, engine, tmp_path).stream("txt2img", dict(prompt="a dog", checkpoint="sd15.safetensors",
+                                                                seed=5)))
     (params,) = engine.calls
     assert isinstance(params, GenerationParams)
     params.validate()  # what the page sends passes the engine's own checks
@@ -470,7 +473,8 @@ def test_page_uses_the_real_generation_params(webui, tmp_path: Path):
 
 def test_generate_empty_seed_and_checkpoint_mean_defaults(webui, tmp_path: Path):
     engine = FakeEngine(tmp_path)
-    webui.StudioUI(engine, params_cls=FakeParams).generate("x", None, "", "Euler", "Automatic", 1, 7, None, 64, 64, 1, 1)
+    list(studio(webui, engine, tmp_path, FakeParams).stream("txt2img", dict(prompt="x", negative_prompt=None,
+                                                                            checkpoint="", seed=None, steps=1)))
     assert engine.calls[0].seed == -1 and engine.calls[0].checkpoint is None
     assert engine.calls[0].negative_prompt == ""
 
@@ -482,44 +486,46 @@ def test_generate_empty_seed_and_checkpoint_mean_defaults(webui, tmp_path: Path)
 def test_generate_errors_become_messages_in_the_page(webui, tmp_path: Path, error, message):
     import gradio as gr
 
-    ui = webui.StudioUI(FakeEngine(tmp_path, fail=error), params_cls=FakeParams)
+    ui = studio(webui, FakeEngine(tmp_path, fail=error), tmp_path, FakeParams)
     with pytest.raises(gr.Error) as info:
-        ui.generate("x", "", None, "Euler", "Automatic", 1, 7, 1, 64, 64, 1, 1)
+        list(ui.stream("txt2img", dict(prompt="x", steps=1)))
     assert info.value.message == message
 
 
-def test_serve_binds_host_and_port_and_reports_engine_errors(webui, monkeypatch, tmp_path: Path):
-    import gradio as gr
+def test_server_serve_binds_host_and_port_and_reports_engine_errors(monkeypatch, tmp_path: Path):
+    import app.server as server
 
-    made, launched = [], []
-
-    class StubEngine(FakeEngine):
-        def __init__(self, **kwargs):
-            made.append(kwargs)
-            if kwargs["device"] == "mps":
-                raise StubEngineError("MPS is not available on this machine")
-            super().__init__(tmp_path)
+    made, served = [], []
 
     class StubEngineError(Exception):
         pass
 
-    fake_core = types.ModuleType("core.engine")
-    fake_core.Engine, fake_core.EngineError = StubEngine, StubEngineError
-    monkeypatch.setitem(sys.modules, "core.engine", fake_core)
-    monkeypatch.setitem(sys.modules, "core.params", types.SimpleNamespace(GenerationParams=FakeParams))
-    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: launched.append(kw))
+    class StubEngine:
+        def __init__(self, **kwargs):
+            made.append(kwargs)
+            if kwargs["device"] == "mps":
+                raise StubEngineError("MPS is not available on this machine")
+
+    monkeypatch.setitem(sys.modules, "core.engine", types.SimpleNamespace(Engine=StubEngine))
+    monkeypatch.setitem(sys.modules, "core.errors", types.SimpleNamespace(EngineError=StubEngineError))
+    monkeypatch.setattr(server, "create_app", lambda engine, **kw: ("app", engine, kw))
+    monkeypatch.setattr(server, "run_uvicorn", lambda app, host, port: served.append((app, host, port)) or 0)
 
     def args(**kw):
         base = dict(device="cpu", precision="fp32", ckpt_dir=tmp_path / "ck", outdir=tmp_path / "out",
-                    listen=False, port=7999)
+                    listen=False, port=7999, api=False, nowebui=False, api_auth=None, insecure=False,
+                    ui_settings_file=tmp_path / "config.json")
         base.update(kw)
         return types.SimpleNamespace(**base)
 
-    assert webui.serve(args()) == 0
-    assert webui.serve(args(listen=True, port=8123)) == 0
+    assert server.serve(args()) == 0
+    assert server.serve(args(listen=True, insecure=True, port=8123)) == 0
     assert made[0] == dict(device="cpu", precision="fp32", ckpt_dir=tmp_path / "ck", output_dir=tmp_path / "out")
-    assert [(k["server_name"], k["server_port"]) for k in launched] == [("127.0.0.1", 7999), ("0.0.0.0", 8123)]
-    assert str((tmp_path / "out").resolve()) in launched[0]["allowed_paths"]
+    assert [(host, port) for _, host, port in served] == [("127.0.0.1", 7999), ("0.0.0.0", 8123)]
+    _, _, options = served[0][0]
+    assert (options["api"], options["ui"]) == (False, True)
+    assert tmp_path / "out" in options["allowed_paths"]
 
-    assert webui.serve(args(device="mps")) == 1
-    assert len(launched) == 2
+    assert server.serve(args(device="mps")) == 1
+    assert server.serve(args(listen=True)) == 2
+    assert len(served) == 2

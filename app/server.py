@@ -1,0 +1,273 @@
+"""One process, one engine: the Gradio page and the A1111-compatible REST API on one FastAPI
+app, served by uvicorn.
+
+    create_app(engine, api=True, ui=True, ...) -> FastAPI    (tests build servers with this)
+    serve(args) -> exit code                                  (launch.py calls this)
+
+``/sdapi/v1/...`` is the API (``app/api.py``), ``/docs`` its OpenAPI page, ``/`` the Gradio
+page. With credentials (``--api-auth user:pass[,user2:pass2]``) HTTP Basic auth guards
+everything the server serves. The server listens on 127.0.0.1; ``--listen`` (every interface)
+is refused without credentials unless ``--insecure`` says that is intended.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+# An offline studio must not phone home; set before gradio is (indirectly) imported.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from fastapi import FastAPI  # noqa: E402
+from fastapi.responses import JSONResponse  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+TITLE = "Stable Diffusion Studio"
+
+
+def default_settings_file() -> Path:
+    """config.json where the page keeps its settings (the API's go in the same file)."""
+    try:
+        from app.settings import data_dir
+
+        return data_dir() / "config.json"
+    except ImportError:
+        return ROOT / "config.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Credentials and the --listen rule
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_auth(text: str | None) -> dict[str, str]:
+    """``"user:pass,user2:pass2"`` -> ``{user: pass}``; ValueError with a one-line reason.
+    A password may contain ``:`` (the first one separates the user)."""
+    if text is None:
+        return {}
+    credentials: dict[str, str] = {}
+    for index, item in enumerate(part.strip() for part in text.split(",")):
+        user, sep, password = item.partition(":")
+        if not item or not sep or not user or not password:
+            raise ValueError(f"--api-auth: entry {index + 1} is not USER:PASSWORD")
+        credentials[user] = password
+    if not credentials:
+        raise ValueError("--api-auth: no USER:PASSWORD given")
+    return credentials
+
+
+def listen_problem(args: Any) -> str | None:
+    """Why the server must not start with these arguments, in one line (or None)."""
+    if getattr(args, "listen", False) and not getattr(args, "api_auth", None) and not getattr(args, "insecure", False):
+        return ("--listen would serve on every network interface without a password; give --api-auth USER:PASSWORD "
+                "(or --insecure to serve without one)")
+    return None
+
+
+class BasicAuthMiddleware:
+    """HTTP Basic auth in front of every HTTP request and websocket of the app (API, docs, page)."""
+
+    def __init__(self, app, credentials: dict[str, str], realm: str = TITLE):
+        self.app = app
+        self.credentials = {u.encode(): p.encode() for u, p in credentials.items()}
+        self.realm = realm
+
+    def _authorized(self, scope) -> bool:
+        header = next((v for k, v in scope.get("headers", ()) if k == b"authorization"), b"")
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() != b"basic":
+            return False
+        try:
+            user, sep, password = base64.b64decode(token.strip(), validate=True).partition(b":")
+        except (binascii.Error, ValueError):
+            return False
+        expected = self.credentials.get(user)
+        # Compare even for an unknown user, so timing does not tell which users exist.
+        ok = secrets.compare_digest(password, expected if expected is not None else b"\0" * max(len(password), 1))
+        return bool(sep) and expected is not None and ok
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket") or self._authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        message = "Incorrect username or password"
+        response = JSONResponse(
+            {"error": "HTTPException", "detail": message, "body": "", "errors": message},
+            status_code=401,
+            headers={"WWW-Authenticate": f'Basic realm="{self.realm}"'},
+        )
+        await response(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Refuses (413) a request whose declared body is larger than ``limit`` bytes, and cuts off
+    one that sends more than that without declaring it."""
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), None)
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            message = f"body: larger than this server's limit of {self.limit} bytes"
+            response = JSONResponse({"error": "HTTPException", "detail": message, "body": "", "errors": message},
+                                    status_code=413)
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    return {"type": "http.disconnect"}
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+# ---------------------------------------------------------------------------------------------
+# The app
+# ---------------------------------------------------------------------------------------------
+
+
+def create_app(
+    engine,
+    api: bool = True,
+    ui: bool = True,
+    *,
+    auth: dict[str, str] | None = None,
+    options_path: str | os.PathLike | None = None,
+    limits=None,
+    cmd_flags: dict | None = None,
+    allowed_paths: Iterable[str | os.PathLike] | None = None,
+    models_root: str | os.PathLike | None = None,
+) -> FastAPI:
+    """A FastAPI app around one engine: the REST API under /sdapi/v1 (``api``), the Gradio page
+    at / (``ui``), both behind HTTP Basic auth when ``auth`` ({user: password}) is given.
+
+    ``options_path``: the JSON file the API's settings persist to (None: kept in memory);
+    ``limits``: an ``app.api.ApiLimits``; ``cmd_flags``: what /cmd-flags reports."""
+    if not api and not ui:
+        raise ValueError("create_app: nothing to serve (api and ui are both off)")
+    sd_api = None
+    if api:
+        from app.api import ApiLimits, SdApi
+
+        limits = limits or ApiLimits()
+        sd_api = SdApi(engine, options_path=options_path, limits=limits, cmd_flags=cmd_flags,
+                       models_root=models_root)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        if sd_api is not None:
+            sd_api.shutdown()
+
+    app = FastAPI(
+        title=TITLE,
+        description="AUTOMATIC1111-compatible REST API (/sdapi/v1) of an offline Stable Diffusion studio.",
+        version="1.0",
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        lifespan=lifespan,
+    )
+    app.state.sdapi = sd_api
+    app.state.engine = engine
+    if sd_api is not None:
+        from app.api import install_error_handlers
+
+        install_error_handlers(app)
+        app.include_router(sd_api.router)
+        app.add_middleware(BodyLimitMiddleware, limit=sd_api.limits.max_body_bytes)
+    if ui:
+        import gradio as gr
+
+        from app.webui import build_ui
+
+        demo = build_ui(engine)
+        paths = [str(Path(p).resolve()) for p in (allowed_paths or [getattr(engine, "output_dir", None)]) if p]
+        gr.mount_gradio_app(app, demo, path="/", allowed_paths=paths, show_error=True, ssr_mode=False)
+    if auth:
+        app.add_middleware(BasicAuthMiddleware, credentials=auth)
+    return app
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving
+# ---------------------------------------------------------------------------------------------
+
+
+def _error(message: str) -> None:
+    print(f"launch.py: error: {message}", file=sys.stderr)
+
+
+def run_uvicorn(app: FastAPI, host: str, port: int) -> int:
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn exits when it cannot bind; its log says why
+        return int(exc.code or 1)
+    return 0 if server.started else 1
+
+
+def serve(args: Any) -> int:
+    """Build the engine and serve the page and/or the API until interrupted."""
+    problem = listen_problem(args)
+    if problem:
+        _error(problem)
+        return 2
+    try:
+        credentials = parse_auth(getattr(args, "api_auth", None))
+    except ValueError as exc:
+        _error(str(exc))
+        return 2
+    api = bool(getattr(args, "api", False))
+    ui = not getattr(args, "nowebui", False)
+    if not api and not ui:
+        print("Nothing to serve (--nowebui without --api).")
+        return 0
+    try:
+        from core.engine import Engine
+        from core.errors import EngineError
+    except ImportError as exc:
+        _error(f"the engine (core.engine) cannot be imported: {exc}")
+        return 1
+    try:
+        engine = Engine(device=args.device, precision=args.precision, ckpt_dir=Path(args.ckpt_dir),
+                        output_dir=Path(args.outdir))
+    except EngineError as exc:
+        _error(str(exc))
+        return 1
+
+    settings = getattr(args, "ui_settings_file", None) or default_settings_file()
+    flags = {k: v for k, v in vars(args).items()} if hasattr(args, "__dict__") else {}
+    app = create_app(engine, api=api, ui=ui, auth=credentials or None, options_path=settings, cmd_flags=flags,
+                     allowed_paths=[Path(args.outdir)])
+    host = "0.0.0.0" if getattr(args, "listen", False) else "127.0.0.1"
+    port = int(args.port)
+    parts = (["page: /"] if ui else []) + (["API: /sdapi/v1, docs: /docs"] if api else [])
+    print(f"Serving on http://{host}:{port} ({', '.join(parts)})" + (" with HTTP Basic auth" if credentials else ""),
+          flush=True)
+    return run_uvicorn(app, host, port)
