@@ -90,6 +90,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow --listen without --api-auth (anyone on the network can then use the server)",
     )
     parser.add_argument(
+        "--lora-dir",
+        type=Path,
+        default=None,
+        help="folder with LoRA files (default: models/Lora)",
+    )
+    parser.add_argument(
+        "--download-model",
+        nargs="?",
+        const="default",
+        default=None,
+        metavar="URL",
+        help="download a checkpoint into the checkpoint folder first (resumable, sha256-checked; "
+             "default: Stable Diffusion 1.5 pruned-emaonly)",
+    )
+    parser.add_argument(
+        "--download-sha256",
+        default=None,
+        help="expected sha256 of the --download-model file (known for the default URL)",
+    )
+    parser.add_argument(
         "--ui-settings-file",
         type=Path,
         default=None,
@@ -120,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"launch.py: error: cannot create {folder}: {exc}", file=sys.stderr)
             return 1
 
+    if args.download_model:
+        status = download_model(args)
+        if status:
+            return status
+
     if args.nowebui and not args.api:
         print(f"Set-up complete (python {sys.executable}); --nowebui given, not serving.")
         return 0
@@ -134,6 +159,37 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     return server.serve(args) or 0
+
+
+def download_model(args: argparse.Namespace) -> int:
+    """Fetch a checkpoint with a progress line; offline, say so once and go on with what is there."""
+    from urllib.parse import unquote, urlparse
+
+    from core.download import DEFAULT_MODEL_SHA256, DEFAULT_MODEL_URL, download, network_reachable
+    from core.errors import EngineError
+
+    url = DEFAULT_MODEL_URL if args.download_model == "default" else args.download_model
+    sha256 = args.download_sha256 or (DEFAULT_MODEL_SHA256 if url == DEFAULT_MODEL_URL else None)
+    name = Path(unquote(urlparse(url).path)).name or "downloaded-model.safetensors"
+    target = args.ckpt_dir / name
+    if target.exists():
+        print(f"{target.name} is already in {args.ckpt_dir}; not downloading.")
+        return 0
+    if not network_reachable(url):
+        print("Offline: cannot reach the download server; using the checkpoints already present (the demo model if none).")
+        return 0
+
+    def show(p):
+        if p.total:
+            print(f"\rdownloading {name}: {p.done / 2**20:.0f} / {p.total / 2**20:.0f} MB ({p.fraction:.0%})", end="", flush=True)
+
+    try:
+        download(url, target, sha256, progress=show)
+    except EngineError as exc:
+        print(f"\nlaunch.py: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"\nSaved {target}")
+    return 0
 
 
 def serving_problem(args: argparse.Namespace) -> str | None:

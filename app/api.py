@@ -1446,7 +1446,7 @@ class SdApi:
 
     def get_loras(self) -> list[dict]:
         items = []
-        for path in _files(self.models_root / "Lora", _LORA_SUFFIXES):
+        for path in _files(getattr(self.engine, "lora_dir", None) or self.models_root / "Lora", _LORA_SUFFIXES):
             metadata = safetensors_metadata(path) if path.suffix.lower() == ".safetensors" else {}
             alias = metadata.get("ss_output_name") if isinstance(metadata.get("ss_output_name"), str) else path.stem
             items.append({"name": path.stem, "alias": alias, "path": str(path), "metadata": metadata})

@@ -256,7 +256,7 @@ def serve(args: Any) -> int:
         return 1
     try:
         engine = Engine(device=args.device, precision=args.precision, ckpt_dir=Path(args.ckpt_dir),
-                        output_dir=Path(args.outdir))
+                        output_dir=Path(args.outdir), lora_dir=getattr(args, "lora_dir", None))
     except EngineError as exc:
         _error(str(exc))
         return 1

@@ -94,6 +94,7 @@ class Engine:
         extensions_dir: str | Path | None = None,
         disabled_extensions: set[str] | frozenset = frozenset(),
         models_dir: str | Path | None = None,
+        lora_dir: str | Path | None = None,
     ):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(precision, self.device)
@@ -101,6 +102,7 @@ class Engine:
         self.output_dir = Path(output_dir) if output_dir else ROOT / "outputs"
         self.models_dir = Path(models_dir) if models_dir else ROOT / "models"
         self.embeddings_dir = Path(embeddings_dir) if embeddings_dir else self.models_dir / "embeddings"
+        self.lora_dir = Path(lora_dir) if lora_dir else self.models_dir / "Lora"
         self.hashes = HashCache(Path(hash_cache) if hash_cache else ROOT / "models" / ".hash-cache.json")
         self.loaded: LoadedModel | None = None
         self.flags = JobFlags()

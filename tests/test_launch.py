@@ -529,3 +529,49 @@ def test_server_serve_binds_host_and_port_and_reports_engine_errors(monkeypatch,
     assert server.serve(args(device="mps")) == 1
     assert server.serve(args(listen=True)) == 2
     assert len(served) == 2
+
+
+def test_download_model_offline_says_so_and_goes_on(tmp_path, capsys):
+    import launch
+
+    args = launch.build_parser().parse_args(["--download-model", "http://127.0.0.1:9/model.safetensors", "--ckpt-dir", str(tmp_path)])
+    args.ckpt_dir = tmp_path
+    assert launch.download_model(args) == 0
+    assert "Offline" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_model_fetches_into_the_checkpoint_folder(tmp_path, capsys):
+    import hashlib
+    import http.server
+    import threading
+
+    import launch
+
+    payload = b"weights" * 1000
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv" / "tiny.safetensors").write_bytes(payload)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=str(tmp_path / "srv"), **k)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/tiny.safetensors"
+        ckpts = tmp_path / "ckpts"
+        ckpts.mkdir()
+        args = launch.build_parser().parse_args(["--download-model", url, "--download-sha256", hashlib.sha256(payload).hexdigest()])
+        args.ckpt_dir = ckpts
+        assert launch.download_model(args) == 0
+        assert (ckpts / "tiny.safetensors").read_bytes() == payload
+        args.download_sha256 = "0" * 64
+        (ckpts / "tiny.safetensors").unlink()
+        assert launch.download_model(args) == 1
+        assert "checksum mismatch" in capsys.readouterr().err and not list(ckpts.iterdir())
+    finally:
+        httpd.shutdown()

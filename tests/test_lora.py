@@ -636,3 +636,15 @@ def test_list_loras_and_name_lookup(tmp_path):
     assert find_lora(folder, "../Lora/ink")[0] is None
     assert find_lora(folder, "nope") == (None, "")
     assert list_loras(tmp_path / "missing") == []
+
+
+def test_lora_dir_option_points_the_extension_elsewhere(studio, reference, tiny_checkpoints, tmp_path):
+    elsewhere = tmp_path / "my-loras"
+    elsewhere.mkdir()
+    shutil.copy(studio.x, elsewhere / "moved.safetensors")
+    engine = Engine(device="cpu", ckpt_dir=tiny_checkpoints["safetensors"].parent, output_dir=tmp_path / "out",
+                    hash_cache=tmp_path / "h.json", extensions_dir=studio.engine.extensions.extensions["lora"].path.parent,
+                    models_dir=tmp_path / "models", lora_dir=elsewhere)
+    moved = generate(engine, "a cat <lora:moved:1>")
+    assert np.array_equal(pixels(moved), pixels(reference.with_lora))
+    assert "Lora hashes" in moved.infotext

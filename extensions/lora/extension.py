@@ -39,7 +39,7 @@ def setup(api):
     notes: dict[int, list[str]] = {}  # job id -> warnings for its results
 
     def on_lora(job, tags):
-        folder = Path(getattr(job.engine, "models_dir", HERE.parent.parent / "models")) / "Lora"
+        folder = Path(getattr(job.engine, "lora_dir", None) or Path(getattr(job.engine, "models_dir", HERE.parent.parent / "models")) / "Lora")
         activation = manager.activate(job.model, folder, tags)
         if activation.warnings:
             notes[id(job)] = activation.warnings
