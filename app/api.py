@@ -850,7 +850,7 @@ def _default(model: BaseModel, name: str) -> Any:
 
 
 def _engine_lock(engine):
-    lock = getattr(engine, "_lock", None)  # Engine has no public way to hold its job lock
+    lock = engine.exclusive() if hasattr(engine, "exclusive") else None
     return lock if lock is not None else contextlib.nullcontext()
 
 

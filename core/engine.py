@@ -159,7 +159,9 @@ class Engine:
         return self.loaded
 
     def unload(self) -> None:
-        self.loaded = None
+        previous, self.loaded = self.loaded, None
+        if previous is not None:
+            self.extensions.run("model_unloaded", previous)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -169,6 +171,10 @@ class Engine:
         return self.loaded.hash if self.loaded else None
 
     # --- jobs -------------------------------------------------------------------------
+
+    def exclusive(self):
+        """The job lock, for callers that must not run beside a job (switching models)."""
+        return self._lock
 
     def interrupt(self) -> None:
         self.flags.interrupted = True
@@ -214,7 +220,7 @@ class Engine:
             fields.update(inpaint_fields(params))
         results = self._run(params, make, "img2img", fields, progress, save, allow_paths)
         for result in results:
-            result.notes = list(state["prepared"].notes) if "prepared" in state else []
+            result.notes[:0] = state["prepared"].notes if "prepared" in state else []
         return results
 
     def sd_upscale(
@@ -298,7 +304,7 @@ class Engine:
                     extra = {**generation_fields(params, subseeds[index] if subseeds else None), **fields, **job.infotext_fields}
                     infotext = create_infotext(params, seed, loaded.name, model_hash, batch_index=index, extra=extra)
                     path = save_png(image, out_dir, seed, infotext) if save else None
-                    result = GeneratedImage(image=image, seed=seed, infotext=infotext, path=path)
+                    result = GeneratedImage(image=image, seed=seed, infotext=infotext, path=path, notes=list(job.notes))
                     results.append(result)
                     self.extensions.run("after_image_saved", job, result)
             self.extensions.run("after_job", job, results)

@@ -26,6 +26,7 @@ HOOKS = {
     "before_sampling": "fn(job) after extra networks, before the first batch; may change job.params or the model",
     "after_image_saved": "fn(job, result) after each image is made (result.path is None when not saved)",
     "after_job": "fn(job, results) once the whole job is done (also after an interrupt)",
+    "model_unloaded": "fn(loaded) after the engine let go of a model (switching checkpoints, unload)",
 }
 
 
@@ -49,6 +50,7 @@ class Job:
     kind: str  # "txt2img" or "img2img"
     model: Any
     infotext_fields: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # shown to the user with every result
     started: float = 0.0
 
 

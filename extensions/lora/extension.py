@@ -36,24 +36,13 @@ def _package():
 
 def setup(api):
     manager = _package().LoraManager()
-    notes: dict[int, list[str]] = {}  # job id -> warnings for its results
 
     def on_lora(job, tags):
         folder = Path(getattr(job.engine, "lora_dir", None) or Path(getattr(job.engine, "models_dir", HERE.parent.parent / "models")) / "Lora")
         activation = manager.activate(job.model, folder, tags)
-        if activation.warnings:
-            notes[id(job)] = activation.warnings
+        job.notes.extend(activation.warnings)  # the engine shows them with every result
         return activation.fields or None
 
-    def add_notes(job, result):
-        for warning in notes.get(id(job), []):
-            if warning not in result.notes:
-                result.notes.append(warning)
-
-    def forget(job, results):
-        notes.pop(id(job), None)
-
     api.on_extra_network("lora", on_lora)
-    api.on("after_image_saved", add_notes)
-    api.on("after_job", forget)
     api.on("before_model_load", lambda path: manager.forget_model())
+    api.on("model_unloaded", lambda loaded: manager.forget_model())
