@@ -183,6 +183,18 @@ class _Live:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt")
+PREVIEW_SUFFIXES = (".preview.png", ".png", ".jpg", ".jpeg", ".webp")
+
+
+def _letter_card(name: str, size: int = 128) -> Image.Image:
+    from PIL import ImageDraw
+
+    card = Image.new("RGB", (size, size), (58, 64, 84))
+    ImageDraw.Draw(card).text((size // 2 - 4, size // 2 - 6), (name[:1] or "?").upper(), fill=(230, 230, 240))
+    return card
+
+
 class StudioUI:
     """The page's behaviour. ``engine`` is a core.engine.Engine or anything with its methods."""
 
@@ -211,6 +223,41 @@ class StudioUI:
         """The folder of a tab's images (before the date sub-folder)."""
         key = TAB_FOLDER.get(tab, tab)
         return self.output_root() / self.settings[f"outdir_{key}"]
+
+    # ------------------------------------------------------------------ LoRA cards
+
+    def lora_entries(self, query: str = "") -> list[tuple[str, Path | None]]:
+        """(tag name, preview picture or None) for every LoRA file whose name contains ``query``
+        (case-insensitive): the name is the path below the LoRA folder without its suffix."""
+        folder = Path(getattr(self.engine, "lora_dir", None) or ROOT / "models" / "Lora")
+        if not folder.is_dir():
+            return []
+        found = []
+        for path in sorted(folder.rglob("*")):
+            if not path.is_file() or path.suffix.lower() not in LORA_SUFFIXES:
+                continue
+            name = path.relative_to(folder).with_suffix("").as_posix()
+            if query.strip().lower() not in name.lower():
+                continue
+            preview = next((path.with_name(path.stem + s) for s in PREVIEW_SUFFIXES if path.with_name(path.stem + s).is_file()), None)
+            found.append((name, preview))
+        return found
+
+    def lora_cards(self, query: str = "") -> list[tuple[Any, str]]:
+        """Gallery items: the preview picture, or a plain card with the name's first letter."""
+        cards = []
+        for name, preview in self.lora_entries(query):
+            picture = str(preview) if preview else _letter_card(Path(name).name)
+            cards.append((picture, name))
+        return cards
+
+    @staticmethod
+    def insert_lora(prompt: str, name: str, weight: float = 1.0) -> str:
+        """The prompt with ``<lora:name:weight>`` added at the end (once)."""
+        tag = f"<lora:{name}:{weight:g}>"
+        if f"<lora:{name}:" in (prompt or ""):
+            return prompt
+        return f"{(prompt or '').rstrip()} {tag}".strip()
 
     def folders(self) -> dict[str, Path]:
         return {name: self.folder(name) for name in ("txt2img", "img2img", "extras")}

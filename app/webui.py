@@ -317,6 +317,24 @@ def _generation_tab(ui: StudioUI, tab: _Tab, checkpoint: Any, samplers: list[str
                 tab.style_name = gr.Textbox(label="Style name", elem_id=f"{name}_style_name")
                 tab.save_style = gr.Button("Save style", size="sm", elem_id=f"{name}_save_style")
 
+    with gr.Accordion("LoRA", open=False, elem_id=f"{name}_lora"):
+        with gr.Row():
+            lora_search = gr.Textbox(label="Search", scale=4, elem_id=f"{name}_lora_search")
+            lora_weight = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Weight", scale=2)
+            lora_refresh = _tool("↻", f"{name}_lora_refresh")
+        lora_cards = gr.Gallery(value=ui.lora_cards(""), label="Click a card to add its tag to the prompt", columns=8,
+                                height=200, allow_preview=False, elem_id=f"{name}_lora_cards")
+    lora_search.change(ui.lora_cards, inputs=lora_search, outputs=lora_cards, show_progress="hidden")
+    lora_refresh.click(ui.lora_cards, inputs=lora_search, outputs=lora_cards, show_progress="hidden")
+
+    def add_lora(prompt, query, weight, evt: gr.SelectData):
+        entries = ui.lora_entries(query)
+        if evt.index is None or not 0 <= int(evt.index) < len(entries):
+            return prompt
+        return ui.insert_lora(prompt, entries[int(evt.index)][0], weight)
+
+    lora_cards.select(add_lora, inputs=[f["prompt"], lora_search, lora_weight], outputs=f["prompt"], show_progress="hidden")
+
     with gr.Row():
         with gr.Column(scale=1):
             if name == "img2img":

@@ -735,3 +735,23 @@ def test_extension_tabs_are_shown_and_a_broken_one_is_contained(tmp_path):
     markdown = [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown)]
     assert any("could not build its tab" in str(m) and "no database" in str(m) for m in markdown)
     assert any(isinstance(b, gr.Button) and b.value == "To txt2img" for b in demo.blocks.values())
+
+
+def test_lora_cards_search_preview_and_insert(tmp_path):
+    from app.settings import Settings as S
+
+    lora = tmp_path / "Lora"
+    (lora / "styles").mkdir(parents=True)
+    (lora / "pastel.safetensors").write_bytes(b"x")
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(lora / "pastel.png")
+    (lora / "styles" / "ink-outline.safetensors").write_bytes(b"x")
+    (lora / "notes.txt").write_text("not a lora")
+    engine = FakeEngine(tmp_path)
+    engine.lora_dir = lora
+    ui = StudioUI(engine, settings=S(tmp_path / "c.json"), styles=StyleDatabase(tmp_path / "s.csv"))
+    assert [name for name, _ in ui.lora_entries()] == ["pastel", "styles/ink-outline"]
+    assert ui.lora_entries("INK") == [("styles/ink-outline", None)]
+    cards = ui.lora_cards("")
+    assert cards[0] == (str(lora / "pastel.png"), "pastel") and isinstance(cards[1][0], Image.Image)
+    assert ui.insert_lora("a cat", "pastel", 0.8) == "a cat <lora:pastel:0.8>"
+    assert ui.insert_lora("a cat <lora:pastel:0.8>", "pastel") == "a cat <lora:pastel:0.8>"
