@@ -30,6 +30,7 @@ def add_generation_arguments(p: argparse.ArgumentParser, default_out: str) -> No
     p.add_argument("--s-noise", type=float, default=None)
     p.add_argument("--emphasis", default="Original", choices=("Original", "No norm", "None"))
     p.add_argument("--embeddings-dir", default=None, help="textual-inversion embeddings (default models/embeddings)")
+    p.add_argument("--lora-dir", default=None, help="LoRA files for <lora:name:weight> tags (default models/Lora)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--batch-count", type=int, default=1)
     p.add_argument("--clip-skip", type=int, default=1)
@@ -109,7 +110,8 @@ def run_generation(args) -> list[Path]:
     model_path = Path(args.model)
     if not model_path.exists():
         raise EngineError(f"--model: {args.model}: no such file or folder")
-    engine = Engine(device=args.device, precision=args.precision, ckpt_dir=model_path.parent, embeddings_dir=args.embeddings_dir)
+    engine = Engine(device=args.device, precision=args.precision, ckpt_dir=model_path.parent,
+                    embeddings_dir=args.embeddings_dir, lora_dir=args.lora_dir)
     bar = tqdm(total=params.steps * params.batch_count, disable=args.no_progress, unit="step", file=sys.stderr)
 
     def progress(p):

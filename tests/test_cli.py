@@ -69,3 +69,23 @@ def test_bad_input_image_is_one_line(tiny_checkpoints, tmp_path):
     result = run("img2img", "--model", str(tiny_checkpoints["safetensors"]), "--image", str(tmp_path / "bad.png"),
                  "--width", "64", "--height", "64", "--out", str(tmp_path))
     assert result.returncode == 2 and "not a readable image" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_lora_tag_works_on_the_command_line(tiny_checkpoints, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    lora_dir = tmp_path / "loras"
+    lora_dir.mkdir()
+    # One kohya LoRA on the last output conv of the tiny UNet: lora_unet_conv_out is out.2 in LDM names.
+    down, up = torch.randn(4, 32, 3, 3) * 0.5, torch.randn(4, 4, 1, 1) * 0.5
+    save_file({"lora_unet_conv_out.lora_down.weight": down, "lora_unet_conv_out.lora_up.weight": up,
+               "lora_unet_conv_out.alpha": torch.tensor(4.0)}, lora_dir / "bold.safetensors")
+    model = str(tiny_checkpoints["safetensors"])
+    common = ["--model", model, "--steps", "2", "--seed", "3", "--width", "64", "--height", "64", "--lora-dir", str(lora_dir)]
+    plain = run("txt2img", *common, "--prompt", "a cat", "--out", str(tmp_path / "a"))
+    styled = run("txt2img", *common, "--prompt", "a cat <lora:bold:1>", "--out", str(tmp_path / "b"))
+    assert plain.returncode == 0 and styled.returncode == 0, styled.stderr
+    a, b = next((tmp_path / "a").glob("*.png")), next((tmp_path / "b").glob("*.png"))
+    assert Image.open(a).tobytes() != Image.open(b).tobytes()
+    assert 'Lora hashes: "bold: ' in read_infotext(b)
