@@ -10,6 +10,10 @@
 
 3. A 4096x4096 decode through the SD 1.5-size VAE (random weights), tiled automatically:
    seconds and peak RSS (must fit in this machine's 24 GiB). Skipped with --skip-vae4k.
+4. With --sdxl: one CFG step (batch 2) of the full-size SDXL base UNet (2.57B parameters, random
+   weights, shapes from sdxl_base.json) at 1024x1024 (128x128 latent), ours vs diffusers, with
+   the added size/pooled vector: seconds and peak RSS. --sdxl-dtype bfloat16 halves the memory
+   (about 10.3 GB of float32 weights per process otherwise). --sdxl-only skips 1-3.
 
 Each measurement runs in a fresh subprocess so that peak RSS belongs to that measurement alone.
 Prints ratios (ours / diffusers, load RSS / file size); targets: both speed and memory ratios
@@ -30,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 REFERENCE = ROOT.parent / "shared" / "reference" / "sd15.json"
+SDXL_REFERENCE = ROOT.parent / "shared" / "reference" / "sdxl_base.json"
 
 
 def peak_rss_mb() -> float:
@@ -66,6 +71,64 @@ def build_diffusers():
         block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
     ).eval()
     return unet, 768
+
+
+def build_ours_sdxl():
+    import torch
+
+    from core.models.detection import detect
+    from core.models.unet import UNetModel
+
+    shapes = {k: tuple(v) for k, v in json.loads(SDXL_REFERENCE.read_text())["tensors"].items()}
+    spec = detect(shapes)
+    torch.manual_seed(0)
+    return UNetModel(spec.unet).eval(), spec.unet.context_dim
+
+
+def build_diffusers_sdxl():
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=128, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280), layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+    ).eval()
+    return unet, 2048
+
+
+def measure_sdxl_step(which: str, latent: int, dtype_name: str) -> dict:
+    """One forward of batch 2 (cond + uncond) with the added vector: no warm-up (a step takes
+    minutes on a small CPU; the first call's set-up cost is a small part of it)."""
+    import torch
+
+    torch.set_grad_enabled(False)
+    dtype = getattr(torch, dtype_name)
+    start = time.perf_counter()
+    unet, context_dim = build_ours_sdxl() if which == "ours" else build_diffusers_sdxl()
+    unet = unet.to(dtype)
+    built = time.perf_counter() - start
+    x = torch.randn(2, 4, latent, latent, dtype=dtype)
+    t = torch.tensor([500.0, 500.0])
+    context = torch.randn(2, 77, context_dim, dtype=dtype)
+    pooled = torch.randn(2, 1280, dtype=dtype)
+    time_ids = torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * 2)
+    if which == "ours":
+        from core.models.unet import timestep_embedding
+
+        y = torch.cat([pooled, timestep_embedding(time_ids.reshape(-1), 256).reshape(2, -1).to(dtype)], dim=1)
+        call = lambda: unet(x, t, context, y)  # noqa: E731
+    else:
+        extra = {"text_embeds": pooled, "time_ids": time_ids.to(dtype)}
+        call = lambda: unet(x, t, encoder_hidden_states=context, added_cond_kwargs=extra).sample  # noqa: E731
+    start = time.perf_counter()
+    out = call()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "build_seconds": built, "peak_rss_mb": peak_rss_mb(), "finite": bool(torch.isfinite(out).all())}
 
 
 def measure_step(which: str, latent: int, repeats: int) -> dict:
@@ -142,7 +205,14 @@ def main() -> None:
     parser.add_argument("--skip-vae4k", action="store_true")
     parser.add_argument("--_load", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--_vae", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--sdxl", action="store_true", help="also time a full-size SDXL UNet step at 1024x1024")
+    parser.add_argument("--sdxl-only", action="store_true", help="only the SDXL step")
+    parser.add_argument("--sdxl-dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--_sdxl", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args._sdxl:
+        print(json.dumps(measure_sdxl_step(args._sdxl[0], int(args._sdxl[1]), args._sdxl[2])))
+        return
     if args._step:
         print(json.dumps(measure_step(args._step[0], int(args._step[1]), int(args._step[2]))))
         return
@@ -155,8 +225,21 @@ def main() -> None:
 
     import torch
 
-    latent, repeats = (32, 1) if args.quick else (64, 3)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    if args.sdxl or args.sdxl_only:
+        latent = 64 if args.quick else 128
+        print(f"UNet step: SDXL base size, batch 2 (CFG), latent {latent}x{latent} ({latent * 8}x{latent * 8} image), "
+              f"{args.sdxl_dtype}, one timed call each")
+        results = {which: in_subprocess("--_sdxl", which, str(latent), args.sdxl_dtype) for which in ("ours", "diffusers")}
+        for which, r in results.items():
+            print(f"  {which:10s} {r['seconds']:7.1f} s/step   peak RSS {r['peak_rss_mb']:8.0f} MB   "
+                  f"(built in {r['build_seconds']:.0f} s, finite output: {r['finite']})")
+        print(f"  ratio ours/diffusers: time {results['ours']['seconds'] / results['diffusers']['seconds']:.3f}, "
+              f"peak RSS {results['ours']['peak_rss_mb'] / results['diffusers']['peak_rss_mb']:.3f}")
+        if args.sdxl_only:
+            return
+
+    latent, repeats = (32, 1) if args.quick else (64, 3)
     print(f"UNet step: SD 1.5 size, batch 2 (CFG), latent {latent}x{latent} ({latent * 8}x{latent * 8} image), best of {repeats}")
     results = {which: in_subprocess("--_step", which, str(latent), str(repeats)) for which in ("ours", "diffusers")}
     for which, r in results.items():

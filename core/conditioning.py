@@ -9,6 +9,16 @@
   instead, and ``BREAK`` starts a new chunk. Prompts with fewer chunks than others in the same
   batch are padded with encoded empty chunks.
 * Textual-inversion embeddings: a word equal to an embedding's name is replaced by its vectors.
+* Padding: chunks are filled with the end-of-text token; for OpenCLIP encoders (SD 2.x, SDXL's
+  second encoder) everything after the first end-of-text token becomes id 0 (A1111's rule).
+* SDXL (``SDXLConditioner``): each encoder tokenizes, weights and normalises on its own, as
+  A1111 runs one "custom words" embedder per encoder; the two contexts are concatenated (768 +
+  1280 = 2048) and the pooled vector comes from the OpenCLIP encoder's first chunk, unweighted.
+  The UNet's added vector is that pooled vector followed by Fourier features of the original
+  size, crop corner and target size (refiner: original size, crop, aesthetic score). An empty
+  negative prompt is all zeros (context and pooled), as A1111 and sgm do. Clip skip does not
+  apply (A1111 ignores it for SD 2.x and SDXL too). Textual-inversion files need both
+  ``clip_l`` and ``clip_g`` vectors (only ``clip_g`` for the refiner).
 """
 from __future__ import annotations
 
@@ -16,7 +26,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from core.models.clip import OPENCLIP
+from core.models.detection import SDXL_REFINER
+from core.models.unet import timestep_embedding
 from core.prompts.parser import parse_attention
+from core.sampling.denoiser import Conditioning
 from core.text.tokenizer import ClipTokenizer
 
 CHUNK = 75
@@ -94,12 +108,22 @@ class TextConditioner:
         self.embeddings = embeddings
         self.clip_skip = clip_skip
         self.emphasis = emphasis
-        self._cache: dict[str, torch.Tensor] = {}
+        config = getattr(text_encoder, "config", None)
+        # The encoder's convention wins over the tokenizer's: OpenCLIP towers pad with 0.
+        self.pad_id = tokenizer.eos_id if getattr(config, "pad_with_eos", True) else 0
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def chunk_ids(self, chunk: PromptChunk) -> list[int]:
+        tokens = list(chunk.tokens)
+        if self.pad_id != self.tokenizer.eos_id and self.tokenizer.eos_id in tokens:
+            end = tokens.index(self.tokenizer.eos_id)
+            tokens[end + 1:] = [self.pad_id] * (len(tokens) - end - 1)
+        return tokens
 
     @torch.no_grad()
-    def encode_chunks(self, chunks: list[PromptChunk]) -> torch.Tensor:
-        """-> (chunks * 77, hidden)."""
-        ids = torch.tensor([c.tokens for c in chunks])
+    def encode_chunks_with_pooled(self, chunks: list[PromptChunk]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> ((chunks * 77, hidden), the first chunk's pooled vector or None)."""
+        ids = torch.tensor([self.chunk_ids(c) for c in chunks])
         weights = torch.tensor([c.weights for c in chunks])
         hook = None
         if any(c.fixes for c in chunks):
@@ -112,7 +136,13 @@ class TextConditioner:
                 return output
             hook = self.text_encoder.transformer.embeddings.token_embedding.register_forward_hook(splice)
         try:
-            z = self.text_encoder(ids, clip_skip=self.clip_skip).float()
+            if hasattr(self.text_encoder, "encode_with_pooled"):
+                z, pooled = self.text_encoder.encode_with_pooled(ids, clip_skip=self.clip_skip)
+            else:
+                z, pooled = self.text_encoder(ids, clip_skip=self.clip_skip), None
+            # float32 for every model; float64 stays (the parity tests' double-precision runs).
+            precision = torch.float64 if z.dtype == torch.float64 else torch.float32
+            z = z.to(precision)
         finally:
             if hook is not None:
                 hook.remove()
@@ -121,12 +151,18 @@ class TextConditioner:
             z = z * weights.to(z.device)[..., None]
             if self.emphasis == "Original":
                 z = z * (original_mean / z.mean())
-        return z.reshape(-1, z.shape[-1])
+        return z.reshape(-1, z.shape[-1]), (pooled[0].to(precision) if pooled is not None else None)
+
+    def encode_chunks(self, chunks: list[PromptChunk]) -> torch.Tensor:
+        return self.encode_chunks_with_pooled(chunks)[0]
+
+    def encode_with_pooled(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if text not in self._cache:
+            self._cache[text] = self.encode_chunks_with_pooled(tokenize_prompt(self.tokenizer, text, self.embeddings))
+        return self._cache[text]
 
     def encode(self, text: str) -> torch.Tensor:
-        if text not in self._cache:
-            self._cache[text] = self.encode_chunks(tokenize_prompt(self.tokenizer, text, self.embeddings))
-        return self._cache[text]
+        return self.encode_with_pooled(text)[0]
 
     def empty_chunk(self) -> torch.Tensor:
         return self.encode("")[: CHUNK + 2]
@@ -143,3 +179,109 @@ class TextConditioner:
         encoded = [self.encode(t) for t in texts]
         length = max(e.shape[0] for e in encoded)
         return torch.stack([self.pad_to(e, length) for e in encoded])
+
+
+@dataclass
+class PooledText:
+    """One prompt encoded for SDXL: the concatenated context and the pooled OpenCLIP vector."""
+
+    context: torch.Tensor  # (tokens, 2048)
+    pooled: torch.Tensor  # (1280,)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.context.shape
+
+
+def embeddings_for_encoders(embeddings, tokenizer: ClipTokenizer, encoders, keys: list[str]) -> list:
+    """One embedding database per text encoder, holding only the embeddings that have vectors
+    for every encoder (SDXL files: ``clip_l`` and ``clip_g``) with the same vector count."""
+    from core.embeddings import Embedding, EmbeddingDatabase, read_embedding_vectors
+    from core.errors import EngineError
+
+    sides = [EmbeddingDatabase(None, tokenizer, encoder.config.hidden_size) for encoder in encoders]
+    if embeddings is None:
+        return sides
+    for embedding in embeddings.by_name.values():
+        found = []
+        for encoder, key in zip(encoders, keys):
+            width = encoder.config.hidden_size
+            vectors = embedding.vectors
+            if vectors.shape[-1] != width or len(encoders) > 1:
+                try:
+                    vectors = read_embedding_vectors(embedding.path, key)
+                except EngineError:
+                    vectors = None
+            if vectors is None or vectors.shape[-1] != width:
+                break
+            found.append(vectors)
+        if len(found) == len(encoders) and len({v.shape[0] for v in found}) == 1:
+            for side, vectors in zip(sides, found):
+                side.add(Embedding(embedding.name, vectors, embedding.path), tokenizer)
+    return sides
+
+
+class SDXLConditioner:
+    """SDXL base (CLIP-L + OpenCLIP bigG) and refiner (bigG only): contexts, pooled vector and
+    the size/crop/aesthetic conditioning of the UNet's added embedding."""
+
+    def __init__(self, model, tokenizer: ClipTokenizer, embeddings=None, emphasis: str = "Original",
+                 crop: tuple[int, int] = (0, 0), aesthetic_score: float = 6.0, negative_aesthetic_score: float = 2.5):
+        self.spec = model.spec
+        encoders = model.text_encoders
+        keys = ["clip_g" if e.config.layout == OPENCLIP else "clip_l" for e in encoders]
+        sides = embeddings_for_encoders(embeddings, tokenizer, encoders, keys)
+        self.parts = [TextConditioner(e, tokenizer, db, 1, emphasis) for e, db in zip(encoders, sides)]
+        self.pooled_part = next(i for i, e in enumerate(encoders) if e.has_pooled)
+        self.refiner = self.spec.family == SDXL_REFINER
+        self.crop = crop  # (top, left), A1111's sdxl_crop_top / sdxl_crop_left
+        self.aesthetic_score = aesthetic_score  # refiner; A1111's defaults 6.0 and 2.5
+        self.negative_aesthetic_score = negative_aesthetic_score
+        self._cache: dict[str, PooledText] = {}
+
+    @property
+    def text_encoder(self):
+        return self.parts[0].text_encoder
+
+    def encode(self, text: str) -> PooledText:
+        if text not in self._cache:
+            encoded = [part.encode_with_pooled(text) for part in self.parts]
+            context = torch.cat([z for z, _ in encoded], dim=-1)
+            self._cache[text] = PooledText(context, encoded[self.pooled_part][1])
+        return self._cache[text]
+
+    def zeros_like(self, encoded: PooledText) -> PooledText:
+        return PooledText(torch.zeros_like(encoded.context), torch.zeros_like(encoded.pooled))
+
+    def pad_to(self, encoded: PooledText, length: int) -> PooledText:
+        missing = (length - encoded.context.shape[0]) // (CHUNK + 2)
+        if missing <= 0:
+            return encoded
+        empty = self.encode("").context[: CHUNK + 2]
+        return PooledText(torch.cat([encoded.context, empty.repeat(missing, 1)]), encoded.pooled)
+
+    def size_vector(self, size: tuple[int, int], negative: bool = False) -> torch.Tensor:
+        """The numbers after the pooled vector, each as ``size_embed_dim`` Fourier features:
+        base (original h, w, crop top, left, target h, w); refiner (original h, w, crop top,
+        left, aesthetic score). Original and target size are the picture's size, as A1111."""
+        height, width = size
+        if self.refiner:
+            score = self.negative_aesthetic_score if negative else self.aesthetic_score
+            numbers = [height, width, *self.crop, score]
+        else:
+            numbers = [height, width, *self.crop, height, width]
+        return timestep_embedding(torch.tensor(numbers, dtype=torch.float32), self.spec.size_embed_dim).reshape(-1)
+
+    def finish(self, encoded: PooledText, size: tuple[int, int] | None = None, negative: bool = False) -> Conditioning:
+        size = size or (self.spec.default_size, self.spec.default_size)
+        numbers = self.size_vector(size, negative).to(encoded.pooled.device, encoded.pooled.dtype)
+        vector = torch.cat([encoded.pooled, numbers])
+        return Conditioning(encoded.context, vector)
+
+
+def make_conditioner(model, tokenizer: ClipTokenizer, embeddings=None, clip_skip: int = 1, emphasis: str = "Original"):
+    """The prompt encoder a model needs: ``TextConditioner`` for one text encoder (SD 1.x/2.x,
+    x4 upscaler), ``SDXLConditioner`` for SDXL base and refiner."""
+    if model.spec.is_sdxl:
+        return SDXLConditioner(model, tokenizer, embeddings, emphasis)
+    return TextConditioner(model.text_encoder, tokenizer, embeddings, clip_skip, emphasis)

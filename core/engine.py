@@ -17,7 +17,7 @@ import torch
 from core.devices import resolve_device, resolve_dtype
 from core.errors import EngineError
 from core.hashing import HashCache
-from core.conditioning import TextConditioner
+from core.conditioning import make_conditioner
 from core.embeddings import EmbeddingDatabase
 from core.extensions import ExtensionRegistry, Job
 from core.images import save_png
@@ -153,7 +153,7 @@ class Engine:
         self.unload()
         self.extensions.run("before_model_load", path)
         model = load_model(path, device=self.device, dtype=self.dtype)
-        embeddings = EmbeddingDatabase(self.embeddings_dir, self.tokenizer, model.spec.text.hidden_size)
+        embeddings = EmbeddingDatabase(self.embeddings_dir, self.tokenizer, model.spec.text.hidden_size, key=model.spec.embedding_key)
         self.loaded = LoadedModel(path=path, name=path.stem if path.is_file() else path.name, model=model, embeddings=embeddings)
         self.extensions.run("after_model_load", self.loaded)
         return self.loaded
@@ -275,9 +275,7 @@ class Engine:
             params = job.params
             first_seed = resolve_seed(params.seed)
             first_subseed = resolve_seed(params.subseed) if params.subseed_strength > 0 else None
-            conditioner = TextConditioner(
-                loaded.model.text_encoder, self.tokenizer, loaded.embeddings, params.clip_skip, params.emphasis
-            )
+            conditioner = make_conditioner(loaded.model, self.tokenizer, loaded.embeddings, params.clip_skip, params.emphasis)
             model_hash = self.model_hash()
             out_dir = self.output_dir / f"{kind}-images" / dt.date.today().isoformat()
             started = time.monotonic()

@@ -2,16 +2,29 @@
 
 Three sources end in the same model: single-file ``.safetensors`` (memory-mapped, no extra
 copy), ``.ckpt``/``.pt`` (only through ``torch.load(weights_only=True)``: a pickle that would
-run code is refused), and diffusers folders (``model_index.json`` with unet/ vae/ text_encoder/).
-The model is built on the meta device and the file's tensors are assigned into it, so peak
-memory is about one copy of the weights.
+run code is refused), and diffusers folders (``model_index.json`` with unet/ vae/ text_encoder/
+and, for SDXL, text_encoder_2/). Folders are renamed into the single-file layout first, so one
+detection and one builder serve every source. The model is built on the meta device and the
+file's tensors are assigned into it, so peak memory is about one copy of the weights.
+
+What the weights cannot tell, in order of precedence:
+
+1. ``load_model(..., prediction="eps" | "v")``: the caller's (the user's) choice;
+2. a sidecar ``<checkpoint>.yaml`` beside the file (``parameterization: "v"`` in ldm configs,
+   ``VScaling`` in sgm ones), as A1111 reads it;
+3. the file's metadata (``modelspec.prediction_type``; a diffusers folder's scheduler config,
+   which also gives ``rescale_betas_zero_snr``);
+4. SD 2.x only: A1111's test forward pass (``looks_like_v_prediction``);
+5. the family's default (epsilon; v for the x4 upscaler).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import mmap
 import os
 import pickle
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -20,8 +33,9 @@ import torch
 
 from core.errors import EngineError
 from core.models import diffusers_names
-from core.models.detection import TEXT, UNET, VAE, ModelSpec, detect
-from core.models.stable_diffusion import TEXT_INTERNAL, LatentDiffusion, linear_alphas_cumprod
+from core.models.clip import FrozenOpenCLIPEmbedder
+from core.models.detection import SD2, SDXL_EMBEDDER, TEXT, UNET, VAE, ModelSpec, detect
+from core.models.stable_diffusion import LatentDiffusion, linear_alphas_cumprod
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 SAFETENSORS_DTYPES = {
@@ -120,10 +134,44 @@ def _read_diffusers_part(folder: Path, names: tuple[str, ...]) -> dict[str, torc
     raise EngineError(f"{folder}: no weights file ({' or '.join(names)})")
 
 
-def read_diffusers_folder(folder: Path) -> dict[str, torch.Tensor]:
-    """A diffusers pipeline folder, renamed into the single-file layout."""
-    weights = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-    out = {}
+def _json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _has_weights(folder: Path, names: tuple[str, ...]) -> bool:
+    return any((folder / name).is_file() for name in names)
+
+
+# The plain names first, then the fp16 "variant" files many SDXL downloads hold instead.
+TEXT_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.fp16.safetensors", "pytorch_model.fp16.bin")
+
+
+def _openclip_from_transformers(text: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A transformers CLIPTextModel(WithProjection) state -> open_clip names (``model.*``):
+    q/k/v fused, ``text_projection.weight`` (a Linear, P.T) back to ``text_projection`` (P)."""
+    state = {}
+    for key, value in text.items():
+        new = diffusers_names.text_key(key)
+        if new == "text_projection.weight":
+            state["text_projection"] = value.t()
+        elif not new.endswith("position_ids"):
+            state[new] = value
+    return FrozenOpenCLIPEmbedder.to_checkpoint(state)
+
+
+def read_diffusers_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A diffusers pipeline folder, renamed into the single-file layout, and what its configs
+    say (prediction type, latent scale, zero-terminal-SNR)."""
+    weights = (
+        "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+        "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.fp16.bin",
+    )
+    out: dict[str, torch.Tensor] = {}
+    metadata: dict[str, str] = {}
     unet = _read_diffusers_part(folder / "unet", weights)
     for key, value in unet.items():
         out[UNET + diffusers_names.unet_key(key, unet)] = value
@@ -133,24 +181,58 @@ def read_diffusers_folder(folder: Path) -> dict[str, torch.Tensor]:
         if diffusers_names.is_vae_linear_attention(new) and value.ndim == 2:
             value = value[:, :, None, None]
         out[VAE + new] = value
-    text = _read_diffusers_part(folder / "text_encoder", ("model.safetensors", "pytorch_model.bin"))
-    for key, value in text.items():
-        key = key.removeprefix("text_model.")
-        if not key.startswith("text_projection"):
-            out[TEXT + key] = value
-    return out
+    if "scaling_factor" in (vae_config := _json(folder / "vae" / "config.json")):
+        metadata["latent_scale_factor"] = str(vae_config["scaling_factor"])
+
+    first = folder / "text_encoder"
+    second = folder / "text_encoder_2"
+    if _has_weights(second, TEXT_WEIGHTS):
+        # SDXL: CLIP-L (absent in the refiner) and OpenCLIP bigG (a CLIPTextModelWithProjection).
+        index = 0
+        if _has_weights(first, TEXT_WEIGHTS):
+            for key, value in _read_diffusers_part(first, TEXT_WEIGHTS).items():
+                new = diffusers_names.text_key(key)
+                if new.startswith("transformer."):
+                    out[f"{SDXL_EMBEDDER}0.transformer.text_model." + new[len("transformer."):]] = value
+            index = 1
+        bigg = _openclip_from_transformers(_read_diffusers_part(second, TEXT_WEIGHTS))
+        out.update({f"{SDXL_EMBEDDER}{index}." + k: v for k, v in bigg.items()})
+    else:
+        text = _read_diffusers_part(first, TEXT_WEIGHTS)
+        if _json(first / "config.json").get("hidden_act") == "gelu":
+            # SD 2.x / x4: an OpenCLIP ViT-H converted by diffusers, which drops the unused last
+            # layer; its last layer is the one SD 2.x reads.
+            out.update({"cond_stage_model." + k: v for k, v in _openclip_from_transformers(text).items()})
+            metadata["text_layer"] = "last"
+        else:
+            for key, value in text.items():
+                new = diffusers_names.text_key(key)
+                if new.startswith("transformer."):
+                    out[TEXT + new[len("transformer."):]] = value
+
+    scheduler = _json(folder / "scheduler" / "scheduler_config.json")
+    if "prediction_type" in scheduler:
+        metadata["prediction"] = "v" if scheduler["prediction_type"] == "v_prediction" else "eps"
+        metadata["prediction_source"] = "metadata"
+    if scheduler.get("rescale_betas_zero_snr"):
+        metadata["zero_terminal_snr"] = "1"
+    return out, metadata
 
 
 def normalise_keys(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Fold the usual variants into one layout: drop training/EMA/schedule entries, add the
     ``text_model.`` level where old merges lack it."""
     out = {}
-    bare_text = "cond_stage_model.transformer."
+    bare = {"cond_stage_model.transformer.": TEXT, f"{SDXL_EMBEDDER}0.transformer.": f"{SDXL_EMBEDDER}0.transformer.text_model."}
     for key, value in tensors.items():
-        if key.startswith(IGNORED_PREFIXES) or key in SCHEDULE_BUFFERS or key.endswith("position_ids"):
+        if (
+            key.startswith(IGNORED_PREFIXES) or key in SCHEDULE_BUFFERS or key.endswith("position_ids")
+            or key.startswith(("low_scale_model.", "denoiser."))  # x4 / sgm schedule buffers
+        ):
             continue
-        if key.startswith(bare_text) and not key.startswith(TEXT):
-            key = TEXT + key[len(bare_text):]
+        for old, new in bare.items():
+            if key.startswith(old) and not key.startswith(new):
+                key = new + key[len(old):]
         out[key] = value
     return out
 
@@ -162,20 +244,88 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise EngineError(f"{path}: a folder, but not a diffusers model (no model_index.json)")
-        tensors, metadata = read_diffusers_folder(path), {}
-        scheduler = path / "scheduler" / "scheduler_config.json"
-        if scheduler.is_file():
-            prediction = json.loads(scheduler.read_text()).get("prediction_type", "epsilon")
-            metadata["prediction"] = "v" if prediction == "v_prediction" else "eps"
+        tensors, metadata = read_diffusers_folder(path)
     elif path.suffix.lower() not in CHECKPOINT_SUFFIXES:
         raise EngineError(f"{path.name}: unsupported file type {path.suffix!r} (use {', '.join(CHECKPOINT_SUFFIXES)})")
     else:
         tensors, metadata = read_tensor_file(path)
+        kind = _prediction_name(metadata.get("modelspec.prediction_type", ""))
+        if kind:
+            metadata["prediction"], metadata["prediction_source"] = kind, "metadata"
     return normalise_keys(tensors), metadata
 
 
-def _to_internal(key: str) -> str:
-    return TEXT_INTERNAL + key[len(TEXT):] if key.startswith(TEXT) else key
+def _prediction_name(value) -> str | None:
+    value = str(value or "").strip().strip("'\"").lower()
+    if value in ("eps", "epsilon", "noise"):
+        return "eps"
+    if value in ("v", "v_prediction", "v-prediction", "vprediction", "v_pred"):
+        return "v"
+    return None
+
+
+def read_sidecar_yaml(path: Path) -> dict[str, str]:
+    """``<checkpoint>.yaml`` beside a file, as A1111 uses it: only what the weights cannot tell
+    is taken (the parameterization). ldm configs say ``parameterization: "v"`` (absent = eps);
+    sgm configs name ``VScaling``/``EpsScaling`` in their denoiser config."""
+    for suffix in (".yaml", ".yml"):
+        sidecar = path.with_suffix(suffix)
+        if sidecar.is_file():
+            break
+    else:
+        return {}
+    try:
+        text = sidecar.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {}
+    found = None
+    try:
+        import yaml
+
+        def walk(node):
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    if key == "parameterization":
+                        return _prediction_name(value)
+                    if (hit := walk(value)) is not None:
+                        return hit
+            elif isinstance(node, list):
+                for value in node:
+                    if (hit := walk(value)) is not None:
+                        return hit
+            return None
+
+        found = walk(yaml.safe_load(text))
+    except Exception:  # noqa: BLE001 - a broken yaml file: fall back to reading the one line
+        match = re.search(r"^\s*parameterization\s*:\s*(\S+)", text, re.MULTILINE)
+        found = _prediction_name(match.group(1)) if match else None
+    if found is None:
+        if "VScaling" in text:
+            found = "v"
+        elif "EpsScaling" in text or "model:" in text:
+            found = "eps"  # an ldm/sgm config without a parameterization is epsilon
+    return {"prediction": found, "prediction_source": "yaml"} if found else {}
+
+
+@torch.no_grad()
+def prediction_test_value(unet) -> float:
+    """A1111's test forward pass (``is_using_v_parameterization_for_sd2``): a constant 0.5
+    latent at timestep 999 with a constant 0.5 context. An epsilon model returns about its
+    input there (at t=999 the input is almost all noise); a v model returns about minus the
+    clean picture it guesses, far below the input. Returns mean(output - input)."""
+    c = unet.config
+    param = next(iter(unet.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    x = torch.full((1, c.in_channels, 8, 8), 0.5, device=device, dtype=dtype)
+    context = torch.full((1, 2, c.context_dim), 0.5, device=device, dtype=dtype)
+    out = unet(x, torch.tensor([999.0], device=device), context)
+    return float((out.float() - x.float()).mean())
+
+
+def looks_like_v_prediction(unet) -> bool:
+    """A1111's rule: v-prediction when mean(output - input) < -1 on the test input."""
+    return prediction_test_value(unet) < -1
 
 
 def build_model(
@@ -187,21 +337,21 @@ def build_model(
         model = LatentDiffusion(spec)
     expected = model.state_dict()
     state = {}
-    for key, value in tensors.items():
-        internal = _to_internal(key)
-        if internal not in expected:
+    for key, value in model.internal_state(tensors).items():
+        if key not in expected:
             continue
-        if tuple(value.shape) != tuple(expected[internal].shape):
-            raise EngineError(f"{name}: {key} has shape {tuple(value.shape)}, expected {tuple(expected[internal].shape)}")
-        state[internal] = value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise EngineError(f"{name}: {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}")
+        state[key] = value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
     missing = [k for k in expected if k not in state and not k.endswith("position_ids")]
     if missing:
         raise EngineError(f"{name}: incomplete checkpoint, {len(missing)} weights missing (first: {missing[0]})")
     model.load_state_dict(state, strict=False, assign=True)
     # Buffers that are not in the file (position ids, schedule) are rebuilt on the target device.
-    model.cond_stage_model.transformer.embeddings.register_buffer(
-        "position_ids", torch.arange(spec.text.max_positions, device=device)[None], persistent=False
-    )
+    for encoder in model.text_encoders:
+        encoder.transformer.embeddings.register_buffer(
+            "position_ids", torch.arange(encoder.config.max_positions, device=device)[None], persistent=False
+        )
     model.register_buffer("alphas_cumprod", linear_alphas_cumprod(spec).to(device), persistent=False)
     still_meta = [n for n, b in model.named_buffers() if b.is_meta]
     if still_meta:
@@ -209,12 +359,33 @@ def build_model(
     return model.eval().requires_grad_(False)
 
 
-def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> LatentDiffusion:
+def load_model(
+    path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, *,
+    prediction: str | None = None, zero_terminal_snr: bool | None = None,
+) -> LatentDiffusion:
+    """``prediction``: None (or "auto") finds it out (see the module notes); "eps" or "v"
+    overrides. ``zero_terminal_snr``: rescale the noise schedule (None = as the folder's
+    scheduler config says, else off)."""
     path = Path(path)
     tensors, metadata = read_checkpoint(path)
+    if path.is_file():
+        metadata.update(read_sidecar_yaml(path))
+    if prediction not in (None, "", "auto"):
+        kind = _prediction_name(prediction)
+        if kind is None:
+            raise EngineError(f"prediction: must be auto, eps or v, got {prediction!r}")
+        metadata["prediction"], metadata["prediction_source"] = kind, "override"
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     try:
         spec = detect(shapes, metadata)
     except EngineError as e:
         raise EngineError(f"{path.name}: {e}") from None
-    return build_model(tensors, spec, device=device, dtype=dtype, name=path.name)
+    if zero_terminal_snr is None:
+        zero_terminal_snr = metadata.get("zero_terminal_snr") == "1"
+    if zero_terminal_snr:
+        spec = dataclasses.replace(spec, zero_terminal_snr=True)
+    model = build_model(tensors, spec, device=device, dtype=dtype, name=path.name)
+    if spec.family == SD2 and spec.prediction_source == "default":
+        detected = "v" if looks_like_v_prediction(model.unet) else "eps"
+        model.spec = dataclasses.replace(spec, prediction=detected, prediction_source="detected")
+    return model

@@ -51,6 +51,10 @@ class GenerationParams:
     batch_count: int = 1  # batches made one after another
     clip_skip: int = 1
     checkpoint: str | None = None  # name in the checkpoint folder, or a path; None = the loaded one
+    # SDXL refiner (A1111's names): a second checkpoint takes over once this fraction of the
+    # denoising is done (by the current noise level's timestep); None or "" = no refiner.
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float = 0.8
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -118,6 +122,8 @@ class GenerationParams:
                 resolve_sampler_name(self.hr_sampler_name)
             if self.hr_scheduler:
                 resolve_schedule_name(self.hr_scheduler)
+        if not isinstance(self.refiner_switch_at, (int, float)) or not 0 <= self.refiner_switch_at <= 1:
+            bad("refiner_switch_at", f"must be between 0 and 1, got {self.refiner_switch_at!r}")
         if self.emphasis not in EMPHASIS_MODES:
             bad("emphasis", f"must be one of {', '.join(EMPHASIS_MODES)}, got {self.emphasis!r}")
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):

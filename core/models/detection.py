@@ -1,9 +1,18 @@
 """Read a checkpoint's architecture from its keys and tensor shapes: no config file needed.
 
-Families are told apart by where their text encoder lives (``cond_stage_model.transformer``
-for SD 1.x, ``cond_stage_model.model`` for SD 2.x, ``conditioner.embedders`` for SDXL); widths,
-depths and channel counts are read off the shapes. Only SD 1.x is built for now; the others
-are recognised and reported by name so the message says what is missing.
+Families are told apart by where their text encoder lives and what the UNet takes in:
+
+| family | text encoder(s) | UNet |
+| --- | --- | --- |
+| SD 1.x (+ inpainting) | ``cond_stage_model.transformer`` (CLIP-L) | 4 (9) input channels, 8 heads |
+| SD 2.x (+ inpainting) | ``cond_stage_model.model`` (OpenCLIP ViT-H) | 4 (9) input channels, heads of 64 |
+| x4 upscaler | ``cond_stage_model.model`` (OpenCLIP ViT-H) | 7 input channels, noise-level embedding table |
+| SDXL base (+ inpainting) | ``conditioner.embedders.0.transformer`` (CLIP-L) + ``.1.model`` (OpenCLIP bigG) | adm vector = pooled + 6 size numbers |
+| SDXL refiner | ``conditioner.embedders.0.model`` (OpenCLIP bigG only) | adm vector = pooled + 5 numbers (sizes, aesthetic score) |
+
+Widths, depths and channel counts are read off the shapes. What shapes cannot tell (SD 2.x
+epsilon or v-prediction, the latent scale) comes from the family, the file's metadata, a
+sidecar .yaml or the user (core/loading.py), or a test forward pass for SD 2.x.
 """
 from __future__ import annotations
 
@@ -11,17 +20,33 @@ import re
 from dataclasses import dataclass, field
 
 from core.errors import EngineError
-from core.models.clip import TextEncoderConfig
+from core.models.clip import CLIP, OPENCLIP, TextEncoderConfig
 from core.models.unet import UNetConfig
 from core.models.vae import VAEConfig
 
 UNET = "model.diffusion_model."
 VAE = "first_stage_model."
-TEXT = "cond_stage_model.transformer.text_model."
+TEXT = "cond_stage_model.transformer.text_model."  # SD 1.x CLIP-L
+OPENCLIP_TEXT = "cond_stage_model.model."  # SD 2.x / x4 OpenCLIP ViT-H
+SDXL_EMBEDDER = "conditioner.embedders."
 
 SD1 = "sd1"
 SD1_INPAINT = "sd1-inpaint"
-FAMILY_LABELS = {SD1: "SD 1.x", SD1_INPAINT: "SD 1.x inpainting"}
+SD2 = "sd2"
+SD2_INPAINT = "sd2-inpaint"
+SDXL = "sdxl"
+SDXL_INPAINT = "sdxl-inpaint"
+SDXL_REFINER = "sdxl-refiner"
+X4_UPSCALER = "x4-upscaler"
+FAMILY_LABELS = {
+    SD1: "SD 1.x", SD1_INPAINT: "SD 1.x inpainting", SD2: "SD 2.x", SD2_INPAINT: "SD 2.x inpainting",
+    SDXL: "SDXL", SDXL_INPAINT: "SDXL inpainting", SDXL_REFINER: "SDXL refiner", X4_UPSCALER: "SD x4 upscaler",
+}
+SDXL_FAMILIES = (SDXL, SDXL_INPAINT, SDXL_REFINER)
+LATENT_SCALE = {SDXL: 0.13025, SDXL_INPAINT: 0.13025, SDXL_REFINER: 0.13025, X4_UPSCALER: 0.08333}
+# ldm's LatentUpscaleDiffusion: the low-resolution picture is noised with its own "linear"
+# schedule (betas = linspace(sqrt(1e-4), sqrt(0.02), 1000) ** 2) up to this level.
+X4_LOW_SCALE = (0.0001, 0.02, 350)
 
 
 @dataclass(frozen=True)
@@ -29,16 +54,57 @@ class ModelSpec:
     family: str
     unet: UNetConfig
     vae: VAEConfig
-    text: TextEncoderConfig
+    text: TextEncoderConfig  # the first (SD 1.x/2.x, x4: the only; refiner: bigG) text encoder
     prediction: str = "eps"  # what the UNet predicts: "eps" (noise) or "v"
     linear_start: float = 0.00085
     linear_end: float = 0.012
     num_timesteps: int = 1000
     notes: tuple[str, ...] = field(default=())
+    text2: TextEncoderConfig | None = None  # SDXL base: the OpenCLIP bigG encoder
+    # Where ``prediction`` came from: default (the family's), metadata (file or diffusers
+    # scheduler), yaml (sidecar file), override (the caller), detected (test forward pass).
+    prediction_source: str = "default"
+    zero_terminal_snr: bool = False  # alphas_cumprod rescaled (Lin et al. 2023)
+    size_embed_dim: int = 256  # SDXL: Fourier features per size/crop/aesthetic number
+    low_scale: tuple[float, float, int] | None = None  # x4: (linear_start, linear_end, max noise level)
 
     @property
     def label(self) -> str:
         return FAMILY_LABELS.get(self.family, self.family)
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.family in SDXL_FAMILIES
+
+    @property
+    def is_upscaler(self) -> bool:
+        return self.family == X4_UPSCALER
+
+    @property
+    def default_size(self) -> int:
+        """The size the model was trained at: 1024 for SDXL, 768 for SD 2.x v-prediction
+        (the 768-v models), else 512. The x4 upscaler works on any input size."""
+        if self.is_sdxl:
+            return 1024
+        if self.family == SD2 and self.prediction == "v":
+            return 768
+        return 512
+
+    @property
+    def text_encoders(self) -> tuple[TextEncoderConfig, ...]:
+        return (self.text,) if self.text2 is None else (self.text, self.text2)
+
+    @property
+    def text_prefixes(self) -> tuple[str, ...]:
+        """Each text encoder's prefix in the checkpoint (and in our module tree)."""
+        if self.is_sdxl:
+            return tuple(f"{SDXL_EMBEDDER}{i}." for i in range(len(self.text_encoders)))
+        return ("cond_stage_model.",)
+
+    @property
+    def embedding_key(self) -> str:
+        """Which vectors of an SDXL textual-inversion file fit ``text``."""
+        return "clip_g" if self.text.layout == OPENCLIP else "clip_l"
 
 
 def _indices(shapes: dict, prefix: str, pattern: str) -> list[int]:
@@ -63,8 +129,13 @@ def detect_unet(shapes: dict, prefix: str = UNET, *, num_heads: int | None = 8, 
         else:
             levels[-1].append(i)
     num_res_blocks = len(levels[0])
-    channel_mult, depth = [], []
+    channel_mult, depth, no_self = [], [], []
     context_dim, use_linear = None, False
+
+    def cross_only(block: str) -> bool:
+        q, k = shapes.get(prefix + block + ".attn1.to_q.weight"), shapes.get(prefix + block + ".attn1.to_k.weight")
+        return q is not None and k is not None and k[1] != q[1]
+
     for level in levels:
         if len(level) != num_res_blocks:
             raise EngineError(f"UNet levels have different numbers of blocks ({[len(lv) for lv in levels]})")
@@ -72,13 +143,16 @@ def detect_unet(shapes: dict, prefix: str = UNET, *, num_heads: int | None = 8, 
         channel_mult.append(shape(f"input_blocks.{first}.0.out_layers.3.weight")[0] // model_channels)
         tb = _indices(shapes, prefix, rf"input_blocks\.{first}\.1\.transformer_blocks\.(\d+)\.")
         depth.append(len(tb))
+        no_self.append(bool(tb) and cross_only(f"input_blocks.{first}.1.transformer_blocks.0"))
         if tb:
             context_dim = shape(f"input_blocks.{first}.1.transformer_blocks.0.attn2.to_k.weight")[1]
             use_linear = len(shape(f"input_blocks.{first}.1.proj_in.weight")) == 2
     middle_depth = len(_indices(shapes, prefix, r"middle_block\.1\.transformer_blocks\.(\d+)\."))
     if context_dim is None and middle_depth:
         context_dim = shape("middle_block.1.transformer_blocks.0.attn2.to_k.weight")[1]
-    adm = shapes.get(prefix + "label_emb.0.0.weight")
+        use_linear = len(shape("middle_block.1.proj_in.weight")) == 2
+    label = shapes.get(prefix + "label_emb.0.0.weight")
+    table = shapes.get(prefix + "label_emb.weight")
     return UNetConfig(
         in_channels=in_channels,
         out_channels=out_channels,
@@ -91,7 +165,10 @@ def detect_unet(shapes: dict, prefix: str = UNET, *, num_heads: int | None = 8, 
         num_heads=num_heads,
         head_dim=head_dim,
         use_linear_projection=use_linear,
-        adm_in_channels=adm[1] if adm is not None else None,
+        adm_in_channels=label[1] if label is not None else None,
+        num_classes=table[0] if table is not None else None,
+        disable_self_attn=tuple(no_self) if any(no_self) else (),
+        disable_middle_self_attn=bool(middle_depth) and cross_only("middle_block.1.transformer_blocks.0"),
     )
 
 
@@ -112,7 +189,8 @@ def detect_vae(shapes: dict, prefix: str = VAE, scaling_factor: float = 0.18215)
     )
 
 
-def detect_clip_text(shapes: dict, prefix: str = TEXT) -> TextEncoderConfig:
+def detect_clip_text(shapes: dict, prefix: str = TEXT, **usage) -> TextEncoderConfig:
+    """An OpenAI-layout CLIP text encoder (``...text_model.`` prefix)."""
     vocab, hidden = shapes[prefix + "embeddings.token_embedding.weight"]
     return TextEncoderConfig(
         vocab_size=vocab,
@@ -120,6 +198,28 @@ def detect_clip_text(shapes: dict, prefix: str = TEXT) -> TextEncoderConfig:
         intermediate_size=shapes[prefix + "encoder.layers.0.mlp.fc1.weight"][0],
         num_layers=len(_indices(shapes, prefix, r"encoder\.layers\.(\d+)\.")),
         max_positions=shapes[prefix + "embeddings.position_embedding.weight"][0],
+        layout=CLIP,
+        **usage,
+    )
+
+
+def detect_openclip_text(shapes: dict, prefix: str, **usage) -> TextEncoderConfig:
+    """An open_clip text tower (``...model.`` prefix): GELU, fused in-projections."""
+    vocab, hidden = shapes[prefix + "token_embedding.weight"]
+    projection = shapes.get(prefix + "text_projection")
+    return TextEncoderConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=shapes[prefix + "transformer.resblocks.0.mlp.c_fc.weight"][0],
+        num_layers=len(_indices(shapes, prefix, r"transformer\.resblocks\.(\d+)\.")),
+        max_positions=shapes[prefix + "positional_embedding"][0],
+        hidden_act="gelu",
+        layout=OPENCLIP,
+        projection_dim=projection[1] if projection is not None else None,
+        has_logit_scale=prefix + "logit_scale" in shapes,
+        honour_clip_skip=False,
+        pad_with_eos=False,
+        **usage,
     )
 
 
@@ -129,23 +229,45 @@ def describe(shapes: dict) -> str:
     return f"{len(shapes)} tensors; top-level names: {', '.join(tops[:8])}{' ...' if len(tops) > 8 else ''}"
 
 
+def _prediction(metadata: dict, default: str) -> tuple[str, str]:
+    value = metadata.get("prediction")
+    if value in ("eps", "v"):
+        return value, metadata.get("prediction_source", "metadata")
+    return default, "default"
+
+
+def _require(shapes: dict, keys: list[str], what: str) -> None:
+    missing = [k for k in keys if k not in shapes]
+    if missing:
+        raise EngineError(f"incomplete {what} checkpoint: no {missing[0]} ({describe(shapes)})")
+
+
 def detect(shapes: dict, metadata: dict | None = None) -> ModelSpec:
-    """shapes: checkpoint key -> shape (tuple), keys already normalised by the loader."""
+    """shapes: checkpoint key -> shape (tuple), keys already normalised by the loader.
+
+    metadata (all optional, strings): ``prediction`` ("eps"/"v") and ``prediction_source``,
+    ``latent_scale_factor``, ``unet_num_heads``, ``text_layer`` ("last" for diffusers SD 2.x
+    text encoders, which were saved without their unused last layer)."""
     metadata = metadata or {}
-    has = lambda key: key in shapes  # noqa: E731
-    if has("conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight") or any(
-        k.startswith("conditioner.embedders.") for k in shapes
-    ):
-        raise EngineError("SDXL checkpoints are recognised but not supported yet (needs the SD 2.x/SDXL work)")
-    if any(k.startswith("cond_stage_model.model.") for k in shapes):
-        raise EngineError("SD 2.x checkpoints (OpenCLIP text encoder) are recognised but not supported yet")
+    if any(k.startswith(SDXL_EMBEDDER) for k in shapes):
+        return _detect_sdxl(shapes, metadata)
+    if any(k.startswith(OPENCLIP_TEXT) for k in shapes):
+        return _detect_openclip_family(shapes, metadata)
+    return _detect_sd1(shapes, metadata)
+
+
+def _scale(metadata: dict, family: str) -> float:
+    return float(metadata.get("latent_scale_factor", LATENT_SCALE.get(family, 0.18215)))
+
+
+def _detect_sd1(shapes: dict, metadata: dict) -> ModelSpec:
     required = [UNET + "input_blocks.0.0.weight", VAE + "encoder.conv_in.weight", TEXT + "embeddings.token_embedding.weight"]
-    missing = [k for k in required if not has(k)]
+    missing = [k for k in required if k not in shapes]
     if missing:
         raise EngineError(f"unknown model layout: no {missing[0]} ({describe(shapes)})")
     try:
         unet = detect_unet(shapes, num_heads=int(metadata.get("unet_num_heads", 8)))
-        vae = detect_vae(shapes, scaling_factor=float(metadata.get("latent_scale_factor", 0.18215)))
+        vae = detect_vae(shapes, scaling_factor=_scale(metadata, SD1))
         text = detect_clip_text(shapes)
     except KeyError as e:
         raise EngineError(f"incomplete SD 1.x checkpoint: missing {e.args[0]}") from None
@@ -155,4 +277,81 @@ def detect(shapes: dict, metadata: dict | None = None) -> ModelSpec:
         family = SD1
     else:
         raise EngineError(f"unknown SD 1.x variant: UNet takes {unet.in_channels} input channels")
-    return ModelSpec(family=family, unet=unet, vae=vae, text=text, prediction=metadata.get("prediction", "eps"))
+    prediction, source = _prediction(metadata, "eps")
+    return ModelSpec(family=family, unet=unet, vae=vae, text=text, prediction=prediction, prediction_source=source)
+
+
+def _detect_openclip_family(shapes: dict, metadata: dict) -> ModelSpec:
+    """SD 2.x (epsilon or v, inpainting) and the x4 upscaler: OpenCLIP ViT-H text tower."""
+    if any(k.startswith("depth_model.") for k in shapes):
+        raise EngineError("SD 2.x depth-to-image checkpoints are recognised but not supported")
+    if any(k.startswith(("embedder.", "noise_augmentor.")) for k in shapes):
+        raise EngineError("SD 2.x unCLIP checkpoints are recognised but not supported")
+    _require(shapes, [UNET + "input_blocks.0.0.weight", VAE + "encoder.conv_in.weight", OPENCLIP_TEXT + "token_embedding.weight"], "SD 2.x")
+    # SD 2.x reads the penultimate layer through ln_final; diffusers' SD 2.x text encoders were
+    # saved without that unused last layer, so their last layer is the one to read.
+    skip_last = 0 if metadata.get("text_layer") == "last" else 1
+    try:
+        table = shapes.get(UNET + "label_emb.weight")
+        upscaler = table is not None and shapes[UNET + "input_blocks.0.0.weight"][1] == 7
+        family = X4_UPSCALER if upscaler else SD2
+        unet = detect_unet(
+            shapes, num_heads=int(metadata.get("unet_num_heads", 8)) if upscaler else None, head_dim=None if upscaler else 64
+        )
+        vae = detect_vae(shapes, scaling_factor=_scale(metadata, family))
+        text = detect_openclip_text(shapes, OPENCLIP_TEXT, skip_last=skip_last, final_norm=True)
+    except KeyError as e:
+        raise EngineError(f"incomplete SD 2.x checkpoint: missing {e.args[0]}") from None
+    if upscaler:
+        prediction, source = _prediction(metadata, "v")
+        return ModelSpec(
+            family=X4_UPSCALER, unet=unet, vae=vae, text=text, prediction=prediction, prediction_source=source,
+            linear_start=0.0001, linear_end=0.02, low_scale=X4_LOW_SCALE,
+        )
+    if unet.in_channels == 9:
+        family = SD2_INPAINT
+    elif unet.in_channels == 5:
+        raise EngineError("SD 2.x depth-to-image checkpoints (5 input channels) are recognised but not supported")
+    elif unet.in_channels != vae.embed_dim:
+        raise EngineError(f"unknown SD 2.x variant: UNet takes {unet.in_channels} input channels")
+    prediction, source = _prediction(metadata, "eps")
+    return ModelSpec(family=family, unet=unet, vae=vae, text=text, prediction=prediction, prediction_source=source)
+
+
+def _detect_sdxl(shapes: dict, metadata: dict) -> ModelSpec:
+    clip_l = SDXL_EMBEDDER + "0.transformer.text_model."
+    base = clip_l + "embeddings.token_embedding.weight" in shapes
+    bigg = SDXL_EMBEDDER + ("1.model." if base else "0.model.")
+    what = "SDXL" if base else "SDXL refiner"
+    _require(shapes, [UNET + "input_blocks.0.0.weight", VAE + "encoder.conv_in.weight", bigg + "token_embedding.weight",
+                      bigg + "text_projection", UNET + "label_emb.0.0.weight"], what)
+    try:
+        unet = detect_unet(shapes, num_heads=None, head_dim=64)
+        # Both encoders: the penultimate layer without the final norm (sgm, legacy=False).
+        g = detect_openclip_text(shapes, bigg, skip_last=1, final_norm=False)
+        if base:
+            text, text2 = detect_clip_text(shapes, clip_l, skip_last=1, final_norm=False, honour_clip_skip=False), g
+            family = SDXL_INPAINT if unet.in_channels == 9 else SDXL
+            numbers = 6  # original size (h, w), crop (top, left), target size (h, w)
+        else:
+            text, text2, family = g, None, SDXL_REFINER
+            numbers = 5  # original size (h, w), crop (top, left), aesthetic score
+        vae = detect_vae(shapes, scaling_factor=_scale(metadata, family))
+    except KeyError as e:
+        raise EngineError(f"incomplete {what} checkpoint: missing {e.args[0]}") from None
+    if unet.in_channels not in (vae.embed_dim, 9):
+        raise EngineError(f"unknown {what} variant: UNet takes {unet.in_channels} input channels")
+    extra = unet.adm_in_channels - g.projection_dim
+    if extra <= 0 or extra % numbers:
+        raise EngineError(
+            f"{what}: the UNet's added-conditioning input ({unet.adm_in_channels}) is not the pooled text "
+            f"({g.projection_dim}) plus {numbers} size numbers"
+        )
+    context = sum(t.hidden_size for t in (text, text2) if t is not None)
+    if context != unet.context_dim:
+        raise EngineError(f"{what}: the text encoders give {context}-wide context, the UNet expects {unet.context_dim}")
+    prediction, source = _prediction(metadata, "eps")
+    return ModelSpec(
+        family=family, unet=unet, vae=vae, text=text, text2=text2, prediction=prediction, prediction_source=source,
+        size_embed_dim=extra // numbers,
+    )

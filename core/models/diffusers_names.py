@@ -42,6 +42,7 @@ def unet_key(key: str, keys) -> str:
         "time_embedding.linear_2.": "time_embed.2.",
         "add_embedding.linear_1.": "label_emb.0.0.",
         "add_embedding.linear_2.": "label_emb.0.2.",
+        "class_embedding.": "label_emb.",  # x4 upscaler: the noise-level table
         "conv_norm_out.": "out.0.",
         "conv_out.": "out.2.",
     }
@@ -95,6 +96,13 @@ def vae_key(key: str, keys) -> str:
         part, _, tail = m[2].rpartition(".")
         return f"{m[1]}.mid.attn_1.{VAE_ATTENTION_PARTS[part]}.{tail}"
     raise KeyError(key)
+
+
+def text_key(key: str) -> str:
+    """A transformers CLIPTextModel(WithProjection) key -> our embedder's ``transformer.*``
+    name (``text_model.`` dropped; ``text_projection.weight`` kept for the caller)."""
+    key = key.removeprefix("text_model.")
+    return key if key.startswith("text_projection") else "transformer." + key
 
 
 def is_vae_linear_attention(ldm_key: str) -> bool:

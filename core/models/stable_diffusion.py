@@ -1,27 +1,46 @@
-"""The whole latent diffusion model: UNet, autoencoder and text encoder in one module tree.
+"""The whole latent diffusion model: UNet, autoencoder and text encoder(s) in one module tree.
 
 Attribute names follow the single-file checkpoint (``model.diffusion_model``,
-``first_stage_model``, ``cond_stage_model``), so ``state_dict()`` keys are the file's keys
-(apart from the ``text_model.`` level that transformers 5 no longer has).
+``first_stage_model``, ``cond_stage_model`` for SD 1.x/2.x and the x4 upscaler,
+``conditioner.embedders.N`` for SDXL), so UNet and VAE keys are the file's keys. Text encoder
+keys differ (transformers 5 has no ``text_model.`` level; OpenCLIP towers are converted to
+CLIPTextModel): ``checkpoint_state_dict`` and ``internal_state`` translate both ways.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from core.models.clip import FrozenCLIPEmbedder
-from core.models.detection import TEXT, ModelSpec
+from core.models.clip import FrozenCLIPEmbedder, make_embedder
+from core.models.detection import ModelSpec
 from core.models.unet import UNetModel
 from core.models.vae import AutoencoderKL
 
-# Our module tree's name for the text encoder's weights, and the checkpoint's.
+# Our module tree's name for SD 1.x's text encoder weights.
 TEXT_INTERNAL = "cond_stage_model.transformer."
 
 
 def linear_alphas_cumprod(spec: ModelSpec) -> torch.Tensor:
-    """SD's "scaled linear" beta schedule, computed in float64 as the original code does."""
+    """SD's "scaled linear" beta schedule (ldm's "linear"), computed in float64 as the original
+    code does; rescaled to zero terminal SNR when the spec asks for it."""
     betas = torch.linspace(spec.linear_start**0.5, spec.linear_end**0.5, spec.num_timesteps, dtype=torch.float64) ** 2
-    return torch.cumprod(1.0 - betas, dim=0).float()
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    if spec.zero_terminal_snr:
+        alphas_cumprod = rescale_zero_terminal_snr(alphas_cumprod)
+    return alphas_cumprod.float()
+
+
+def rescale_zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Alg. 1:
+    shift sqrt(alphas_cumprod) so the last step is pure noise and scale it so the first is
+    unchanged. As A1111 and ComfyUI do, the last value is then set to a tiny positive number
+    instead of 0, so that sigma_max stays finite (about 4500) for samplers that start from it."""
+    root = alphas_cumprod.double().sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first / (first - last))
+    out = root**2
+    out[-1] = 4.8973451890853435e-08
+    return out.to(alphas_cumprod.dtype)
 
 
 class LatentDiffusion(nn.Module):
@@ -31,7 +50,11 @@ class LatentDiffusion(nn.Module):
         self.model = nn.Module()
         self.model.diffusion_model = UNetModel(spec.unet)
         self.first_stage_model = AutoencoderKL(spec.vae)
-        self.cond_stage_model = FrozenCLIPEmbedder(spec.text)
+        if spec.is_sdxl:
+            self.conditioner = nn.Module()
+            self.conditioner.embedders = nn.ModuleList(make_embedder(t) for t in spec.text_encoders)
+        else:
+            self.cond_stage_model = make_embedder(spec.text)
         self.register_buffer("alphas_cumprod", linear_alphas_cumprod(spec), persistent=False)
 
     @property
@@ -43,16 +66,51 @@ class LatentDiffusion(nn.Module):
         return self.first_stage_model
 
     @property
+    def text_encoders(self) -> list[FrozenCLIPEmbedder]:
+        """SDXL base: [CLIP-L, OpenCLIP bigG]; every other family: its one encoder."""
+        if self.spec.is_sdxl:
+            return list(self.conditioner.embedders)
+        return [self.cond_stage_model]
+
+    @property
     def text_encoder(self) -> FrozenCLIPEmbedder:
-        return self.cond_stage_model
+        """The first text encoder (SD 1.x/2.x: the only one; use ``text_encoders`` for SDXL)."""
+        return self.text_encoders[0]
+
+    def _slots(self) -> list[tuple[str, FrozenCLIPEmbedder]]:
+        return list(zip(self.spec.text_prefixes, self.text_encoders))
 
     def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
-        """The state dict under the single-file checkpoint's key names."""
+        """The state dict under the single-file checkpoint's key names (OpenCLIP q/k/v fused)."""
+        state = self.state_dict()
+        slots = self._slots()
         out = {}
-        for key, value in self.state_dict().items():
-            if key.startswith(TEXT_INTERNAL):
-                if key.endswith("position_ids"):
-                    continue
-                key = TEXT + key[len(TEXT_INTERNAL):]
-            out[key] = value
+        for key, value in state.items():
+            if not any(key.startswith(prefix) for prefix, _ in slots):
+                out[key] = value
+        for prefix, embedder in slots:
+            mine = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            out.update({prefix + k: v for k, v in embedder.to_checkpoint(mine).items()})
+        return out
+
+    def internal_names(self, checkpoint_key: str) -> list[tuple[str, int | None]]:
+        """Where a checkpoint key lives in this module tree: [(parameter name, third)], third
+        being 0/1/2 for the q/k/v rows of a fused OpenCLIP in-projection, else None."""
+        for prefix, embedder in self._slots():
+            if checkpoint_key.startswith(prefix):
+                names = type(embedder).internal_names(checkpoint_key[len(prefix):])
+                return [(prefix + name, third) for name, third in names]
+        return [(checkpoint_key, None)]
+
+    def internal_state(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Checkpoint-named tensors -> our state-dict names (text encoders converted; OpenCLIP
+        in-projections split into views, no copy)."""
+        slots = self._slots()
+        out = {}
+        for key, value in tensors.items():
+            if not any(key.startswith(prefix) for prefix, _ in slots):
+                out[key] = value
+        for prefix, embedder in slots:
+            mine = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            out.update({prefix + k: v for k, v in type(embedder).from_checkpoint(mine).items()})
         return out

@@ -2,9 +2,11 @@
 
 Module names mirror the single-file checkpoint keys under ``model.diffusion_model.``
 (``input_blocks.1.1.transformer_blocks.0.attn2.to_k``...), so a state dict loads with no
-conversion table. One config dataclass covers SD 1.x, SD 2.x and SDXL: what differs
-between them is data (channel widths, transformer depth per level, head size, linear or
-1x1-conv projections, an extra "label" embedding), not code.
+conversion table. One config dataclass covers SD 1.x, SD 2.x, SDXL and the x4 upscaler: what
+differs between them is data (channel widths, transformer depth per level, head size, linear or
+1x1-conv projections, an extra "label" embedding: SDXL's size/pooled-text vector through an MLP,
+the upscaler's noise level through an embedding table; the upscaler's cross-attention-only
+blocks), not code.
 """
 from __future__ import annotations
 
@@ -32,6 +34,11 @@ class UNetConfig:
     head_dim: int | None = None
     use_linear_projection: bool = False  # SD 2.x/SDXL: Linear proj_in/out instead of 1x1 conv
     adm_in_channels: int | None = None  # SDXL: size/crop (and pooled text) embedding input
+    num_classes: int | None = None  # x4 upscaler: noise level -> nn.Embedding(num_classes, 4 * ch)
+    # x4 upscaler: per level, attn1 attends to the context instead of itself (ldm's
+    # disable_self_attentions); () = self-attention everywhere.
+    disable_self_attn: tuple[bool, ...] = ()
+    disable_middle_self_attn: bool = False
     extra: dict = field(default_factory=dict, compare=False)
 
     def heads_for(self, channels: int) -> tuple[int, int]:
@@ -123,9 +130,10 @@ class FeedForward(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
-    def __init__(self, dim: int, context_dim: int, heads: int, head_dim: int):
+    def __init__(self, dim: int, context_dim: int, heads: int, head_dim: int, disable_self_attn: bool = False):
         super().__init__()
-        self.attn1 = Attention(dim, None, heads, head_dim)
+        self.disable_self_attn = disable_self_attn
+        self.attn1 = Attention(dim, context_dim if disable_self_attn else None, heads, head_dim)
         self.ff = FeedForward(dim)
         self.attn2 = Attention(dim, context_dim, heads, head_dim)
         self.norm1 = nn.LayerNorm(dim)
@@ -133,20 +141,23 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
 
     def forward(self, x, context):
-        x = self.attn1(self.norm1(x)) + x
+        x = self.attn1(self.norm1(x), context if self.disable_self_attn else None) + x
         x = self.attn2(self.norm2(x), context) + x
         return self.ff(self.norm3(x)) + x
 
 
 class SpatialTransformer(nn.Module):
-    def __init__(self, channels: int, depth: int, context_dim: int, heads: int, head_dim: int, use_linear: bool):
+    def __init__(
+        self, channels: int, depth: int, context_dim: int, heads: int, head_dim: int, use_linear: bool,
+        disable_self_attn: bool = False,
+    ):
         super().__init__()
         self.use_linear = use_linear
         self.norm = normalization(channels, eps=1e-6)
         inner = heads * head_dim
         self.proj_in = nn.Linear(channels, inner) if use_linear else nn.Conv2d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(inner, context_dim, heads, head_dim) for _ in range(depth)
+            BasicTransformerBlock(inner, context_dim, heads, head_dim, disable_self_attn) for _ in range(depth)
         )
         self.proj_out = nn.Linear(inner, channels) if use_linear else nn.Conv2d(inner, channels, 1)
 
@@ -221,10 +232,16 @@ class UNetModel(nn.Module):
             self.label_emb = nn.Sequential(
                 nn.Sequential(nn.Linear(c.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
             )
+        elif c.num_classes is not None:
+            self.label_emb = nn.Embedding(c.num_classes, emb_dim)
 
-        def transformer(channels: int, depth: int) -> SpatialTransformer:
+        def transformer(channels: int, depth: int, level: int | None) -> SpatialTransformer:
             heads, head_dim = c.heads_for(channels)
-            return SpatialTransformer(channels, depth, c.context_dim, heads, head_dim, c.use_linear_projection)
+            if level is None:
+                no_self = c.disable_middle_self_attn
+            else:
+                no_self = bool(c.disable_self_attn) and c.disable_self_attn[level]
+            return SpatialTransformer(channels, depth, c.context_dim, heads, head_dim, c.use_linear_projection, no_self)
 
         self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(c.in_channels, ch, 3, padding=1))])
         skip_channels = [ch]
@@ -234,7 +251,7 @@ class UNetModel(nn.Module):
                 layers = [ResBlock(ch, emb_dim, mult * c.model_channels)]
                 ch = mult * c.model_channels
                 if c.transformer_depth[level]:
-                    layers.append(transformer(ch, c.transformer_depth[level]))
+                    layers.append(transformer(ch, c.transformer_depth[level], level))
                 self.input_blocks.append(TimestepSequential(*layers))
                 skip_channels.append(ch)
             if level != levels - 1:
@@ -243,7 +260,7 @@ class UNetModel(nn.Module):
 
         middle = [ResBlock(ch, emb_dim, ch)]
         if c.transformer_depth_middle:
-            middle.append(transformer(ch, c.transformer_depth_middle))
+            middle.append(transformer(ch, c.transformer_depth_middle, None))
         middle.append(ResBlock(ch, emb_dim, ch))
         self.middle_block = TimestepSequential(*middle)
 
@@ -253,7 +270,7 @@ class UNetModel(nn.Module):
                 layers = [ResBlock(ch + skip_channels.pop(), emb_dim, mult * c.model_channels)]
                 ch = mult * c.model_channels
                 if c.transformer_depth[level]:
-                    layers.append(transformer(ch, c.transformer_depth[level]))
+                    layers.append(transformer(ch, c.transformer_depth[level], level))
                 if level and i == c.num_res_blocks:
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepSequential(*layers))
@@ -266,13 +283,17 @@ class UNetModel(nn.Module):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None = None):
         """x: noisy latent (B, C, H, W); timesteps: (B,) possibly fractional; context: (B, T, D);
-        y: SDXL's added conditioning vector (B, adm_in_channels)."""
+        y: SDXL's added conditioning vector (B, adm_in_channels), or the x4 upscaler's integer
+        noise levels (B,)."""
         dtype = self.dtype
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
-        if self.config.adm_in_channels is not None:
+        if self.config.adm_in_channels is not None or self.config.num_classes is not None:
             if y is None:
-                raise ValueError("this UNet needs the added conditioning vector y")
-            emb = emb + self.label_emb(y.to(dtype))
+                raise ValueError("this UNet needs the added conditioning y (SDXL vector or upscaler noise level)")
+            if self.config.num_classes is not None:
+                emb = emb + self.label_emb(y.to(emb.device).long())
+            else:
+                emb = emb + self.label_emb(y.to(dtype))
         h = x.to(dtype)
         context = context.to(dtype)
         skips = []

@@ -32,14 +32,29 @@ def prepare_prompt(prompt: str, negative_prompt: str, steps: int) -> PreparedPro
     return PreparedPrompt(positive=positive, negative=negative, extra_networks=tags + negative_tags)
 
 
-def build_guided_denoiser(denoiser, conditioner: TextConditioner, prepared: PreparedPrompt, cfg_scale: float) -> CFGDenoiser:
-    texts = {text for schedule, _ in prepared.positive for _, text in schedule} | {text for _, text in prepared.negative}
-    encoded = {text: conditioner.encode(text) for text in texts}
-    length = max(e.shape[0] for e in encoded.values())
-    encoded = {text: conditioner.pad_to(e, length) for text, e in encoded.items()}
+def build_guided_denoiser(
+    denoiser, conditioner: TextConditioner, prepared: PreparedPrompt, cfg_scale: float,
+    image_size: tuple[int, int] | None = None,
+) -> CFGDenoiser:
+    """``image_size`` (height, width): SDXL's size conditioning (the conditioner's ``finish``
+    turns an encoded text into context + added vector); ignored by SD 1.x/2.x."""
+    positive_texts = {text for schedule, _ in prepared.positive for _, text in schedule}
+    negative_texts = {text for _, text in prepared.negative}
+    encoded = {text: conditioner.encode(text) for text in positive_texts | negative_texts}
+    finish = getattr(conditioner, "finish", None)
+    negatives = {text: encoded[text] for text in negative_texts}
+    if finish is not None and all(text == "" for text in negative_texts):
+        # SDXL: an empty negative prompt is zeros, context and pooled (A1111, sgm, diffusers).
+        negatives = {text: conditioner.zeros_like(e) for text, e in negatives.items()}
+    length = max(e.shape[0] for e in [*encoded.values(), *negatives.values()])
 
-    def scheduled(schedule):
-        return ScheduledContext([(end, encoded[text]) for end, text in schedule])
+    def final(e, negative: bool):
+        e = conditioner.pad_to(e, length)
+        return finish(e, image_size, negative) if finish is not None else e
 
-    conds = [(scheduled(schedule), weight) for schedule, weight in prepared.positive]
-    return CFGDenoiser(denoiser, conds, scheduled(prepared.negative), cfg_scale)
+    def scheduled(schedule, negative: bool):
+        table = negatives if negative else encoded
+        return ScheduledContext([(end, final(table[text], negative)) for end, text in schedule])
+
+    conds = [(scheduled(schedule, False), weight) for schedule, weight in prepared.positive]
+    return CFGDenoiser(denoiser, conds, scheduled(prepared.negative, True), cfg_scale)

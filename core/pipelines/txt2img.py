@@ -1,11 +1,20 @@
-"""Text to image: seeded noise -> sampler over the guided denoiser -> VAE decode."""
+"""Text to image: seeded noise -> sampler over the guided denoiser -> VAE decode.
+
+SDXL gets its size conditioning from the job's width and height. An SDXL refiner (or any
+second checkpoint) can take over part-way, as A1111 does it: the same sampler run continues,
+and from the first model call whose noise level is at or past ``switch_at`` of the schedule
+(timestep t of the current sigma, done fraction (999 - t) / 1000) the second model and its
+own prompt encoding are used.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from core.conditioning import TextConditioner
+from core.errors import EngineError
 from core.params import GenerationParams
 from core.pipelines.common import decode_latents
 from core.pipelines.guidance import build_guided_denoiser, prepare_prompt
@@ -40,6 +49,56 @@ def image_noise(model, params: GenerationParams, seeds: list[int], subseeds: lis
     )
 
 
+@dataclass
+class Refiner:
+    """The second stage of a job: ``model`` and its conditioner (core.conditioning.make_conditioner)
+    take over once ``switch_at`` of the denoising is done. ``used`` tells whether it did."""
+
+    model: object
+    conditioner: object
+    switch_at: float = 0.8
+    used: bool = False
+
+
+class RefinerSwitch:
+    """The guided denoiser the sampler calls: the first model's until the switch point, then the
+    refiner's (built when first needed, so that its prompts are encoded only if it runs)."""
+
+    def __init__(self, first, make_second: Callable, switch_at: float, schedule: DiscreteSchedule, refiner: Refiner):
+        self.first = first
+        self.second = None
+        self.make_second = make_second
+        self.switch_at = switch_at
+        self.sigmas = schedule.sigmas
+        self.refiner = refiner
+        self._step = 0
+
+    @property
+    def step(self) -> int:
+        return self._step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self._step = value
+        self.first.step = value
+        if self.second is not None:
+            self.second.step = value
+
+    def done_fraction(self, sigma: torch.Tensor) -> float:
+        """A1111's measure: the training timestep nearest to the current noise level."""
+        level = float(torch.as_tensor(sigma).max())
+        t = int(torch.argmin((self.sigmas.double() - level).abs()))
+        return (len(self.sigmas) - 1 - t) / len(self.sigmas)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if self.second is None and self.done_fraction(sigma) >= self.switch_at:
+            self.second = self.make_second()
+            self.second.step = self._step
+            self.second.init_latent, self.second.keep_mask = self.first.init_latent, self.first.keep_mask
+            self.refiner.used = True
+        return (self.second or self.first)(x, sigma)
+
+
 def sampler_options(params: GenerationParams) -> dict:
     return {k: v for k, v in (("eta", params.eta), ("s_noise", params.s_noise)) if v is not None}
 
@@ -50,7 +109,7 @@ def sample_latents(
     callback: Callable | None = None, subseeds: list[int] | None = None, *,
     init_latent: torch.Tensor | None = None, denoising_strength: float = 1.0,
     keep_mask: torch.Tensor | None = None, image_conditioning: torch.Tensor | None = None,
-    steps: int | None = None,
+    steps: int | None = None, refiner: Refiner | None = None,
 ) -> torch.Tensor:
     """One batch: len(seeds) images of the same prompt. Returns the final (scaled) latents.
 
@@ -58,10 +117,15 @@ def sample_latents(
     the schedule (A1111's rule), starting from the init latent noised to that level.
     ``keep_mask`` (1 = keep) blends the init latent back at every step (inpainting with a
     regular checkpoint); ``image_conditioning`` feeds an inpainting checkpoint's extra channels."""
+    if model.spec.is_upscaler:
+        raise EngineError(f"{model.spec.label} checkpoints enlarge pictures: use them as an upscaler, not to generate")
     steps = steps or params.steps
     sampler, schedule, sigmas = sampler_and_sigmas(model, params, steps)
     prepared = prepare_prompt(params.prompt, params.negative_prompt, steps)
-    guided = build_guided_denoiser(DiscreteDenoiser(model.unet, schedule, model.spec.prediction), conditioner, prepared, params.cfg_scale)
+    size = (params.height, params.width)
+    guided = build_guided_denoiser(
+        DiscreteDenoiser(model.unet, schedule, model.spec.prediction), conditioner, prepared, params.cfg_scale, size
+    )
     if model.unet.config.in_channels > model.vae.config.embed_dim and image_conditioning is None:
         image_conditioning = blank_inpainting_conditioning(model, len(seeds), params.height, params.width)
     guided.image_conditioning = image_conditioning
@@ -77,6 +141,17 @@ def sample_latents(
         if keep_mask is not None:
             guided.init_latent, guided.keep_mask = init_latent, keep_mask.to(init_latent)
 
+    if refiner is not None and refiner.switch_at < 1:
+        second = refiner.model
+
+        def make_second():
+            return build_guided_denoiser(
+                DiscreteDenoiser(second.unet, DiscreteSchedule(second.alphas_cumprod), second.spec.prediction),
+                refiner.conditioner, prepared, params.cfg_scale, size,
+            )
+
+        guided = RefinerSwitch(guided, make_second, refiner.switch_at, schedule, refiner)
+
     def on_step(i, sigma, x, denoised):
         # Prompt editing counts sampler steps, not model calls; from 0 in img2img too, as A1111.
         guided.step = i + 1
@@ -85,7 +160,7 @@ def sample_latents(
 
     out = sampler.sample(guided, x, sigmas, callback=on_step, noise=noise, **sampler_options(params))
     if keep_mask is not None:
-        out = init_latent * guided.keep_mask + out * (1 - guided.keep_mask)
+        out = init_latent * keep_mask.to(init_latent) + out * (1 - keep_mask.to(init_latent))
     return out
 
 
@@ -99,6 +174,12 @@ def blank_inpainting_conditioning(model, n: int, height: int, width: int) -> tor
     return torch.cat([mask, latent], dim=1).expand(n, -1, -1, -1)
 
 
-def txt2img(model, conditioner: TextConditioner, params: GenerationParams, seeds: list[int], callback=None, subseeds=None) -> torch.Tensor:
-    """-> images in [0, 1], (len(seeds), 3, height, width)."""
-    return decode_latents(model.vae, sample_latents(model, conditioner, params, seeds, callback, subseeds))
+def txt2img(
+    model, conditioner: TextConditioner, params: GenerationParams, seeds: list[int], callback=None, subseeds=None,
+    refiner: Refiner | None = None,
+) -> torch.Tensor:
+    """-> images in [0, 1], (len(seeds), 3, height, width). With a refiner that took over, its
+    own VAE decodes (as A1111, where the refiner is the loaded model by then)."""
+    latents = sample_latents(model, conditioner, params, seeds, callback, subseeds, refiner=refiner)
+    vae = refiner.model.vae if refiner is not None and refiner.used else model.vae
+    return decode_latents(vae, latents)

@@ -32,6 +32,19 @@ class DiscreteDenoiser:
 
 
 @dataclass
+class Conditioning:
+    """A context with SDXL's added vector (pooled text + size numbers), which travels with it
+    through schedules and guidance. SD 1.x/2.x contexts are plain tensors."""
+
+    context: torch.Tensor  # (tokens, hidden)
+    vector: torch.Tensor | None = None  # (adm_in_channels,)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.context.shape
+
+
+@dataclass
 class ScheduledContext:
     """A prompt whose text changes during sampling (prompt editing, alternation):
     ``parts[i] = (last step it applies to, context)``, in step order."""
@@ -67,6 +80,8 @@ class CFGDenoiser:
         # Regular checkpoints inpainting: the known latent and where to keep it (1 = keep).
         self.init_latent: torch.Tensor | None = None
         self.keep_mask: torch.Tensor | None = None
+        # Per-image class labels for the UNet (the x4 upscaler's noise level), (n,).
+        self.class_labels: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
@@ -75,9 +90,15 @@ class CFGDenoiser:
         if use_uncond:
             contexts.insert(0, self.uncond.at(self.step))
         # Contexts are (tokens, hidden), all padded to one length when the guidance was built.
+        kwargs = {}
+        if isinstance(contexts[0], Conditioning):
+            if contexts[0].vector is not None:
+                kwargs["y"] = torch.cat([c.vector[None].expand(n, -1) for c in contexts]).to(x.device)
+            contexts = [c.context for c in contexts]
         context = torch.cat([c[None].expand(n, -1, -1) for c in contexts])
         x_in = x.repeat(len(contexts), 1, 1, 1)
-        kwargs = {}
+        if self.class_labels is not None:
+            kwargs["y"] = self.class_labels.to(x.device).repeat(len(contexts))
         if self.image_conditioning is not None:
             kwargs["c_concat"] = self.image_conditioning.to(x).repeat(len(contexts), 1, 1, 1)
         out = self.denoiser(x_in, sigma, context, **kwargs).chunk(len(contexts))

@@ -1,0 +1,260 @@
+"""SDXL base and refiner: loading from single files and diffusers folders, the two text encoders
+and the added size/pooled vector, prompt language and embeddings per encoder, the refiner switch,
+the fp16 VAE fallback, and parity with diffusers' StableDiffusionXLPipeline (float64)."""
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import tiny_models
+from core.conditioning import CHUNK, SDXLConditioner, make_conditioner
+from core.embeddings import EmbeddingDatabase
+from core.engine import Engine
+from core.loading import load_model
+from core.models.detection import SDXL, SDXL_REFINER
+from core.params import GenerationParams
+from core.pipelines.common import decode_latents
+from core.pipelines.txt2img import Refiner, sample_latents
+from core.sampling.schedules import DiscreteSchedule, automatic_sigmas
+from core.text.tokenizer import load_clip_tokenizer
+
+PROMPT, NEGATIVE = "a red circle at the top left, masterpiece", "blurry, low quality"
+BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads; on a shared CPU one thread is many times faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def sdxl(tmp_path_factory):
+    return tiny_models.save_sdxl(tmp_path_factory.mktemp("sdxl"))
+
+
+@pytest.fixture(scope="module")
+def refiner(tmp_path_factory):
+    return tiny_models.save_sdxl(tmp_path_factory.mktemp("refiner"), "tiny-refiner", seed=1, refiner=True)
+
+
+@pytest.fixture(scope="module")
+def base(sdxl):
+    return load_model(sdxl["safetensors"])
+
+
+def tokens(text: str, pad_with_eos: bool = True) -> torch.Tensor:
+    return torch.tensor([load_clip_tokenizer(pad_with_eos).encode_padded(text)])
+
+
+def test_layouts_load_the_same_weights(sdxl, refiner, base):
+    assert base.spec.family == SDXL and base.spec.default_size == 1024
+    folder = load_model(sdxl["diffusers"])
+    a, b = base.checkpoint_state_dict(), folder.checkpoint_state_dict()
+    assert set(a) - set(b) == {"conditioner.embedders.1.model.logit_scale"}  # diffusers does not keep it
+    for key in b:
+        assert torch.equal(a[key], b[key]), key
+    ckpt = load_model(sdxl["ckpt"]).checkpoint_state_dict()
+    assert all(torch.equal(ckpt[k], a[k]) for k in a)
+    for kind in ("safetensors", "diffusers"):
+        model = load_model(refiner[kind])
+        assert model.spec.family == SDXL_REFINER and len(model.text_encoders) == 1
+
+
+def test_fp16_variant_file_names_in_folders(sdxl, base, tmp_path):
+    folder = tmp_path / "variant"
+    shutil.copytree(sdxl["diffusers"], folder)
+    for part, name in (("unet", "diffusion_pytorch_model"), ("text_encoder_2", "model")):
+        (folder / part / f"{name}.safetensors").rename(folder / part / f"{name}.fp16.safetensors")
+    loaded = load_model(folder).checkpoint_state_dict()
+    expected = base.checkpoint_state_dict()
+    assert all(torch.equal(loaded[k], expected[k]) for k in loaded)
+
+
+def test_text_encoders_against_transformers(base):
+    """CLIP-L: penultimate layer, no final norm; bigG: penultimate, no ln_final; pooled = ln_final
+    of the last layer at the end-of-text token, times text_projection (diffusers' Linear.T)."""
+    _, _, clip_l, bigg = tiny_models.sdxl_components(0)
+    ids_l, ids_g = tokens(PROMPT), tokens(PROMPT, pad_with_eos=False)
+    with torch.no_grad():
+        first = base.text_encoders[0](ids_l)
+        context, pooled = base.text_encoders[1].encode_with_pooled(ids_g)
+        ref_l = clip_l(ids_l, output_hidden_states=True).hidden_states[-2]
+        ref_g = bigg(ids_g, output_hidden_states=True)
+    assert torch.allclose(first, ref_l, atol=1e-5)
+    assert torch.allclose(context, ref_g.hidden_states[-2], atol=1e-5)
+    assert torch.allclose(pooled, ref_g.text_embeds, atol=1e-5)
+    assert pooled.shape == (1, tiny_models.SDXL_POOLED)
+
+
+def test_added_vector_matches_diffusers_time_ids(base, refiner):
+    """pooled + Fourier features of (h, w, crop top, crop left, h, w); the refiner's
+    (h, w, crop top, crop left, aesthetic score), 6.0 for the prompt and 2.5 for the negative."""
+    from diffusers.models.embeddings import Timesteps
+
+    project = Timesteps(tiny_models.SDXL_TIME_DIM, flip_sin_to_cos=True, downscale_freq_shift=0)
+    conditioner = make_conditioner(base, load_clip_tokenizer())
+    encoded = conditioner.encode(PROMPT)
+    vector = conditioner.finish(encoded, (48, 64)).vector
+    expected = torch.cat([encoded.pooled, project(torch.tensor([48.0, 64, 0, 0, 48, 64])).reshape(-1)])
+    assert torch.allclose(vector, expected, atol=1e-6)
+    assert vector.shape == (base.unet.config.adm_in_channels,)
+
+    second = load_model(refiner["safetensors"])
+    rc = make_conditioner(second, load_clip_tokenizer())
+    encoded = rc.encode(PROMPT)
+    for negative, score in ((False, 6.0), (True, 2.5)):
+        vector = rc.finish(encoded, (48, 64), negative=negative).vector
+        expected = torch.cat([encoded.pooled, project(torch.tensor([48.0, 64, 0, 0, score])).reshape(-1)])
+        assert torch.allclose(vector, expected, atol=1e-6)
+    assert vector.shape == (second.unet.config.adm_in_channels,)
+
+
+def test_prompt_language_applies_per_encoder(base):
+    c = make_conditioner(base, load_clip_tokenizer())
+    assert isinstance(c, SDXLConditioner)
+    plain, weighted = c.encode("a red cat"), c.encode("a (red:1.5) cat")
+    width = base.spec.text.hidden_size
+    assert plain.context.shape == (CHUNK + 2, width + base.spec.text2.hidden_size)
+    red = 2  # after the start token and "a"
+    for part in (slice(0, width), slice(width, None)):  # each encoder's half is weighted and renormalised
+        assert not torch.allclose(weighted.context[red, part], plain.context[red, part])
+    assert torch.allclose(c.parts[0].encode("a (red:1.5) cat"), weighted.context[:, :width])
+    assert torch.equal(weighted.pooled, plain.pooled)  # the pooled vector is never weighted
+    long = c.encode("cat " * 76)
+    assert long.context.shape[0] == 2 * (CHUNK + 2)
+    assert torch.equal(long.pooled, c.encode("cat " * 75).pooled)  # from the first chunk
+    assert c.encode("a cat BREAK a dog").context.shape[0] == 2 * (CHUNK + 2)
+
+
+def test_embeddings_use_clip_l_and_clip_g(base, tmp_path):
+    tokenizer = load_clip_tokenizer()
+    g = torch.Generator().manual_seed(3)
+    clip_l = torch.randn(2, base.spec.text.hidden_size, generator=g)
+    clip_g = torch.randn(2, base.spec.text2.hidden_size, generator=g)
+    save_file({"clip_l": clip_l, "clip_g": clip_g}, tmp_path / "xlstyle.safetensors")
+    torch.save({"string_to_param": {"*": torch.randn(1, base.spec.text.hidden_size)}}, tmp_path / "oldstyle.pt")
+    db = EmbeddingDatabase(tmp_path, tokenizer, base.spec.text.hidden_size, key=base.spec.embedding_key)
+    assert set(db.by_name) == {"xlstyle", "oldstyle"}  # both are 64 wide like CLIP-L
+    c = make_conditioner(base, tokenizer, db)
+    assert set(c.parts[0].embeddings.by_name) == set(c.parts[1].embeddings.by_name) == {"xlstyle"}  # no clip_g: skipped
+    seen = []
+    hooks = [e.transformer.embeddings.register_forward_hook(lambda m, i, o: seen.append(o)) for e in base.text_encoders]
+    try:
+        with_embedding = c.encode("a xlstyle cat")
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for out, vectors, encoder in zip(seen, (clip_l, clip_g), base.text_encoders):
+        position = encoder.transformer.embeddings.position_embedding.weight[2:4]
+        assert torch.allclose(out[0, 2:4], vectors + position, atol=1e-5)
+    assert not torch.allclose(with_embedding.context, make_conditioner(base, tokenizer).encode("a xlstyle cat").context)
+    # The refiner's database holds the clip_g vectors.
+    refiner_db = EmbeddingDatabase(tmp_path, tokenizer, base.spec.text2.hidden_size, key="clip_g")
+    assert set(refiner_db.by_name) == {"xlstyle"} and torch.equal(refiner_db.by_name["xlstyle"].vectors, clip_g)
+
+
+def diffusers_sdxl(sampler, steps, seed, width, height, negative, alphas_cumprod):
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    unet, vae, clip_l, bigg = (m.double() for m in tiny_models.sdxl_components(0))
+    if sampler == "Euler":
+        scheduler = EulerDiscreteScheduler(**BETAS, timestep_spacing="linspace")
+        extra = {"sigmas": automatic_sigmas(DiscreteSchedule(alphas_cumprod), steps).tolist()}
+    else:
+        scheduler = DDIMScheduler(**BETAS, steps_offset=1, timestep_spacing="leading", set_alpha_to_one=False, clip_sample=False)
+        extra = {"num_inference_steps": steps}
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=clip_l, text_encoder_2=bigg, tokenizer=load_clip_tokenizer().hf,
+        tokenizer_2=load_clip_tokenizer(pad_with_eos=False).hf, unet=unet, scheduler=scheduler, add_watermarker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    latents = torch.randn(1, 4, height // 8, width // 8, generator=torch.Generator().manual_seed(seed)).double()
+    # negative_prompt=None: diffusers' force_zeros_for_empty_prompt, A1111's zeroed empty negative.
+    return pipe(prompt=PROMPT, negative_prompt=negative or None, guidance_scale=7.0, width=width, height=height,
+                latents=latents, output_type="latent", **extra).images
+
+
+@pytest.mark.parametrize("sampler,negative", [("DDIM", NEGATIVE), ("Euler", "")])
+def test_sdxl_latents_match_diffusers(sdxl, sampler, negative):
+    ours = load_model(sdxl["safetensors"], dtype=torch.float64)
+    params = GenerationParams(prompt=PROMPT, negative_prompt=negative, steps=6, cfg_scale=7.0, width=64, height=48, sampler=sampler)
+    a = sample_latents(ours, make_conditioner(ours, load_clip_tokenizer()), params, [3])
+    b = diffusers_sdxl(sampler, 6, 3, 64, 48, negative, ours.alphas_cumprod)
+    assert a.dtype == torch.float64 and a.abs().mean() > 0.1
+    # DDIM visits integer timesteps on both sides: 1e-4. diffusers' Euler turns its float32
+    # sigmas into timesteps in float32 (about 1e-4 of a step near t=999); on these random-weight
+    # latents (mean magnitude ~20) that leaves ~1e-4, so the bound scales with the latents.
+    bound = 1e-4 if sampler == "DDIM" else 1e-5 * float(a.abs().mean())
+    assert (a - b).abs().max() < bound
+
+
+def test_engine_generates_with_sdxl_files_and_folders(sdxl, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(sdxl["safetensors"], models / "tiny-sdxl.safetensors")
+    shutil.copytree(sdxl["diffusers"], models / "tiny-sdxl-diffusers")
+    engine = Engine(device="cpu", ckpt_dir=models, output_dir=tmp_path / "out", hash_cache=tmp_path / "h.json")
+    pictures = []
+    for name in ("tiny-sdxl.safetensors", "tiny-sdxl-diffusers"):
+        params = GenerationParams(prompt="a (red:1.2) cat", steps=3, width=64, height=64, seed=5, checkpoint=name)
+        pictures.append(torch.tensor(list(engine.txt2img(params, save=False)[0].image.getdata())).float())
+    assert pictures[0].std() > 1
+    assert (pictures[0] - pictures[1]).abs().max() <= 1
+
+
+def test_refiner_takes_over_at_the_switch_point(base, refiner):
+    """Euler keeps no history, so a switched run equals the base model's first steps followed
+    by the refiner's last steps, split where A1111's rule ((999 - t) / 1000 >= switch_at) says."""
+    from core.pipelines.txt2img import RefinerSwitch, sampler_and_sigmas
+
+    second = load_model(refiner["safetensors"])
+    tokenizer = load_clip_tokenizer()
+    params = GenerationParams(prompt=PROMPT, negative_prompt=NEGATIVE, steps=6, width=48, height=48, sampler="Euler")
+    stage = Refiner(second, make_conditioner(second, tokenizer), switch_at=0.5)
+    calls = []
+    hooks = [m.unet.register_forward_hook(lambda mod, i, o, name=name: calls.append(name)) for m, name in ((base, "base"), (second, "refiner"))]
+    try:
+        switched = sample_latents(base, make_conditioner(base, tokenizer), params, [2], refiner=stage)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert stage.used
+    _, schedule, sigmas = sampler_and_sigmas(base, params, 6)
+    probe = RefinerSwitch(None, None, 0.5, schedule, stage)
+    split = next(i for i, s in enumerate(sigmas[:-1]) if probe.done_fraction(s) >= 0.5)
+    assert calls == ["base"] * split + ["refiner"] * (6 - split)
+    assert 0 < split < 6
+
+    # The same run by hand: the base model on the first sigmas, then the refiner on the rest.
+    from core.pipelines.guidance import build_guided_denoiser, prepare_prompt
+    from core.sampling.denoiser import DiscreteDenoiser
+    from core.sampling.samplers import SAMPLERS
+    from core.sampling.noise import ImageNoise
+
+    prepared = prepare_prompt(params.prompt, params.negative_prompt, 6)
+    x = ImageNoise([2], (4, 6, 6)).first() * sigmas[0]
+    for model, part in ((base, sigmas[: split + 1]), (second, sigmas[split:])):
+        guided = build_guided_denoiser(DiscreteDenoiser(model.unet, DiscreteSchedule(model.alphas_cumprod), "eps"),
+                                       make_conditioner(model, tokenizer), prepared, params.cfg_scale, (48, 48))
+        x = SAMPLERS["Euler"].sample(guided, x, part)
+    assert torch.allclose(switched, x, atol=1e-5)
+    # switch_at 1: the refiner never runs.
+    never = Refiner(second, make_conditioner(second, tokenizer), switch_at=1.0)
+    sample_latents(base, make_conditioner(base, tokenizer), params, [2], refiner=never)
+    assert not never.used
+
+
+def test_fp16_vae_overflow_is_decoded_again_in_float32(sdxl):
+    model = load_model(sdxl["safetensors"], dtype=torch.float16)
+    with torch.no_grad():
+        model.vae.decoder.conv_in.weight.mul_(3000)  # activations past fp16's 65504, fine in fp32
+    latents = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert not torch.isfinite(model.vae.decode(latents.half())).all()
+    images = decode_latents(model.vae, latents, tiled=False)
+    assert torch.isfinite(images).all() and images.dtype == torch.float32

@@ -1,0 +1,329 @@
+"""The demo model's own training code (core/training): the data generator and its analyser,
+each trainer (loss goes down, resume continues where it stopped), the SD 1.x single-file
+export through the real loader and Engine, and the kohya LoRA file format.
+
+Everything runs on tiny configurations so the file stays well under a minute on a CPU."""
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.models.clip import TextEncoderConfig
+from core.models.detection import TEXT, UNET, VAE
+from core.models.unet import UNetConfig
+from core.models.vae import VAEConfig
+from core.training import analyser as A
+from core.training import shapes as S
+from core.training.common import demo_spec, run_loop
+
+REFERENCE = Path("/work/shared/reference/lora_kohya_sd15.json")
+TINY_VAE = VAEConfig(ch=32, ch_mult=(1, 1), num_res_blocks=1)  # f=2
+TINY_UNET = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, transformer_depth=(0, 1),
+                       transformer_depth_middle=1, context_dim=32, num_heads=2)
+TINY_TEXT = TextEncoderConfig(hidden_size=32, intermediate_size=64, num_layers=1)
+
+
+def quiet(_message):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- data and analyser ----------------------------------------------------------------------
+
+def test_generator_is_deterministic():
+    a = [S.render(S.scene_at(S.TRAIN_SEED, i)) for i in range(20)]
+    b = [S.render(S.scene_at(S.TRAIN_SEED, i)) for i in range(20)]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(S.render(S.scene_at(S.TRAIN_SEED, 0)), S.render(S.scene_at(S.HELDOUT_SEED, 0)))
+    batch = S.make_batch(S.TRAIN_SEED, range(4))
+    assert batch.images.shape == (4, 3, 64, 64) and batch.images.min() >= -1 and batch.images.max() <= 1
+    assert batch.captions == [S.caption(S.scene_at(S.TRAIN_SEED, i)) for i in range(4)]
+    assert S.random_prompts(S.PROMPT_SEED, 5) == S.random_prompts(S.PROMPT_SEED, 5)
+
+
+def test_captions_cover_the_vocabulary_and_parse_back():
+    scenes = [S.scene_at(S.TRAIN_SEED, i) for i in range(600)]
+    assert {s.colour for s in scenes} == set(S.COLOURS)
+    assert {s.shape for s in scenes} == set(S.SHAPES)
+    assert {s.size for s in scenes} == set(S.SIZES)
+    assert {s.position for s in scenes} == set(S.POSITIONS)
+    assert all(s.background != s.colour for s in scenes)
+    for s in scenes[:50]:
+        assert S.parse_caption(S.caption(s)) == s.attributes()
+    assert S.caption(S.Scene("small", "red", "circle", "top left", "blue")) == "a small red circle at the top left on a blue background"
+    with pytest.raises(ValueError):
+        S.parse_caption("a photo of a cat")
+
+
+@pytest.mark.parametrize("outlined", [False, True])
+def test_analyser_reads_ground_truth_perfectly(outlined):
+    count = 400
+    scenes = [S.scene_at(S.HELDOUT_SEED, i, outlined) for i in range(count)]
+    images = [S.render(s) for s in scenes]
+    scores = A.score(images, [S.caption(s) for s in scenes])
+    for attribute in (*A.ATTRIBUTES, "all", "found"):
+        assert scores[attribute] == 1.0, (attribute, scores)
+    if outlined:
+        assert scores["hollowness"] > 0.6
+    else:
+        assert scores["hollowness"] == 0.0
+    # Other input types: float CHW tensor in [0, 1] and a PIL image.
+    from PIL import Image
+
+    tensor = torch.from_numpy(images[0]).permute(2, 0, 1).float() / 255
+    assert A.analyse(tensor).attributes() == scenes[0].attributes()
+    assert A.analyse(Image.fromarray(images[0])).attributes() == scenes[0].attributes()
+
+
+def test_analyser_rejects_wrong_pictures():
+    scene = S.Scene("large", "red", "square", "top left", "blue")
+    image = S.render(scene)
+    assert A.score([image], [S.caption(replace(scene, colour="green"))])["colour"] == 0.0
+    assert A.score([image], [S.caption(replace(scene, shape="circle"))])["shape"] == 0.0
+    assert A.score([image], [S.caption(replace(scene, size="small"))])["size"] == 0.0
+    assert A.score([image], [S.caption(replace(scene, position="bottom right"))])["position"] == 0.0
+    blank = np.full((64, 64, 3), 128, np.uint8)
+    assert not A.analyse(blank).found
+    assert A.score([blank], [S.caption(scene)])["all"] == 0.0
+
+
+# --- trainers -------------------------------------------------------------------------------
+
+def test_autoencoder_loss_goes_down_on_a_tiny_batch():
+    from core.models.vae import AutoencoderKL
+    from core.training.autoencoder import autoencoder_loss
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(TINY_VAE)
+    batch = S.make_batch(S.TRAIN_SEED, range(4))
+    opt = torch.optim.Adam(vae.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(12):
+        loss = autoencoder_loss(vae, batch.images, batch.masks, torch.Generator().manual_seed(0))["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+    from core.training.autoencoder import AutoencoderTrainer
+
+    run = tmp_path_factory.mktemp("vae-run")
+    trainer = AutoencoderTrainer(run, config=TINY_VAE, batch=2, eval_count=8)
+    run_loop(trainer, run, steps=2, minutes=None, save_every=1, eval_every=0, log=quiet)
+    return run
+
+
+def test_autoencoder_resumes_exactly(vae_run, tmp_path):
+    from core.training.autoencoder import AutoencoderTrainer, load_autoencoder
+
+    resumed = AutoencoderTrainer(vae_run, config=TINY_VAE, batch=2)
+    assert resumed.step == 2 and resumed.history
+    run_loop(resumed, vae_run, steps=3, minutes=None, save_every=0, eval_every=0, log=quiet)
+    straight = AutoencoderTrainer(tmp_path / "straight", config=TINY_VAE, batch=2)
+    run_loop(straight, tmp_path / "straight", steps=3, minutes=None, save_every=0, eval_every=0, log=quiet)
+    assert AutoencoderTrainer(vae_run, config=TINY_VAE, batch=2).step == 3
+    for (k, a), b in zip(resumed.vae.state_dict().items(), straight.vae.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-3), k  # same data and noise; kernels may round differently
+    vae, scale = load_autoencoder(vae_run)
+    assert scale > 0 and not any(p.requires_grad for p in vae.parameters())
+
+
+def test_decoder_only_keeps_the_encoder(vae_run, tmp_path):
+    import shutil
+
+    from core.training.autoencoder import AutoencoderTrainer
+
+    run = tmp_path / "decoder-only"
+    shutil.copytree(vae_run, run)
+    trainer = AutoencoderTrainer(run, config=TINY_VAE, batch=2, decoder_only=True)
+    before = {k: v.clone() for k, v in trainer.vae.state_dict().items()}
+    run_loop(trainer, run, steps=trainer.step + 1, minutes=None, save_every=0, eval_every=0, log=quiet)
+    after = AutoencoderTrainer(run, config=TINY_VAE, batch=2).vae.state_dict()  # resumes in decoder-only mode
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+
+
+TINY_SPEC = demo_spec(1.0, unet=TINY_UNET, vae=TINY_VAE, text=TINY_TEXT)
+
+
+@pytest.fixture(scope="module")
+def diffusion_run(vae_run, tmp_path_factory):
+    from core.training.diffusion import DiffusionTrainer
+
+    run = tmp_path_factory.mktemp("diffusion-run")
+    _, scale = __import__("core.training.autoencoder", fromlist=["x"]).load_autoencoder(vae_run)
+    trainer = DiffusionTrainer(run, vae_run, batch=4, cache_size=16, eval_count=2, eval_steps=2, log=quiet,
+                               spec=demo_spec(scale, unet=TINY_UNET, vae=TINY_VAE, text=TINY_TEXT))
+    run_loop(trainer, run, steps=2, minutes=None, save_every=1, eval_every=2, log=quiet)
+    assert trainer.evals and "colour" in trainer.evals[0]
+    return run
+
+
+def test_diffusion_loss_goes_down_on_a_tiny_batch(diffusion_run):
+    from core.training.diffusion import Trainable, diffusion_loss, tokenize
+    from core.models.stable_diffusion import LatentDiffusion
+
+    torch.manual_seed(0)
+    model = LatentDiffusion(TINY_SPEC)
+    model.text_encoder.transformer.requires_grad_(True)
+    params = list(Trainable(model).parameters())
+    opt = torch.optim.Adam(params, lr=2e-3)
+    latents = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    ids = tokenize(S.random_prompts(S.TRAIN_SEED, 4))
+    losses = []
+    for _ in range(10):
+        loss = diffusion_loss(model, latents, ids, torch.Generator().manual_seed(2))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_diffusion_resumes_from_its_checkpoint(diffusion_run, vae_run):
+    from core.training.diffusion import DiffusionTrainer
+
+    trainer = DiffusionTrainer(diffusion_run, vae_run, batch=4, cache_size=16, log=quiet, spec=TINY_SPEC)
+    assert trainer.step == 2 and len(trainer.evals) == 1
+    before = {k: v.clone() for k, v in trainer.trainable.state_dict().items()}
+    run_loop(trainer, diffusion_run, steps=3, minutes=None, save_every=0, eval_every=0, log=quiet)
+    assert DiffusionTrainer(diffusion_run, vae_run, batch=4, cache_size=16, log=quiet, spec=TINY_SPEC).step == 3
+    assert any(not torch.equal(before[k], v) for k, v in trainer.trainable.state_dict().items())
+    # The cached latents and token ids are the generator's pictures and captions.
+    cache = trainer.cache
+    assert cache["captions"][:3] == [S.caption(S.scene_at(S.TRAIN_SEED, i)) for i in range(3)]
+    assert cache["ids"].shape == (16, 77) and int(cache["ids"][0, 0]) == 49406
+
+
+# --- export, loader, engine -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def exported(diffusion_run, tmp_path_factory):
+    from core.training.export import export_run
+
+    folder = tmp_path_factory.mktemp("ckpt")
+    return export_run(diffusion_run, folder / "demo-shapes.safetensors")
+
+
+def test_export_is_an_sd1_single_file(exported):
+    from core.loading import read_safetensors
+
+    tensors, metadata = read_safetensors(exported)
+    assert all(k.startswith((UNET, VAE, TEXT)) for k in tensors)
+    assert {k.split(".")[0] for k in tensors} == {"model", "first_stage_model", "cond_stage_model"}
+    assert all(v.dtype == torch.float16 for v in tensors.values() if v.is_floating_point())
+    assert float(metadata["latent_scale_factor"]) > 0 and metadata["unet_num_heads"] == "2"
+    assert not any("position_ids" in k for k in tensors)
+
+
+def test_export_loads_and_the_engine_generates(exported, tmp_path):
+    from core.engine import Engine
+    from core.loading import load_model
+    from core.params import GenerationParams
+
+    model = load_model(exported)
+    assert model.vae.config.downsample_factor == 2 and model.unet.config.num_heads == 2
+    assert model.spec.text.hidden_size == 32
+    engine = Engine(device="cpu", precision="fp32", ckpt_dir=exported.parent, output_dir=tmp_path / "out",
+                    hash_cache=tmp_path / "hashes.json", extensions_dir=tmp_path / "no-extensions")
+    params = GenerationParams(prompt="a small red circle at the top left on a blue background", width=64, height=64,
+                              steps=3, cfg_scale=7.0, seed=5)
+    [result] = engine.txt2img(params, save=False)
+    assert result.image.size == (64, 64)
+    assert "demo-shapes" in result.infotext
+    A.analyse(result.image)  # any picture can be judged
+
+
+def test_batched_generation_matches_cfg_one_path(exported):
+    from core.loading import load_model
+    from core.training.sampling import generate
+
+    model = load_model(exported)
+    images = generate(model, S.random_prompts(S.PROMPT_SEED, 3), cfg_scale=1.0, steps=2, seed=0)
+    assert images.shape == (3, 3, 64, 64) and torch.isfinite(images).all()
+    again = generate(model, S.random_prompts(S.PROMPT_SEED, 3), cfg_scale=1.0, steps=2, seed=0, batch=2)
+    assert torch.allclose(images, again, atol=1e-4)
+
+
+# --- LoRA -----------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not REFERENCE.is_file(), reason="kohya reference table not available")
+def test_kohya_names_match_the_reference_for_sd15():
+    from core.training.lora import kohya_name
+
+    modules = json.loads(REFERENCE.read_text())["modules"]
+    checked = 0
+    for name, info in modules.items():
+        if "default" not in info["variants"]:
+            continue
+        assert kohya_name(info["original_key"], UNetConfig()) == name
+        checked += 1
+    assert checked == 72 + 192
+
+
+def test_lora_trains_exports_kohya_and_merges(exported, tmp_path):
+    from core.loading import load_model, read_safetensors
+    from core.training.diffusion import diffusion_loss, tokenize
+    from core.training.lora import inject_lora, merge_kohya, save_kohya
+
+    model = load_model(exported)
+    reference = load_model(exported)
+    modules = inject_lora(model, rank=4, alpha=2.0)
+    # Tiny UNet: 4 transformers (1 down, 2 up, middle) x 12 targets; text encoder: 1 layer x 6.
+    assert len(modules) == 4 * 12 + 6
+    assert "lora_unet_down_blocks_1_attentions_0_proj_in" in modules
+    assert "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_k" in modules
+    assert "lora_unet_up_blocks_0_attentions_1_transformer_blocks_0_ff_net_0_proj" in modules
+    assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj" in modules
+    params = [p for m in modules.values() for p in (m.lora_down, m.lora_up)]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=5e-3)
+    latents = torch.randn(4, 4, 32, 32, generator=torch.Generator().manual_seed(3))
+    ids = tokenize(S.random_prompts(S.TRAIN_SEED, 4))
+    losses = []
+    for _ in range(8):
+        loss = diffusion_loss(model, latents, ids, torch.Generator().manual_seed(4))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0], losses
+
+    path = save_kohya(modules, tmp_path / "style.safetensors")
+    tensors, metadata = read_safetensors(path)
+    assert metadata["ss_network_module"] == "networks.lora" and metadata["ss_network_dim"] == "4"
+    names = {k.split(".", 1)[0] for k in tensors}
+    assert names == set(modules)
+    for name in names:
+        assert name.startswith(("lora_unet_", "lora_te_")) and "." not in name
+        down, up, alpha = (tensors[f"{name}.{s}"] for s in ("lora_down.weight", "lora_up.weight", "alpha"))
+        assert down.shape[0] == up.shape[1] == 4 and alpha.ndim == 0 and float(alpha) == 2.0
+        assert down.ndim == up.ndim and down.ndim in (2, 4)
+    assert len(tensors) == 3 * len(names)
+
+    # Merged into a plain model, the file gives the wrapped model's outputs.
+    assert merge_kohya(reference, path) == len(modules)
+    x = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        ctx = model.text_encoder(ids[:1])
+        ctx_ref = reference.text_encoder(ids[:1])
+        assert torch.allclose(ctx, ctx_ref, atol=2e-2)
+        out = model.unet(x, t, ctx)
+        out_ref = reference.unet(x, t, ctx_ref)
+    assert torch.allclose(out, out_ref, atol=5e-2), (out - out_ref).abs().max()
