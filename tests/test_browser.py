@@ -228,7 +228,11 @@ def test_inpaint_paint_a_mask_and_run(page, server, tmp_path):
     page.locator("#inpaint_editor input[type=file]").set_input_files(str(picture(tmp_path / "paint.png", (128, 128))))
     canvas = page.locator("#inpaint_editor canvas").first
     canvas.wait_for()
-    time.sleep(1)
+    # The editor sets up its layers after the upload lands; painting before that raises inside
+    # Gradio's editor on a loaded machine, so wait for a sized canvas and let it settle.
+    page.wait_for_function("() => { const c = document.querySelector('#inpaint_editor canvas');"
+                           " return c && c.width > 0 && c.height > 0; }", timeout=60000)
+    time.sleep(3)
     box = canvas.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(cx - 40, cy - 10)
