@@ -19,13 +19,14 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from core.images import link_numbered
+
 EXIF_IFD = 0x8769
 USER_COMMENT = 0x9286
 UNICODE_PREFIX = b"UNICODE\0"
 ASCII_PREFIX = b"ASCII\0\0\0"
 EXTENSIONS = {"png": ".png", "jpg": ".jpg", "webp": ".webp"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-_NUMBERED = re.compile(r"^(\d{5})(?:-|\.)")
 _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]+')
 _TOKEN = re.compile(r"\[(\w+)\]")
 MAX_NAME = 120
@@ -92,15 +93,6 @@ def expand_pattern(pattern: str, fields: dict[str, Any]) -> str:
     return _TOKEN.sub(one, pattern)
 
 
-def next_number(directory: Path) -> int:
-    highest = -1
-    if directory.is_dir():
-        for entry in directory.iterdir():
-            if m := _NUMBERED.match(entry.name):
-                highest = max(highest, int(m.group(1)))
-    return highest + 1
-
-
 def save_image(
     image: Image.Image,
     directory: str | os.PathLike,
@@ -145,14 +137,9 @@ def save_image(
                 picture.save(f, format="JPEG" if fmt == "jpg" else "WEBP", **kwargs)
             f.flush()
             os.fsync(f.fileno())
-        number = next_number(directory)
-        while True:
-            final = directory / (f"{number:05d}-{name}{EXTENSIONS[fmt]}" if name else f"{number:05d}{EXTENSIONS[fmt]}")
-            try:
-                os.link(tmp, final)
-                return final
-            except FileExistsError:
-                number += 1
+        suffix = EXTENSIONS[fmt]
+        return link_numbered(Path(tmp), directory,
+                             lambda number: f"{number:05d}-{name}{suffix}" if name else f"{number:05d}{suffix}")
     finally:
         os.unlink(tmp)
 

@@ -9,11 +9,13 @@ from pathlib import Path
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-NUMBERED = re.compile(r"^(\d{5})-")
+NUMBERED = re.compile(r"^(\d{5})(?:-|\.)")  # "00012-345.png", or "00012.png" without a seed
 
 
 def next_number(directory: Path) -> int:
     highest = -1
+    if not directory.is_dir():
+        return 0
     for entry in directory.iterdir():
         if m := NUMBERED.match(entry.name):
             highest = max(highest, int(m.group(1)))
@@ -35,16 +37,22 @@ def save_png(image: Image.Image, directory: str | os.PathLike, seed: int, infote
             image.save(f, format="PNG", pnginfo=info)
             f.flush()
             os.fsync(f.fileno())
-        number = next_number(directory)
-        while True:
-            final = directory / f"{number:05d}-{seed}.png"
-            try:
-                os.link(tmp, final)
-                return final
-            except FileExistsError:
-                number += 1
+        return link_numbered(Path(tmp), directory, lambda number: f"{number:05d}-{seed}.png")
     finally:
         os.unlink(tmp)
+
+
+def link_numbered(tmp: Path, directory: Path, name_for) -> Path:
+    """Hard-link a finished temporary file to the first free ``name_for(number)``, counting up
+    from the folder's next number. A taken name (another writer, a race) is never replaced."""
+    number = next_number(directory)
+    while True:
+        final = directory / name_for(number)
+        try:
+            os.link(tmp, final)
+            return final
+        except FileExistsError:
+            number += 1
 
 
 def read_infotext(path: str | os.PathLike) -> str | None:
