@@ -255,8 +255,12 @@ def serve(args: Any) -> int:
         _error(f"the engine (core.engine) cannot be imported: {exc}")
         return 1
     try:
+        from app.settings import Settings, disabled_extensions
+
+        disabled = disabled_extensions(Settings(getattr(args, "ui_settings_file", None) or default_settings_file()))
         engine = Engine(device=args.device, precision=args.precision, ckpt_dir=Path(args.ckpt_dir),
-                        output_dir=Path(args.outdir), lora_dir=getattr(args, "lora_dir", None))
+                        output_dir=Path(args.outdir), lora_dir=getattr(args, "lora_dir", None),
+                        disabled_extensions=disabled)
     except EngineError as exc:
         _error(str(exc))
         return 1

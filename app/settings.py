@@ -141,7 +141,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("default_width", 512, "Default width", _size),
     Option("default_height", 512, "Default height", _size),
     Option("default_denoising_strength", 0.75, "Default denoising strength", _float(0.0, 1.0)),
+    Option("disabled_extensions", "", "Disabled extensions", _text,
+           "names of folders in extensions/, separated by commas; applied at the next start"),
 )
+
+
+def disabled_extensions(settings: "Settings") -> set[str]:
+    return {name.strip() for name in str(settings["disabled_extensions"]).split(",") if name.strip()}
 OPTION_BY_KEY = {o.key: o for o in OPTIONS}
 
 

@@ -520,7 +520,8 @@ def test_server_serve_binds_host_and_port_and_reports_engine_errors(monkeypatch,
 
     assert server.serve(args()) == 0
     assert server.serve(args(listen=True, insecure=True, port=8123)) == 0
-    assert made[0] == dict(device="cpu", precision="fp32", ckpt_dir=tmp_path / "ck", output_dir=tmp_path / "out", lora_dir=None)
+    assert made[0] == dict(device="cpu", precision="fp32", ckpt_dir=tmp_path / "ck", output_dir=tmp_path / "out", lora_dir=None,
+                           disabled_extensions=set())
     assert [(host, port) for _, host, port in served] == [("127.0.0.1", 7999), ("0.0.0.0", 8123)]
     _, _, options = served[0][0]
     assert (options["api"], options["ui"]) == (False, True)

@@ -755,3 +755,29 @@ def test_lora_cards_search_preview_and_insert(tmp_path):
     assert cards[0] == (str(lora / "pastel.png"), "pastel") and isinstance(cards[1][0], Image.Image)
     assert ui.insert_lora("a cat", "pastel", 0.8) == "a cat <lora:pastel:0.8>"
     assert ui.insert_lora("a cat <lora:pastel:0.8>", "pastel") == "a cat <lora:pastel:0.8>"
+
+
+def test_disabled_extensions_setting_reaches_the_engine(tmp_path, monkeypatch):
+    import types as _types
+
+    import app.server as server
+    from app.settings import Settings as S, disabled_extensions
+
+    settings = S(tmp_path / "config.json")
+    settings.update({"disabled_extensions": " prompt_history, lora ,"})
+    assert disabled_extensions(S(tmp_path / "config.json")) == {"prompt_history", "lora"}
+    made = {}
+
+    class StubEngine:
+        def __init__(self, **kwargs):
+            made.update(kwargs)
+
+    import core.engine
+    monkeypatch.setattr(core.engine, "Engine", StubEngine)
+    monkeypatch.setattr(server, "run_uvicorn", lambda app, host, port: 0)
+    monkeypatch.setattr(server, "create_app", lambda *a, **k: None)
+    args = _types.SimpleNamespace(device="cpu", precision="fp32", ckpt_dir=tmp_path, outdir=tmp_path, listen=False,
+                                  port=7860, nowebui=False, api=False, api_auth=None, insecure=False,
+                                  ui_settings_file=tmp_path / "config.json", lora_dir=None)
+    assert server.serve(args) == 0
+    assert made["disabled_extensions"] == {"prompt_history", "lora"}
