@@ -62,7 +62,14 @@ def load_checkpoint(run: Path) -> dict | None:
     path = Path(run) / "checkpoint.pt"
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    # weights_only: a checkpoint is data. Our own config dataclasses are the only classes allowed in.
+    from core.models.clip import TextEncoderConfig
+    from core.models.detection import ModelSpec
+    from core.models.unet import UNetConfig
+    from core.models.vae import VAEConfig
+
+    with torch.serialization.safe_globals([VAEConfig, UNetConfig, TextEncoderConfig, ModelSpec]):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 class Logger:

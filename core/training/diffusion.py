@@ -37,7 +37,7 @@ def tokenize(captions: list[str]) -> torch.Tensor:
 def build_latent_cache(vae, path: Path, count: int, seed: int, outlined: bool = False, log=print, chunk: int = 256) -> dict:
     """Encode pictures 0..count-1 of ``seed`` once: posterior mean/std (unscaled) and token ids."""
     if path.is_file():
-        cache = torch.load(path, weights_only=False)
+        cache = torch.load(path, weights_only=True)
         if cache["count"] == count and cache["seed"] == seed and cache.get("outlined", False) == outlined:
             return cache
     means, stds, captions = [], [], []
