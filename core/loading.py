@@ -183,6 +183,9 @@ def read_diffusers_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[s
         out[VAE + new] = value
     if "scaling_factor" in (vae_config := _json(folder / "vae" / "config.json")):
         metadata["latent_scale_factor"] = str(vae_config["scaling_factor"])
+    for part, config in (("unet", _json(folder / "unet" / "config.json")), ("vae", vae_config)):
+        if config.get("norm_num_groups", 32) != 32:
+            metadata[f"{part}_norm_groups"] = str(config["norm_num_groups"])
 
     first = folder / "text_encoder"
     second = folder / "text_encoder_2"

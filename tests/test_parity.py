@@ -125,3 +125,36 @@ def test_schedule_close_to_diffusers_linspace(models):
         scheduler.set_timesteps(steps)
         sigmas = automatic_sigmas(DiscreteSchedule(ours.alphas_cumprod), steps)
         assert (sigmas - scheduler.sigmas).abs().max() < 1e-4
+
+
+def test_group_norm_count_from_metadata_matches_diffusers(tmp_path):
+    """A narrow model with 8 GroupNorm groups (as the demo model): the count is not in the shapes,
+    so it travels as metadata; the single file and the diffusers folder both load it."""
+    from safetensors.torch import load_file, save_file
+
+    from core.errors import EngineError
+
+    folder = tiny_models.save_diffusers_folder(tmp_path / "groups8", seed=3, norm_groups=8)
+    files = tiny_models.save_single_files(folder, tmp_path, "groups8")
+    state = load_file(files["safetensors"])
+    save_file(state, files["safetensors"], metadata={"unet_norm_groups": "8", "vae_norm_groups": "8"})
+    unet, vae, _ = tiny_models.diffusers_components(3, norm_groups=8)
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 4, 8, 8, generator=generator)
+    context = torch.randn(1, 77, tiny_models.TEXT_HIDDEN, generator=generator)
+    latent = torch.randn(1, 4, 8, 8, generator=generator)
+    with torch.no_grad():
+        expected_eps = unet(x, torch.tensor([300.0]), encoder_hidden_states=context).sample
+        expected_image = vae.decode(latent / 0.18215).sample
+        for path in (files["safetensors"], folder):
+            ours = load_model(path)
+            assert ours.spec.unet.norm_groups == 8 and ours.spec.vae.norm_groups == 8
+            assert (ours.unet(x, torch.tensor([300.0]), context) - expected_eps).abs().max() < 1e-4
+            assert (ours.vae.decode(latent) - expected_image).abs().max() < 1e-4
+        # Without the metadata the same weights are read with SD's 32 groups: a different model.
+        plain = load_model(files["fp16"], dtype=torch.float32)
+        assert plain.spec.unet.norm_groups == 32
+        assert (plain.unet(x, torch.tensor([300.0]), context) - expected_eps).abs().max() > 1e-2
+    save_file(state, files["safetensors"], metadata={"unet_norm_groups": "7"})
+    with pytest.raises(EngineError, match="unet_norm_groups=7"):
+        load_model(files["safetensors"])

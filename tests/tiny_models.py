@@ -20,7 +20,7 @@ import torch
 TEXT_HIDDEN = 64
 
 
-def diffusers_components(seed: int = 0, in_channels: int = 4):
+def diffusers_components(seed: int = 0, in_channels: int = 4, norm_groups: int = 32):
     """UNet (3 levels: attention, attention, none — like SD's last level), f=8 VAE, 2-layer CLIP."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -36,7 +36,7 @@ def diffusers_components(seed: int = 0, in_channels: int = 4):
         layers_per_block=1,
         cross_attention_dim=TEXT_HIDDEN,
         attention_head_dim=8,  # diffusers' SD 1.x name for "8 heads"
-        norm_num_groups=32,
+        norm_num_groups=norm_groups,
     )
     vae = AutoencoderKL(
         in_channels=3,
@@ -46,7 +46,7 @@ def diffusers_components(seed: int = 0, in_channels: int = 4):
         up_block_types=("UpDecoderBlock2D",) * 4,
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=32,
+        norm_num_groups=norm_groups,
         sample_size=64,
     )
     text = CLIPTextModel(
@@ -75,10 +75,10 @@ def randomise(modules, seed: int) -> None:
                     p.copy_(0.05 * torch.randn(p.shape, generator=generator))
 
 
-def save_diffusers_folder(folder: Path, seed: int = 0, in_channels: int = 4) -> Path:
+def save_diffusers_folder(folder: Path, seed: int = 0, in_channels: int = 4, norm_groups: int = 32) -> Path:
     from core.text.tokenizer import load_clip_tokenizer
 
-    unet, vae, text = diffusers_components(seed, in_channels)
+    unet, vae, text = diffusers_components(seed, in_channels, norm_groups)
     folder.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(folder / "unet")
     vae.save_pretrained(folder / "vae")

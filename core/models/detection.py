@@ -16,6 +16,8 @@ sidecar .yaml or the user (core/loading.py), or a test forward pass for SD 2.x.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import re
 from dataclasses import dataclass, field
 
@@ -246,14 +248,37 @@ def detect(shapes: dict, metadata: dict | None = None) -> ModelSpec:
     """shapes: checkpoint key -> shape (tuple), keys already normalised by the loader.
 
     metadata (all optional, strings): ``prediction`` ("eps"/"v") and ``prediction_source``,
-    ``latent_scale_factor``, ``unet_num_heads``, ``text_layer`` ("last" for diffusers SD 2.x
+    ``latent_scale_factor``, ``unet_num_heads``, ``unet_norm_groups``, ``vae_norm_groups``, ``text_layer`` ("last" for diffusers SD 2.x
     text encoders, which were saved without their unused last layer)."""
     metadata = metadata or {}
     if any(k.startswith(SDXL_EMBEDDER) for k in shapes):
-        return _detect_sdxl(shapes, metadata)
-    if any(k.startswith(OPENCLIP_TEXT) for k in shapes):
-        return _detect_openclip_family(shapes, metadata)
-    return _detect_sd1(shapes, metadata)
+        spec = _detect_sdxl(shapes, metadata)
+    elif any(k.startswith(OPENCLIP_TEXT) for k in shapes):
+        spec = _detect_openclip_family(shapes, metadata)
+    else:
+        spec = _detect_sd1(shapes, metadata)
+    return _with_norm_groups(spec, metadata)
+
+
+def _with_norm_groups(spec: ModelSpec, metadata: dict) -> ModelSpec:
+    """GroupNorm group counts are invisible in the shapes; released models all use 32, and a
+    narrow model (the demo) says otherwise in ``unet_norm_groups`` / ``vae_norm_groups``."""
+    changes = {}
+    for part, key in (("unet", "unet_norm_groups"), ("vae", "vae_norm_groups")):
+        if key in metadata:
+            groups = int(metadata[key])
+            config = getattr(spec, part)
+            widths = _norm_widths(config)
+            if groups < 1 or any(w % groups for w in widths):
+                raise EngineError(f"{key}={groups} does not divide the model's channel widths {sorted(widths)}")
+            changes[part] = dataclasses.replace(config, norm_groups=groups)
+    return dataclasses.replace(spec, **changes) if changes else spec
+
+
+def _norm_widths(config) -> set[int]:
+    if hasattr(config, "model_channels"):
+        return {config.model_channels * m for m in config.channel_mult}
+    return {config.ch * m for m in config.ch_mult}
 
 
 def _scale(metadata: dict, family: str) -> float:

@@ -39,6 +39,10 @@ class UNetConfig:
     # disable_self_attentions); () = self-attention everywhere.
     disable_self_attn: tuple[bool, ...] = ()
     disable_middle_self_attn: bool = False
+    # GroupNorm groups everywhere. Every released checkpoint uses 32; a narrow model (the demo's
+    # 32-channel top level) needs fewer, or each channel is normalised alone and a flat
+    # region's absolute value (its colour) cannot pass through.
+    norm_groups: int = 32
     extra: dict = field(default_factory=dict, compare=False)
 
     def heads_for(self, channels: int) -> tuple[int, int]:
@@ -67,17 +71,17 @@ class GroupNorm32(nn.GroupNorm):
         return super().forward(x)
 
 
-def normalization(channels: int, eps: float = 1e-5) -> nn.GroupNorm:
-    return GroupNorm32(32, channels, eps=eps)
+def normalization(channels: int, eps: float = 1e-5, groups: int = 32) -> nn.GroupNorm:
+    return GroupNorm32(groups, channels, eps=eps)
 
 
 class ResBlock(nn.Module):
-    def __init__(self, channels: int, emb_channels: int, out_channels: int):
+    def __init__(self, channels: int, emb_channels: int, out_channels: int, groups: int = 32):
         super().__init__()
-        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(normalization(channels, groups=groups), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(
-            normalization(out_channels), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+            normalization(out_channels, groups=groups), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(out_channels, out_channels, 3, padding=1)
         )
         self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
 
@@ -149,11 +153,11 @@ class BasicTransformerBlock(nn.Module):
 class SpatialTransformer(nn.Module):
     def __init__(
         self, channels: int, depth: int, context_dim: int, heads: int, head_dim: int, use_linear: bool,
-        disable_self_attn: bool = False,
+        disable_self_attn: bool = False, groups: int = 32,
     ):
         super().__init__()
         self.use_linear = use_linear
-        self.norm = normalization(channels, eps=1e-6)
+        self.norm = normalization(channels, eps=1e-6, groups=groups)
         inner = heads * head_dim
         self.proj_in = nn.Linear(channels, inner) if use_linear else nn.Conv2d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
@@ -241,14 +245,14 @@ class UNetModel(nn.Module):
                 no_self = c.disable_middle_self_attn
             else:
                 no_self = bool(c.disable_self_attn) and c.disable_self_attn[level]
-            return SpatialTransformer(channels, depth, c.context_dim, heads, head_dim, c.use_linear_projection, no_self)
+            return SpatialTransformer(channels, depth, c.context_dim, heads, head_dim, c.use_linear_projection, no_self, c.norm_groups)
 
         self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(c.in_channels, ch, 3, padding=1))])
         skip_channels = [ch]
         levels = len(c.channel_mult)
         for level, mult in enumerate(c.channel_mult):
             for _ in range(c.num_res_blocks):
-                layers = [ResBlock(ch, emb_dim, mult * c.model_channels)]
+                layers = [ResBlock(ch, emb_dim, mult * c.model_channels, c.norm_groups)]
                 ch = mult * c.model_channels
                 if c.transformer_depth[level]:
                     layers.append(transformer(ch, c.transformer_depth[level], level))
@@ -258,16 +262,16 @@ class UNetModel(nn.Module):
                 self.input_blocks.append(TimestepSequential(Downsample(ch)))
                 skip_channels.append(ch)
 
-        middle = [ResBlock(ch, emb_dim, ch)]
+        middle = [ResBlock(ch, emb_dim, ch, c.norm_groups)]
         if c.transformer_depth_middle:
             middle.append(transformer(ch, c.transformer_depth_middle, None))
-        middle.append(ResBlock(ch, emb_dim, ch))
+        middle.append(ResBlock(ch, emb_dim, ch, c.norm_groups))
         self.middle_block = TimestepSequential(*middle)
 
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(c.channel_mult))):
             for i in range(c.num_res_blocks + 1):
-                layers = [ResBlock(ch + skip_channels.pop(), emb_dim, mult * c.model_channels)]
+                layers = [ResBlock(ch + skip_channels.pop(), emb_dim, mult * c.model_channels, c.norm_groups)]
                 ch = mult * c.model_channels
                 if c.transformer_depth[level]:
                     layers.append(transformer(ch, c.transformer_depth[level], level))
@@ -275,7 +279,7 @@ class UNetModel(nn.Module):
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepSequential(*layers))
 
-        self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.Conv2d(ch, c.out_channels, 3, padding=1))
+        self.out = nn.Sequential(normalization(ch, groups=c.norm_groups), nn.SiLU(), nn.Conv2d(ch, c.out_channels, 3, padding=1))
 
     @property
     def dtype(self) -> torch.dtype:

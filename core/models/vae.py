@@ -23,22 +23,23 @@ class VAEConfig:
     z_channels: int = 4
     embed_dim: int = 4
     scaling_factor: float = 0.18215
+    norm_groups: int = 32  # GroupNorm groups; see UNetConfig.norm_groups
 
     @property
     def downsample_factor(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
 
 
-def normalization(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, channels, eps=1e-6)
+def normalization(channels: int, groups: int = 32) -> nn.GroupNorm:
+    return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, groups: int = 32):
         super().__init__()
-        self.norm1 = normalization(in_channels)
+        self.norm1 = normalization(in_channels, groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = normalization(out_channels)
+        self.norm2 = normalization(out_channels, groups)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         if in_channels != out_channels:
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
@@ -54,9 +55,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over all pixels (only in the middle, at the lowest resolution)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, groups: int = 32):
         super().__init__()
-        self.norm = normalization(channels)
+        self.norm = normalization(channels, groups)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
@@ -90,11 +91,11 @@ class Upsample(nn.Module):
 
 
 class MidBlock(nn.Module):
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, groups: int = 32):
         super().__init__()
-        self.block_1 = ResnetBlock(channels, channels)
-        self.attn_1 = AttnBlock(channels)
-        self.block_2 = ResnetBlock(channels, channels)
+        self.block_1 = ResnetBlock(channels, channels, groups)
+        self.attn_1 = AttnBlock(channels, groups)
+        self.block_2 = ResnetBlock(channels, channels, groups)
 
     def forward(self, x):
         return self.block_2(self.attn_1(self.block_1(x)))
@@ -110,13 +111,13 @@ class Encoder(nn.Module):
             stage = nn.Module()
             stage.block = nn.ModuleList()
             for _ in range(c.num_res_blocks):
-                stage.block.append(ResnetBlock(block_in, c.ch * mult))
+                stage.block.append(ResnetBlock(block_in, c.ch * mult, c.norm_groups))
                 block_in = c.ch * mult
             if level != len(c.ch_mult) - 1:
                 stage.downsample = Downsample(block_in)
             self.down.append(stage)
-        self.mid = MidBlock(block_in)
-        self.norm_out = normalization(block_in)
+        self.mid = MidBlock(block_in, c.norm_groups)
+        self.norm_out = normalization(block_in, c.norm_groups)
         self.conv_out = nn.Conv2d(block_in, 2 * c.z_channels, 3, padding=1)
 
     def forward(self, x):
@@ -135,20 +136,20 @@ class Decoder(nn.Module):
         super().__init__()
         block_in = c.ch * c.ch_mult[-1]
         self.conv_in = nn.Conv2d(c.z_channels, block_in, 3, padding=1)
-        self.mid = MidBlock(block_in)
+        self.mid = MidBlock(block_in, c.norm_groups)
         # Built from the lowest resolution up, but stored by level index like the encoder.
         stages = []
         for level in reversed(range(len(c.ch_mult))):
             stage = nn.Module()
             stage.block = nn.ModuleList()
             for _ in range(c.num_res_blocks + 1):
-                stage.block.append(ResnetBlock(block_in, c.ch * c.ch_mult[level]))
+                stage.block.append(ResnetBlock(block_in, c.ch * c.ch_mult[level], c.norm_groups))
                 block_in = c.ch * c.ch_mult[level]
             if level != 0:
                 stage.upsample = Upsample(block_in)
             stages.insert(0, stage)
         self.up = nn.ModuleList(stages)
-        self.norm_out = normalization(block_in)
+        self.norm_out = normalization(block_in, c.norm_groups)
         self.conv_out = nn.Conv2d(block_in, c.out_channels, 3, padding=1)
 
     def forward(self, z):

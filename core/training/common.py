@@ -25,13 +25,18 @@ RUNS = ROOT / "training-runs"
 DEMO_CHECKPOINT = ROOT / "models" / "Stable-diffusion" / "demo-shapes.safetensors"
 DEMO_LORA = ROOT / "models" / "Lora" / "demo-outlined.safetensors"
 
+# GroupNorm groups for both networks (metadata ``unet_norm_groups``/``vae_norm_groups``): with
+# SD's 32 groups a 32-channel level normalises each channel alone, which erases a flat region's
+# absolute value; the first runs could not reproduce background colours. 8 groups keep 4+
+# channels per group, so colour survives as the direction within a group.
+DEMO_NORM_GROUPS = 8
 # f=4: 64x64 pictures -> 16x16x4 latents.
-DEMO_VAE = VAEConfig(ch=32, ch_mult=(2, 2, 2), num_res_blocks=1, z_channels=4, embed_dim=4)
+DEMO_VAE = VAEConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=4, embed_dim=4, norm_groups=DEMO_NORM_GROUPS)
 # 16x16 -> 8x8 -> 4x4; cross-attention at 8x8, 4x4 and in the middle (global context at 4x4).
 DEMO_UNET_HEADS = 4
 DEMO_UNET = UNetConfig(
     model_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1, transformer_depth=(0, 1, 1),
-    transformer_depth_middle=1, context_dim=128, num_heads=DEMO_UNET_HEADS,
+    transformer_depth_middle=1, context_dim=128, num_heads=DEMO_UNET_HEADS, norm_groups=DEMO_NORM_GROUPS,
 )
 DEMO_TEXT = TextEncoderConfig(hidden_size=128, intermediate_size=512, num_layers=3)
 

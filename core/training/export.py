@@ -4,7 +4,8 @@
 
 Keys are the loader's: ``model.diffusion_model.*``, ``first_stage_model.*``,
 ``cond_stage_model.transformer.text_model.*``. What the shapes cannot tell is in the metadata:
-``latent_scale_factor`` (the autoencoder's scaling factor), ``unet_num_heads``, ``prediction``.
+``latent_scale_factor`` (the autoencoder's scaling factor), ``unet_num_heads``,
+``unet_norm_groups``, ``vae_norm_groups``, ``prediction``.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ def checkpoint_metadata(model, extra: dict | None = None) -> dict[str, str]:
     meta = {
         "latent_scale_factor": repr(float(spec.vae.scaling_factor)),
         "unet_num_heads": str(spec.unet.num_heads),
+        "unet_norm_groups": str(spec.unet.norm_groups),
+        "vae_norm_groups": str(spec.vae.norm_groups),
         "prediction": spec.prediction,
         "modelspec.title": "demo-shapes",
         "modelspec.architecture": "stable-diffusion-v1",
