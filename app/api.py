@@ -1393,9 +1393,11 @@ class SdApi:
         return [{"name": name} for name in LATENT_UPSCALE_MODES]
 
     def checkpoints(self) -> list[CheckpointEntry]:
-        ckpt_dir = Path(self.engine.ckpt_dir)
-        return [CheckpointEntry(name, ckpt_dir / name, _cached_sha256(self.engine, ckpt_dir / name))
-                for name in self.engine.list_checkpoints()]
+        entries = []
+        for name in self.engine.list_checkpoints():
+            path = self.engine.resolve_checkpoint(name)  # the bundled demo lives outside ckpt_dir
+            entries.append(CheckpointEntry(name, path, _cached_sha256(self.engine, path)))
+        return entries
 
     def find_checkpoint(self, wanted: Any, field: str) -> str:
         """A checkpoint as clients name it (title with [hash], file name, model name, stem, hash)

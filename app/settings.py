@@ -143,6 +143,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("default_denoising_strength", 0.75, "Default denoising strength", _float(0.0, 1.0)),
     Option("disabled_extensions", "", "Disabled extensions", _text,
            "names of folders in extensions/, separated by commas; applied at the next start"),
+    Option("model_download_url", "", "Model download URL", _text,
+           "offered on first run when models/Stable-diffusion holds no checkpoint; empty: SD 1.5 (pruned, EMA only)"),
+    Option("model_download_sha256", "", "Model download sha256", _text,
+           "checked after the download; empty: the default model's known hash, or no check for another URL"),
 )
 
 

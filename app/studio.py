@@ -280,9 +280,16 @@ class StudioUI:
             log.warning("could not list checkpoints: %s", exc)
             return []
 
+    def checkpoint_choices(self) -> list[tuple[str, str]]:
+        """(label, name) pairs for a dropdown: the bundled demo model says what it is."""
+        from core.demo import label
+
+        return [(label(name), name) for name in self.checkpoints()]
+
     def refresh_checkpoints(self, current: str | None) -> Any:
-        choices = self.checkpoints()
-        value = current if current in choices else (choices[0] if choices else None)
+        choices = self.checkpoint_choices()
+        names = [name for _, name in choices]
+        value = current if current in names else (names[0] if names else None)
         return gr.Dropdown(choices=choices, value=value)
 
     def models_root(self) -> Path:

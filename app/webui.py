@@ -20,6 +20,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
+from app.first_run import download_panel  # noqa: E402
 from app.settings import IMAGE_FORMATS, OPTIONS, Settings  # noqa: E402
 from app.studio import (  # noqa: E402,F401  (re-exported for servers and tests)
     FILL_MODES,
@@ -93,6 +94,7 @@ def build_ui(engine: Any, params_cls: Callable[..., Any] | None = None, settings
     ui = StudioUI(engine, params_cls, settings=settings, styles=styles)
     allow_output_folder(ui.output_root())
     checkpoints = ui.checkpoints()
+    checkpoint_choices = ui.checkpoint_choices()
     samplers, schedules = sampler_choices()
     upscalers = ui.upscalers()
     defaults = ui.page_defaults()
@@ -104,13 +106,15 @@ def build_ui(engine: Any, params_cls: Callable[..., Any] | None = None, settings
     with demo:
         with gr.Row(equal_height=True):
             checkpoint = gr.Dropdown(
-                choices=checkpoints, value=checkpoints[0] if checkpoints else None, label="Checkpoint",
+                choices=checkpoint_choices, value=checkpoints[0] if checkpoints else None, label="Checkpoint",
                 info=None if checkpoints else "No checkpoints found: put .safetensors files in models/Stable-diffusion",
                 scale=6, elem_id="checkpoint",
             )
             refresh = gr.Button("↻", scale=0, elem_classes="studio-tool", elem_id="refresh_checkpoints")
         refresh.click(ui.refresh_checkpoints, inputs=[checkpoint], outputs=[checkpoint], api_name="refresh_checkpoints",
                       concurrency_limit=None, show_progress="hidden")
+        download_notice, model_offer = download_panel(ui, checkpoint)
+        demo.load(model_offer.notice, outputs=[download_notice])
 
         with gr.Tabs(elem_id="tabs") as tab_bar:
             for name, label in (("txt2img", "txt2img"), ("img2img", "img2img"), ("inpaint", "Inpaint")):
@@ -239,11 +243,10 @@ def build_ui(engine: Any, params_cls: Callable[..., Any] | None = None, settings
 
         def on_load():
             values = ui.page_defaults()
-            names = ui.checkpoints()
             ups = ui.upscalers()
             return [
                 *[values[key] for _, key in default_targets],
-                gr.Dropdown(choices=names),
+                gr.Dropdown(choices=ui.checkpoint_choices()),
                 *[gr.Dropdown(choices=ui.styles.names()) for _ in style_dropdowns],
                 gr.Dropdown(choices=ui.hires_upscalers()),
                 gr.Dropdown(choices=ups, value=extras_default(ups)),

@@ -18,6 +18,7 @@ from core.devices import resolve_device, resolve_dtype
 from core.errors import EngineError
 from core.hashing import HashCache
 from core.conditioning import make_conditioner
+from core.demo import DEMO_CHECKPOINT, is_demo, with_demo
 from core.embeddings import EmbeddingDatabase
 from core.extensions import ExtensionRegistry, Job
 from core.images import save_png
@@ -105,6 +106,7 @@ class Engine:
         self.lora_dir = Path(lora_dir) if lora_dir else self.models_dir / "Lora"
         self.hashes = HashCache(Path(hash_cache) if hash_cache else ROOT / "models" / ".hash-cache.json")
         self.loaded: LoadedModel | None = None
+        self.demo_checkpoint = DEMO_CHECKPOINT
         self.flags = JobFlags()
         self._lock = threading.Lock()
         self.tokenizer = load_clip_tokenizer()
@@ -117,7 +119,11 @@ class Engine:
     # --- checkpoints -------------------------------------------------------------------
 
     def list_checkpoints(self) -> list[str]:
-        """Checkpoint files and diffusers folders under ckpt_dir, as names relative to it."""
+        """Checkpoint files and diffusers folders under ckpt_dir, as names relative to it, then
+        the bundled demo model (always listed; see core/demo.py)."""
+        return with_demo(self._own_checkpoints(), self.demo_checkpoint)
+
+    def _own_checkpoints(self) -> list[str]:
         if not self.ckpt_dir.is_dir():
             return []
         found = []
@@ -139,10 +145,14 @@ class Engine:
         path = (root / name).resolve()
         if not path.is_relative_to(root):
             raise EngineError(f"checkpoint: {name!r} is outside the checkpoint folder")
+        if not path.exists() and is_demo(name) and self.demo_checkpoint.is_file():
+            return self.demo_checkpoint
         if not path.exists():
             matches = [n for n in self.list_checkpoints() if Path(n).stem == candidate.stem or n == name]
             if not matches:
                 raise EngineError(f"checkpoint: {name!r} not found in {self.ckpt_dir}")
+            if is_demo(matches[0]) and not (root / matches[0]).exists():
+                return self.demo_checkpoint
             path = (root / matches[0]).resolve()
         return path
 

@@ -94,3 +94,77 @@ def test_never_overwrites_and_refuses_other_schemes(server, tmp_path):
 
 def test_offline_is_detected_quickly():
     assert not network_reachable("http://127.0.0.1:9/nothing", timeout=1)
+
+
+# --- first run: the page's offer and the demo model ------------------------------------------
+
+class _Engine:
+    """Just what ModelOffer reads: a checkpoint folder and its listing (the demo always in it)."""
+
+    def __init__(self, ckpt_dir, own=()):
+        from core.demo import DEMO_NAME
+
+        self.ckpt_dir = ckpt_dir
+        self.own = list(own)
+        self.demo = DEMO_NAME
+
+    def list_checkpoints(self):
+        return [*self.own, self.demo]
+
+
+def test_first_run_offer_downloads_into_the_checkpoint_folder(server, tmp_path):
+    from app.first_run import ModelOffer
+
+    probes = []
+    settings = {"model_download_url": server, "model_download_sha256": hashlib.sha256(PAYLOAD).hexdigest()}
+    engine = _Engine(tmp_path / "Stable-diffusion")
+    offer = ModelOffer(engine, settings, reachable=lambda url: probes.append(url) or True)
+    assert offer.needed() and "No checkpoint yet" in offer.notice()
+    seen = []
+    name = offer.fetch(None, None, progress=lambda p: seen.append(p.fraction))
+    assert name == "model.safetensors" and (tmp_path / "Stable-diffusion" / name).read_bytes() == PAYLOAD
+    assert seen[-1] == 1.0
+    engine.own.append(name)
+    assert not offer.needed() and offer.notice() == ""
+    assert len(probes) == 1  # the network is asked once per process
+
+
+def test_first_run_offline_says_so_once_and_keeps_the_demo(tmp_path):
+    from app.first_run import ModelOffer
+
+    probes = []
+    offer = ModelOffer(_Engine(tmp_path), {}, reachable=lambda url: probes.append(url) or False)
+    first = offer.notice()
+    assert first.startswith("Offline:") and "demo model" in first
+    assert offer.notice() == first and len(probes) == 1
+    with pytest.raises(EngineError, match="cannot be reached"):
+        offer.fetch()
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("url, why", [
+    ("ftp://example.com/model.safetensors", "only http"),
+    ("http://127.0.0.1:9/notes.txt", "must name a .safetensors or .ckpt"),
+    ("http://127.0.0.1:9/demo-shapes.safetensors", "not an acceptable"),
+])
+def test_first_run_refuses_odd_urls(tmp_path, url, why):
+    from app.first_run import ModelOffer
+
+    offer = ModelOffer(_Engine(tmp_path), {}, reachable=lambda url: True)
+    with pytest.raises(EngineError, match=why):
+        offer.fetch(url)
+    assert not list(tmp_path.iterdir())
+    # An encoded path in the URL never leaves the checkpoint folder: only the last name counts.
+    assert offer.target("http://h/..%2F..%2Fevil.safetensors") == tmp_path / "evil.safetensors"
+
+
+def test_demo_is_listed_last_labelled_and_default_only_alone(tmp_path):
+    from core.demo import DEMO_NAME, label, with_demo
+
+    demo_file = tmp_path / "bundled" / DEMO_NAME
+    assert with_demo(["a.safetensors"], demo_file) == ["a.safetensors"]  # no file, no entry
+    demo_file.parent.mkdir()
+    demo_file.write_bytes(b"x")
+    assert with_demo([], demo_file) == [DEMO_NAME]
+    assert with_demo([DEMO_NAME, "b.ckpt", "a.safetensors"], demo_file) == ["b.ckpt", "a.safetensors", DEMO_NAME]
+    assert "demo model" in label(DEMO_NAME) and label("a.safetensors") == "a.safetensors"

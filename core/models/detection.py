@@ -69,6 +69,7 @@ class ModelSpec:
     zero_terminal_snr: bool = False  # alphas_cumprod rescaled (Lin et al. 2023)
     size_embed_dim: int = 256  # SDXL: Fourier features per size/crop/aesthetic number
     low_scale: tuple[float, float, int] | None = None  # x4: (linear_start, linear_end, max noise level)
+    native_size: int | None = None  # from the file's ``modelspec.resolution`` metadata, when it says
 
     @property
     def label(self) -> str:
@@ -85,7 +86,10 @@ class ModelSpec:
     @property
     def default_size(self) -> int:
         """The size the model was trained at: 1024 for SDXL, 768 for SD 2.x v-prediction
-        (the 768-v models), else 512. The x4 upscaler works on any input size."""
+        (the 768-v models), else 512, unless the file's metadata says otherwise (the 64x64
+        demo model). The x4 upscaler works on any input size."""
+        if self.native_size:
+            return self.native_size
         if self.is_sdxl:
             return 1024
         if self.family == SD2 and self.prediction == "v":
@@ -257,7 +261,18 @@ def detect(shapes: dict, metadata: dict | None = None) -> ModelSpec:
         spec = _detect_openclip_family(shapes, metadata)
     else:
         spec = _detect_sd1(shapes, metadata)
-    return _with_norm_groups(spec, metadata)
+    spec = _with_norm_groups(spec, metadata)
+    native = _square_resolution(metadata.get("modelspec.resolution"))
+    return dataclasses.replace(spec, native_size=native) if native else spec
+
+
+def _square_resolution(value) -> int | None:
+    """``modelspec.resolution`` ("64x64", the Stability model-spec field) -> 64, when square and sane."""
+    match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", str(value or ""))
+    if not match or match.group(1) != match.group(2):
+        return None
+    size = int(match.group(1))
+    return size if 8 <= size <= 8192 and size % 8 == 0 else None
 
 
 def _with_norm_groups(spec: ModelSpec, metadata: dict) -> ModelSpec:
