@@ -7,7 +7,7 @@ As SD 1.x: eps-prediction, the scaled-linear beta schedule (0.00085..0.012, 1000
 real CLIP tokenizer (77 ids, padded with end-of-text), a transformers CLIPTextModel (3 layers,
 128 wide, trained from scratch), captions dropped to "" 10% of the time for classifier-free
 guidance. The loss is min-SNR-5 weighted (Hang et al. 2023), which converges faster than
-plain MSE. The first run encodes a fixed set of pictures once (``latents.pt`` in the run
+plain MSE, with offset noise (0.1) so that the model learns to set flat background colours. The first run encodes a fixed set of pictures once (``latents.pt`` in the run
 folder: posterior mean and std), so each step only samples a latent and runs UNet + CLIP.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from core.training.common import EMA, RUNS, Logger, base_arguments, demo_spec, l
 
 CAPTION_DROPOUT = 0.1
 MIN_SNR_GAMMA = 5.0
+OFFSET_NOISE = 0.1
 
 
 def tokenize(captions: list[str]) -> torch.Tensor:
@@ -59,6 +60,10 @@ def diffusion_loss(model: LatentDiffusion, latents: torch.Tensor, ids: torch.Ten
     b = latents.shape[0]
     t = torch.randint(0, model.alphas_cumprod.shape[0], (b,), generator=generator)
     noise = torch.randn(latents.shape, generator=generator)
+    # Offset noise: a per-picture, per-channel constant in the noise. SD's schedule never
+    # reaches pure noise, so without it the model never learns to set a picture's mean (the
+    # background colour) from scratch, and sampling keeps whatever mean the start noise had.
+    noise = noise + OFFSET_NOISE * torch.randn(latents.shape[:2] + (1, 1), generator=generator)
     a = model.alphas_cumprod[t][:, None, None, None]
     noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
     context = model.text_encoder(ids)
