@@ -145,6 +145,14 @@ def _starts(size: int, tile: int, overlap: int) -> list[int]:
     return sorted(set(starts))
 
 
+def tile_count(width: int, height: int, tile: int | None, tile_overlap: int) -> int:
+    """How many tiles :func:`upscale_x4` cuts a ``width`` x ``height`` picture into."""
+    if tile is None or (height <= tile and width <= tile):
+        return 1
+    overlap = min(tile_overlap, tile // 2)
+    return len(_starts(height, tile, overlap)) * len(_starts(width, tile, overlap))
+
+
 @torch.no_grad()
 def upscale_x4(
     model, image: Image.Image, prompt: str = "", noise_level: int = 20, steps: int = 25, *,

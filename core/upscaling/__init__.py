@@ -15,9 +15,12 @@ API::
     upscale_image(image, upscaler_name, scale=None, size=None, models_root=..., device="cpu",
                   tile=256, overlap=32) -> PIL.Image
 
-Another kind of upscaler (the x4 latent-diffusion one) is an object with ``name``, ``list``,
-``claims`` and ``load`` (see ``registry.UpscalerKind``) passed to :func:`register_kind`.
-spandrel itself is imported only when a model is loaded.
+* the Stable Diffusion x4 upscaler: x4 checkpoints found in ``models/Stable-diffusion`` and
+  ``models/LDSR`` (``x4.py``), run through the latent diffusion pipeline in overlapping tiles.
+
+A kind of upscaler is an object with ``name``, ``list``, ``claims`` and ``load`` (see
+``registry.UpscalerKind``) passed to :func:`register_kind`. spandrel itself is imported only
+when a model is loaded.
 """
 from core.upscaling.registry import (
     DEFAULT_CACHE,
@@ -35,6 +38,7 @@ from core.upscaling.registry import (
 )
 from core.upscaling.resamplers import ResamplerKind
 from core.upscaling.spandrel_models import SpandrelKind
+from core.upscaling.x4 import X4Kind, X4Settings
 from core.upscaling.upscale import (
     DEFAULT_OVERLAP,
     DEFAULT_TILE,
@@ -45,11 +49,14 @@ from core.upscaling.upscale import (
 )
 
 register_kind(ResamplerKind())
+# Before spandrel: for a file given by path, the x4 kind claims only real x4 checkpoints (it looks
+# inside), spandrel any .safetensors.
+register_kind(X4Kind())
 register_kind(SpandrelKind())
 
 __all__ = [
     "DEFAULT_CACHE", "DEFAULT_MODELS_ROOT", "DEFAULT_OVERLAP", "DEFAULT_TILE", "ModelCache", "ResamplerKind",
     "SpandrelKind", "Upscaler", "UpscalerInfo", "UpscalerKind", "find_upscaler", "get_kind", "kinds",
     "list_upscalers", "load_upscaler", "open_image", "postprocess_infotext", "register_kind", "target_size",
-    "upscale_image",
+    "upscale_image", "X4Kind", "X4Settings",
 ]

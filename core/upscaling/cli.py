@@ -2,6 +2,7 @@
 
     python -m core upscale --image IN.png --upscaler 4x-UltraSharp --scale 2 --out DIR
     python -m core upscale --input-dir DIR --upscaler Lanczos --width 1024 --height 768 --out DIR
+    python -m core upscale --image IN.png --upscaler x4-upscaler-ema --scale 4 --prompt "a cat" --noise-level 30
 
 Each result is saved next to the others in ``--out`` (never over an existing file) with A1111's
 extras infotext; the input's own generation parameters are kept in front of it.
@@ -25,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--image", help="one input image")
     source.add_argument("--input-dir", help="a folder: every image in it (not its subfolders)")
     parser.add_argument("--upscaler", required=True,
-                        help="None, Lanczos, Nearest, Bicubic, or a model file's name (stem) from the models folders")
+                        help="None, Lanczos, Nearest, Bicubic, or a model file's name (stem) from the models folders "
+                             "(ESRGAN/, RealESRGAN/, SwinIR/, ...; x4 upscaler checkpoints in Stable-diffusion/ and LDSR/)")
     parser.add_argument("--scale", type=float, default=None, help="factor (default 2 unless --width/--height is given)")
     parser.add_argument("--width", type=int, default=None, help="target width (with --height; alone keeps the aspect ratio)")
     parser.add_argument("--height", type=int, default=None, help="target height")
@@ -36,6 +38,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                         help="auto: fp32 on the CPU, half precision on GPUs where the model supports it")
+    x4 = parser.add_argument_group("x4 upscaler", "sampling settings of the SD x4 upscaler (checkpoints in "
+                                   "models/Stable-diffusion or models/LDSR); refused for other upscalers")
+    x4.add_argument("--prompt", default=None, help="what the picture shows (default: none)")
+    x4.add_argument("--negative-prompt", default=None, help="default: none")
+    x4.add_argument("--noise-level", type=int, default=None, help="0..350, noise added to the input (default 20)")
+    x4.add_argument("--steps", type=int, default=None, help="sampling steps (default 20)")
+    x4.add_argument("--cfg-scale", type=float, default=None, help="guidance with a prompt (default 9)")
+    x4.add_argument("--seed", type=int, default=None, help="default 0")
+
+
+X4_OPTIONS = ("prompt", "negative_prompt", "noise_level", "steps", "cfg_scale", "seed")
 
 
 def _inputs(args) -> list[Path]:
@@ -74,15 +87,20 @@ def run_upscale(args) -> list[Path]:
 
     inputs = _inputs(args)
     info = find_upscaler(args.upscaler, models_root)  # a bad name fails before any work
+    x4_changes = {name: getattr(args, name) for name in X4_OPTIONS if getattr(args, name, None) is not None}
+    if x4_changes and info.kind != "x4":
+        given = ", ".join("--" + name.replace("_", "-") for name in x4_changes)
+        raise EngineError(f"{given}: only for the x4 upscaler, not {info.name}")
     cache = ModelCache()
     upscaler = load_upscaler(info, device, dtype, cache)
+    extra = {"settings": upscaler.with_settings(**x4_changes)} if x4_changes else {}
     written: list[Path] = []
     failures = 0
     for path in inputs:
         try:
             image = open_image(path)
             size, identity = target_size(image.size, scale, (args.width, args.height) if by_size else None)
-            result = upscaler.upscale(image, size, tile=args.tile, overlap=args.tile_overlap, identity=identity)
+            result = upscaler.upscale(image, size, tile=args.tile, overlap=args.tile_overlap, identity=identity, **extra)
             source = image.info.get("parameters") if isinstance(image.info.get("parameters"), str) else None
             infotext = postprocess_infotext(info.name, scale=scale, size=size if by_size else None, source=source)
             saved = save_png(result, args.out, _file_label(path), infotext)

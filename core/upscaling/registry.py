@@ -2,7 +2,7 @@
 
 An upscaler *kind* knows where its upscalers come from and how to load one: the built-in
 resamplers (``resamplers.py``), model files that spandrel understands (``spandrel_models.py``),
-and later the x4 latent-diffusion upscaler. A kind is any object with the
+and the x4 latent-diffusion upscaler (``x4.py``). A kind is any object with the
 :class:`UpscalerKind` methods, added with :func:`register_kind`; a loaded upscaler is any object
 with the :class:`Upscaler` method. Nothing else needs to change to add a kind.
 
