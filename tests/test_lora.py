@@ -23,7 +23,7 @@ from core.params import GenerationParams
 from core.prompts.parser import ExtraNetworkTag, extract_extra_networks
 from extensions.lora import LoraManager, find_lora, list_loras, parse_tag
 from extensions.lora.formats import Module
-from extensions.lora.merge import checkpoint_shapes, internal_key
+from extensions.lora.merge import checkpoint_shapes, internal_key, internal_name
 from extensions.lora.names import build_table, canonical_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,6 +164,137 @@ def test_every_kohya_sdxl_name_resolves_to_its_checkpoint_key_and_slice():
         diffusers = canonical_name(prefixes[entry["component"]] + entry["diffusers_module"], two_text_encoders=True)
         assert table[diffusers] == target, entry["diffusers_module"]
     assert len(manifest) == 1052
+
+
+def _meta_model(reference: str):
+    shapes = {k: tuple(v) for k, v in json.loads((REFERENCE / reference).read_text())["tensors"].items()}
+    with torch.device("meta"):
+        return LatentDiffusion(detect(shapes))
+
+
+def test_every_kohya_sdxl_name_reaches_its_parameter_in_the_full_size_model():
+    """From the loaded model's own layout (not the file's): each kohya SDXL module reaches the
+    parameter that holds its layer; te2 q/k/v rows of the fused in_proj are our q/k/v_proj."""
+    manifest = json.loads((REFERENCE / "lora_kohya_sdxl.json").read_text())["modules"]
+    model = _meta_model("sdxl_base.json")
+    table = build_table(checkpoint_shapes(model))
+    for name, entry in manifest.items():
+        target = table[canonical_name(name, two_text_encoders=True)]
+        assert target.key == entry["original_key"], name
+        parameter = internal_name(model, target.key, target.rows)
+        assert tuple(model.get_parameter(parameter).shape) == target.shape, name
+        if entry["component"] != "unet":
+            prefix = "conditioner.embedders.0." if entry["component"] == "text_encoder_1" else "conditioner.embedders.1."
+            assert parameter == prefix + "transformer." + entry["diffusers_module"].removeprefix("text_model.") + ".weight"
+
+
+def test_kohya_sd2_text_encoder_names_reach_the_openclip_tower():
+    """kohya trains SD 2.x on the tower converted to a transformers CLIPTextModel without its
+    unused last layer (23 of ViT-H's 24): lora_te_text_model_encoder_layers_0..22_*. Each name
+    reaches the open_clip checkpoint key (q/k/v: a third of in_proj_weight) and our Linear."""
+    model = _meta_model("sd21_v.json")
+    table = build_table(checkpoint_shapes(model))
+    parts = {"self_attn_q_proj": ("attn.in_proj_weight", 0), "self_attn_k_proj": ("attn.in_proj_weight", 1),
+             "self_attn_v_proj": ("attn.in_proj_weight", 2), "self_attn_out_proj": ("attn.out_proj.weight", None),
+             "mlp_fc1": ("mlp.c_fc.weight", None), "mlp_fc2": ("mlp.c_proj.weight", None)}
+    dotted = {"self_attn_q_proj": "self_attn.q_proj", "self_attn_k_proj": "self_attn.k_proj",
+              "self_attn_v_proj": "self_attn.v_proj", "self_attn_out_proj": "self_attn.out_proj",
+              "mlp_fc1": "mlp.fc1", "mlp_fc2": "mlp.fc2"}
+    for layer in range(23):
+        for part, (key, third) in parts.items():
+            target = table[canonical_name(f"lora_te_text_model_encoder_layers_{layer}_{part}")]
+            assert target.key == f"cond_stage_model.model.transformer.resblocks.{layer}.{key}"
+            assert target.rows == (None if third is None else (third * 1024, (third + 1) * 1024))
+            assert target.component == "te"
+            parameter = internal_name(model, target.key, target.rows)
+            assert parameter == f"cond_stage_model.transformer.encoder.layers.{layer}.{dotted[part]}.weight"
+            assert tuple(model.get_parameter(parameter).shape) == target.shape
+
+
+# Text-encoder modules of the tiny SD 2.x / SDXL checkpoints: kohya name -> (checkpoint key, row
+# third of a fused in_proj_weight or None).
+OPENCLIP_LORA = {
+    "sd2": {
+        "lora_te_text_model_encoder_layers_1_self_attn_k_proj": ("cond_stage_model.model.transformer.resblocks.1.attn.in_proj_weight", 1),
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj": ("cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight", 0),
+        "lora_te_text_model_encoder_layers_0_mlp_fc1": ("cond_stage_model.model.transformer.resblocks.0.mlp.c_fc.weight", None),
+        "lora_te_text_model_encoder_layers_1_self_attn_out_proj": ("cond_stage_model.model.transformer.resblocks.1.attn.out_proj.weight", None),
+    },
+    "sdxl": {
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": ("conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight", None),
+        "lora_te1_text_model_encoder_layers_1_mlp_fc2": ("conditioner.embedders.0.transformer.text_model.encoder.layers.1.mlp.fc2.weight", None),
+        "lora_te2_text_model_encoder_layers_1_self_attn_v_proj": ("conditioner.embedders.1.model.transformer.resblocks.1.attn.in_proj_weight", 2),
+        "lora_te2_text_model_encoder_layers_0_self_attn_k_proj": ("conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight", 1),
+        "lora_te2_text_model_encoder_layers_0_mlp_fc2": ("conditioner.embedders.1.model.transformer.resblocks.0.mlp.c_proj.weight", None),
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def openclip_models(tmp_path_factory):
+    import tiny_models
+
+    root = tmp_path_factory.mktemp("openclip-models")
+    return {"sd2": tiny_models.save_sd2(root / "sd2")["safetensors"], "sdxl": tiny_models.save_sdxl(root / "sdxl")["safetensors"]}
+
+
+@pytest.mark.parametrize("family", ["sd2", "sdxl"])
+def test_kohya_text_encoder_lora_on_openclip_models_is_exact_and_removable(family, openclip_models, lora_dir, tmp_path):
+    """A kohya LoRA for the text encoder(s) of SD 2.x (OpenCLIP ViT-H, lora_te_) and SDXL
+    (CLIP-L lora_te1_, OpenCLIP bigG lora_te2_): each weight becomes W + te * (alpha / rank) *
+    up @ down, q/k/v modules change only their third of the fused in_proj_weight, the encoders
+    give what a checkpoint with those weights written into it gives, and removing the LoRA
+    restores every parameter bit for bit."""
+    from core.text.tokenizer import load_clip_tokenizer
+
+    path = openclip_models[family]
+    model = load_model(path, prediction="v" if family == "sd2" else None)
+    file_state = load_file(path)
+    rank, alpha, te = 4, 2.0, 0.8
+    lora, patched = {}, {k: v.clone() for k, v in file_state.items()}
+    for seed, (name, (key, third)) in enumerate(OPENCLIP_LORA[family].items()):
+        full = file_state[key]
+        rows = full.shape[0] // 3 if third is not None else full.shape[0]
+        down, up = rand(rank, full.shape[1], seed=seed * 10), rand(rows, rank, seed=seed * 10 + 1)
+        lora.update({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up, f"{name}.alpha": torch.tensor(alpha)})
+        start = third * rows if third is not None else 0
+        patched[key][start:start + rows] += te * (alpha / rank) * (up @ down)
+    metadata = {"ss_v2": "True"} if family == "sd2" else {"ss_base_model_version": "sdxl_base_v1-0"}
+    save_file(lora, lora_dir / "te.safetensors", metadata=metadata)
+    save_file(patched, tmp_path / "patched.safetensors")
+    expected_model = load_model(tmp_path / "patched.safetensors", prediction="v" if family == "sd2" else None)
+
+    ids = torch.tensor([load_clip_tokenizer(pad_with_eos=False).encode_padded("a red circle, masterpiece")])
+    with torch.no_grad():
+        before = [encoder(ids) for encoder in model.text_encoders]
+    saved = snapshot(model)
+    manager = LoraManager()
+    activation = manager.activate(model, lora_dir, tags("<lora:te:0.8:1.0>"))
+    assert activation.warnings == []
+
+    # The right parameters changed, and only they: one Linear of ours per module.
+    changed_names = changed(model, saved)
+    assert len(changed_names) == len(OPENCLIP_LORA[family])
+    assert all(".self_attn." in n or ".mlp." in n for n in changed_names)
+    merged = model.checkpoint_state_dict()
+    for name, (key, third) in OPENCLIP_LORA[family].items():
+        torch.testing.assert_close(merged[key], patched[key], rtol=1e-6, atol=1e-6)
+        if third is not None:  # the other two thirds of the fused weight are untouched, bit for bit
+            rows = file_state[key].shape[0] // 3
+            keep = [i for i in range(3 * rows) if not third * rows <= i < (third + 1) * rows]
+            assert torch.equal(merged[key][keep], file_state[key][keep]), name
+            assert not torch.equal(merged[key], file_state[key])
+    with torch.no_grad():
+        after = [encoder(ids) for encoder in model.text_encoders]
+        expected = [encoder(ids) for encoder in expected_model.text_encoders]
+    for b, a, e in zip(before, after, expected):
+        assert (a - b).abs().max() > 1e-3  # every encoder's output moved ...
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)  # ... to what the patched checkpoint gives
+
+    manager.activate(model, lora_dir, [])
+    assert_identical(model, saved)
+    with torch.no_grad():
+        assert all(torch.equal(encoder(ids), b) for encoder, b in zip(model.text_encoders, before))
 
 
 # --- merge math --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ jobs never matters. When a job asks for exactly what is merged already, nothing 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import weakref
@@ -82,20 +83,54 @@ def model_family(model) -> str | None:
     return str(family)
 
 
+def _text_slots(model) -> list[tuple[str, torch.nn.Module]]:
+    """(checkpoint prefix, embedder) of each text encoder of a LatentDiffusion; [] otherwise."""
+    spec, encoders = getattr(model, "spec", None), getattr(model, "text_encoders", None)
+    if spec is None or encoders is None:
+        return []
+    return list(zip(spec.text_prefixes, encoders))
+
+
 def checkpoint_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
-    """Our parameter names -> the checkpoint layout's (transformers 5 lost ``text_model.``)."""
-    shapes = {}
+    """Our parameters under the single-file checkpoint's names, with their shapes. Text encoders
+    are converted back to the file's layout (``text_model.`` level; OpenCLIP towers of SD 2.x
+    and SDXL with q/k/v fused into ``in_proj_weight``) on the meta device: nothing is copied."""
+    slots = _text_slots(model)
+    shapes: dict[str, tuple[int, ...]] = {}
+    text: dict[str, dict[str, torch.Tensor]] = {prefix: {} for prefix, _ in slots}
     for name, param in model.named_parameters():
-        if name.startswith(TEXT_INTERNAL):
-            name = TEXT_CHECKPOINT + name[len(TEXT_INTERNAL):]
-        shapes[name] = tuple(param.shape)
+        prefix = next((p for p, _ in slots if name.startswith(p)), None)
+        if prefix is not None:
+            text[prefix][name[len(prefix):]] = torch.empty(param.shape, device="meta")
+        elif not slots and name.startswith(TEXT_INTERNAL):  # a bare module tree: SD 1.x names
+            shapes[TEXT_CHECKPOINT + name[len(TEXT_INTERNAL):]] = tuple(param.shape)
+        else:
+            shapes[name] = tuple(param.shape)
+    for prefix, embedder in slots:
+        for key, value in type(embedder).to_checkpoint(text[prefix]).items():
+            shapes[prefix + key] = tuple(value.shape)
     return shapes
 
 
 def internal_key(checkpoint_key: str) -> str:
+    """SD 1.x text encoder names only; :func:`internal_name` knows every model."""
     if checkpoint_key.startswith(TEXT_CHECKPOINT):
         return TEXT_INTERNAL + checkpoint_key[len(TEXT_CHECKPOINT):]
     return checkpoint_key
+
+
+def internal_name(model, checkpoint_key: str, rows: tuple[int, int] | None = None) -> str | None:
+    """The parameter of ``model`` that holds a checkpoint key, or for a fused OpenCLIP
+    in-projection the row block ``rows`` of it (q, k or v: each is its own Linear in our
+    CLIPTextModel). None when the model has no such parameter."""
+    finder = getattr(model, "internal_names", None)
+    names = finder(checkpoint_key) if finder is not None else [(internal_key(checkpoint_key), None)]
+    if rows is None:
+        hits = [name for name, third in names if third is None]
+    else:
+        width = rows[1] - rows[0]
+        hits = [name for name, third in names if third is not None and third * width == rows[0]]
+    return hits[0] if len(hits) == 1 else None
 
 
 def _listing(names: list[str]) -> str:
@@ -232,13 +267,19 @@ class LoraManager:
                 if target is None:
                     skipped.append(f"{name} (no such layer in this model)")
                     continue
+                weight_key = internal_name(model, target.key, target.rows)
+                if weight_key is None:
+                    skipped.append(f"{name} (no such layer in this model)")
+                    continue
                 multiplier = request.unet if target.is_unet else request.te
                 bias_key = bias = None
                 if "diff_b" in module.tensors and target.key.endswith(".weight") and target.rows is None:
-                    bias_key = internal_key(target.key[: -len("weight")] + "bias")
+                    bias_key = internal_name(model, target.key[: -len("weight")] + "bias")
                     try:
-                        bias = model.get_parameter(bias_key)
+                        bias = model.get_parameter(bias_key) if bias_key else None
                     except AttributeError:
+                        bias = None
+                    if bias is None:
                         skipped.append(f"{name}.diff_b (the layer has no bias)")
                 try:
                     module.delta(target.shape, device="meta", dyn=request.dyn)
@@ -250,7 +291,9 @@ class LoraManager:
                 used += 1
                 if multiplier == 0:
                     continue
-                plan.setdefault(internal_key(target.key), []).append(("weight", module, multiplier, target, request.dyn))
+                # A q/k/v block of a fused in-projection is a whole Linear of ours: no rows left.
+                whole = dataclasses.replace(target, rows=None)
+                plan.setdefault(weight_key, []).append(("weight", module, multiplier, whole, request.dyn))
                 if bias is not None:
                     plan.setdefault(bias_key, []).append(("bias", module, multiplier, target, None))
             total = len(lora.modules) + len(lora.unknown_keys)
