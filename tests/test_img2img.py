@@ -178,3 +178,67 @@ def test_sd_upscale_has_the_requested_size_and_no_seam(engine):
     assert np.abs(arr(result.image) - lanczos).mean() > 1
     strong = engine.sd_upscale(params(denoising_strength=0.6, width=64), source, upscaler="Lanczos", scale=1.5, save=False)[0]
     assert strong.image.size == (72, 72)
+
+
+# --- half-precision VAE overflow while encoding ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl(tmp_path_factory):
+    import tiny_models
+
+    return tiny_models.save_sdxl(tmp_path_factory.mktemp("sdxl-encode"))["safetensors"]
+
+
+def overflowing_fp16_model(path):
+    """The tiny SDXL checkpoint in float16 with the encoder's first convolution 30000 times larger
+    (its largest output, 2.3 for the test picture, becomes about 69000): past fp16's 65504 (inf,
+    then NaN after the group norm), finite in float32."""
+    import torch
+
+    from core.loading import load_model
+
+    model = load_model(path, dtype=torch.float16)
+    with torch.no_grad():
+        model.vae.encoder.conv_in.weight.mul_(30000)
+    return model
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+def test_fp16_vae_overflow_on_encode_is_encoded_again_in_float32(tiny_sdxl, tiled):
+    import copy
+
+    import torch
+
+    from core.pipelines.common import encode_pixels
+    from core.pipelines.img2img import to_tensor
+
+    model = overflowing_fp16_model(tiny_sdxl)
+    image = to_tensor(picture())
+    with torch.no_grad():
+        assert not torch.isfinite(model.vae.encode(image)).all()  # the overflow is real
+        reference_vae = copy.deepcopy(model.vae).float()  # the same weights in float32
+        expected = (reference_vae.encode(image) if not tiled else encode_pixels(reference_vae, image, tiled=True)).float()
+    assert torch.isfinite(expected).all() and expected.std() > 0.01  # not a constant
+
+    notes = []
+    latents = encode_pixels(model.vae, image, tiled=tiled, notes=notes)
+    assert latents.dtype == torch.float32 and torch.isfinite(latents).all()
+    torch.testing.assert_close(latents, expected, rtol=1e-5, atol=1e-5)
+    assert model.vae.dtype == torch.float32  # kept in float32, as after a decode overflow
+    assert notes == ["the VAE overflowed in float16 while encoding the picture; it was encoded again in float32 "
+                     "(the VAE stays in float32 for this model)"]
+    # Once in float32, nothing more to say.
+    assert torch.equal(encode_pixels(model.vae, image, tiled=tiled, notes=notes), latents) and len(notes) == 1
+
+
+def test_img2img_input_with_fp16_vae_overflow_is_finite_and_noted(tiny_sdxl):
+    import torch
+
+    from core.pipelines.img2img import prepare_input
+
+    model = overflowing_fp16_model(tiny_sdxl)
+    job = GenerationParams(prompt="a red circle", steps=2, width=64, height=64, denoising_strength=0.5)
+    prepared = prepare_input(model, job, picture())
+    assert prepared.init_latent.shape == (1, 4, 8, 8) and torch.isfinite(prepared.init_latent).all()
+    assert any("overflowed in float16 while encoding" in note for note in prepared.notes)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from core.conditioning import TextConditioner
 from core.params import GenerationParams
-from core.pipelines.common import decode_latents, to_pil
+from core.pipelines.common import decode_latents, encode_pixels, to_pil
 from core.pipelines.masking import composite, fill_masked, flatten, masked_region, prepare_mask, resize_image
 from core.pipelines.txt2img import image_noise, sample_latents
 
@@ -44,15 +44,11 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode(model, image: torch.Tensor) -> torch.Tensor:
-    """Pixels in [-1, 1] -> latents (the posterior mean: deterministic for a given picture)."""
-    from core.pipelines.vae_tiling import encode_tiled, needs_tiling
-
-    device = model.alphas_cumprod.device
-    image = image.to(device)
-    if needs_tiling(model.vae, image.shape[0] * image.shape[2] * image.shape[3], device):
-        return encode_tiled(model.vae, image).float()
-    return model.vae.encode(image).float()
+def encode(model, image: torch.Tensor, notes: list[str] | None = None) -> torch.Tensor:
+    """Pixels in [-1, 1] -> latents (the posterior mean: deterministic for a given picture),
+    tiled when large, redone in float32 when half precision overflows (see
+    ``common.encode_pixels``; ``notes`` hears of it)."""
+    return encode_pixels(model.vae, image.to(model.alphas_cumprod.device), notes=notes)
 
 
 @torch.no_grad()
@@ -84,10 +80,10 @@ def prepare_input(model, params: GenerationParams, image: Image.Image, mask: Ima
         # Latent upscale: encode at the picture's own size (rounded to the latent grid), then
         # resize the latent.
         w8, h8 = max(factor, image.width // factor * factor), max(factor, image.height // factor * factor)
-        init_latent = encode(model, to_tensor(image.resize((w8, h8), Image.LANCZOS)))
+        init_latent = encode(model, to_tensor(image.resize((w8, h8), Image.LANCZOS)), notes)
         init_latent = F.interpolate(init_latent, size=(H // factor, W // factor), mode="bilinear")
     else:
-        init_latent = encode(model, to_tensor(work_image))
+        init_latent = encode(model, to_tensor(work_image), notes)
     prepared = PreparedInput(to_tensor(work_image), init_latent, image, paste_mask, crop_box, notes=notes)
     if work_mask is not None:
         small = work_mask.resize((W // factor, H // factor), Image.LANCZOS)
@@ -107,7 +103,7 @@ def inpainting_conditioning(model, prepared: PreparedInput, weight: float) -> to
     else:
         mask = torch.ones_like(image[:, :1])
     masked = torch.lerp(image, image * (1 - mask), weight)
-    latent = model.vae.encode(masked).float()
+    latent = encode(model, masked, prepared.notes)
     small_mask = F.interpolate(mask, size=latent.shape[-2:])
     return torch.cat([small_mask, latent], dim=1)
 
