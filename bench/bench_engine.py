@@ -14,6 +14,14 @@
    weights, shapes from sdxl_base.json) at 1024x1024 (128x128 latent), ours vs diffusers, with
    the added size/pooled vector: seconds and peak RSS. --sdxl-dtype bfloat16 halves the memory
    (about 10.3 GB of float32 weights per process otherwise). --sdxl-only skips 1-3.
+5. With --sdxl-txt2img (and nothing else): one whole SDXL txt2img at 1024x1024 through our
+   pipeline: the full-size base model (UNet, VAE, CLIP-L and OpenCLIP bigG text encoders; random
+   weights in the real shapes of sdxl_base.json, built by the loader's build_model), prompt and
+   negative prompt encoded, 2 Euler steps with CFG (--sdxl-txt2img-steps), VAE decode (tiled
+   if it would not fit). Prints seconds (building, text + sampling, decode), peak RSS and
+   whether it fits in 24 GiB. Needs about 15 GB of memory in float32 (--sdxl-dtype bfloat16:
+   about half) and many CPU minutes. --sdxl-txt2img-shapes FILE and --sdxl-txt2img-size N run
+   the same code on another manifest (a tiny one, as tests/test_bench.py does).
 
 Each measurement runs in a fresh subprocess so that peak RSS belongs to that measurement alone.
 Prints ratios (ours / diffusers, load RSS / file size); targets: both speed and memory ratios
@@ -192,6 +200,73 @@ def measure_vae_4k(size: int) -> dict:
     return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "shape": list(images.shape)}
 
 
+def random_weights(shapes: dict, dtype) -> dict:
+    """Random tensors for a checkpoint layout: normalisation scales (the only 1-D ``.weight``
+    tensors: group and layer norms) 1, everything else N(0, 0.02), so activations stay in range
+    through dozens of layers; drawn in float32 and converted one by one."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = {}
+    for key, shape in shapes.items():
+        if key.endswith(".weight") and len(shape) == 1:
+            value = torch.ones(shape)
+        else:
+            value = torch.randn(shape, generator=generator) * 0.02
+        tensors[key] = value.to(dtype)
+    return tensors
+
+
+def measure_sdxl_txt2img(shapes_file: str, size: int, steps: int, dtype_name: str) -> dict:
+    """A whole txt2img of ``size`` x ``size`` with a model of the layout in ``shapes_file``
+    (SDXL base): build, encode both prompts, ``steps`` Euler steps with CFG (batch 2), decode."""
+    import torch
+
+    from core.conditioning import make_conditioner
+    from core.loading import build_model, normalise_keys
+    from core.models.detection import detect
+    from core.params import GenerationParams
+    from core.pipelines.common import decode_latents, to_pil
+    from core.pipelines.txt2img import sample_latents
+    from core.text.tokenizer import load_clip_tokenizer
+
+    torch.set_grad_enabled(False)
+    dtype = getattr(torch, dtype_name)
+    shapes = normalise_keys({k: tuple(v) for k, v in json.loads(Path(shapes_file).read_text())["tensors"].items()})
+    start = time.perf_counter()
+    spec = detect(shapes)
+    model = build_model(normalise_keys(random_weights(shapes, dtype)), spec, dtype=dtype, name=Path(shapes_file).name)
+    parameters = sum(p.numel() for p in model.parameters())
+    conditioner = make_conditioner(model, load_clip_tokenizer())
+    built = time.perf_counter() - start
+    params = GenerationParams(prompt="a photograph of an astronaut riding a horse on the moon, detailed",
+                              negative_prompt="blurry, low quality", steps=steps, cfg_scale=7.0, width=size,
+                              height=size, sampler="Euler", seed=1)
+    start = time.perf_counter()
+    latents = sample_latents(model, conditioner, params, [1])
+    sampled = time.perf_counter() - start
+    start = time.perf_counter()
+    images = decode_latents(model.vae, latents)
+    image = to_pil(images)[0]
+    decoded = time.perf_counter() - start
+    return {
+        "family": spec.family, "parameters": parameters, "build_seconds": built, "sample_seconds": sampled,
+        "decode_seconds": decoded, "seconds": sampled + decoded, "peak_rss_mb": peak_rss_mb(),
+        "size": list(image.size), "finite": bool(torch.isfinite(latents).all()),
+    }
+
+
+def report_sdxl_txt2img(shapes_file: str, size: int, steps: int, dtype_name: str) -> dict:
+    r = in_subprocess("--_sdxl_txt2img", shapes_file, str(size), str(steps), dtype_name)
+    gib = r["peak_rss_mb"] / 1024
+    print(f"txt2img {r['size'][0]}x{r['size'][1]}: {r['family']} ({r['parameters'] / 1e9:.2f}B parameters, random weights, "
+          f"{Path(shapes_file).name}), {dtype_name}, {steps} Euler step{'s' if steps != 1 else ''} with CFG, CPU")
+    print(f"  {r['seconds']:.1f} s (text + sampling {r['sample_seconds']:.1f} s, decode {r['decode_seconds']:.1f} s; "
+          f"building the model {r['build_seconds']:.1f} s before that), finite latents: {r['finite']}")
+    print(f"  peak RSS {r['peak_rss_mb']:.0f} MB = {gib:.1f} GiB: {'fits' if gib <= 24 else 'does NOT fit'} in 24 GiB")
+    return r
+
+
 def in_subprocess(*args: str) -> dict:
     out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -209,7 +284,18 @@ def main() -> None:
     parser.add_argument("--sdxl-only", action="store_true", help="only the SDXL step")
     parser.add_argument("--sdxl-dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--_sdxl", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--sdxl-txt2img", action="store_true",
+                        help="only: one whole SDXL 1024x1024 txt2img (about 15 GB in float32, many CPU minutes)")
+    parser.add_argument("--sdxl-txt2img-steps", type=int, default=2)
+    parser.add_argument("--sdxl-txt2img-size", type=int, default=1024)
+    parser.add_argument("--sdxl-txt2img-shapes", default=str(SDXL_REFERENCE),
+                        help="checkpoint manifest (key -> shape) of the model (default: the SDXL base)")
+    parser.add_argument("--_sdxl_txt2img", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args._sdxl_txt2img:
+        shapes, size, steps, dtype_name = args._sdxl_txt2img
+        print(json.dumps(measure_sdxl_txt2img(shapes, int(size), int(steps), dtype_name)))
+        return
     if args._sdxl:
         print(json.dumps(measure_sdxl_step(args._sdxl[0], int(args._sdxl[1]), args._sdxl[2])))
         return
@@ -226,6 +312,9 @@ def main() -> None:
     import torch
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    if args.sdxl_txt2img:
+        report_sdxl_txt2img(args.sdxl_txt2img_shapes, args.sdxl_txt2img_size, args.sdxl_txt2img_steps, args.sdxl_dtype)
+        return
     if args.sdxl or args.sdxl_only:
         latent = 64 if args.quick else 128
         print(f"UNet step: SDXL base size, batch 2 (CFG), latent {latent}x{latent} ({latent * 8}x{latent * 8} image), "
