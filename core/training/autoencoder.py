@@ -23,6 +23,7 @@ from core.training.common import DEMO_VAE, EMA, Logger, base_arguments, load_che
 SHAPE_WEIGHT = 10.0
 PATCH_WEIGHT = 1.0
 KL_WEIGHT = 1e-5
+LOGVAR_INIT = -8.0
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -88,6 +89,11 @@ class AutoencoderTrainer:
         self.eval_count = eval_count
         torch.manual_seed(0)
         self.vae = AutoencoderKL(config)
+        # Start with a narrow posterior (std ~0.02, not 1): with the KL weight this small the
+        # posterior ends up narrow anyway, and starting wide, the sampling noise drowned the
+        # latents for the first few hundred steps (PSNR 11.6 dB at step 200 against 13.7).
+        with torch.no_grad():
+            self.vae.quant_conv.bias[config.embed_dim:].fill_(LOGVAR_INIT)
         self.opt = torch.optim.Adam(self.vae.parameters(), lr=lr)
         self.ema = EMA(self.vae, 0.999)
         self.step = 0
