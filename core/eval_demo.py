@@ -1,12 +1,14 @@
 """Measure the bundled demo model the way its model card reports it.
 
-    python -m core.eval_demo [--checkpoint PATH] [--prompts 200] [--steps 20] [--lora PATH]
+    python -m core.eval_demo [--checkpoint PATH] [--prompts 200] [--steps 20] [--lora PATH] [--grids models/demo]
 
 Prints: the autoencoder's PSNR on held-out pictures (and the share of reconstructions the
 analyser reads exactly right); prompt adherence over random prompts judged by
 core.training.analyser (colour, shape, size, position, background) at CFG 7 and CFG 1, with
-the engine's Euler sampler; one Engine.txt2img picture as a smoke test of the real path; and
-with --lora, how hollow (outlined) the shapes are with the style LoRA off and on.
+the engine's Euler sampler; one Engine.txt2img picture as a smoke test of the real path;
+inpainting and img2img examples through the Engine (core/training/examples.py); with --lora,
+how hollow (outlined) the shapes are with the style LoRA off and on; with --grids, the model
+card's sample sheets.
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ def main(argv=None) -> None:
     p.add_argument("--heldout", type=int, default=256, help="held-out pictures for the autoencoder PSNR")
     p.add_argument("--lora", type=Path, default=None, help=f"also measure a style LoRA (e.g. {DEMO_LORA})")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--examples", type=int, default=16, help="inpainting and img2img examples through the Engine (0: none)")
+    p.add_argument("--grids", type=Path, default=None, help="write sample grids (PNG) for the model card here")
     args = p.parse_args(argv)
     set_threads(args.threads)
 
@@ -50,6 +54,7 @@ def main(argv=None) -> None:
     from core.training import shapes as S
     from core.training.analyser import format_scores, score
     from core.training.autoencoder import evaluate_autoencoder
+    from core.training.examples import grid, to_pil
     from core.training.sampling import generate
 
     started = time.monotonic()
@@ -62,9 +67,10 @@ def main(argv=None) -> None:
     print(f"autoencoder: PSNR {ae['psnr']:.2f} dB on {args.heldout} held-out pictures; "
           f"reconstructions read exactly right {100 * ae['recognisable']:.1f}%")
     prompts = S.random_prompts(S.PROMPT_SEED, args.prompts)
-    rows = {}
+    rows, samples = {}, {}
     for cfg in (7.0, 1.0):
         images = generate(model, prompts, cfg_scale=cfg, steps=args.steps, seed=0)
+        samples[cfg] = images
         rows[cfg] = score(images, prompts)
         print(f"CFG {cfg:g}, {args.steps} Euler steps, {len(prompts)} prompts: {format_scores(rows[cfg])}")
     print("| setting | colour | shape | size | position | background | all |")
@@ -73,15 +79,38 @@ def main(argv=None) -> None:
         print(f"| CFG {cfg:g} / {args.steps} steps | " + " | ".join(f"{100 * r[k]:.1f}%" for k in
               ("colour", "shape", "size", "position", "background", "all")) + " |")
     print(f"engine smoke test ({prompts[0]!r}): {engine_smoke_test(args.checkpoint, prompts[0], args.steps)}")
+    sheets = {}
+    if args.examples:
+        from core.training.examples import img2img_examples, inpaint_examples
+
+        inpaint = inpaint_examples(args.checkpoint, args.examples, args.steps)
+        print(f"inpainting a shape into a masked cell of a plain picture: colour, shape and position right in "
+              f"{100 * inpaint['rate']:.0f}% of {inpaint['count']}")
+        edit = img2img_examples(args.checkpoint, args.examples, args.steps)
+        print(f"img2img recolouring a shape (strength {edit['strength']}): new colour with shape and position kept in "
+              f"{100 * edit['rate']:.0f}% of {edit['count']}")
+        sheets["inpaint.png"] = [list(r[:3]) for r in inpaint["rows"][:6]]
+        sheets["img2img.png"] = [list(r[:2]) for r in edit["rows"][:6]]
     if args.lora:
         from core.training.lora import merge_kohya
 
         few = prompts[:64]
-        off = score(generate(model, few, cfg_scale=7.0, steps=args.steps, seed=0), few)
+        off_images = generate(model, few, cfg_scale=7.0, steps=args.steps, seed=0)
+        off = score(off_images, few)
         merge_kohya(model, args.lora, 1.0)
-        on = score(generate(model, few, cfg_scale=7.0, steps=args.steps, seed=0), few)
+        on_images = generate(model, few, cfg_scale=7.0, steps=args.steps, seed=0)
+        on = score(on_images, few)
         print(f"LoRA {args.lora.name}: hollowness {off['hollowness']:.2f} off -> {on['hollowness']:.2f} on "
               f"(ground truth 0 filled, ~0.8 outlined); with it: {format_scores(on)}")
+        sheets["lora.png"] = [[to_pil(i) for i in off_images[:8]], [to_pil(i) for i in on_images[:8]]]
+    if args.grids:
+        sheets["samples-cfg7.png"] = [[to_pil(i) for i in samples[7.0][r * 8:(r + 1) * 8]] for r in range(4)]
+        sheets["samples-cfg1.png"] = [[to_pil(i) for i in samples[1.0][r * 8:(r + 1) * 8]] for r in range(2)]
+        args.grids.mkdir(parents=True, exist_ok=True)
+        for name, rows in sheets.items():
+            grid(rows).save(args.grids / name)
+        (args.grids / "sample-prompts.txt").write_text("\n".join(prompts[:32]) + "\n")
+        print(f"grids written to {args.grids}: {', '.join(sorted(sheets))}")
     print(f"({time.monotonic() - started:.0f} s)")
 
 
