@@ -6,6 +6,7 @@ A lock makes jobs run one at a time on the device.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,17 +24,19 @@ from core.embeddings import EmbeddingDatabase
 from core.extensions import ExtensionRegistry, Job
 from core.images import save_png
 from core.infotext import create_infotext
-from core.loading import CHECKPOINT_SUFFIXES, load_model
+from core.loading import CHECKPOINT_SUFFIXES, load_model, read_spec
+from core.models.detection import SD2
 from core.params import GenerationParams
 from core.pipelines.common import resolve_seed, to_pil
 from core.pipelines.hires import hires_fields, hires_fix
 from core.pipelines.img2img import img2img, prepare_input
 from core.pipelines.masking import flatten, open_image
-from core.pipelines.txt2img import txt2img
+from core.pipelines.txt2img import Refiner, txt2img
 from core.prompts.parser import extract_extra_networks
 from core.text.tokenizer import load_clip_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
+PREDICTIONS = ("auto", "eps", "v")
 
 
 @dataclass
@@ -69,12 +72,22 @@ class _Stop(Exception):
 
 
 @dataclass
+class Loading:
+    """A checkpoint being loaded: its name, file and the share of its weights read so far."""
+    name: str
+    path: Path
+    fraction: float = 0.0
+
+
+@dataclass
 class LoadedModel:
     path: Path
     name: str
     model: torch.nn.Module
     embeddings: EmbeddingDatabase | None = None
     hash: str | None = None
+    # What the weights cannot tell, as asked for at load time: (prediction, zero_terminal_snr).
+    overrides: tuple = ("auto", None)
 
 
 @dataclass
@@ -106,6 +119,16 @@ class Engine:
         self.lora_dir = Path(lora_dir) if lora_dir else self.models_dir / "Lora"
         self.hashes = HashCache(Path(hash_cache) if hash_cache else ROOT / "models" / ".hash-cache.json")
         self.loaded: LoadedModel | None = None
+        self.loading: Loading | None = None  # while a checkpoint loads, for progress displays
+        # Overrides for what a checkpoint's weights cannot tell (core/loading.py): "auto", "eps"
+        # or "v"; zero-terminal-SNR None = as the checkpoint says, True/False = forced. The main
+        # checkpoint is loaded again when they change; a refiner is always loaded as it says.
+        self.prediction = "auto"
+        self.zero_terminal_snr: bool | None = None
+        # The SDXL refiner (or any second checkpoint) of the last job that asked for one, kept
+        # for the next; on an accelerator the model that is not sampling waits in CPU memory.
+        self.refiner: LoadedModel | None = None
+        self.refiner_offload = self.device.type != "cpu"
         self.demo_checkpoint = DEMO_CHECKPOINT
         self.flags = JobFlags()
         self._lock = threading.Lock()
@@ -134,46 +157,179 @@ class Engine:
                 found.append(path.relative_to(self.ckpt_dir).as_posix())
         return found
 
-    def resolve_checkpoint(self, name: str, allow_paths: bool = False) -> Path:
+    def resolve_checkpoint(self, name: str, allow_paths: bool = False, field: str = "checkpoint") -> Path:
         """A name from list_checkpoints() (or, for trusted callers, any path) -> a checked path.
+        A1111's title form "name [short hash]" (as infotexts write a refiner) is accepted.
 
-        Names from requests are confined to ckpt_dir: no '..', no absolute paths."""
+        Names from requests are confined to ckpt_dir: no '..', no absolute paths. Errors name
+        ``field``."""
         candidate = Path(name)
         if allow_paths and candidate.exists():
             return candidate
         root = self.ckpt_dir.resolve()
         path = (root / name).resolve()
         if not path.is_relative_to(root):
-            raise EngineError(f"checkpoint: {name!r} is outside the checkpoint folder")
+            raise EngineError(f"{field}: {name!r} is outside the checkpoint folder")
         if not path.exists() and is_demo(name) and self.demo_checkpoint.is_file():
             return self.demo_checkpoint
         if not path.exists():
-            matches = [n for n in self.list_checkpoints() if Path(n).stem == candidate.stem or n == name]
+            titled = _TITLE_HASH.fullmatch(name)
+            if titled:
+                candidate = Path(titled.group(1))
+            matches = [n for n in self.list_checkpoints()
+                       if Path(n).stem == candidate.stem or n in (name, candidate.as_posix())]
             if not matches:
-                raise EngineError(f"checkpoint: {name!r} not found in {self.ckpt_dir}")
+                raise EngineError(f"{field}: {name!r} not found in {self.ckpt_dir}")
             if is_demo(matches[0]) and not (root / matches[0]).exists():
                 return self.demo_checkpoint
             path = (root / matches[0]).resolve()
         return path
 
-    def load(self, name: str, allow_paths: bool = False) -> LoadedModel:
+    def load(
+        self, name: str, allow_paths: bool = False, *, prediction: str | None = None, zero_terminal_snr: bool | None = None,
+        progress: Callable[[float], None] | None = None,
+    ) -> LoadedModel:
+        """Make ``name`` the loaded model (a no-op when it already is, with the same overrides).
+        The previous model is let go first, so only one is held at a time.
+
+        ``prediction`` ("auto", "eps", "v") and ``zero_terminal_snr`` (True/False) become the
+        engine's settings (``self.prediction``, ``self.zero_terminal_snr``) when given; left
+        out, the current settings apply. A change of either loads the checkpoint again.
+        While it loads, ``self.loading`` tells its name and the share read, and
+        ``progress(fraction)`` is called as that share rises (ending at 1.0)."""
+        if prediction is not None:
+            self.prediction = check_prediction(prediction)
+        if zero_terminal_snr is not None:
+            self.zero_terminal_snr = bool(zero_terminal_snr)
         path = self.resolve_checkpoint(name, allow_paths)
-        if self.loaded and self.loaded.path == path:
+        overrides = self.model_overrides()
+        if self.loaded and self.loaded.path == path and self.loaded.overrides == overrides:
             return self.loaded
-        self.unload()
-        self.extensions.run("before_model_load", path)
-        model = load_model(path, device=self.device, dtype=self.dtype)
-        embeddings = EmbeddingDatabase(self.embeddings_dir, self.tokenizer, model.spec.text.hidden_size, key=model.spec.embedding_key)
-        self.loaded = LoadedModel(path=path, name=path.stem if path.is_file() else path.name, model=model, embeddings=embeddings)
-        self.extensions.run("after_model_load", self.loaded)
+        self.unload(keep_refiner=True)
+        status = self.loading = Loading(_model_name(path), path)
+
+        def report(fraction: float) -> None:
+            status.fraction = fraction
+            if progress is not None:
+                progress(fraction)
+
+        try:
+            self.extensions.run("before_model_load", path)
+            model = load_model(path, device=self.device, dtype=self.dtype, prediction=overrides[0],
+                               zero_terminal_snr=overrides[1], progress=report)
+            self.loaded = LoadedModel(path=path, name=_model_name(path), model=model, embeddings=self._embeddings(model),
+                                      overrides=overrides)
+            self.extensions.run("after_model_load", self.loaded)
+        finally:
+            self.loading = None
         return self.loaded
 
-    def unload(self) -> None:
+    def job_model(self, checkpoint: str | None = None, allow_paths: bool = False) -> LoadedModel:
+        """The model a job with ``checkpoint`` uses, loaded: that checkpoint; None: the loaded
+        one (again if the overrides changed), else the first listed. Hold exclusive() around it."""
+        if checkpoint:
+            return self.load(checkpoint, allow_paths)
+        if self.loaded is not None:
+            return self.load(str(self.loaded.path), allow_paths=True)
+        names = self.list_checkpoints()
+        if not names:
+            raise EngineError(f"no checkpoint: put a model in {self.ckpt_dir}")
+        return self.load(names[0])
+
+    def model_overrides(self) -> tuple[str, bool | None]:
+        return check_prediction(self.prediction), self.zero_terminal_snr
+
+    def _embeddings(self, model) -> EmbeddingDatabase:
+        return EmbeddingDatabase(self.embeddings_dir, self.tokenizer, model.spec.text.hidden_size, key=model.spec.embedding_key)
+
+    def unload(self, keep_refiner: bool = False) -> None:
         previous, self.loaded = self.loaded, None
         if previous is not None:
             self.extensions.run("model_unloaded", previous)
+        if not keep_refiner:
+            self.refiner = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+    def default_size(self, name: str | None = None, allow_paths: bool = False) -> int | None:
+        """The picture size checkpoint ``name`` was trained at (ModelSpec.default_size: 512 for
+        SD 1.x, 768 for SD 2.x v-prediction, 1024 for SDXL, or what the file's metadata says),
+        with the current overrides; None (or left out): the loaded model. Read from the file's
+        header without loading it; None when that cannot tell (an SD 2.x file with no hint of
+        eps or v, until it is loaded and its test pass has run)."""
+        if name is None:
+            return self.loaded.model.spec.default_size if self.loaded else None
+        path = self.resolve_checkpoint(name, allow_paths)
+        if self.loaded and self.loaded.path == path and self.loaded.overrides == self.model_overrides():
+            return self.loaded.model.spec.default_size
+        prediction, zero_terminal_snr = self.model_overrides()
+        spec = read_spec(path, prediction=prediction, zero_terminal_snr=zero_terminal_snr)
+        if spec.family == SD2 and spec.prediction_source == "default" and not spec.native_size:
+            return None
+        return spec.default_size
+
+    # --- the refiner --------------------------------------------------------------------
+
+    def load_refiner(self, name: str, allow_paths: bool = False) -> LoadedModel | None:
+        """The second checkpoint of a refiner job, loaded once and kept for the next job (on
+        an accelerator it waits in CPU memory until it samples). Errors name refiner_checkpoint.
+        None when ``name`` is the loaded checkpoint itself (nothing to switch to, as A1111)."""
+        path = self.resolve_checkpoint(name, allow_paths, field="refiner_checkpoint")
+        if self.loaded is not None and self.loaded.path == path:
+            return None
+        if self.refiner is not None and self.refiner.path == path:
+            return self.refiner
+        self.free_refiner()
+        model = load_model(path, device="cpu" if self.refiner_offload else self.device, dtype=self.dtype)
+        spec = model.spec
+        if spec.is_upscaler or model.unet.config.in_channels != model.vae.config.embed_dim:
+            raise EngineError(f"refiner_checkpoint: {path.name} is {spec.label} ({'an upscaler' if spec.is_upscaler else 'an inpainting model'}); "
+                              "a refiner must be a plain text-to-image checkpoint")
+        if self.loaded is not None and model.vae.config.embed_dim != self.loaded.model.vae.config.embed_dim:
+            raise EngineError(f"refiner_checkpoint: {path.name} ({spec.label}) works in another latent space than "
+                              f"{self.loaded.name} ({self.loaded.model.spec.label})")
+        self.refiner = LoadedModel(path=path, name=_model_name(path), model=model, embeddings=self._embeddings(model))
+        return self.refiner
+
+    def free_refiner(self) -> None:
+        if self.refiner is not None:
+            self.refiner = None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def refiner_title(self) -> str | None:
+        """The refiner as A1111's infotext names it: "name [short hash]"."""
+        if self.refiner is None:
+            return None
+        if self.refiner.hash is None:
+            self.refiner.hash = self.hashes.short(self.refiner.path)
+        return f"{self.refiner.name} [{self.refiner.hash}]"
+
+    def _refiner_stage(self, params: GenerationParams, allow_paths: bool) -> Refiner | None:
+        """The job's Refiner (with its own prompt encoder and embeddings), or None; the cached
+        refiner is let go when a job asks for none."""
+        if not params.refiner_checkpoint or params.refiner_checkpoint == "None":
+            self.free_refiner()
+            return None
+        refiner = self.load_refiner(params.refiner_checkpoint, allow_paths)
+        if refiner is None:
+            return None
+        conditioner = make_conditioner(refiner.model, self.tokenizer, refiner.embeddings, params.clip_skip, params.emphasis)
+        base = self.loaded.model
+
+        def take_over():
+            if self.refiner_offload:
+                base.to("cpu")
+                refiner.model.to(self.device)
+
+        return Refiner(refiner.model, conditioner, float(params.refiner_switch_at), on_switch=take_over)
+
+    def _models_home(self, stage: Refiner | None) -> None:
+        """Back to the resting places after a refiner took over: the main model on the device,
+        the refiner in CPU memory."""
+        if stage is not None and stage.used and self.refiner_offload:
+            stage.model.to("cpu")
+            self.loaded.model.to(self.device)
 
     def model_hash(self) -> str | None:
         if self.loaded and self.loaded.hash is None:
@@ -199,12 +355,12 @@ class Engine:
         save: bool = True,
         allow_paths: bool = False,
     ) -> list[GeneratedImage]:
-        def make(loaded, conditioner, seeds, subseeds, on_step):
+        def make(loaded, conditioner, seeds, subseeds, on_step, refiner=None):
             if params.enable_hr:
-                return hires_fix(loaded.model, conditioner, params, seeds, on_step, subseeds, self.upscale_pixels)
-            return to_pil(txt2img(loaded.model, conditioner, params, seeds, on_step, subseeds))
+                return hires_fix(loaded.model, conditioner, params, seeds, on_step, subseeds, self.upscale_pixels, refiner)
+            return to_pil(txt2img(loaded.model, conditioner, params, seeds, on_step, subseeds, refiner))
 
-        return self._run(params, make, "txt2img", hires_fields(params), progress, save, allow_paths)
+        return self._run(params, make, "txt2img", hires_fields(params), progress, save, allow_paths, refiner=True)
 
     def img2img(
         self,
@@ -263,21 +419,22 @@ class Engine:
 
         return upscale_image(image, upscaler, size=size, models_root=self.models_dir, device=str(self.device), cache=self.upscaler_cache)
 
-    def _run(self, params, make_images, kind: str, fields: dict, progress, save: bool, allow_paths: bool) -> list[GeneratedImage]:
+    def _run(self, params, make_images, kind: str, fields: dict, progress, save: bool, allow_paths: bool,
+             refiner: bool = False) -> list[GeneratedImage]:
         """The batch loop every job shares: lock, model, extension hooks, seeds, cancel flags,
-        infotext, saving."""
+        infotext, saving. ``refiner``: the job takes params.refiner_checkpoint (make_images gets
+        a ``refiner=`` Refiner then)."""
         params.validate()
         params = normalise_sampler(params)
+        wants_refiner = bool(params.refiner_checkpoint) and params.refiner_checkpoint != "None"
+        if wants_refiner and not refiner:
+            raise EngineError(f"refiner_checkpoint: a refiner works with txt2img (and its hires fix) only, not with {kind}")
         with self._lock:
             self.flags = JobFlags()
-            if params.checkpoint:
-                self.load(params.checkpoint, allow_paths)
-            elif self.loaded is None:
-                names = self.list_checkpoints()
-                if not names:
-                    raise EngineError(f"no checkpoint: put a model in {self.ckpt_dir}")
-                self.load(names[0])
-            loaded = self.loaded
+            loaded = self.job_model(params.checkpoint, allow_paths)
+            stage = self._refiner_stage(params, allow_paths) if refiner else None
+            if loaded.model.spec.zero_terminal_snr:
+                fields = {**fields, "Noise Schedule": "Zero Terminal SNR"}  # A1111's sd_noise_schedule
             job = Job(engine=self, params=params, kind=kind, model=loaded.model, started=time.time())
             _, tags = extract_extra_networks(params.prompt)
             fields = {**fields, **self.extensions.run_extra_networks(job, tags)}
@@ -303,13 +460,23 @@ class Engine:
                         progress(Progress(step + 1, params.steps, batch, params.batch_count, started, denoised))
 
                 try:
-                    images = make_images(loaded, conditioner, seeds, subseeds, on_step)
+                    if stage is None:
+                        images = make_images(loaded, conditioner, seeds, subseeds, on_step)
+                    else:
+                        stage.used = False
+                        images = make_images(loaded, conditioner, seeds, subseeds, on_step, refiner=stage)
                 except _Stop:
                     if self.flags.interrupted:
                         break
                     continue
+                finally:
+                    self._models_home(stage)
+                refined = {}
+                if stage is not None and stage.used:  # A1111 writes them once the refiner has run
+                    refined = {"Refiner": self.refiner_title(), "Refiner switch at": stage.switch_at}
                 for index, (seed, image) in enumerate(zip(seeds, images)):
-                    extra = {**generation_fields(params, subseeds[index] if subseeds else None), **fields, **job.infotext_fields}
+                    extra = {**generation_fields(params, subseeds[index] if subseeds else None), **fields,
+                             **job.infotext_fields, **refined}
                     infotext = create_infotext(params, seed, loaded.name, model_hash, batch_index=index, extra=extra)
                     path = save_png(image, out_dir, seed, infotext) if save else None
                     result = GeneratedImage(image=image, seed=seed, infotext=infotext, path=path, notes=list(job.notes))
@@ -317,6 +484,22 @@ class Engine:
                     self.extensions.run("after_image_saved", job, result)
             self.extensions.run("after_job", job, results)
             return results
+
+
+def check_prediction(value: str) -> str:
+    if value in (None, ""):
+        return "auto"
+    if value not in PREDICTIONS:
+        raise EngineError(f"prediction: must be auto, eps or v, got {value!r}")
+    return value
+
+
+def _model_name(path: Path) -> str:
+    return path.stem if path.is_file() else path.name
+
+
+# A1111's checkpoint title: "name [0123456789]" (the short sha256).
+_TITLE_HASH = re.compile(r"(.+?) \[[0-9a-fA-F]{8,64}\]")
 
 
 def normalise_sampler(params: GenerationParams) -> GenerationParams:

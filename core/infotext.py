@@ -84,6 +84,9 @@ FIELDS: dict[str, tuple[str | None, type]] = {
     "Hires checkpoint": ("hr_checkpoint_name", str),
     "Hires prompt": ("hr_prompt", str),
     "Hires negative prompt": ("hr_negative_prompt", str),
+    "Refiner": ("refiner_checkpoint", str),  # "name [short hash]", as A1111 writes it
+    "Refiner switch at": ("refiner_switch_at", float),
+    "Noise Schedule": ("sd_noise_schedule", str),  # A1111's setting: "Zero Terminal SNR"
 }
 
 _PARAM_NAMES = {f.name for f in dataclasses.fields(GenerationParams)}

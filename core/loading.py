@@ -28,6 +28,7 @@ import re
 import struct
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -333,19 +334,26 @@ def looks_like_v_prediction(unet) -> bool:
 
 def build_model(
     tensors: dict[str, torch.Tensor], spec: ModelSpec, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-    name: str = "checkpoint",
+    name: str = "checkpoint", progress: Callable[[float], None] | None = None,
 ) -> LatentDiffusion:
-    """Build on the meta device, then take the file's tensors in place (converted one by one)."""
+    """Build on the meta device, then take the file's tensors in place (converted one by one).
+
+    ``progress(fraction)`` is called after each tensor with the share of the weights' bytes
+    taken so far (this is where a memory-mapped file is read): rising, the last call 1.0."""
     with torch.device("meta"):
         model = LatentDiffusion(spec)
     expected = model.state_dict()
+    wanted = [(key, value) for key, value in model.internal_state(tensors).items() if key in expected]
+    total = sum(value.numel() * value.element_size() for _, value in wanted) or 1
+    done = 0
     state = {}
-    for key, value in model.internal_state(tensors).items():
-        if key not in expected:
-            continue
+    for key, value in wanted:
         if tuple(value.shape) != tuple(expected[key].shape):
             raise EngineError(f"{name}: {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}")
         state[key] = value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
+        if progress is not None:
+            done += value.numel() * value.element_size()
+            progress(min(1.0, done / total))
     missing = [k for k in expected if k not in state and not k.endswith("position_ids")]
     if missing:
         raise EngineError(f"{name}: incomplete checkpoint, {len(missing)} weights missing (first: {missing[0]})")
@@ -362,14 +370,10 @@ def build_model(
     return model.eval().requires_grad_(False)
 
 
-def load_model(
-    path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, *,
-    prediction: str | None = None, zero_terminal_snr: bool | None = None,
-) -> LatentDiffusion:
-    """``prediction``: None (or "auto") finds it out (see the module notes); "eps" or "v"
-    overrides. ``zero_terminal_snr``: rescale the noise schedule (None = as the folder's
-    scheduler config says, else off)."""
-    path = Path(path)
+def _read_with_spec(
+    path: Path, prediction: str | None, zero_terminal_snr: bool | None,
+) -> tuple[dict[str, torch.Tensor], ModelSpec]:
+    """The file's tensors and the spec the notes above give, before any test forward pass."""
     tensors, metadata = read_checkpoint(path)
     if path.is_file():
         metadata.update(read_sidecar_yaml(path))
@@ -387,7 +391,32 @@ def load_model(
         zero_terminal_snr = metadata.get("zero_terminal_snr") == "1"
     if zero_terminal_snr:
         spec = dataclasses.replace(spec, zero_terminal_snr=True)
-    model = build_model(tensors, spec, device=device, dtype=dtype, name=path.name)
+    return tensors, spec
+
+
+def read_spec(
+    path: str | os.PathLike, *, prediction: str | None = None, zero_terminal_snr: bool | None = None,
+) -> ModelSpec:
+    """What ``load_model`` would build, without building it (the tensors are only mapped). An
+    SD 2.x file with no hint keeps ``prediction_source == "default"``: only the test forward
+    pass of a loaded model tells eps from v there."""
+    return _read_with_spec(Path(path), prediction, zero_terminal_snr)[1]
+
+
+def load_model(
+    path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, *,
+    prediction: str | None = None, zero_terminal_snr: bool | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> LatentDiffusion:
+    """``prediction``: None (or "auto") finds it out (see the module notes); "eps" or "v"
+    overrides. ``zero_terminal_snr``: rescale the noise schedule (None = as the folder's
+    scheduler config says, else off). ``progress(fraction)``: 0.0 first, then the share of
+    the weights read (see build_model), ending at 1.0."""
+    path = Path(path)
+    if progress is not None:
+        progress(0.0)
+    tensors, spec = _read_with_spec(path, prediction, zero_terminal_snr)
+    model = build_model(tensors, spec, device=device, dtype=dtype, name=path.name, progress=progress)
     if spec.family == SD2 and spec.prediction_source == "default":
         detected = "v" if looks_like_v_prediction(model.unet) else "eps"
         model.spec = dataclasses.replace(spec, prediction=detected, prediction_source="detected")

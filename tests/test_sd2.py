@@ -266,3 +266,71 @@ def test_upscale_x4_pictures_whole_and_tiled(x4):
     assert tiled.size == (40, 48)
     with pytest.raises(EngineError, match="noise_level"):
         upscale_x4(model, picture, noise_level=351)
+
+
+def test_engine_prediction_and_zero_terminal_snr_overrides(sd2, tmp_path, monkeypatch):
+    """Engine.load takes the overrides (kept as the engine's settings); a job loads the
+    checkpoint again when they change, and the picture changes with them."""
+    monkeypatch.setattr("core.loading.looks_like_v_prediction", lambda unet: True)  # "auto" finds v
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(sd2["safetensors"], models / "tiny-sd2.safetensors")
+    engine = Engine(device="cpu", ckpt_dir=models, output_dir=tmp_path / "out", hash_cache=tmp_path / "h.json")
+    params = GenerationParams(prompt="a red cat", steps=3, width=32, height=32, seed=5, checkpoint="tiny-sd2.safetensors")
+
+    def picture():
+        result = engine.txt2img(params, save=False)[0]
+        return torch.tensor(list(result.image.getdata())).float(), result.infotext
+
+    auto, _ = picture()
+    spec = engine.loaded.model.spec
+    assert (spec.prediction, spec.prediction_source, engine.loaded.overrides) == ("v", "detected", ("auto", None))
+    first = engine.loaded
+    engine.load("tiny-sd2.safetensors")
+    assert engine.loaded is first  # same file, same overrides: not loaded again
+
+    engine.load("tiny-sd2.safetensors", prediction="eps")
+    assert engine.prediction == "eps" and engine.loaded is not first
+    spec = engine.loaded.model.spec
+    assert (spec.prediction, spec.prediction_source, spec.default_size) == ("eps", "override", 512)
+    eps, _ = picture()
+    assert (eps - auto).abs().mean() > 1
+
+    engine.prediction = "v"  # a settings change: the next job reloads
+    v, text = picture()
+    assert engine.loaded.model.spec.prediction_source == "override" and torch.equal(v, auto)
+    assert "Noise Schedule" not in text
+
+    engine.zero_terminal_snr = True
+    zsnr, text = picture()
+    assert engine.loaded.model.spec.zero_terminal_snr
+    assert float(engine.loaded.model.alphas_cumprod[-1]) == pytest.approx(4.8973451890853435e-08)
+    assert (zsnr - v).abs().mean() > 1
+    assert "Noise Schedule: Zero Terminal SNR" in text  # A1111's field for its sd_noise_schedule setting
+
+    with pytest.raises(EngineError, match="prediction: must be auto, eps or v"):
+        engine.load("tiny-sd2.safetensors", prediction="x0")
+    assert engine.prediction == "v"
+
+
+def test_engine_default_size_from_the_file(sd2, tmp_path):
+    """ModelSpec.default_size read from the header (no load), with the engine's overrides; an
+    SD 2.x file with no hint cannot tell until its test pass has run."""
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(sd2["safetensors"], models / "tiny-sd2.safetensors")
+    shutil.copytree(sd2["diffusers"], models / "tiny-sd2-diffusers")  # its scheduler says v
+    sdxl = tiny_models.save_sdxl(tmp_path / "sdxl")
+    shutil.copy(sdxl["safetensors"], models / "tiny-sdxl.safetensors")
+    engine = Engine(device="cpu", ckpt_dir=models, output_dir=tmp_path / "out", hash_cache=tmp_path / "h.json")
+    assert engine.default_size() is None  # nothing loaded
+    assert engine.default_size("tiny-sdxl.safetensors") == 1024
+    assert engine.default_size("tiny-sd2-diffusers") == 768
+    assert engine.default_size("tiny-sd2.safetensors") is None
+    assert engine.loaded is None  # all of that without loading
+    engine.prediction = "eps"
+    assert engine.default_size("tiny-sd2.safetensors") == 512 and engine.default_size("tiny-sd2-diffusers") == 512
+    engine.load("tiny-sdxl.safetensors")
+    assert engine.default_size() == 1024
+    with pytest.raises(EngineError, match="checkpoint: 'nope' not found"):
+        engine.default_size("nope")

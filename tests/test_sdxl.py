@@ -1,10 +1,12 @@
 """SDXL base and refiner: loading from single files and diffusers folders, the two text encoders
 and the added size/pooled vector, prompt language and embeddings per encoder, the refiner switch,
 the fp16 VAE fallback, and parity with diffusers' StableDiffusionXLPipeline (float64)."""
+import dataclasses
 import shutil
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 import tiny_models
@@ -258,3 +260,149 @@ def test_fp16_vae_overflow_is_decoded_again_in_float32(sdxl):
         assert not torch.isfinite(model.vae.decode(latents.half())).all()
     images = decode_latents(model.vae, latents, tiled=False)
     assert torch.isfinite(images).all() and images.dtype == torch.float32
+
+
+# ---------------------------------------------------------------- the refiner through the Engine
+
+
+@pytest.fixture(scope="module")
+def refiner_engine(sdxl, refiner, tmp_path_factory):
+    root = tmp_path_factory.mktemp("refiner-engine")
+    models = root / "models"
+    models.mkdir()
+    shutil.copy(sdxl["safetensors"], models / "tiny-sdxl.safetensors")
+    shutil.copy(refiner["safetensors"], models / "tiny-refiner.safetensors")
+    (root / "no-extensions").mkdir()
+    return Engine(device="cpu", ckpt_dir=models, output_dir=root / "out", hash_cache=root / "h.json",
+                  extensions_dir=root / "no-extensions")
+
+
+def unet_calls(engine):
+    """Hooks on the loaded and the refiner UNet; returns the list they append "base"/"refiner" to."""
+    calls = []
+    hooks = [engine.loaded.model.unet.register_forward_hook(lambda *a: calls.append("base")),
+             engine.refiner.model.unet.register_forward_hook(lambda *a: calls.append("refiner"))]
+    return calls, hooks
+
+
+def pixels(result):
+    return torch.tensor(list(result.image.getdata())).float()
+
+
+def test_engine_refiner_takes_the_late_steps_and_is_recorded(refiner_engine):
+    from core.hashing import HashCache
+    from core.infotext import params_from_infotext, parse_infotext
+
+    engine = refiner_engine
+    plain = GenerationParams(prompt=PROMPT, negative_prompt=NEGATIVE, steps=6, width=48, height=48, seed=4,
+                             sampler="Euler", checkpoint="tiny-sdxl.safetensors")
+    without = engine.txt2img(plain, save=False)[0]
+    assert "Refiner" not in without.infotext and engine.refiner is None
+
+    params = dataclasses.replace(plain, refiner_checkpoint="tiny-refiner.safetensors", refiner_switch_at=0.5)
+    first = engine.txt2img(params, save=False)[0]
+    cached = engine.refiner
+    assert cached is not None and cached.model.spec.family == SDXL_REFINER
+    calls, hooks = unet_calls(engine)
+    try:
+        again = engine.txt2img(params, save=False)[0]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert engine.refiner is cached  # kept between jobs, not loaded again
+    # Euler, 6 steps: the same split as the pipeline's own test (A1111's (999 - t) / 1000 >= 0.5).
+    from core.pipelines.txt2img import RefinerSwitch, sampler_and_sigmas
+
+    _, schedule, sigmas = sampler_and_sigmas(engine.loaded.model, plain, 6)
+    probe = RefinerSwitch(None, None, 0.5, schedule, Refiner(None, None))
+    split = next(i for i, s in enumerate(sigmas[:-1]) if probe.done_fraction(s) >= 0.5)
+    assert 0 < split < 6 and calls == ["base"] * split + ["refiner"] * (6 - split)
+    assert torch.equal(pixels(first), pixels(again))
+    assert (pixels(first) - pixels(without)).abs().mean() > 1  # the refiner changed the picture
+
+    short = HashCache(None).short(engine.ckpt_dir / "tiny-refiner.safetensors")
+    fields = parse_infotext(first.infotext)
+    assert fields["Refiner"] == f"tiny-refiner [{short}]" and fields["Refiner switch at"] == "0.5"
+    assert first.infotext.endswith(f"Refiner: tiny-refiner [{short}], Refiner switch at: 0.5")
+    # The infotext read back names the refiner by its title; the engine takes it and makes the same picture.
+    back, rest = params_from_infotext(first.infotext)
+    assert (back.refiner_checkpoint, back.refiner_switch_at, rest) == (f"tiny-refiner [{short}]", 0.5, {})
+    back.checkpoint = "tiny-sdxl.safetensors"
+    assert torch.equal(pixels(engine.txt2img(back, save=False)[0]), pixels(first))
+
+    # switch_at 1: the refiner never runs, nothing is recorded, the picture is the plain one.
+    never = engine.txt2img(dataclasses.replace(params, refiner_switch_at=1.0), save=False)[0]
+    assert "Refiner" not in never.infotext and torch.equal(pixels(never), pixels(without))
+    # a job without a refiner lets it go
+    engine.txt2img(plain, save=False)
+    assert engine.refiner is None
+
+
+def test_engine_refiner_errors_name_the_field(refiner_engine, tmp_path):
+    from core.errors import EngineError
+
+    engine = refiner_engine
+    base = GenerationParams(prompt="x", steps=2, width=32, height=32, seed=1, checkpoint="tiny-sdxl.safetensors")
+    for name, words in (("nope.safetensors", "not found"), ("../outside.safetensors", "outside the checkpoint folder")):
+        with pytest.raises(EngineError, match=rf"^refiner_checkpoint: .*{words}"):
+            engine.txt2img(dataclasses.replace(base, refiner_checkpoint=name), save=False)
+    with pytest.raises(EngineError, match="^refiner_switch_at: must be between 0 and 1"):
+        engine.txt2img(dataclasses.replace(base, refiner_checkpoint="tiny-refiner.safetensors", refiner_switch_at=1.5),
+                       save=False)
+    picture = Image.new("RGB", (32, 32), (200, 30, 30))
+    with pytest.raises(EngineError, match="^refiner_checkpoint: a refiner works with txt2img"):
+        engine.img2img(dataclasses.replace(base, refiner_checkpoint="tiny-refiner.safetensors"), picture, save=False)
+    # the main checkpoint named as its own refiner: nothing to switch to (A1111 does the same)
+    same = engine.txt2img(dataclasses.replace(base, refiner_checkpoint="tiny-sdxl.safetensors", refiner_switch_at=0.1),
+                          save=False)[0]
+    assert "Refiner" not in same.infotext
+
+
+def test_engine_refiner_in_the_hires_second_pass(refiner_engine):
+    engine = refiner_engine
+    params = GenerationParams(prompt=PROMPT, steps=4, width=32, height=32, seed=3, sampler="Euler",
+                              checkpoint="tiny-sdxl.safetensors", enable_hr=True, hr_scale=1.5,
+                              denoising_strength=0.6, refiner_checkpoint="tiny-refiner.safetensors",
+                              refiner_switch_at=0.8)
+    engine.txt2img(params, save=False)  # loads both
+    calls, hooks = unet_calls(engine)
+    try:
+        result = engine.txt2img(params, save=False)[0]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert result.image.size == (48, 48)
+    # The first pass is the base model's alone; the second (img2img from the last
+    # int(4 * 0.6) + 1 noise levels) switches where (999 - t) / 1000 reaches 0.8.
+    from core.pipelines.txt2img import RefinerSwitch, sampler_and_sigmas
+
+    _, schedule, sigmas = sampler_and_sigmas(engine.loaded.model, params, 4)
+    second = sigmas[len(sigmas) - int(0.6 * 4) - 2:]
+    probe = RefinerSwitch(None, None, 0.8, schedule, Refiner(None, None))
+    split = next(i for i, s in enumerate(second[:-1]) if probe.done_fraction(s) >= 0.8)
+    assert 0 < split < len(second) - 1
+    assert calls == ["base"] * (4 + split) + ["refiner"] * (len(second) - 1 - split)
+    assert "Hires upscale: 1.5" in result.infotext and "Refiner switch at: 0.8" in result.infotext
+
+
+def test_engine_refiner_waits_in_cpu_memory_while_the_base_samples(refiner_engine, monkeypatch):
+    """With offloading (on by default on an accelerator), the model that is not sampling is
+    moved to CPU memory: the base at the switch, back after the batch; the refiner the other way."""
+    engine = refiner_engine
+    params = GenerationParams(prompt="x", steps=3, width=32, height=32, seed=2, sampler="Euler",
+                              checkpoint="tiny-sdxl.safetensors", refiner_checkpoint="tiny-refiner.safetensors",
+                              refiner_switch_at=0.5, batch_count=2)
+    engine.txt2img(dataclasses.replace(params, batch_count=1), save=False)
+    moves = []
+    for who, loaded in (("base", engine.loaded), ("refiner", engine.refiner)):
+        original = loaded.model.to
+        monkeypatch.setattr(loaded.model, "to", lambda device, who=who, original=original: moves.append((who, str(device)))
+                            or original(device), raising=False)
+    monkeypatch.setattr(engine, "refiner_offload", True)
+    engine.txt2img(params, save=False)
+    one = [("base", "cpu"), ("refiner", "cpu"), ("refiner", "cpu"), ("base", "cpu")]
+    assert moves == one * 2  # per batch: at the switch, then home (the device is the CPU here)
+    monkeypatch.setattr(engine, "refiner_offload", False)
+    moves.clear()
+    engine.txt2img(params, save=False)
+    assert moves == []

@@ -68,14 +68,20 @@ def upscale_latents(model, latents: torch.Tensor, params: GenerationParams, size
     return torch.cat([encode(model, to_tensor(picture)) for picture in large])
 
 
-def hires_fix(model, conditioner, params: GenerationParams, seeds, callback=None, subseeds=None, upscale_pixels=None):
+def hires_fix(model, conditioner, params: GenerationParams, seeds, callback=None, subseeds=None, upscale_pixels=None,
+              refiner=None):
+    """``refiner`` (core.pipelines.txt2img.Refiner) takes part in the second pass only, as in
+    A1111 with its default ``hires_fix_refiner_pass`` ("second pass"): it takes over at
+    ``switch_at`` of that pass's noise levels, and its VAE decodes the result if it did."""
     first = sample_latents(model, conditioner, params, seeds, callback, subseeds)
     second = second_pass_params(params)
     large = upscale_latents(model, first, params, (second.width, second.height), upscale_pixels)
     latents = sample_latents(
         model, conditioner, second, seeds, callback, subseeds, init_latent=large, denoising_strength=params.denoising_strength,
+        refiner=refiner,
     )
-    return to_pil(decode_latents(model.vae, latents))
+    vae = refiner.model.vae if refiner is not None and refiner.used else model.vae
+    return to_pil(decode_latents(vae, latents))
 
 
 def hires_fields(params: GenerationParams) -> dict:

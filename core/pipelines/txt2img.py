@@ -52,12 +52,15 @@ def image_noise(model, params: GenerationParams, seeds: list[int], subseeds: lis
 @dataclass
 class Refiner:
     """The second stage of a job: ``model`` and its conditioner (core.conditioning.make_conditioner)
-    take over once ``switch_at`` of the denoising is done. ``used`` tells whether it did."""
+    take over once ``switch_at`` of the denoising is done. ``used`` tells whether it did.
+    ``on_switch`` runs just before the refiner is first called (the engine moves the models
+    between the device and CPU memory there)."""
 
     model: object
     conditioner: object
     switch_at: float = 0.8
     used: bool = False
+    on_switch: Callable[[], None] | None = None
 
 
 class RefinerSwitch:
@@ -92,6 +95,8 @@ class RefinerSwitch:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if self.second is None and self.done_fraction(sigma) >= self.switch_at:
+            if self.refiner.on_switch is not None:
+                self.refiner.on_switch()
             self.second = self.make_second()
             self.second.step = self._step
             self.second.init_latent, self.second.keep_mask = self.first.init_latent, self.first.keep_mask
