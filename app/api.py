@@ -298,8 +298,9 @@ class _GenerationRequest(_Request):
     n_iter: int | None = 1
     steps: int | None = 50
     cfg_scale: float | None = 7.0
-    width: int | None = Field(512, description="a multiple of 8")
-    height: int | None = Field(512, description="a multiple of 8")
+    width: int | None = Field(512, description="a multiple of 8; txt2img without it: the checkpoint's native size "
+                                                "(512 SD 1.x, 768 SD 2.x v, 1024 SDXL)")
+    height: int | None = Field(512, description="a multiple of 8; txt2img without it: the checkpoint's native size")
     restore_faces: bool | None = None
     tiling: bool | None = None
     do_not_save_samples: bool | None = False
@@ -314,8 +315,10 @@ class _GenerationRequest(_Request):
     override_settings: dict[str, Any] | None = Field(
         None, description="Settings (as in GET /options) for this request only, e.g. sd_model_checkpoint")
     override_settings_restore_afterwards: bool | None = True
-    refiner_checkpoint: str | None = None
-    refiner_switch_at: float | None = None
+    refiner_checkpoint: str | None = Field(None, description="txt2img: a second checkpoint (the SDXL refiner) that "
+                                                             "takes over for the last steps (GET /sd-models lists them)")
+    refiner_switch_at: float | None = Field(None, description="the fraction of the denoising done before the refiner "
+                                                              "takes over (0.8 when not given)")
     disable_extra_networks: bool | None = False
     firstpass_image: str | None = None
     comments: dict[str, Any] | None = None
@@ -538,6 +541,11 @@ def _option_specs() -> dict[str, OptionSpec]:
         "sd_vae": OptionSpec("Automatic", "SD VAE (separate VAE files are not supported yet)", str,
                              choices=("Automatic", "None")),
         "CLIP_stop_at_last_layers": OptionSpec(1, "Clip skip", int, low=1, high=12),
+        "sd_model_prediction": OptionSpec("auto", "What the checkpoint predicts: auto (from its files), eps or v "
+                                                  "(loads the checkpoint again)", str, choices=("auto", "eps", "v")),
+        "sd_noise_schedule": OptionSpec("Default", "Noise schedule: Default (as the checkpoint says) or Zero Terminal "
+                                                   "SNR (loads the checkpoint again)", str,
+                                        choices=("Default", "Zero Terminal SNR")),
         "emphasis": OptionSpec("Original", "Emphasis mode", str, choices=tuple(EMPHASIS_MODES)),
         "eta_noise_seed_delta": OptionSpec(0, "Eta noise seed delta (only 0 is supported)", int, choices=(0,)),
         "samples_format": OptionSpec("png", "File format for images", str, choices=("png",)),
@@ -849,6 +857,20 @@ def _default(model: BaseModel, name: str) -> Any:
     return value
 
 
+@dataclasses.dataclass
+class JobModel:
+    """Set-up of a job's model beyond its name: the (prediction, zero_terminal_snr) overrides
+    from override_settings (None: the engine's), and the size fields to take from the model."""
+    overrides: tuple | None = None
+    native_size: tuple[str, ...] = ()
+
+
+def model_overrides(settings: dict) -> tuple[str, bool | None]:
+    """sd_model_prediction and sd_noise_schedule -> the engine's (prediction, zero_terminal_snr):
+    "Default" leaves zero-terminal-SNR to the checkpoint (None)."""
+    return settings["sd_model_prediction"], True if settings["sd_noise_schedule"] == "Zero Terminal SNR" else None
+
+
 def _engine_lock(engine):
     lock = engine.exclusive() if hasattr(engine, "exclusive") else None
     return lock if lock is not None else contextlib.nullcontext()
@@ -875,6 +897,8 @@ class SdApi:
         self.queue = DeviceQueue(self.state)
         self.router = APIRouter(prefix=API_PREFIX, tags=["sdapi"])
         self._add_routes()
+        if hasattr(engine, "prediction"):  # the saved choice of what checkpoints predict, for the next load
+            engine.prediction, engine.zero_terminal_snr = model_overrides(self.options.values())
 
     def shutdown(self) -> None:
         with contextlib.suppress(Exception):
@@ -924,8 +948,8 @@ class SdApi:
 
     async def txt2img(self, req: StableDiffusionProcessingTxt2Img) -> TextToImageResponse:
         """Text to image (with optional hires fix)."""
-        params, restore = self._params(req, img2img=False)
-        return await self._generate("txt2img", req, params, restore)
+        params, restore, model = self._params(req, img2img=False)
+        return await self._generate("txt2img", req, params, restore, model=model)
 
     async def img2img(self, req: StableDiffusionProcessingImg2Img) -> ImageToImageResponse:
         """Image to image; with ``mask``, inpainting."""
@@ -933,14 +957,15 @@ class SdApi:
             raise ApiError(422, "init_images: give one base64 picture")
         if len(req.init_images) > 1:
             raise ApiError(422, f"init_images: one picture per request is supported, got {len(req.init_images)}")
-        params, restore = self._params(req, img2img=True)
+        params, restore, model = self._params(req, img2img=True)
         image = await run_in_threadpool(decode_image, req.init_images[0], "init_images[0]", self.limits)
         mask = await run_in_threadpool(decode_image, req.mask, "mask", self.limits) if req.mask else None
-        return await self._generate("img2img", req, params, restore, image, mask)
+        return await self._generate("img2img", req, params, restore, image, mask, model=model)
 
-    def _params(self, req: _GenerationRequest, img2img: bool) -> tuple[GenerationParams, dict]:
-        """The request as GenerationParams, checked; and the settings to keep afterwards
-        (override_settings with override_settings_restore_afterwards=false)."""
+    def _params(self, req: _GenerationRequest, img2img: bool) -> tuple[GenerationParams, dict, JobModel]:
+        """The request as GenerationParams, checked; the settings to keep afterwards
+        (override_settings with override_settings_restore_afterwards=false); and what the job
+        sets up around the model (overrides of what the checkpoint predicts, native size)."""
         if req.infotext:
             self._apply_infotext(req)
         self._refuse_unsupported(req, img2img)
@@ -1006,6 +1031,9 @@ class SdApi:
             denoising_strength=_default(req, "denoising_strength"),
             checkpoint=checkpoint,
         )
+        model = JobModel()
+        if "sd_model_prediction" in overrides or "sd_noise_schedule" in overrides:
+            model.overrides = model_overrides({**settings, **self._engine_model_options(), **overrides})
         if img2img:
             blur = req.mask_blur
             if blur is None:
@@ -1038,6 +1066,14 @@ class SdApi:
                 hr_prompt=_default(req, "hr_prompt"),
                 hr_negative_prompt=_default(req, "hr_negative_prompt"),
             )
+            if req.refiner_checkpoint not in (None, "", "None"):
+                values.update(refiner_checkpoint=self.find_checkpoint(req.refiner_checkpoint, "refiner_checkpoint"),
+                              refiner_switch_at=0.8 if req.refiner_switch_at is None else req.refiner_switch_at)
+            # Sizes the client leaves out are the checkpoint's own: known once the job has the
+            # checkpoint, checked against the limits then (8 until then).
+            model.native_size = tuple(n for n in ("width", "height")
+                                      if getattr(req, n) is None or n not in req.model_fields_set)
+            values.update({name: 8 for name in model.native_size})
         params = GenerationParams(**values)
         try:
             params.validate()
@@ -1047,7 +1083,7 @@ class SdApi:
         if params.enable_hr:
             self._check_hires_upscaler(params.hr_upscaler)
         restore = {} if _default(req, "override_settings_restore_afterwards") else overrides
-        return params, restore
+        return params, restore, model
 
     def _apply_infotext(self, req: _GenerationRequest) -> None:
         """Fields of ``req.infotext`` fill the request fields the client did not set."""
@@ -1063,7 +1099,7 @@ class SdApi:
         if isinstance(req, StableDiffusionProcessingTxt2Img):
             names.update({n: n for n in ("hr_scale", "hr_second_pass_steps", "hr_upscaler", "hr_resize_x",
                                          "hr_resize_y", "hr_sampler_name", "hr_scheduler", "hr_prompt",
-                                         "hr_negative_prompt")})
+                                         "hr_negative_prompt", "refiner_checkpoint", "refiner_switch_at")})
         fields = _infotext_fields(req.infotext)
         for attr, name in names.items():
             if name in given or name not in type(req).model_fields:
@@ -1076,6 +1112,10 @@ class SdApi:
         if "Clip skip" in fields:
             overrides = dict(req.override_settings or {})
             overrides.setdefault("CLIP_stop_at_last_layers", parsed.clip_skip)
+            req.override_settings = overrides
+        if fields.get("Noise Schedule") in OPTIONS["sd_noise_schedule"].choices:
+            overrides = dict(req.override_settings or {})
+            overrides.setdefault("sd_noise_schedule", fields["Noise Schedule"])
             req.override_settings = overrides
 
     def _refuse_unsupported(self, req: _GenerationRequest, img2img: bool) -> None:
@@ -1090,8 +1130,8 @@ class SdApi:
             raise ApiError(422, "restore_faces: face restoration is not available on this server")
         if req.tiling:
             raise ApiError(422, "tiling: seamless tiling is not supported")
-        if req.refiner_checkpoint not in (None, "", "None"):
-            raise ApiError(422, "refiner_checkpoint: a refiner is not supported")
+        if img2img and req.refiner_checkpoint not in (None, "", "None"):
+            raise ApiError(422, "refiner_checkpoint: a refiner works with txt2img (and its hires fix) only")
         if req.s_churn:
             raise ApiError(422, "s_churn: sampler churn is not supported (use 0)")
         if req.s_min_uncond:
@@ -1128,6 +1168,16 @@ class SdApi:
             if params.hr_second_pass_steps > limits.max_steps:
                 raise ApiError(422, f"hr_second_pass_steps: at most {limits.max_steps} on this server")
 
+    def _native_size(self, params: GenerationParams, names: tuple[str, ...]) -> None:
+        """Set ``names`` (width, height) of ``params`` to the job's checkpoint's native size
+        (loading it, as the job would), checked against this server's limits."""
+        with _engine_lock(self.engine):
+            loaded = self.engine.job_model(params.checkpoint)
+        size = loaded.model.spec.default_size
+        for name in names:
+            setattr(params, name, size)
+        self._check_limits(params)
+
     def _check_hires_upscaler(self, name: str) -> None:
         from core.pipelines.hires import LATENT_UPSCALE_MODES
 
@@ -1135,22 +1185,32 @@ class SdApi:
             return
         self._find_upscaler(name, "hr_upscaler")
 
-    async def _generate(self, kind: str, req, params: GenerationParams, restore: dict, image=None, mask=None):
+    async def _generate(self, kind: str, req, params: GenerationParams, restore: dict, image=None, mask=None,
+                        model: JobModel | None = None):
         save = bool(_default(req, "save_images"))
         engine, state = self.engine, self.state
+        model = model or JobModel()
 
         def on_progress(p) -> None:
             latent = p.latent if self.options.get("live_previews_enable") else None
             state.step(p.step, p.steps, p.batch, p.batches, latent)
 
         def job():
+            kept = (getattr(engine, "prediction", "auto"), getattr(engine, "zero_terminal_snr", None))
+            if model.overrides is not None:  # override_settings for this request
+                engine.prediction, engine.zero_terminal_snr = model.overrides
             try:
+                if model.native_size:
+                    self._native_size(params, model.native_size)
                 if kind == "txt2img":
                     results = engine.txt2img(params, progress=on_progress, save=save)
                 else:
                     results = engine.img2img(params, image, mask, progress=on_progress, save=save)
             except EngineError as exc:
                 raise engine_error(exc) from None
+            finally:
+                if model.overrides is not None and not {"sd_model_prediction", "sd_noise_schedule"} & set(restore):
+                    engine.prediction, engine.zero_terminal_snr = kept
             loaded = engine.loaded
             return results, loaded, state.job_timestamp
 
@@ -1323,18 +1383,41 @@ class SdApi:
         entry = self._current_checkpoint()
         values["sd_model_checkpoint"] = entry.title if entry else values["sd_model_checkpoint"]
         values["sd_checkpoint_hash"] = entry.sha256 if entry else None
-        return values
+        return {**values, **self._engine_model_options()}
+
+    def _engine_model_options(self) -> dict:
+        """sd_model_prediction and sd_noise_schedule as the engine has them (the page's Settings
+        tab may have changed them since this API read its file)."""
+        if not hasattr(self.engine, "prediction"):
+            return {}
+        return {"sd_model_prediction": self.engine.prediction,
+                "sd_noise_schedule": "Zero Terminal SNR" if self.engine.zero_terminal_snr else "Default"}
 
     async def set_options(self, req: dict[str, Any]) -> None:
         """Change settings (A1111's names); they are saved at once. Setting sd_model_checkpoint
         loads that checkpoint."""
         changes = {key: check_option(key, value) for key, value in req.items()}
+        if {"sd_model_prediction", "sd_noise_schedule"} & set(changes) and hasattr(self.engine, "prediction"):
+            wanted = model_overrides({**self.options.values(), **self._engine_model_options(), **changes})
+            reload = "sd_model_checkpoint" not in changes  # else the load below applies them
+            await self.queue.run("load checkpoint", lambda: self._set_model_overrides(*wanted, reload=reload))
         if "sd_model_checkpoint" in changes:
             name = self.find_checkpoint(changes["sd_model_checkpoint"], "sd_model_checkpoint")
             changes["sd_model_checkpoint"] = name
             await self.queue.run("load checkpoint", lambda: self._load(name))
         await run_in_threadpool(self._save_settings, changes)
         return None
+
+    def _set_model_overrides(self, prediction: str, zero_terminal_snr: bool | None, reload: bool = True) -> None:
+        """The engine's overrides; the loaded checkpoint is loaded again at once if they changed it."""
+        engine = self.engine
+        try:
+            with _engine_lock(engine):
+                engine.prediction, engine.zero_terminal_snr = prediction, zero_terminal_snr
+                if reload and engine.loaded is not None:
+                    engine.load(str(engine.loaded.path), allow_paths=True)
+        except EngineError as exc:
+            raise engine_error(exc) from None
 
     def _save_settings(self, changes: dict) -> None:
         try:

@@ -781,3 +781,124 @@ def test_api_beside_the_page(engine, serve, tmp_path, monkeypatch):
     assert server.get("/sdapi/v1/samplers").status_code == 200
     assert server.post("/sdapi/v1/txt2img", tiny()).status_code == 200
     assert server.get("/docs").status_code == 200
+
+
+# ---------------------------------------------------------------- model families: refiner, prediction, native size
+
+
+@pytest.fixture(scope="module")
+def family_engine(tiny_checkpoints, tmp_path_factory):
+    """SDXL base and refiner, and the tiny SD 1.x model with a native size of 96 in its metadata."""
+    import tiny_models
+    from safetensors.torch import load_file, save_file
+
+    from core.engine import Engine
+
+    root = tmp_path_factory.mktemp("api-families")
+    ckpts = root / "Stable-diffusion"
+    ckpts.mkdir()
+    sdxl = tiny_models.save_sdxl(root / "made")
+    refiner = tiny_models.save_sdxl(root / "made", "tiny-refiner", seed=1, refiner=True)
+    shutil.copy(sdxl["safetensors"], ckpts / "tiny-sdxl.safetensors")
+    shutil.copy(refiner["safetensors"], ckpts / "tiny-refiner.safetensors")
+    save_file(load_file(tiny_checkpoints["safetensors"]), str(ckpts / "tiny-96.safetensors"),
+              metadata={"modelspec.resolution": "96x96"})
+    (root / "no-extensions").mkdir()
+    return Engine(device="cpu", ckpt_dir=ckpts, output_dir=root / "images", hash_cache=root / "hashes.json",
+                  models_dir=root, extensions_dir=root / "no-extensions")
+
+
+@pytest.fixture
+def family_server(family_engine, tmp_path):
+    with LiveServer(create_app(family_engine, api=True, ui=False, limits=LIMITS,
+                               options_path=tmp_path / "config.json")) as server:
+        yield server
+
+
+def test_txt2img_with_the_sdxl_refiner(family_engine, family_server):
+    from core.hashing import HashCache
+
+    sdxl = {"sd_model_checkpoint": "tiny-sdxl"}
+    base = tiny(steps=4, width=48, height=48, seed=3, override_settings=sdxl)
+    plain = family_server.post("/sdapi/v1/txt2img", base)
+    assert plain.status_code == 200, plain.text
+    refined = family_server.post("/sdapi/v1/txt2img", {**base, "refiner_checkpoint": "tiny-refiner",
+                                                       "refiner_switch_at": 0.5})
+    assert refined.status_code == 200, refined.text
+    info = json.loads(refined.json()["info"])
+    short = HashCache(None).short(family_engine.ckpt_dir / "tiny-refiner.safetensors")
+    assert info["infotexts"][0].endswith(f"Refiner: tiny-refiner [{short}], Refiner switch at: 0.5")
+    assert info["extra_generation_params"]["Refiner"] == f"tiny-refiner [{short}]"
+    a, b = (pixels(unb64(r.json()["images"][0])) for r in (plain, refined))
+    assert np.abs(a - b).mean() > 1
+    assert family_engine.refiner is not None and family_engine.refiner.name == "tiny-refiner"
+
+    # its infotext gives the same picture back (the refiner named by its title)
+    again = family_server.post("/sdapi/v1/txt2img", {"infotext": info["infotexts"][0], "override_settings": sdxl})
+    assert again.status_code == 200, again.text
+    assert np.array_equal(pixels(unb64(again.json()["images"][0])), b)
+
+    for body, status, words in (
+        ({"refiner_checkpoint": "nope"}, 404, "refiner_checkpoint"),
+        ({"refiner_checkpoint": "tiny-refiner", "refiner_switch_at": 1.5}, 422, "refiner_switch_at"),
+    ):
+        response = family_server.post("/sdapi/v1/txt2img", {**base, **body})
+        assert response.status_code == status and words in response.json()["errors"], response.text
+    img2img = family_server.post("/sdapi/v1/img2img", {**base, "init_images": [b64(picture())],
+                                                       "refiner_checkpoint": "tiny-refiner"})
+    assert img2img.status_code == 422 and "refiner_checkpoint" in img2img.json()["errors"]
+
+
+def test_txt2img_without_a_size_uses_the_checkpoints_own(family_server):
+    body = {"prompt": "a cat", "steps": 1, "seed": 1, "override_settings": {"sd_model_checkpoint": "tiny-96"}}
+    made = family_server.post("/sdapi/v1/txt2img", body)
+    assert made.status_code == 200, made.text
+    assert unb64(made.json()["images"][0]).size == (96, 96)
+    info = json.loads(made.json()["info"])
+    assert (info["width"], info["height"]) == (96, 96) and "Size: 96x96" in info["infotexts"][0]
+    one = family_server.post("/sdapi/v1/txt2img", {**body, "width": 64, "height": None})
+    assert unb64(one.json()["images"][0]).size == (64, 96)
+    # SDXL's 1024 is over this server's limit of 256: refused, naming the field
+    big = family_server.post("/sdapi/v1/txt2img", {**body, "override_settings": {"sd_model_checkpoint": "tiny-sdxl"}})
+    assert big.status_code == 422 and "width: at most 256" in big.json()["errors"]
+
+
+def test_prediction_and_noise_schedule_options(family_engine, family_server, tmp_path):
+    api = family_server.client()
+    options = api.get_options()
+    assert (options["sd_model_prediction"], options["sd_noise_schedule"]) == ("auto", "Default")
+    body = tiny(override_settings={"sd_model_checkpoint": "tiny-96"})
+    auto = family_server.post("/sdapi/v1/txt2img", body).json()
+    assert family_engine.loaded.model.spec.prediction == "eps"
+
+    assert api.set_options({"sd_model_prediction": "v"}) is None
+    assert family_engine.prediction == "v"
+    assert family_engine.loaded.model.spec.prediction == "v"  # loaded again at once
+    assert api.get_options()["sd_model_prediction"] == "v"
+    assert json.loads((tmp_path / "config.json").read_text())["sd_model_prediction"] == "v"
+    v = family_server.post("/sdapi/v1/txt2img", body).json()
+    assert np.abs(pixels(unb64(v["images"][0])) - pixels(unb64(auto["images"][0]))).mean() > 1
+
+    bad = family_server.post("/sdapi/v1/options", {"sd_model_prediction": "x0"})
+    assert bad.status_code == 422 and "sd_model_prediction" in bad.json()["errors"]
+
+    assert api.set_options({"sd_noise_schedule": "Zero Terminal SNR"}) is None
+    assert family_engine.loaded.model.spec.zero_terminal_snr
+    made = family_server.post("/sdapi/v1/txt2img", body).json()
+    assert "Noise Schedule: Zero Terminal SNR" in json.loads(made["info"])["infotexts"][0]
+    # for one request only
+    once = family_server.post("/sdapi/v1/txt2img", {**body, "override_settings": {
+        "sd_model_checkpoint": "tiny-96", "sd_noise_schedule": "Default", "sd_model_prediction": "eps"}}).json()
+    assert "Noise Schedule" not in json.loads(once["info"])["infotexts"][0]
+    assert np.array_equal(pixels(unb64(once["images"][0])), pixels(unb64(auto["images"][0])))
+    assert (family_engine.prediction, family_engine.zero_terminal_snr) == ("v", True)
+
+    # a restart reads them back and hands them to the engine
+    family_server.__exit__(None, None, None)
+    family_engine.prediction, family_engine.zero_terminal_snr = "auto", None
+    with LiveServer(create_app(family_engine, api=True, ui=False, limits=LIMITS,
+                               options_path=tmp_path / "config.json")) as again:
+        assert (family_engine.prediction, family_engine.zero_terminal_snr) == ("v", True)
+        assert again.client().set_options({"sd_model_prediction": "auto", "sd_noise_schedule": "Default"}) is None
+    assert (family_engine.prediction, family_engine.zero_terminal_snr) == ("auto", None)
+    assert family_engine.loaded.model.spec.prediction == "eps"
