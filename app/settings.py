@@ -73,6 +73,21 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return check
 
 
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    """Exactly one of ``choices`` (spelled as the API spells them: the two share config.json)."""
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+    return check
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
 def _int(low: int, high: int) -> Callable[[Any], int]:
     def check(value: Any) -> int:
         if isinstance(value, bool):
@@ -141,6 +156,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("default_width", 512, "Default width", _size),
     Option("default_height", 512, "Default height", _size),
     Option("default_denoising_strength", 0.75, "Default denoising strength", _float(0.0, 1.0)),
+    Option("sd_model_prediction", "auto", "What the checkpoint predicts", _one_of("auto", "eps", "v"),
+           "auto: from its files (metadata, a .yaml beside it, SD 2.x's test pass); eps or v when that is wrong. "
+           "The checkpoint is loaded again at the next job"),
+    Option("sd_noise_schedule", "Default", "Noise schedule", _one_of("Default", "Zero Terminal SNR"),
+           "Zero Terminal SNR: for checkpoints trained with it; Default: as the checkpoint says"),
+    Option("sd_checkpoint_load_at_start", True, "Load the checkpoint when the server starts", _bool,
+           "in the background, so the first Generate need not wait for it; off: it loads on first use. "
+           "Applied at the next start"),
     Option("disabled_extensions", "", "Disabled extensions", _text,
            "names of folders in extensions/, separated by commas; applied at the next start"),
     Option("model_download_url", "", "Model download URL", _text,

@@ -8,10 +8,12 @@ previews, saves in the format the settings ask for, and moves files for the gall
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import html
 import logging
+import re
 import threading
 import time
 import traceback
@@ -39,6 +41,7 @@ INPAINT_AREAS = ("Whole picture", "Only masked")
 OUTPAINT_DIRECTIONS = ("left", "right", "up", "down")
 INPAINT_SOURCES = ("Paint the mask", "Upload a mask")
 SAME = "Use same"
+NO_REFINER = "None"
 
 COMMON_FIELDS = (
     "prompt", "negative_prompt", "styles", "checkpoint", "sampler", "scheduler", "steps", "cfg_scale",
@@ -48,8 +51,9 @@ HIRES_FIELDS = (
     "enable_hr", "hr_upscaler", "hr_second_pass_steps", "hr_denoising_strength", "hr_scale", "hr_resize_x",
     "hr_resize_y", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
 )
+REFINER_FIELDS = ("refiner_checkpoint", "refiner_switch_at")
 FORM_FIELDS = {
-    "txt2img": COMMON_FIELDS + HIRES_FIELDS,
+    "txt2img": COMMON_FIELDS + HIRES_FIELDS + REFINER_FIELDS,
     "img2img": COMMON_FIELDS + ("init_image", "resize_mode", "denoising_strength"),
     "inpaint": COMMON_FIELDS + (
         "inpaint_source", "editor", "inpaint_image", "inpaint_mask", "resize_mode", "denoising_strength",
@@ -63,7 +67,8 @@ FORM_DEFAULTS: dict[str, Any] = {
     "batch_size": 1, "seed": -1, "subseed": -1, "subseed_strength": 0.0, "clip_skip": 1,
     "enable_hr": False, "hr_upscaler": "Latent", "hr_second_pass_steps": 0, "hr_denoising_strength": 0.7,
     "hr_scale": 2.0, "hr_resize_x": 0, "hr_resize_y": 0, "hr_sampler_name": SAME, "hr_scheduler": SAME,
-    "hr_prompt": "", "hr_negative_prompt": "", "init_image": None, "resize_mode": RESIZE_MODES[0], "denoising_strength": 0.75,
+    "hr_prompt": "", "hr_negative_prompt": "", "refiner_checkpoint": NO_REFINER, "refiner_switch_at": 0.8,
+    "init_image": None, "resize_mode": RESIZE_MODES[0], "denoising_strength": 0.75,
     "inpaint_source": INPAINT_SOURCES[0], "editor": None, "inpaint_image": None, "inpaint_mask": None,
     "mask_blur": 4, "mask_mode": MASK_MODES[0], "inpainting_fill": "original", "inpaint_full_res": INPAINT_AREAS[0],
     "inpaint_full_res_padding": 32,
@@ -80,10 +85,13 @@ INFOTEXT_TO_FIELD = {
     "Hires resize-1": "hr_resize_x", "Hires resize-2": "hr_resize_y", "Hires sampler": "hr_sampler_name",
     "Hires schedule type": "hr_scheduler", "Hires prompt": "hr_prompt", "Hires negative prompt": "hr_negative_prompt",
     "Mask blur": "mask_blur", "Masked area padding": "inpaint_full_res_padding",
+    "Refiner": "refiner_checkpoint", "Refiner switch at": "refiner_switch_at",
 }
 _INT_FIELDS = {"steps", "seed", "width", "height", "clip_skip", "batch_size", "subseed", "hr_second_pass_steps",
                "hr_resize_x", "hr_resize_y", "mask_blur", "inpaint_full_res_padding"}
-_FLOAT_FIELDS = {"cfg_scale", "subseed_strength", "denoising_strength", "hr_scale"}
+_FLOAT_FIELDS = {"cfg_scale", "subseed_strength", "denoising_strength", "hr_scale", "refiner_switch_at"}
+# Settings that decide how a checkpoint is read (app/settings.py; the API has the same keys).
+MODEL_SETTINGS = ("sd_model_prediction", "sd_noise_schedule")
 
 
 def _is_engine_error(exc: BaseException) -> bool:
@@ -159,6 +167,15 @@ def progress_html(progress: Any | None, started: float | None = None, text: str 
             f'<div class="studio-progress-text">{html.escape(label)}</div></div>')
 
 
+def loading_html(name: str, fraction: float) -> str:
+    """The bar shown while a checkpoint loads: "Loading <name>… N%"."""
+    fraction = min(1.0, max(0.0, float(fraction)))
+    label = f"Loading {name}… {fraction * 100:.0f}%"
+    return (f'<div class="studio-progress studio-loading" data-fraction="{fraction:.3f}">'
+            f'<div class="studio-progress-bar" style="width:{fraction * 100:.1f}%"></div>'
+            f'<div class="studio-progress-text">{html.escape(label)}</div></div>')
+
+
 def log_html(lines: Sequence[str], error: str | None = None) -> str:
     out = []
     if error:
@@ -204,6 +221,7 @@ class StudioUI:
         self._params_cls = params_cls
         self.settings = settings if settings is not None else Settings()
         self.styles = styles if styles is not None else StyleDatabase()
+        self.apply_model_settings()
 
     @property
     def params_cls(self) -> Callable[..., Any]:
@@ -291,6 +309,45 @@ class StudioUI:
         names = [name for _, name in choices]
         value = current if current in names else (names[0] if names else None)
         return gr.Dropdown(choices=choices, value=value)
+
+    def refiner_choices(self) -> list[tuple[str, str]]:
+        """The Refiner dropdown: "None" (no refiner), then every checkpoint."""
+        return [(NO_REFINER, NO_REFINER), *self.checkpoint_choices()]
+
+    def refresh_refiners(self, current: str | None) -> Any:
+        choices = self.refiner_choices()
+        return gr.Dropdown(choices=choices, value=current if current in [n for _, n in choices] else NO_REFINER)
+
+    def native_size(self, checkpoint: str | None) -> int | None:
+        """The checkpoint's own picture size (Engine.default_size: 512 SD 1.x, 768 SD 2.x v,
+        1024 SDXL, or its metadata's), None when it cannot tell without loading it."""
+        find = getattr(self.engine, "default_size", None)
+        if find is None or not checkpoint:
+            return None
+        try:
+            return find(checkpoint)
+        except Exception as exc:  # an unreadable file: the size stays as it is
+            log.warning("could not read the size of %s: %s", checkpoint, exc)
+            return None
+
+    def follow_checkpoint_size(self, checkpoint: str | None, page_set: list | None, *sizes: Any,
+                               page_load: bool = False) -> list[Any]:
+        """Width and height follow the checkpoint: ``sizes`` are each tab's (width, height) in
+        turn; a tab whose size is still the one the page put there (``page_set``, the native
+        size it last applied; None: the Settings defaults) gets the new checkpoint's native
+        size, one the user changed is left alone. On page load the defaults from Settings win
+        unless they are the stock 512x512. -> [new page_set, width, height, width, height, ...]."""
+        native = self.native_size(checkpoint)
+        defaults = self.page_defaults()
+        default = [defaults["width"], defaults["height"]]
+        if native is None or (page_load and default != [FORM_DEFAULTS["width"], FORM_DEFAULTS["height"]]):
+            return [page_set, *[gr.skip() for _ in sizes]]
+        before = list(page_set) if page_set else default
+        out: list[Any] = [[native, native]]
+        for width, height in zip(sizes[::2], sizes[1::2]):
+            untouched = [_number(width), _number(height)] == before
+            out += [native, native] if untouched else [gr.skip(), gr.skip()]
+        return out
 
     def models_root(self) -> Path:
         ckpt_dir = getattr(self.engine, "ckpt_dir", None)
@@ -380,6 +437,10 @@ class StudioUI:
                 hr_prompt=form.get("hr_prompt") or "",
                 hr_negative_prompt=form.get("hr_negative_prompt") or "",
             )
+        if tab == "txt2img" and form.get("refiner_checkpoint") not in (None, "", NO_REFINER):
+            switch_at = form.get("refiner_switch_at")
+            kwargs.update(refiner_checkpoint=form["refiner_checkpoint"],
+                          refiner_switch_at=float(switch_at) if switch_at is not None else 0.8)
         if tab in ("img2img", "inpaint"):
             kwargs["denoising_strength"] = float(form.get("denoising_strength") if form.get("denoising_strength")
                                                  is not None else 0.75)
@@ -522,7 +583,7 @@ class StudioUI:
         skip = gr.skip()
         yield (skip, skip, "", progress_html(None, text="Starting…"), skip)
         thread.start()
-        seen_version, shown_preview = 0, None
+        seen_version, shown_preview, shown_loading = 0, None, ""
         try:
             while thread.is_alive():
                 thread.join(0.25)
@@ -535,6 +596,10 @@ class StudioUI:
                         shown_preview = preview
                         gallery_value = [(preview, "preview")]
                     yield (gallery_value, skip, skip, progress_html(progress, started), skip)
+                elif (loading := self.loading_bar()) != shown_loading:  # the job waits for a checkpoint
+                    shown_loading = loading
+                    if loading:
+                        yield (skip, skip, skip, loading, skip)
         except GeneratorExit:  # the page went away or the event was cancelled: stop the job too
             self.interrupt()
             raise
@@ -554,6 +619,87 @@ class StudioUI:
         gallery_value = [(item["path"], None) for item in job.items]
         info = job.items[0]["infotext"] if job.items else ""
         yield (gallery_value, info, log_html(notes), "", job.items)
+
+    # ------------------------------------------------------------------ loading checkpoints
+
+    def loading_bar(self) -> str:
+        """The loading bar while the engine loads a checkpoint (for whatever reason), else ""."""
+        loading = getattr(self.engine, "loading", None)
+        return loading_html(loading.name, loading.fraction) if loading is not None else ""
+
+    def model_status(self) -> str:
+        """The line under the checkpoint dropdown: the checkpoint loading (with its bar), the
+        one loaded, or that none is yet."""
+        bar = self.loading_bar()
+        if bar:
+            return bar
+        loaded = getattr(self.engine, "loaded", None)
+        if loaded is not None:
+            return f'<div class="studio-note studio-model">Loaded: {html.escape(str(loaded.name))}</div>'
+        return '<div class="studio-note studio-model">No checkpoint loaded yet: it loads on first use</div>'
+
+    def current_checkpoint(self) -> str | None:
+        """The dropdown's name of the checkpoint loading (or else loaded), None when none is or
+        it is not in the list."""
+        current = getattr(self.engine, "loading", None) or getattr(self.engine, "loaded", None)
+        resolve = getattr(self.engine, "resolve_checkpoint", None)
+        if current is None or resolve is None:
+            return None
+        for name in self.checkpoints():
+            try:
+                if Path(resolve(name)).resolve() == Path(current.path).resolve():
+                    return name
+            except Exception:  # noqa: BLE001 - a name that no longer resolves is not the loaded one
+                continue
+        return None
+
+    def watch_model(self) -> Iterator[str]:
+        """The model status, again and again while a checkpoint loads (the page opened during
+        the load at start, say), then once more."""
+        shown = None
+        while True:
+            status = self.model_status()
+            if status != shown:
+                shown = status
+                yield status
+            if getattr(self.engine, "loading", None) is None:
+                return
+            time.sleep(0.25)
+
+    def load_checkpoint(self, name: str | None) -> Iterator[str]:
+        """Load ``name`` now (the dropdown was changed), letting the previous model go, while
+        yielding the status with the loading bar. Waits for a running job (the engine's job
+        lock); a failure ends as the status and an error toast."""
+        load = getattr(self.engine, "load", None)
+        if not name or load is None:
+            yield self.model_status()
+            return
+        outcome: dict[str, BaseException] = {}
+
+        def work() -> None:
+            lock = self.engine.exclusive() if hasattr(self.engine, "exclusive") else contextlib.nullcontext()
+            try:
+                with lock:
+                    load(name)
+            except BaseException as exc:  # reported below
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=work, name="studio-load", daemon=True)
+        thread.start()
+        shown = None
+        while thread.is_alive():
+            thread.join(0.2)
+            status = self.model_status()
+            if status != shown:
+                shown = status
+                yield status
+        if "error" in outcome:
+            message = error_message(outcome["error"], f"Loading {name}")
+            if not _is_engine_error(outcome["error"]):
+                log.error("loading %s failed:\n%s", name, "".join(traceback.format_exception(outcome["error"])))
+            yield f'<div class="studio-error">{html.escape(message)}</div>'
+            raise gr.Error(message, print_exception=False)
+        yield self.model_status()
 
     def interrupt(self) -> None:
         try:
@@ -652,6 +798,14 @@ class StudioUI:
                 out["checkpoint"] = match
             else:
                 notes.append(f"Model: {parsed['Model']!r} is not in the checkpoint folder")
+        if "refiner_checkpoint" in out:
+            title = parsed["Refiner"]
+            match = self.match_checkpoint(re.sub(r" \[[0-9a-fA-F]{8,64}\]$", "", title))
+            if match:
+                out["refiner_checkpoint"] = match
+            else:
+                del out["refiner_checkpoint"]
+                notes.append(f"Refiner: {title!r} is not in the checkpoint folder")
         if "subseed_strength" in out and out["subseed_strength"] <= 0:
             out.pop("subseed", None)
         if tab == "inpaint":
@@ -864,13 +1018,29 @@ class StudioUI:
             raise gr.Error(f"Settings not saved: cannot write {self.settings.path}: {exc}",
                            print_exception=False) from None
         allow_output_folder(self.output_root())
-        if not changed:
+        reloads = self.apply_model_settings()
+        if not changed and not reloads:
             return f"Nothing changed ({self.settings.path})"
         needs_reload = [k for k in changed if k.startswith("default_")]
         text = f"Saved {len(changed)} setting(s) to {self.settings.path}; they apply to the next job"
+        if reloads:
+            text += " (which loads the checkpoint again)"
         if needs_reload:
             text += "; new defaults show when the page is reloaded"
         return text
+
+    def apply_model_settings(self) -> bool:
+        """Hand the Settings' sd_model_prediction and sd_noise_schedule to the engine; True when
+        that changes them (the engine loads the checkpoint again at the next job). The values
+        saved last, here or through the API, are the engine's."""
+        if not hasattr(self.engine, "prediction"):
+            return False
+        wanted = (self.settings["sd_model_prediction"],
+                  True if self.settings["sd_noise_schedule"] == "Zero Terminal SNR" else None)
+        if (self.engine.prediction, self.engine.zero_terminal_snr) == wanted:
+            return False
+        self.engine.prediction, self.engine.zero_terminal_snr = wanted
+        return True
 
     def page_defaults(self) -> dict[str, Any]:
         s = self.settings
@@ -903,6 +1073,13 @@ class StudioUI:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _number(value: Any) -> Any:
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return value
 
 
 def _index(value: Any, names: Sequence[str]) -> int:

@@ -28,6 +28,7 @@ from app.studio import (  # noqa: E402,F401  (re-exported for servers and tests)
     INPAINT_AREAS,
     INPAINT_SOURCES,
     MASK_MODES,
+    NO_REFINER,
     OUTPAINT_DIRECTIONS,
     RESIZE_MODES,
     SAME,
@@ -111,8 +112,12 @@ def build_ui(engine: Any, params_cls: Callable[..., Any] | None = None, settings
                 scale=6, elem_id="checkpoint",
             )
             refresh = gr.Button("↻", scale=0, elem_classes="studio-tool", elem_id="refresh_checkpoints")
-        refresh.click(ui.refresh_checkpoints, inputs=[checkpoint], outputs=[checkpoint], api_name="refresh_checkpoints",
-                      concurrency_limit=None, show_progress="hidden")
+        model_status = gr.HTML(ui.model_status(), elem_id="checkpoint_status")
+        # Choosing a checkpoint loads it at once (after a running job), with its progress.
+        checkpoint.change(ui.load_checkpoint, inputs=[checkpoint], outputs=[model_status], concurrency_id=JOB,
+                          concurrency_limit=1, show_progress="hidden")
+        refreshed = refresh.click(ui.refresh_checkpoints, inputs=[checkpoint], outputs=[checkpoint],
+                                  api_name="refresh_checkpoints", concurrency_limit=None, show_progress="hidden")
         download_notice, model_offer = download_panel(ui, checkpoint)
         demo.load(model_offer.notice, outputs=[download_notice])
 
@@ -243,19 +248,35 @@ def build_ui(engine: Any, params_cls: Callable[..., Any] | None = None, settings
 
         def on_load():
             values = ui.page_defaults()
+            current = ui.current_checkpoint()  # the dropdown shows the model loaded (or loading)
             ups = ui.upscalers()
             return [
                 *[values[key] for _, key in default_targets],
-                gr.Dropdown(choices=ui.checkpoint_choices()),
+                gr.Dropdown(choices=ui.checkpoint_choices(), **({"value": current} if current else {})),
                 *[gr.Dropdown(choices=ui.styles.names()) for _ in style_dropdowns],
                 gr.Dropdown(choices=ui.hires_upscalers()),
                 gr.Dropdown(choices=ups, value=extras_default(ups)),
+                gr.Dropdown(choices=ui.refiner_choices()),
             ]
 
+        # ---- width and height follow the checkpoint's native size while the user leaves them
+        refiner = tabs["txt2img"].fields["refiner_checkpoint"]
+        refreshed.then(ui.refresh_refiners, inputs=[refiner], outputs=[refiner], show_progress="hidden")
+        sizes = [tabs[n].fields[k] for n in GENERATION_TABS for k in ("width", "height")]
+        page_size = gr.State(None)  # the native size the page last put into the size fields
+        checkpoint.change(ui.follow_checkpoint_size, inputs=[checkpoint, page_size, *sizes],
+                          outputs=[page_size, *sizes], concurrency_limit=None, show_progress="hidden")
+
+        def follow_on_load(name, page_set, *values):
+            return ui.follow_checkpoint_size(name, page_set, *values, page_load=True)
+
         demo.load(None, js=assets["load_js"])
+        demo.load(ui.watch_model, outputs=[model_status], concurrency_limit=None, show_progress="hidden")
         demo.load(on_load, outputs=[*[c for c, _ in default_targets], checkpoint, *style_dropdowns,
-                                    tabs["txt2img"].fields["hr_upscaler"], extras["upscaler"]],
+                                    tabs["txt2img"].fields["hr_upscaler"], extras["upscaler"], refiner],
                   concurrency_limit=None, show_progress="hidden").then(
+            follow_on_load, inputs=[checkpoint, page_size, *sizes], outputs=[page_size, *sizes],
+            show_progress="hidden").then(
             None, js="() => { window.studioPageReady = true; }")
 
     demo.studio = ui  # handy for tests and scripting
@@ -386,6 +407,7 @@ def _generation_tab(ui: StudioUI, tab: _Tab, checkpoint: Any, samplers: list[str
             f["clip_skip"] = gr.Slider(1, 12, value=1, step=1, label="Clip skip", elem_id=f"{name}_clip_skip")
             if name == "txt2img":
                 _hires_inputs(ui, f, samplers, schedules)
+                _refiner_inputs(ui, f)
             if name == "inpaint":
                 _inpaint_options(f)
 
@@ -469,6 +491,18 @@ def _hires_inputs(ui: StudioUI, f: dict[str, Any], samplers: list[str], schedule
         f["hr_prompt"] = gr.Textbox(label="Hires prompt (empty = the same)", lines=1, elem_id="txt2img_hr_prompt")
         f["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt (empty = the same)", lines=1,
                                              elem_id="txt2img_hr_neg_prompt")
+
+
+def _refiner_inputs(ui: StudioUI, f: dict[str, Any]) -> None:
+    with gr.Accordion("Refiner", open=False, elem_id="txt2img_refiner"):
+        with gr.Row():
+            f["refiner_checkpoint"] = gr.Dropdown(
+                choices=ui.refiner_choices(), value=NO_REFINER, label="Refiner checkpoint",
+                info="takes over for the last steps (SDXL: the refiner); None: no refiner",
+                elem_id="txt2img_refiner_checkpoint", scale=3)
+            f["refiner_switch_at"] = gr.Slider(0.01, 1.0, value=0.8, step=0.01, label="Switch at",
+                                               info="fraction of the denoising done before it takes over; 1: never",
+                                               elem_id="txt2img_refiner_switch_at", scale=2)
 
 
 def _inpaint_inputs(f: dict[str, Any]) -> None:
@@ -720,13 +754,17 @@ def _settings_tab(ui: StudioUI, samplers: list[str], schedules: list[str]) -> di
         with gr.Column():
             gr.Markdown("### Saving images")
             for option in OPTIONS:
-                if option.key.startswith("default_"):
+                if option.key.startswith(("default_", "sd_")):
                     continue
                 components[option.key] = _setting_component(option, values[option.key], samplers, schedules)
         with gr.Column():
             gr.Markdown("### Defaults of the generation tabs")
             for option in OPTIONS:
                 if option.key.startswith("default_"):
+                    components[option.key] = _setting_component(option, values[option.key], samplers, schedules)
+            gr.Markdown("### Reading checkpoints")
+            for option in OPTIONS:
+                if option.key.startswith("sd_"):
                     components[option.key] = _setting_component(option, values[option.key], samplers, schedules)
     save = gr.Button("Apply settings", variant="primary", elem_id="settings_apply")
     status = gr.Markdown("", elem_id="settings_status")
@@ -736,10 +774,17 @@ def _settings_tab(ui: StudioUI, samplers: list[str], schedules: list[str]) -> di
     return components
 
 
+MODEL_SETTING_CHOICES = {"sd_model_prediction": ("auto", "eps", "v"),
+                         "sd_noise_schedule": ("Default", "Zero Terminal SNR")}
+
+
 def _setting_component(option: Any, value: Any, samplers: list[str], schedules: list[str]) -> Any:
     elem_id = f"setting_{option.key}"
     if option.key == "image_format":
         return gr.Radio(list(IMAGE_FORMATS), value=value, label=option.label, info=option.help, elem_id=elem_id)
+    if option.key in MODEL_SETTING_CHOICES:
+        return gr.Radio(list(MODEL_SETTING_CHOICES[option.key]), value=value, label=option.label, info=option.help,
+                        elem_id=elem_id)
     if option.key == "default_sampler":
         return gr.Dropdown(samplers, value=value, label=option.label, elem_id=elem_id)
     if option.key == "default_scheduler":

@@ -781,3 +781,218 @@ def test_disabled_extensions_setting_reaches_the_engine(tmp_path, monkeypatch):
                                   ui_settings_file=tmp_path / "config.json", lora_dir=None)
     assert server.serve(args) == 0
     assert made["disabled_extensions"] == {"prompt_history", "lora"}
+
+
+# ------------------------------------------------------------------ model families: refiner, native size, settings
+
+
+def test_refiner_fields_become_params_and_come_back_from_infotext(tmp_path, studio):
+    from app.webui import build_ui
+
+    demo = build_ui(FakeEngine(tmp_path), settings=Settings(tmp_path / "c.json"), styles=StyleDatabase(tmp_path / "s.csv"))
+    blocks = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    assert [c[1] for c in blocks["txt2img_refiner_checkpoint"].choices] == ["None", "sd15.safetensors", "sub/other.ckpt"]
+    assert blocks["txt2img_refiner_checkpoint"].value == "None" and blocks["txt2img_refiner_switch_at"].value == 0.8
+
+    off = studio.make_params("txt2img", studio.form("txt2img", {}))
+    assert off.refiner_checkpoint is None
+    on = studio.make_params("txt2img", studio.form("txt2img", dict(refiner_checkpoint="sub/other.ckpt",
+                                                                   refiner_switch_at=0.6)))
+    assert (on.refiner_checkpoint, on.refiner_switch_at) == ("sub/other.ckpt", 0.6)
+    assert studio.make_params("img2img", studio.form("img2img", {})).refiner_checkpoint is None
+
+    text = INFOTEXT + ", Refiner: other [0123456789], Refiner switch at: 0.7"
+    fields, notes = studio.fields_from_infotext(text, "txt2img")
+    assert (fields["refiner_checkpoint"], fields["refiner_switch_at"], notes) == ("sub/other.ckpt", 0.7, [])
+    fields, notes = studio.fields_from_infotext(INFOTEXT + ", Refiner: gone [0123456789]", "txt2img")
+    assert "refiner_checkpoint" not in fields and notes == ["Refiner: 'gone [0123456789]' is not in the checkpoint folder"]
+
+
+def test_size_follows_the_checkpoint_until_the_user_changes_it(studio):
+    native = {"sd15.safetensors": 512, "sub/other.ckpt": 1024, "v2.safetensors": None}
+    studio.engine.default_size = native.get
+    skip = gr.skip()
+    # three tabs' (width, height); the second tab's size was changed by the user
+    out = studio.follow_checkpoint_size("sub/other.ckpt", None, 512, 512, 640, 512, 512, 512)
+    assert out[0] == [1024, 1024] and out[1:3] == [1024, 1024] and out[5:] == [1024, 1024]
+    assert all(isinstance(v, type(skip)) for v in out[3:5])
+    out = studio.follow_checkpoint_size("sd15.safetensors", [1024, 1024], 1024.0, 1024.0, 640, 512, 1024, 768)
+    assert out[0] == [512, 512] and out[1:3] == [512, 512]
+    assert all(isinstance(v, type(skip)) for v in out[3:])
+    # a size that cannot be read from the file: nothing changes
+    out = studio.follow_checkpoint_size("v2.safetensors", [512, 512], 512, 512, 512, 512, 512, 512)
+    assert out[0] == [512, 512] and all(isinstance(v, type(skip)) for v in out[1:])
+    # on page load only while the Settings' default size is the stock 512x512
+    assert studio.follow_checkpoint_size("sub/other.ckpt", None, 512, 512, page_load=True)[:3] == [[1024, 1024], 1024, 1024]
+    studio.settings.update({"default_width": 640})
+    out = studio.follow_checkpoint_size("sub/other.ckpt", None, 640, 512, page_load=True)
+    assert out[0] is None and all(isinstance(v, type(skip)) for v in out[1:])
+
+
+def test_model_settings_reach_the_engine_and_are_saved(tmp_path):
+    from app.webui import build_ui
+
+    engine = FakeEngine(tmp_path)
+    engine.prediction, engine.zero_terminal_snr = "auto", None
+    settings = Settings(tmp_path / "config.json")
+    ui = StudioUI(engine, settings=settings, styles=StyleDatabase(tmp_path / "s.csv"))
+    message = ui.apply_settings(["sd_model_prediction", "sd_noise_schedule"], ["v", "Zero Terminal SNR"])
+    assert "Saved 2 setting(s)" in message and "loads the checkpoint again" in message
+    assert (engine.prediction, engine.zero_terminal_snr) == ("v", True)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert (saved["sd_model_prediction"], saved["sd_noise_schedule"]) == ("v", "Zero Terminal SNR")
+    with pytest.raises(gr.Error, match="What the checkpoint predicts: must be one of auto, eps, v"):
+        ui.apply_settings(["sd_model_prediction"], ["x0"])
+    # the next start hands the saved values to the engine
+    fresh = FakeEngine(tmp_path)
+    fresh.prediction, fresh.zero_terminal_snr = "auto", None
+    StudioUI(fresh, settings=Settings(tmp_path / "config.json"), styles=StyleDatabase(tmp_path / "s.csv"))
+    assert (fresh.prediction, fresh.zero_terminal_snr) == ("v", True)
+    demo = build_ui(fresh, settings=Settings(tmp_path / "config.json"), styles=StyleDatabase(tmp_path / "s.csv"))
+    radio = demo.studio_settings_components["sd_model_prediction"]
+    assert isinstance(radio, gr.Radio) and radio.value == "v"
+    assert [c[0] for c in demo.studio_settings_components["sd_noise_schedule"].choices] == ["Default", "Zero Terminal SNR"]
+
+
+def test_real_native_size_is_read_from_the_file(real_studio):
+    assert real_studio.native_size("tiny.safetensors") == 512
+    assert real_studio.native_size("nope.safetensors") is None  # an unknown name leaves the size alone
+
+
+# ------------------------------------------------------------------ loading checkpoints
+
+
+class LoadingEngine(FakeEngine):
+    """A FakeEngine whose checkpoints take a while to load and say so as core's Engine does:
+    ``loading`` (name, path, fraction) while it reads, ``loaded`` after, one job lock."""
+
+    def __init__(self, root: Path, load_steps: int = 5):
+        super().__init__(root)
+        self.loading = None
+        self.loaded = None
+        self.load_steps = load_steps
+        self.lock = threading.Lock()
+
+    def exclusive(self):
+        return self.lock
+
+    def resolve_checkpoint(self, name, allow_paths=False):
+        if name not in self.list_checkpoints():
+            raise EngineError(f"checkpoint: {name!r} not found in {self.ckpt_dir}")
+        return self.ckpt_dir / name
+
+    def load(self, name, allow_paths=False):
+        path = self.resolve_checkpoint(name)
+        if self.loaded is not None and self.loaded.path == path:
+            return self.loaded
+        self.loaded = None
+        self.loading = types.SimpleNamespace(name=Path(name).stem, path=path, fraction=0.0)
+        try:
+            for step in range(1, self.load_steps + 1):
+                time.sleep(0.12)
+                self.loading.fraction = step / self.load_steps
+        finally:
+            self.loading = None
+        self.loaded = types.SimpleNamespace(name=Path(name).stem, path=path)
+        return self.loaded
+
+    def _make(self, kind, params, progress, save, image=None, mask=None):
+        with self.lock:
+            self.load(params.checkpoint or self.list_checkpoints()[0])
+            return super()._make(kind, params, progress, save, image, mask)
+
+
+def loading_studio(tmp_path) -> StudioUI:
+    return StudioUI(LoadingEngine(tmp_path), settings=Settings(tmp_path / "config.json"),
+                    styles=StyleDatabase(tmp_path / "styles.csv"))
+
+
+def percents(texts) -> list[int]:
+    import re
+
+    return [int(m.group(1)) for t in texts for m in [re.search(r"Loading \w+… (\d+)%", t)] if m]
+
+
+def test_loading_bar_reads_well():
+    from app.studio import loading_html
+
+    bar = loading_html("sd15 <b>", 0.426)
+    assert "Loading sd15 &lt;b&gt;… 43%" in bar and 'data-fraction="0.426"' in bar and "width:42.6%" in bar
+    assert 'data-fraction="1.000"' in loading_html("x", 1.7)
+
+
+def test_choosing_a_checkpoint_loads_it_with_a_progress_bar(tmp_path):
+    ui = loading_studio(tmp_path)
+    assert "No checkpoint loaded yet" in ui.model_status() and ui.current_checkpoint() is None
+    updates = list(ui.load_checkpoint("sub/other.ckpt"))
+    shown = percents(updates)
+    assert len(shown) >= 2 and shown == sorted(shown) and shown[-1] >= 60  # the bar rose while it loaded
+    assert all("studio-progress-bar" in u for u in updates if "Loading" in u)
+    assert "Loaded: other" in updates[-1]
+    assert ui.engine.loaded.name == "other" and ui.current_checkpoint() == "sub/other.ckpt"
+    # switching back: the other one is let go, the first is loaded
+    *_, last = ui.load_checkpoint("sd15.safetensors")
+    assert "Loaded: sd15" in last and ui.current_checkpoint() == "sd15.safetensors"
+    # the same again: nothing to load, the status at once
+    assert list(ui.load_checkpoint("sd15.safetensors"))[-1] == last
+
+
+def test_a_checkpoint_that_cannot_load_is_a_message(tmp_path):
+    ui = loading_studio(tmp_path)
+    run = ui.load_checkpoint("gone.safetensors")
+    updates = []
+    with pytest.raises(gr.Error, match="'gone.safetensors' not found"):
+        for update in run:
+            updates.append(update)
+    assert "studio-error" in updates[-1] and "not found" in updates[-1]
+    assert ui.engine.loaded is None and ui.engine.loading is None
+
+
+def test_a_job_shows_the_loading_bar_before_its_steps(tmp_path):
+    ui = loading_studio(tmp_path)
+    updates = list(ui.stream("txt2img", dict(prompt="a cat", checkpoint="sub/other.ckpt", steps=3, width=64,
+                                             height=64, seed=5)))
+    texts = [u[3] for u in updates if isinstance(u[3], str)]
+    loading = [i for i, t in enumerate(texts) if "Loading other…" in t]
+    steps = [i for i, t in enumerate(texts) if "Step" in t]
+    assert loading and steps and max(loading) < min(steps)
+    assert updates[-1][4][0]["seed"] == 5
+
+
+def test_the_page_follows_a_load_started_elsewhere(tmp_path):
+    """A page opened while the server loads at start sees the bar, then the loaded model."""
+    ui = loading_studio(tmp_path)
+    loader = threading.Thread(target=ui.engine.load, args=("sd15.safetensors",))
+    loader.start()
+    while ui.engine.loading is None and loader.is_alive():
+        time.sleep(0.01)
+    assert ui.current_checkpoint() == "sd15.safetensors"  # what on_load puts in the dropdown
+    updates = list(ui.watch_model())
+    loader.join()
+    assert percents(updates) and "Loaded: sd15" in updates[-1]
+
+
+def test_page_wires_the_checkpoint_status_and_the_load_at_start_setting(tmp_path):
+    from app.webui import build_ui
+
+    demo = build_ui(LoadingEngine(tmp_path), settings=Settings(tmp_path / "c.json"),
+                    styles=StyleDatabase(tmp_path / "s.csv"))
+    status = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "checkpoint_status")
+    checkpoint = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "checkpoint")
+    loads = [fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "load_checkpoint"]
+    assert len(loads) == 1
+    (load,) = loads
+    assert load.targets == [(checkpoint._id, "change")]
+    assert [o._id for o in load.outputs] == [status._id]
+    assert (load.concurrency_id, load.concurrency_limit) == ("studio-job", 1)  # after a running job
+    setting = demo.studio_settings_components["sd_checkpoint_load_at_start"]
+    assert isinstance(setting, gr.Checkbox) and setting.value is True
+
+
+def test_real_checkpoint_switch_through_the_page(real_studio):
+    engine = real_studio.engine
+    engine.unload()
+    assert "No checkpoint loaded yet" in real_studio.model_status()
+    *_, last = real_studio.load_checkpoint("tiny.safetensors")
+    assert "Loaded: tiny" in last and engine.loaded.name == "tiny" and engine.loading is None
+    assert real_studio.current_checkpoint() == "tiny.safetensors"
