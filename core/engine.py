@@ -130,6 +130,9 @@ class Engine:
         self.refiner: LoadedModel | None = None
         self.refiner_offload = self.device.type != "cpu"
         self.demo_checkpoint = DEMO_CHECKPOINT
+        from core.upscaling.x4 import X4Kind
+
+        self._x4 = X4Kind()  # tells x4 upscaler checkpoints apart, to keep them out of the list
         self.flags = JobFlags()
         self._lock = threading.Lock()
         self.tokenizer = load_clip_tokenizer()
@@ -152,10 +155,12 @@ class Engine:
         found = []
         for path in sorted(self.ckpt_dir.rglob("*")):
             if path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES and not _inside_diffusers_folder(path, self.ckpt_dir):
-                found.append(path.relative_to(self.ckpt_dir).as_posix())
+                found.append(path)
             elif path.is_dir() and (path / "model_index.json").is_file():
-                found.append(path.relative_to(self.ckpt_dir).as_posix())
-        return found
+                found.append(path)
+        # The x4 upscaler often sits among the checkpoints but only upscales: it is listed with
+        # the upscalers instead (core/upscaling/x4.py; header reads, cached per file).
+        return [path.relative_to(self.ckpt_dir).as_posix() for path in found if not self._x4.is_x4(path)]
 
     def resolve_checkpoint(self, name: str, allow_paths: bool = False, field: str = "checkpoint") -> Path:
         """A name from list_checkpoints() (or, for trusted callers, any path) -> a checked path.

@@ -189,3 +189,12 @@ def test_page_and_api_list_it_and_the_api_upscales_through_it(root, upscaler, tm
         # The API's default tile (256) holds the whole 32x24 picture: the untiled result.
         assert np.array_equal(as_array(result), as_array(upscaler.upscale(picture(), (4 * W, 4 * H), tile=0, overlap=0)))
         assert "Postprocess upscaler: tiny-x4" in answer.json()["html_info"]
+
+
+def test_the_engine_lists_x4_checkpoints_as_upscalers_not_as_checkpoints(root, tmp_path):
+    from core.demo import is_demo
+    from core.engine import Engine
+
+    engine = Engine(device="cpu", ckpt_dir=root / "Stable-diffusion", models_dir=root, output_dir=tmp_path / "out",
+                    hash_cache=tmp_path / "h.json")
+    assert [n for n in engine.list_checkpoints() if not is_demo(n)] == ["tiny-sd2.safetensors"]
