@@ -14,10 +14,13 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import json
 import logging
 import os
 import secrets
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -144,6 +147,58 @@ class BodyLimitMiddleware:
 
 
 # ---------------------------------------------------------------------------------------------
+# Loading the checkpoint when the server starts
+# ---------------------------------------------------------------------------------------------
+
+
+def startup_checkpoint(engine, settings_path: str | os.PathLike) -> str | None:
+    """The checkpoint to load as the server starts, or None: the setting
+    ``sd_checkpoint_load_at_start`` is off, or there is no checkpoint. It is the one the API's
+    ``sd_model_checkpoint`` (kept in the same config.json) names, when that still resolves,
+    else the first listed: the one the page's dropdown shows and a job would load."""
+    from app.settings import Settings
+
+    if not Settings(settings_path)["sd_checkpoint_load_at_start"]:
+        return None
+    try:
+        stored = json.loads(Path(settings_path).read_text(encoding="utf-8"))
+        chosen = stored.get("sd_model_checkpoint") if isinstance(stored, dict) else None
+    except (OSError, ValueError):
+        chosen = None
+    if isinstance(chosen, str) and chosen:
+        try:
+            engine.resolve_checkpoint(chosen)
+            return chosen
+        except Exception as exc:  # noqa: BLE001 - gone or renamed: fall back to the first
+            log.warning("sd_model_checkpoint %r: %s; loading the first checkpoint instead", chosen, exc)
+    names = engine.list_checkpoints()
+    return names[0] if names else None
+
+
+def preload_checkpoint(engine, name: str) -> threading.Thread:
+    """Load ``name`` (and its hash, which the first job's infotext needs) in a background
+    thread under the engine's job lock: the server answers at once, a job sent meanwhile
+    waits for the load instead of starting its own, and the page shows the load's progress
+    (engine.loading). A failure is logged; the next job tries again and reports it."""
+    def work() -> None:
+        started = time.monotonic()
+        print(f"Loading checkpoint {name} in the background…", flush=True)
+        try:
+            with engine.exclusive():
+                loaded = engine.load(name)
+                engine.model_hash()
+        except Exception as exc:  # noqa: BLE001 - the server stays up; the page and API say why later
+            log.error("loading %s at start failed: %s", name, exc)
+            print(f"Loading checkpoint {name} failed: {exc}", flush=True)
+            return
+        print(f"Loaded checkpoint {loaded.name} in {time.monotonic() - started:.1f}s", flush=True)
+
+    thread = threading.Thread(target=work, name="preload-checkpoint", daemon=True)
+    thread.start()
+    return thread
+
+
+# ---------------------------------------------------------------------------------------------
 # The app
 # ---------------------------------------------------------------------------------------------
 
@@ -159,12 +214,15 @@ def create_app(
     cmd_flags: dict | None = None,
     allowed_paths: Iterable[str | os.PathLike] | None = None,
     models_root: str | os.PathLike | None = None,
+    load_checkpoint: str | None = None,
 ) -> FastAPI:
     """A FastAPI app around one engine: the REST API under /sdapi/v1 (``api``), the Gradio page
     at / (``ui``), both behind HTTP Basic auth when ``auth`` ({user: password}) is given.
 
     ``options_path``: the JSON file the API's settings persist to (None: kept in memory);
-    ``limits``: an ``app.api.ApiLimits``; ``cmd_flags``: what /cmd-flags reports."""
+    ``limits``: an ``app.api.ApiLimits``; ``cmd_flags``: what /cmd-flags reports;
+    ``load_checkpoint``: a checkpoint to load in the background once the app has started
+    (``app.state.preload`` is its thread)."""
     if not api and not ui:
         raise ValueError("create_app: nothing to serve (api and ui are both off)")
     sd_api = None
@@ -177,6 +235,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
+        if load_checkpoint:
+            _app.state.preload = preload_checkpoint(engine, load_checkpoint)
         yield
         if sd_api is not None:
             sd_api.shutdown()
@@ -192,6 +252,7 @@ def create_app(
     )
     app.state.sdapi = sd_api
     app.state.engine = engine
+    app.state.preload = None
     if sd_api is not None:
         from app.api import install_error_handlers
 
@@ -268,7 +329,7 @@ def serve(args: Any) -> int:
     settings = getattr(args, "ui_settings_file", None) or default_settings_file()
     flags = {k: v for k, v in vars(args).items()} if hasattr(args, "__dict__") else {}
     app = create_app(engine, api=api, ui=ui, auth=credentials or None, options_path=settings, cmd_flags=flags,
-                     allowed_paths=[Path(args.outdir)])
+                     allowed_paths=[Path(args.outdir)], load_checkpoint=startup_checkpoint(engine, settings))
     host = "0.0.0.0" if getattr(args, "listen", False) else "127.0.0.1"
     port = int(args.port)
     parts = (["page: /"] if ui else []) + (["API: /sdapi/v1, docs: /docs"] if api else [])

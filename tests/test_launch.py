@@ -506,6 +506,9 @@ def test_server_serve_binds_host_and_port_and_reports_engine_errors(monkeypatch,
             if kwargs["device"] == "mps":
                 raise StubEngineError("MPS is not available on this machine")
 
+        def list_checkpoints(self):
+            return ["first.safetensors", "second.safetensors"]
+
     monkeypatch.setitem(sys.modules, "core.engine", types.SimpleNamespace(Engine=StubEngine))
     monkeypatch.setitem(sys.modules, "core.errors", types.SimpleNamespace(EngineError=StubEngineError))
     monkeypatch.setattr(server, "create_app", lambda engine, **kw: ("app", engine, kw))
@@ -526,6 +529,11 @@ def test_server_serve_binds_host_and_port_and_reports_engine_errors(monkeypatch,
     _, _, options = served[0][0]
     assert (options["api"], options["ui"]) == (False, True)
     assert tmp_path / "out" in options["allowed_paths"]
+    assert options["load_checkpoint"] == "first.safetensors"  # sd_checkpoint_load_at_start is on by default
+    (tmp_path / "config.json").write_text('{"sd_checkpoint_load_at_start": false}')
+    assert server.serve(args()) == 0
+    assert served[-1][0][2]["load_checkpoint"] is None
+    served.pop()
 
     assert server.serve(args(device="mps")) == 1
     assert server.serve(args(listen=True)) == 2

@@ -772,6 +772,9 @@ def test_disabled_extensions_setting_reaches_the_engine(tmp_path, monkeypatch):
         def __init__(self, **kwargs):
             made.update(kwargs)
 
+        def list_checkpoints(self):
+            return []
+
     import core.engine
     monkeypatch.setattr(core.engine, "Engine", StubEngine)
     monkeypatch.setattr(server, "run_uvicorn", lambda app, host, port: 0)
