@@ -242,3 +242,18 @@ def test_img2img_input_with_fp16_vae_overflow_is_finite_and_noted(tiny_sdxl):
     prepared = prepare_input(model, job, picture())
     assert prepared.init_latent.shape == (1, 4, 8, 8) and torch.isfinite(prepared.init_latent).all()
     assert any("overflowed in float16 while encoding" in note for note in prepared.notes)
+
+
+def test_txt2img_grey_latent_for_inpainting_checkpoints_survives_an_fp16_overflow(tiny_sdxl):
+    """txt2img with an inpainting checkpoint encodes a grey picture: the same retry applies."""
+    import torch
+
+    from core.pipelines.txt2img import blank_inpainting_conditioning
+
+    model = overflowing_fp16_model(tiny_sdxl)
+    with torch.no_grad():
+        model.vae.encoder.conv_in.bias.fill_(6e4)  # a grey (zero) picture overflows through the bias
+        assert not torch.isfinite(model.vae.encode(torch.zeros(1, 3, 64, 64, dtype=torch.float16))).all()
+    conditioning = blank_inpainting_conditioning(model, 2, 64, 64)
+    assert torch.isfinite(conditioning).all() and conditioning.shape[:2] == (2, 5)
+    assert model.vae.dtype == torch.float32

@@ -16,7 +16,7 @@ import torch
 from core.conditioning import TextConditioner
 from core.errors import EngineError
 from core.params import GenerationParams
-from core.pipelines.common import decode_latents
+from core.pipelines.common import decode_latents, encode_pixels
 from core.pipelines.guidance import build_guided_denoiser, prepare_prompt
 from core.sampling.denoiser import DiscreteDenoiser
 from core.sampling.noise import ImageNoise
@@ -174,7 +174,7 @@ def blank_inpainting_conditioning(model, n: int, height: int, width: int) -> tor
     """An inpainting checkpoint used for txt2img: "repaint everything" (mask of ones) over the
     latent of a mid-grey picture, as A1111 does."""
     grey = torch.zeros(1, 3, height, width, device=model.alphas_cumprod.device)
-    latent = model.vae.encode(grey).float()
+    latent = encode_pixels(model.vae, grey)  # with the fp16-overflow retry
     mask = torch.ones_like(latent[:, :1])
     return torch.cat([mask, latent], dim=1).expand(n, -1, -1, -1)
 
