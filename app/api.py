@@ -1362,8 +1362,11 @@ class SdApi:
         image = None
         if state["job_count"] and not skip_current_image and self.options.get("live_previews_enable"):
             image = self.state.preview()
-        return ProgressResponse(progress=done, eta_relative=eta, state=state, current_image=image,
-                                textinfo=self.state.textinfo)
+        textinfo = self.state.textinfo
+        loading = getattr(self.engine, "loading", None)
+        if loading is not None:  # a checkpoint being read (at start, on a switch, or for this job)
+            textinfo = f"Loading {loading.name}: {loading.fraction:.0%}"
+        return ProgressResponse(progress=done, eta_relative=eta, state=state, current_image=image, textinfo=textinfo)
 
     def interrupt(self) -> dict:
         """Stop the running job after its current step; no further batches are made."""

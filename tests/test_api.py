@@ -902,3 +902,15 @@ def test_prediction_and_noise_schedule_options(family_engine, family_server, tmp
         assert again.client().set_options({"sd_model_prediction": "auto", "sd_noise_schedule": "Default"}) is None
     assert (family_engine.prediction, family_engine.zero_terminal_snr) == ("auto", None)
     assert family_engine.loaded.model.spec.prediction == "eps"
+
+
+def test_progress_tells_a_checkpoint_load(shared, engine):
+    """While the engine reads a checkpoint (at start, on a switch, for a job), /progress says so."""
+    from core.engine import Loading
+
+    engine.loading = Loading("big-model", Path("big-model.safetensors"), 0.42)
+    try:
+        assert shared.get("/sdapi/v1/progress").json()["textinfo"] == "Loading big-model: 42%"
+    finally:
+        engine.loading = None
+    assert shared.get("/sdapi/v1/progress").json()["textinfo"] != "Loading big-model: 42%"
