@@ -315,7 +315,7 @@ class _GenerationRequest(_Request):
     override_settings: dict[str, Any] | None = Field(
         None, description="Settings (as in GET /options) for this request only, e.g. sd_model_checkpoint")
     override_settings_restore_afterwards: bool | None = True
-    refiner_checkpoint: str | None = Field(None, description="txt2img: a second checkpoint (the SDXL refiner) that "
+    refiner_checkpoint: str | None = Field(None, description="a second checkpoint (the SDXL refiner) that "
                                                              "takes over for the last steps (GET /sd-models lists them)")
     refiner_switch_at: float | None = Field(None, description="the fraction of the denoising done before the refiner "
                                                               "takes over (0.8 when not given)")
@@ -1052,7 +1052,10 @@ class SdApi:
                 inpaint_full_res_padding=_default(req, "inpaint_full_res_padding"),
                 inpainting_mask_invert=invert,
             )
-        else:
+        if req.refiner_checkpoint not in (None, "", "None"):
+            values.update(refiner_checkpoint=self.find_checkpoint(req.refiner_checkpoint, "refiner_checkpoint"),
+                          refiner_switch_at=0.8 if req.refiner_switch_at is None else req.refiner_switch_at)
+        if not img2img:
             hr_upscaler = req.hr_upscaler or "Latent"
             values.update(
                 enable_hr=_default(req, "enable_hr"),
@@ -1066,9 +1069,6 @@ class SdApi:
                 hr_prompt=_default(req, "hr_prompt"),
                 hr_negative_prompt=_default(req, "hr_negative_prompt"),
             )
-            if req.refiner_checkpoint not in (None, "", "None"):
-                values.update(refiner_checkpoint=self.find_checkpoint(req.refiner_checkpoint, "refiner_checkpoint"),
-                              refiner_switch_at=0.8 if req.refiner_switch_at is None else req.refiner_switch_at)
             # Sizes the client leaves out are the checkpoint's own: known once the job has the
             # checkpoint, checked against the limits then (8 until then).
             model.native_size = tuple(n for n in ("width", "height")
@@ -1130,8 +1130,6 @@ class SdApi:
             raise ApiError(422, "restore_faces: face restoration is not available on this server")
         if req.tiling:
             raise ApiError(422, "tiling: seamless tiling is not supported")
-        if img2img and req.refiner_checkpoint not in (None, "", "None"):
-            raise ApiError(422, "refiner_checkpoint: a refiner works with txt2img (and its hires fix) only")
         if req.s_churn:
             raise ApiError(422, "s_churn: sampler churn is not supported (use 0)")
         if req.s_min_uncond:

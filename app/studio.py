@@ -54,12 +54,12 @@ HIRES_FIELDS = (
 REFINER_FIELDS = ("refiner_checkpoint", "refiner_switch_at")
 FORM_FIELDS = {
     "txt2img": COMMON_FIELDS + HIRES_FIELDS + REFINER_FIELDS,
-    "img2img": COMMON_FIELDS + ("init_image", "resize_mode", "denoising_strength"),
+    "img2img": COMMON_FIELDS + ("init_image", "resize_mode", "denoising_strength") + REFINER_FIELDS,
     "inpaint": COMMON_FIELDS + (
         "inpaint_source", "editor", "inpaint_image", "inpaint_mask", "resize_mode", "denoising_strength",
         "mask_blur", "mask_mode", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
         "outpaint_directions", "outpaint_pixels",
-    ),
+    ) + REFINER_FIELDS,
 }
 FORM_DEFAULTS: dict[str, Any] = {
     "prompt": "", "negative_prompt": "", "styles": [], "checkpoint": None, "sampler": "Euler",
@@ -437,7 +437,7 @@ class StudioUI:
                 hr_prompt=form.get("hr_prompt") or "",
                 hr_negative_prompt=form.get("hr_negative_prompt") or "",
             )
-        if tab == "txt2img" and form.get("refiner_checkpoint") not in (None, "", NO_REFINER):
+        if form.get("refiner_checkpoint") not in (None, "", NO_REFINER):
             switch_at = form.get("refiner_switch_at")
             kwargs.update(refiner_checkpoint=form["refiner_checkpoint"],
                           refiner_switch_at=float(switch_at) if switch_at is not None else 0.8)

@@ -256,12 +256,13 @@ def build_ui(engine: Any, params_cls: Callable[..., Any] | None = None, settings
                 *[gr.Dropdown(choices=ui.styles.names()) for _ in style_dropdowns],
                 gr.Dropdown(choices=ui.hires_upscalers()),
                 gr.Dropdown(choices=ups, value=extras_default(ups)),
-                gr.Dropdown(choices=ui.refiner_choices()),
+                *[gr.Dropdown(choices=ui.refiner_choices()) for _ in refiners],
             ]
 
         # ---- width and height follow the checkpoint's native size while the user leaves them
-        refiner = tabs["txt2img"].fields["refiner_checkpoint"]
-        refreshed.then(ui.refresh_refiners, inputs=[refiner], outputs=[refiner], show_progress="hidden")
+        refiners = [tabs[n].fields["refiner_checkpoint"] for n in GENERATION_TABS]
+        for refiner in refiners:
+            refreshed.then(ui.refresh_refiners, inputs=[refiner], outputs=[refiner], show_progress="hidden")
         sizes = [tabs[n].fields[k] for n in GENERATION_TABS for k in ("width", "height")]
         page_size = gr.State(None)  # the native size the page last put into the size fields
         checkpoint.change(ui.follow_checkpoint_size, inputs=[checkpoint, page_size, *sizes],
@@ -273,7 +274,7 @@ def build_ui(engine: Any, params_cls: Callable[..., Any] | None = None, settings
         demo.load(None, js=assets["load_js"])
         demo.load(ui.watch_model, outputs=[model_status], concurrency_limit=None, show_progress="hidden")
         demo.load(on_load, outputs=[*[c for c, _ in default_targets], checkpoint, *style_dropdowns,
-                                    tabs["txt2img"].fields["hr_upscaler"], extras["upscaler"], refiner],
+                                    tabs["txt2img"].fields["hr_upscaler"], extras["upscaler"], *refiners],
                   concurrency_limit=None, show_progress="hidden").then(
             follow_on_load, inputs=[checkpoint, page_size, *sizes], outputs=[page_size, *sizes],
             show_progress="hidden").then(
@@ -407,7 +408,7 @@ def _generation_tab(ui: StudioUI, tab: _Tab, checkpoint: Any, samplers: list[str
             f["clip_skip"] = gr.Slider(1, 12, value=1, step=1, label="Clip skip", elem_id=f"{name}_clip_skip")
             if name == "txt2img":
                 _hires_inputs(ui, f, samplers, schedules)
-                _refiner_inputs(ui, f)
+            _refiner_inputs(ui, f, name)
             if name == "inpaint":
                 _inpaint_options(f)
 
@@ -493,16 +494,16 @@ def _hires_inputs(ui: StudioUI, f: dict[str, Any], samplers: list[str], schedule
                                              elem_id="txt2img_hr_neg_prompt")
 
 
-def _refiner_inputs(ui: StudioUI, f: dict[str, Any]) -> None:
-    with gr.Accordion("Refiner", open=False, elem_id="txt2img_refiner"):
+def _refiner_inputs(ui: StudioUI, f: dict[str, Any], name: str) -> None:
+    with gr.Accordion("Refiner", open=False, elem_id=f"{name}_refiner"):
         with gr.Row():
             f["refiner_checkpoint"] = gr.Dropdown(
                 choices=ui.refiner_choices(), value=NO_REFINER, label="Refiner checkpoint",
                 info="takes over for the last steps (SDXL: the refiner); None: no refiner",
-                elem_id="txt2img_refiner_checkpoint", scale=3)
+                elem_id=f"{name}_refiner_checkpoint", scale=3)
             f["refiner_switch_at"] = gr.Slider(0.01, 1.0, value=0.8, step=0.01, label="Switch at",
                                                info="fraction of the denoising done before it takes over; 1: never",
-                                               elem_id="txt2img_refiner_switch_at", scale=2)
+                                               elem_id=f"{name}_refiner_switch_at", scale=2)
 
 
 def _inpaint_inputs(f: dict[str, Any]) -> None:

@@ -381,15 +381,15 @@ class Engine:
         mask = open_image(mask, "mask") if mask is not None else None
         state = {}
 
-        def make(loaded, conditioner, seeds, subseeds, on_step):
+        def make(loaded, conditioner, seeds, subseeds, on_step, refiner=None):
             if "prepared" not in state:
                 state["prepared"] = prepare_input(loaded.model, params, image, mask)
-            return img2img(loaded.model, conditioner, params, state["prepared"], seeds, on_step, subseeds)
+            return img2img(loaded.model, conditioner, params, state["prepared"], seeds, on_step, subseeds, refiner)
 
         fields = {"Denoising strength": params.denoising_strength}
         if mask is not None:
             fields.update(inpaint_fields(params))
-        results = self._run(params, make, "img2img", fields, progress, save, allow_paths)
+        results = self._run(params, make, "img2img", fields, progress, save, allow_paths, refiner=True)
         for result in results:
             result.notes[:0] = state["prepared"].notes if "prepared" in state else []
         return results
@@ -408,6 +408,8 @@ class Engine:
         from core.pipelines.sd_upscale import sd_upscale
 
         image = flatten(open_image(image, "image"))
+        if params.refiner_checkpoint and params.refiner_checkpoint != "None":
+            raise EngineError("refiner_checkpoint: SD upscale takes no refiner (txt2img and img2img do)")
         if not 1 <= scale <= 8:
             raise EngineError(f"scale: must be between 1 and 8, got {scale}")
 
@@ -433,7 +435,7 @@ class Engine:
         params = normalise_sampler(params)
         wants_refiner = bool(params.refiner_checkpoint) and params.refiner_checkpoint != "None"
         if wants_refiner and not refiner:
-            raise EngineError(f"refiner_checkpoint: a refiner works with txt2img (and its hires fix) only, not with {kind}")
+            raise EngineError(f"refiner_checkpoint: {kind} jobs take no refiner")
         with self._lock:
             self.flags = JobFlags()
             loaded = self.job_model(params.checkpoint, allow_paths)

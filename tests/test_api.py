@@ -851,9 +851,15 @@ def test_txt2img_with_the_sdxl_refiner(family_engine, family_server):
     ):
         response = family_server.post("/sdapi/v1/txt2img", {**base, **body})
         assert response.status_code == status and words in response.json()["errors"], response.text
-    img2img = family_server.post("/sdapi/v1/img2img", {**base, "init_images": [b64(picture())],
-                                                       "refiner_checkpoint": "tiny-refiner"})
-    assert img2img.status_code == 422 and "refiner_checkpoint" in img2img.json()["errors"]
+    # img2img takes a refiner too (the late steps of its shortened schedule)
+    img2img = {**base, "init_images": [b64(picture(48, 48))], "denoising_strength": 0.8}
+    alone = family_server.post("/sdapi/v1/img2img", img2img)
+    with_refiner = family_server.post("/sdapi/v1/img2img", {**img2img, "refiner_checkpoint": "tiny-refiner",
+                                                            "refiner_switch_at": 0.5})
+    assert alone.status_code == 200 and with_refiner.status_code == 200, with_refiner.text
+    assert "Refiner: tiny-refiner [" in json.loads(with_refiner.json()["info"])["infotexts"][0]
+    a, b = (pixels(unb64(r.json()["images"][0])) for r in (alone, with_refiner))
+    assert np.abs(a - b).mean() > 1
 
 
 def test_txt2img_without_a_size_uses_the_checkpoints_own(family_server):

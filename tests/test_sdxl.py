@@ -4,6 +4,7 @@ the fp16 VAE fallback, and parity with diffusers' StableDiffusionXLPipeline (flo
 import dataclasses
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -350,8 +351,9 @@ def test_engine_refiner_errors_name_the_field(refiner_engine, tmp_path):
         engine.txt2img(dataclasses.replace(base, refiner_checkpoint="tiny-refiner.safetensors", refiner_switch_at=1.5),
                        save=False)
     picture = Image.new("RGB", (32, 32), (200, 30, 30))
-    with pytest.raises(EngineError, match="^refiner_checkpoint: a refiner works with txt2img"):
-        engine.img2img(dataclasses.replace(base, refiner_checkpoint="tiny-refiner.safetensors"), picture, save=False)
+    with pytest.raises(EngineError, match="^refiner_checkpoint: SD upscale takes no refiner"):
+        engine.sd_upscale(dataclasses.replace(base, refiner_checkpoint="tiny-refiner.safetensors", width=32, height=32),
+                          picture, scale=1.0, save=False)
     # the main checkpoint named as its own refiner: nothing to switch to (A1111 does the same)
     same = engine.txt2img(dataclasses.replace(base, refiner_checkpoint="tiny-sdxl.safetensors", refiner_switch_at=0.1),
                           save=False)[0]
@@ -406,3 +408,31 @@ def test_engine_refiner_waits_in_cpu_memory_while_the_base_samples(refiner_engin
     moves.clear()
     engine.txt2img(params, save=False)
     assert moves == []
+
+
+def test_engine_refiner_in_img2img_and_inpainting(refiner_engine):
+    """img2img: the refiner takes the late steps of the shortened schedule; inpainting keeps the
+    unmasked pixels through the refiner's steps too."""
+    engine = refiner_engine
+    picture = Image.new("RGB", (48, 48), (200, 30, 30))
+    picture.paste((20, 40, 220), (0, 0, 24, 48))
+    base = GenerationParams(prompt=PROMPT, steps=8, width=48, height=48, seed=2, sampler="Euler",
+                            denoising_strength=0.75, checkpoint="tiny-sdxl.safetensors")
+    plain = engine.img2img(base, picture, save=False)[0]
+    params = dataclasses.replace(base, refiner_checkpoint="tiny-refiner.safetensors", refiner_switch_at=0.6)
+    engine.img2img(params, picture, save=False)  # loads the refiner
+    calls, hooks = unet_calls(engine)
+    try:
+        refined = engine.img2img(params, picture, save=False)[0]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert calls and calls[0] == "base" and calls[-1] == "refiner" and calls == sorted(calls)  # base, then refiner
+    assert "Refiner: tiny-refiner [" in refined.infotext and "Denoising strength: 0.75" in refined.infotext
+    assert (pixels(refined) - pixels(plain)).abs().mean() > 1
+
+    mask = Image.new("L", (48, 48), 0)
+    mask.paste(255, (24, 0, 48, 48))
+    inpainted = engine.img2img(dataclasses.replace(params, mask_blur=0), picture, mask, save=False)[0]
+    kept = np.asarray(inpainted.image)[:, :24]
+    assert (kept == np.asarray(picture)[:, :24]).all() and "Refiner" in inpainted.infotext

@@ -803,6 +803,10 @@ def test_refiner_fields_become_params_and_come_back_from_infotext(tmp_path, stud
                                                                    refiner_switch_at=0.6)))
     assert (on.refiner_checkpoint, on.refiner_switch_at) == ("sub/other.ckpt", 0.6)
     assert studio.make_params("img2img", studio.form("img2img", {})).refiner_checkpoint is None
+    for tab in ("img2img", "inpaint"):  # every generation tab has its own refiner fields
+        assert blocks[f"{tab}_refiner_checkpoint"].value == "None"
+        made = studio.make_params(tab, studio.form(tab, dict(refiner_checkpoint="sd15.safetensors", refiner_switch_at=0.3)))
+        assert (made.refiner_checkpoint, made.refiner_switch_at) == ("sd15.safetensors", 0.3)
 
     text = INFOTEXT + ", Refiner: other [0123456789], Refiner switch at: 0.7"
     fields, notes = studio.fields_from_infotext(text, "txt2img")

@@ -111,8 +111,10 @@ def inpainting_conditioning(model, prepared: PreparedInput, weight: float) -> to
 @torch.no_grad()
 def img2img_latents(
     model, conditioner: TextConditioner, params: GenerationParams, prepared: PreparedInput, seeds: list[int],
-    callback=None, subseeds=None,
+    callback=None, subseeds=None, refiner=None,
 ) -> torch.Tensor:
+    """``refiner`` (pipelines.txt2img.Refiner): a second checkpoint takes the late steps, with
+    the same latent blending; an inpainting checkpoint's extra channels stay with the first."""
     n = len(seeds)
     init_latent = prepared.init_latent.expand(n, -1, -1, -1)
     if params.denoising_strength == 0:
@@ -135,6 +137,7 @@ def img2img_latents(
     return sample_latents(
         model, conditioner, params, seeds, callback, subseeds, init_latent=init_latent,
         denoising_strength=params.denoising_strength, keep_mask=keep_mask, image_conditioning=image_conditioning,
+        refiner=refiner,
     )
 
 
@@ -156,8 +159,10 @@ def finish(images: list[Image.Image], prepared: PreparedInput) -> list[Image.Ima
     return out
 
 
-def img2img(model, conditioner, params, prepared: PreparedInput, seeds, callback=None, subseeds=None) -> list[Image.Image]:
+def img2img(model, conditioner, params, prepared: PreparedInput, seeds, callback=None, subseeds=None,
+            refiner=None) -> list[Image.Image]:
     if prepared.empty_mask:
         return [prepared.original.copy() for _ in seeds]
-    latents = img2img_latents(model, conditioner, params, prepared, seeds, callback, subseeds)
-    return finish(to_pil(decode_latents(model.vae, latents)), prepared)
+    latents = img2img_latents(model, conditioner, params, prepared, seeds, callback, subseeds, refiner)
+    vae = refiner.model.vae if refiner is not None and refiner.used else model.vae
+    return finish(to_pil(decode_latents(vae, latents)), prepared)
