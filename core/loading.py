@@ -55,10 +55,9 @@ SCHEDULE_BUFFERS = {
 }
 
 
-def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors that view a private (copy-on-write) memory map of the file, and the metadata.
-
-    Writing into a tensor (a merged LoRA, say) never touches the file on disk."""
+def read_safetensors_header(path: Path) -> tuple[dict, int]:
+    """A .safetensors file's header table (tensor entries and ``__metadata__``) and its length
+    in bytes, reading nothing else; EngineError naming the file when it is not one."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -71,9 +70,31 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
             header = json.loads(f.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise EngineError(f"{path.name}: corrupt safetensors file (header is not valid JSON)") from None
-        if not isinstance(header, dict):
-            raise EngineError(f"{path.name}: corrupt safetensors file (header is not a table)")
-        metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(header, dict):
+        raise EngineError(f"{path.name}: corrupt safetensors file (header is not a table)")
+    return header, header_len
+
+
+def safetensors_header(path: str | os.PathLike) -> dict:
+    """The header table as :func:`read_safetensors_header` reads it, or {} for anything that is
+    not a readable .safetensors file (for listings that skip what they cannot read)."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        return {}
+    try:
+        return read_safetensors_header(path)[0]
+    except (OSError, EngineError):
+        return {}
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors that view a private (copy-on-write) memory map of the file, and the metadata.
+
+    Writing into a tensor (a merged LoRA, say) never touches the file on disk."""
+    header, header_len = read_safetensors_header(path)
+    metadata = header.pop("__metadata__", None) or {}
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         data_start = 8 + header_len
         data_size = size - data_start
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None

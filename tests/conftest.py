@@ -27,3 +27,15 @@ def tiny_inpaint_checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("inpaint")
     folder = tiny_models.save_diffusers_folder(root / "tiny-inpaint-diffusers", in_channels=9)
     return tiny_models.save_single_files(folder, root, name="tiny-inpainting")["safetensors"]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads; on a shared CPU one thread is many times faster.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,16 +82,9 @@ class X4Settings:
 
 def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Key -> shape from a safetensors header alone (no tensor data is read)."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            return {}
-        (length,) = struct.unpack("<Q", head)
-        if length > min(path.stat().st_size - 8, 100_000_000):
-            return {}
-        header = json.loads(f.read(length))
-    if not isinstance(header, dict):
-        return {}
+    from core.loading import safetensors_header
+
+    header = safetensors_header(path)
     return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict) and "shape" in v}
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from core.loading import read_pickle_checkpoint, read_safetensors
+from core.loading import read_pickle_checkpoint, read_safetensors, safetensors_header
 
 LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
 PREVIEW_SUFFIXES = (".preview.png", ".preview.jpg", ".preview.jpeg", ".preview.webp", ".png", ".jpg", ".jpeg", ".webp")
@@ -36,20 +36,7 @@ def relative_name(path: Path, folder: Path) -> str:
 def read_header(path: Path) -> dict:
     """A .safetensors header (tensor table and ``__metadata__``) without reading any tensor;
     {} for other files or a broken header."""
-    if path.suffix.lower() != ".safetensors":
-        return {}
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                return {}
-            (length,) = struct.unpack("<Q", head)
-            if length > min(path.stat().st_size - 8, 100_000_000):
-                return {}
-            header = json.loads(f.read(length))
-    except (OSError, ValueError):
-        return {}
-    return header if isinstance(header, dict) else {}
+    return safetensors_header(path)
 
 
 def read_metadata(path: Path) -> dict[str, str]:
