@@ -19,8 +19,8 @@ def add_generation_arguments(p: argparse.ArgumentParser, default_out: str) -> No
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=7.0, help="CFG scale")
     p.add_argument("--seed", type=int, default=-1, help="-1 for a random seed")
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--width", type=int, default=None, help="default: the checkpoint's native size (512 for SD 1.x)")
+    p.add_argument("--height", type=int, default=None, help="default: the checkpoint's native size")
     p.add_argument("--sampler", default="Euler", help="A1111 sampler name, e.g. Euler, 'Euler a', 'DPM++ 2M' (old names like 'DPM++ 2M Karras' work)")
     p.add_argument("--scheduler", default="Automatic", help="schedule type: Automatic, Karras, Exponential, ...")
     p.add_argument("--subseed", type=int, default=-1, help="variation seed")
@@ -76,12 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def params_from_args(args):
+def params_from_args(args, native_size: int | None = None):
+    """``native_size``: the checkpoint's own picture size, for a --width/--height left out."""
     from core.params import GenerationParams
 
+    size = native_size or 512
     params = GenerationParams(
         prompt=args.prompt, negative_prompt=args.negative, steps=args.steps, cfg_scale=args.cfg, seed=args.seed,
-        width=args.width, height=args.height, sampler=args.sampler, scheduler=args.scheduler, batch_size=args.batch_size,
+        width=args.width or size, height=args.height or size, sampler=args.sampler, scheduler=args.scheduler, batch_size=args.batch_size,
         batch_count=args.batch_count, clip_skip=args.clip_skip, checkpoint=args.model, subseed=args.subseed,
         subseed_strength=args.subseed_strength, seed_resize_from_w=args.seed_resize_from[0],
         seed_resize_from_h=args.seed_resize_from[1], eta=args.eta, s_noise=args.s_noise, emphasis=args.emphasis,
@@ -106,12 +108,14 @@ def run_generation(args) -> list[Path]:
     from core.engine import Engine
     from core.images import save_png
 
-    params = params_from_args(args)
+    params_from_args(args)  # bad arguments are reported before any model is read
     model_path = Path(args.model)
     if not model_path.exists():
         raise EngineError(f"--model: {args.model}: no such file or folder")
     engine = Engine(device=args.device, precision=args.precision, ckpt_dir=model_path.parent,
                     embeddings_dir=args.embeddings_dir, lora_dir=args.lora_dir)
+    native = engine.default_size(str(model_path), allow_paths=True) if None in (args.width, args.height) else None
+    params = params_from_args(args, native)
     bar = tqdm(total=params.steps * params.batch_count, disable=args.no_progress, unit="step", file=sys.stderr)
 
     def progress(p):

@@ -89,3 +89,18 @@ def test_lora_tag_works_on_the_command_line(tiny_checkpoints, tmp_path):
     a, b = next((tmp_path / "a").glob("*.png")), next((tmp_path / "b").glob("*.png"))
     assert Image.open(a).tobytes() != Image.open(b).tobytes()
     assert 'Lora hashes: "bold: ' in read_infotext(b)
+
+
+def test_size_left_out_is_the_checkpoints_own(tiny_checkpoints, tmp_path):
+    """A checkpoint whose metadata says it was trained at 32x32 (as the demo model says 64x64)."""
+    from safetensors.torch import load_file, save_file
+
+    small = tmp_path / "small.safetensors"
+    save_file(load_file(tiny_checkpoints["safetensors"]), small, metadata={"modelspec.resolution": "32x32"})
+    result = run("txt2img", "--model", str(small), "--prompt", "x", "--steps", "2", "--seed", "3", "--out", str(tmp_path / "a"))
+    assert result.returncode == 0, result.stderr
+    (made,) = (tmp_path / "a").glob("*.png")
+    assert Image.open(made).size == (32, 32) and "Size: 32x32" in read_infotext(made)
+    wide = run("txt2img", "--model", str(small), "--prompt", "x", "--steps", "2", "--width", "48", "--out", str(tmp_path / "b"))
+    assert wide.returncode == 0, wide.stderr
+    assert Image.open(next((tmp_path / "b").glob("*.png"))).size == (48, 32)
