@@ -1003,3 +1003,23 @@ def test_real_checkpoint_switch_through_the_page(real_studio):
     *_, last = real_studio.load_checkpoint("tiny.safetensors")
     assert "Loaded: tiny" in last and engine.loaded.name == "tiny" and engine.loading is None
     assert real_studio.current_checkpoint() == "tiny.safetensors"
+
+
+def test_first_run_panel_offers_a_download_only_without_a_checkpoint_of_ones_own(tmp_path):
+    from app.webui import build_ui
+    from core.demo import DEMO_NAME
+
+    def panel(names):
+        engine = FakeEngine(tmp_path)
+        engine.list_checkpoints = lambda: names
+        demo = build_ui(engine, settings=Settings(tmp_path / "c.json"), styles=StyleDatabase(tmp_path / "s.csv"))
+        blocks = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+        checkpoint = blocks["checkpoint"]
+        return blocks["model_download"], checkpoint, demo
+
+    offered, checkpoint, demo = panel([DEMO_NAME])
+    assert offered.visible and offered.open
+    assert checkpoint.value == DEMO_NAME and "demo model" in checkpoint.choices[0][0]  # labelled as the demo
+    assert any(getattr(fn, "api_name", None) == "download_model" for fn in demo.fns.values())
+    hidden, checkpoint, _ = panel(["mine.safetensors", DEMO_NAME])
+    assert not hidden.visible and checkpoint.value == "mine.safetensors"
