@@ -15,7 +15,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, runtime_checkable
+from typing import Callable, Iterable, Protocol, runtime_checkable
 
 import torch
 from PIL import Image
@@ -75,6 +75,24 @@ class UpscalerKind(Protocol):
 
 
 _KINDS: dict[str, UpscalerKind] = {}
+
+
+def scan_folders(models_root: str | os.PathLike, folders, candidates: Callable[[Path], Iterable[Path]],
+                 accept: Callable[[Path], bool]) -> list[Path]:
+    """The paths ``candidates(base)`` yields in each of ``folders`` under ``models_root`` that
+    ``accept`` takes, each file once (a folder linked twice is not listed twice)."""
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for folder in folders:
+        base = Path(models_root) / folder
+        if not base.is_dir():
+            continue
+        for path in candidates(base):
+            key = path.resolve()
+            if key not in seen and accept(path):
+                seen.add(key)
+                found.append(path)
+    return found
 
 
 def register_kind(kind: UpscalerKind) -> UpscalerKind:

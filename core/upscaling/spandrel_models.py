@@ -21,7 +21,7 @@ from PIL import Image
 
 from core.errors import EngineError
 from core.upscaling.passes import upscale_in_passes
-from core.upscaling.registry import ProgressFn, UpscalerInfo
+from core.upscaling.registry import ProgressFn, UpscalerInfo, scan_folders
 from core.upscaling.spandrel_import import import_spandrel
 from core.upscaling.tiling import run_tiled
 
@@ -198,21 +198,11 @@ class SpandrelKind:
     folders = FOLDERS
 
     def list(self, models_root: Path) -> list[UpscalerInfo]:
-        found: list[UpscalerInfo] = []
-        seen: set[Path] = set()
-        for folder in self.folders:
-            base = Path(models_root) / folder
-            if not base.is_dir():
-                continue
-            for path in sorted(base.rglob("*")):
-                if any(part.startswith(".") for part in path.relative_to(base).parts):
-                    continue
-                if path.is_file() and self.claims(path):
-                    key = path.resolve()
-                    if key not in seen:
-                        seen.add(key)
-                        found.append(UpscalerInfo(path.stem, path, KIND))
-        return found
+        def candidates(base: Path):
+            return (path for path in sorted(base.rglob("*"))
+                    if path.is_file() and not any(part.startswith(".") for part in path.relative_to(base).parts))
+
+        return [UpscalerInfo(path.stem, path, KIND) for path in scan_folders(models_root, self.folders, candidates, self.claims)]
 
     def claims(self, path: Path) -> bool:
         return Path(path).suffix.lower() in SUFFIXES

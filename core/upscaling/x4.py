@@ -39,7 +39,7 @@ from PIL import Image
 
 from core.errors import EngineError
 from core.upscaling.passes import upscale_in_passes
-from core.upscaling.registry import ProgressFn, UpscalerInfo
+from core.upscaling.registry import ProgressFn, UpscalerInfo, scan_folders
 
 KIND = "x4"
 FOLDERS = ("Stable-diffusion", "LDSR")
@@ -174,18 +174,8 @@ class X4Kind:
         return found
 
     def list(self, models_root: Path) -> list[UpscalerInfo]:
-        found: list[UpscalerInfo] = []
-        seen: set[Path] = set()
-        for folder in self.folders:
-            base = Path(models_root) / folder
-            if not base.is_dir():
-                continue
-            for path in _candidates(base):
-                key = path.resolve()
-                if key not in seen and self.is_x4(path):
-                    seen.add(key)
-                    found.append(UpscalerInfo(path.name if path.is_dir() else path.stem, path, KIND))
-        return found
+        return [UpscalerInfo(path.name if path.is_dir() else path.stem, path, KIND)
+                for path in scan_folders(models_root, self.folders, _candidates, self.is_x4)]
 
     def claims(self, path: Path) -> bool:
         return Path(path).suffix.lower() in SUFFIXES and self.is_x4(Path(path))
