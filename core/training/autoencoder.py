@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from core.models.vae import AutoencoderKL, VAEConfig
 from core.training import shapes as S
-from core.training.common import DEMO_VAE, EMA, Logger, base_arguments, load_checkpoint, run_loop, set_threads
+from core.training.common import DEMO_VAE, EMA, Logger, base_arguments, load_checkpoint, run_from_arguments, set_threads
 
 SHAPE_WEIGHT = 10.0
 PATCH_WEIGHT = 1.0
@@ -185,11 +184,7 @@ def main(argv=None) -> None:
     log = Logger(args.run, args.quiet)
     params = sum(p.numel() for p in trainer.vae.parameters())
     log(f"autoencoder {params / 1e6:.2f}M params, batch {trainer.batch}, run {args.run}")
-    try:
-        run_loop(trainer, args.run, steps=args.steps, minutes=args.minutes, save_every=args.save_every or 100,
-                 eval_every=200 if args.eval_every is None else args.eval_every, log=log)
-    except KeyboardInterrupt:
-        raise SystemExit(130)
+    run_from_arguments(trainer, args, log, save_every=100, eval_every=200)
     log(f"final: {trainer.evaluate()}; latent scaling factor {trainer.scaling_factor():.4f}")
 
 

@@ -207,3 +207,14 @@ def run_loop(trainer, run: Path, *, steps: int | None, minutes: float | None, sa
     save()
     log(f"stopped at step {trainer.step}: checkpoint saved")
     return trainer.step
+
+
+def run_from_arguments(trainer, args: argparse.Namespace, log: Logger, *, save_every: int, eval_every: int) -> None:
+    """:func:`run_loop` as the command line asks (``--steps``, ``--minutes``, ``--save-every``,
+    ``--eval-every`` over the trainer's defaults); Ctrl-C exits with status 130 once the
+    checkpoint is written."""
+    try:
+        run_loop(trainer, args.run, steps=args.steps, minutes=args.minutes, save_every=args.save_every or save_every,
+                 eval_every=eval_every if args.eval_every is None else args.eval_every, log=log)
+    except KeyboardInterrupt:
+        raise SystemExit(130)

@@ -22,7 +22,7 @@ from core.models.stable_diffusion import LatentDiffusion
 from core.text.tokenizer import load_clip_tokenizer
 from core.training import shapes as S
 from core.training.autoencoder import load_autoencoder
-from core.training.common import EMA, RUNS, Logger, base_arguments, demo_spec, load_checkpoint, run_loop, save_atomic, set_threads
+from core.training.common import EMA, RUNS, Logger, base_arguments, demo_spec, load_checkpoint, run_from_arguments, save_atomic, set_threads
 
 CAPTION_DROPOUT = 0.1
 MIN_SNR_GAMMA = 5.0
@@ -184,11 +184,7 @@ def main(argv=None) -> None:
     unet = sum(p.numel() for p in trainer.model.unet.parameters())
     text = sum(p.numel() for p in trainer.model.text_encoder.parameters())
     log(f"UNet {unet / 1e6:.2f}M + text encoder {text / 1e6:.2f}M params, batch {trainer.batch}, run {args.run}")
-    try:
-        run_loop(trainer, args.run, steps=args.steps, minutes=args.minutes, save_every=args.save_every or 50,
-                 eval_every=300 if args.eval_every is None else args.eval_every, log=log)
-    except KeyboardInterrupt:
-        raise SystemExit(130)
+    run_from_arguments(trainer, args, log, save_every=50, eval_every=300)
 
 
 if __name__ == "__main__":

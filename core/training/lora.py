@@ -25,7 +25,7 @@ from core.models.detection import TEXT, UNET
 from core.models.stable_diffusion import TEXT_INTERNAL
 from core.models.unet import UNetConfig
 from core.training import shapes as S
-from core.training.common import DEMO_LORA, RUNS, Logger, base_arguments, load_checkpoint, run_loop, save_atomic, set_threads
+from core.training.common import DEMO_LORA, RUNS, Logger, base_arguments, load_checkpoint, run_from_arguments, set_threads
 
 UNET_TARGET = re.compile(
     r"^model\.diffusion_model\.(input_blocks|middle_block|output_blocks)\..*\.(proj_in|proj_out|"
@@ -233,11 +233,7 @@ def main(argv=None) -> None:
     log = Logger(args.run, args.quiet)
     trainer = LoRATrainer(args.run, args.base_run, rank=args.rank, alpha=args.alpha, batch=args.batch or 32, lr=args.lr or 2e-3, log=log)
     log(f"LoRA rank {trainer.rank}: {len(trainer.modules)} modules, {sum(p.numel() for p in trainer.params) / 1e3:.0f}k params")
-    try:
-        run_loop(trainer, args.run, steps=args.steps, minutes=args.minutes, save_every=args.save_every or 50,
-                 eval_every=200 if args.eval_every is None else args.eval_every, log=log)
-    except KeyboardInterrupt:
-        raise SystemExit(130)
+    run_from_arguments(trainer, args, log, save_every=50, eval_every=200)
     log(f"wrote {trainer.export(args.out)}")
 
 
