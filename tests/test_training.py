@@ -117,6 +117,58 @@ def test_autoencoder_loss_goes_down_on_a_tiny_batch():
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+def test_edge_band_marks_both_sides_of_every_edge():
+    from scipy import ndimage
+
+    from core.training.autoencoder import edge_band
+
+    batch = S.make_batch(S.TRAIN_SEED, range(6), outlined=False)
+    outlined = S.make_batch(S.TRAIN_SEED, range(6), outlined=True)
+    for images, scenes in ((batch.images, batch.scenes), (outlined.images, outlined.scenes)):
+        band = edge_band(images)[:, 0].numpy() > 0.5
+        for got, scene in zip(band, scenes):
+            drawn = S.scene_mask(scene)
+            square = np.ones((3, 3), bool)
+            expected = ndimage.binary_dilation(drawn, square) & ~ndimage.binary_erosion(drawn, square, border_value=1)
+            assert np.array_equal(got, expected)
+            assert 0 < got.sum() < 0.2 * got.size
+
+
+def test_mixed_batches_draw_the_same_scenes_partly_outlined():
+    from core.training.autoencoder import mixed_batch
+
+    indices = np.arange(8, 16)
+    mixed = mixed_batch(S.TRAIN_SEED, indices, 0.25)
+    filled = S.make_batch(S.TRAIN_SEED, indices)
+    assert mixed.captions == filled.captions
+    assert [s.outlined for s in mixed.scenes] == [True, True] + [False] * 6
+    assert torch.equal(mixed.images[2:], filled.images[2:]) and not torch.equal(mixed.images[:2], filled.images[:2])
+    assert torch.equal(mixed.masks, filled.masks)  # the filled silhouette weighs the loss either way
+    assert torch.equal(mixed_batch(S.TRAIN_SEED, indices, 0.0).images, filled.images)
+
+
+def test_cosine_learning_rate_warms_up_then_decays_to_the_floor():
+    from core.training.common import LR_FLOOR, cosine_lr
+
+    assert cosine_lr(1e-3, 0, 1000, warmup=50) == pytest.approx(1e-3 / 50)
+    assert cosine_lr(1e-3, 500, None) == 1e-3
+    assert cosine_lr(1e-3, 500, 1000) == pytest.approx(1e-3 * (LR_FLOOR + (1 - LR_FLOOR) / 2))
+    assert cosine_lr(1e-3, 1000, 1000) == pytest.approx(1e-3 * LR_FLOOR)
+    assert cosine_lr(1e-3, 5000, 1000) == pytest.approx(1e-3 * LR_FLOOR)
+    rates = [cosine_lr(1e-3, s, 1000) for s in range(50, 1001, 50)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+
+
+def test_high_noise_share_draws_from_the_noisier_half():
+    from core.training.diffusion import sample_timesteps
+
+    t = sample_timesteps(1000, 1000, 0.3, torch.Generator().manual_seed(0))
+    assert t.min() >= 0 and t.max() < 1000
+    assert bool((t[:300] >= 500).all())
+    assert 0.4 < float((t[300:] >= 500).float().mean()) < 0.6  # the rest stays uniform
+    assert float((sample_timesteps(1000, 1000, 0.0, torch.Generator().manual_seed(0)) >= 500).float().mean()) < 0.6
+
+
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory):
     from core.training.autoencoder import AutoencoderTrainer
@@ -155,6 +207,20 @@ def test_decoder_only_keeps_the_encoder(vae_run, tmp_path):
     after = AutoencoderTrainer(run, config=TINY_VAE, batch=2).vae.state_dict()  # resumes in decoder-only mode
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+
+
+def test_a_new_autoencoder_run_can_start_from_another_and_keeps_its_settings(vae_run, tmp_path):
+    from core.training.autoencoder import AutoencoderTrainer, load_autoencoder
+
+    deeper = replace(TINY_VAE, num_res_blocks=2)
+    run = tmp_path / "fine-tune"
+    trainer = AutoencoderTrainer(run, config=TINY_VAE, batch=4, init_from=vae_run, outlined_share=0.5, decay_steps=7)
+    start, _ = load_autoencoder(vae_run)
+    assert all(torch.equal(v, trainer.vae.state_dict()[k]) for k, v in start.state_dict().items())
+    run_loop(trainer, run, steps=1, minutes=None, save_every=0, eval_every=0, log=quiet)
+    # Resumed with other arguments, the run keeps its own architecture and schedule.
+    resumed = AutoencoderTrainer(run, config=deeper, batch=4, outlined_share=0.0, decay_steps=None)
+    assert resumed.config == TINY_VAE and resumed.outlined_share == 0.5 and resumed.decay_steps == 7 and resumed.step == 1
 
 
 TINY_SPEC = demo_spec(1.0, unet=TINY_UNET, vae=TINY_VAE, text=TINY_TEXT)
@@ -207,6 +273,21 @@ def test_diffusion_resumes_from_its_checkpoint(diffusion_run, vae_run):
     cache = trainer.cache
     assert cache["captions"][:3] == [S.caption(S.scene_at(S.TRAIN_SEED, i)) for i in range(3)]
     assert cache["ids"].shape == (16, 77) and int(cache["ids"][0, 0]) == 49406
+
+
+def test_a_diffusion_run_can_start_from_another(diffusion_run, vae_run, tmp_path):
+    from core.training.common import load_checkpoint
+    from core.training.diffusion import DiffusionTrainer
+
+    trainer = DiffusionTrainer(tmp_path / "warm", vae_run, batch=4, cache_size=16, log=quiet, spec=TINY_SPEC,
+                               init_from=diffusion_run, high_noise_share=0.5, decay_steps=10)
+    ema = load_checkpoint(diffusion_run)["ema"]
+    assert trainer.step == 0 and all(torch.equal(v, trainer.trainable.state_dict()[k]) for k, v in ema.items())
+    run_loop(trainer, tmp_path / "warm", steps=1, minutes=None, save_every=0, eval_every=0, log=quiet)
+    resumed = DiffusionTrainer(tmp_path / "warm", vae_run, batch=4, cache_size=16, log=quiet, spec=TINY_SPEC)
+    assert resumed.step == 1 and resumed.high_noise_share == 0.5 and resumed.decay_steps == 10
+    with pytest.raises(FileNotFoundError, match="no diffusion checkpoint"):
+        DiffusionTrainer(tmp_path / "cold", vae_run, batch=4, cache_size=16, log=quiet, spec=TINY_SPEC, init_from=vae_run)
 
 
 # --- export, loader, engine -----------------------------------------------------------------

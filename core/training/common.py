@@ -8,6 +8,7 @@ continues as if it had not stopped (apart from the steps after the checkpoint, r
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -46,6 +47,20 @@ def demo_spec(scaling_factor: float = 1.0, unet: UNetConfig = DEMO_UNET, vae: VA
     from dataclasses import replace
 
     return ModelSpec(family=SD1, unet=unet, vae=replace(vae, scaling_factor=scaling_factor), text=text)
+
+
+LR_FLOOR = 0.01
+
+
+def cosine_lr(lr: float, step: int, decay_steps: int | None, warmup: int = 50) -> float:
+    """Linear warm-up over ``warmup`` steps, then a cosine from ``lr`` down to ``LR_FLOOR * lr`` at
+    ``decay_steps`` (flat after it; constant when ``decay_steps`` is None). A decaying rate is
+    what lets the last steps settle on sharp edges and exact positions."""
+    scale = min(1.0, (step + 1) / warmup)
+    if decay_steps:
+        progress = min(1.0, step / decay_steps)
+        scale *= LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
+    return lr * scale
 
 
 def set_threads(threads: int) -> None:

@@ -7,8 +7,14 @@ As SD 1.x: eps-prediction, the scaled-linear beta schedule (0.00085..0.012, 1000
 real CLIP tokenizer (77 ids, padded with end-of-text), a transformers CLIPTextModel (3 layers,
 128 wide, trained from scratch), captions dropped to "" 10% of the time for classifier-free
 guidance. The loss is min-SNR-5 weighted (Hang et al. 2023), which converges faster than
-plain MSE, with offset noise (0.1) so that the model learns to set flat background colours. The first run encodes a fixed set of pictures once (``latents.pt`` in the run
-folder: posterior mean and std), so each step only samples a latent and runs UNet + CLIP.
+plain MSE, with offset noise (0.1) so that the model learns to set flat background colours.
+A share of each batch (``--high-noise-share``) draws its timesteps from the noisier half of
+the schedule, where a picture's layout (position, size) is decided; the rest is uniform. The
+learning rate can decay on a cosine (``--decay-steps``), and a run can start from another
+run's weights (``--init-from``: its text encoder already knows the caption words, and its UNet
+adapts to a fine-tuned autoencoder's latents quickly). The first run encodes a fixed set of
+pictures once (``latents.pt`` in the run folder: posterior mean and std), so each step only
+samples a latent and runs UNet + CLIP.
 """
 from __future__ import annotations
 
@@ -22,11 +28,12 @@ from core.models.stable_diffusion import LatentDiffusion
 from core.text.tokenizer import load_clip_tokenizer
 from core.training import shapes as S
 from core.training.autoencoder import load_autoencoder
-from core.training.common import EMA, RUNS, Logger, base_arguments, demo_spec, load_checkpoint, run_from_arguments, save_atomic, set_threads
+from core.training.common import EMA, RUNS, Logger, base_arguments, cosine_lr, demo_spec, load_checkpoint, run_from_arguments, save_atomic, set_threads
 
 CAPTION_DROPOUT = 0.1
 MIN_SNR_GAMMA = 5.0
 OFFSET_NOISE = 0.1
+HIGH_NOISE_SHARE = 0.0
 
 
 def tokenize(captions: list[str]) -> torch.Tensor:
@@ -55,10 +62,21 @@ def build_latent_cache(vae, path: Path, count: int, seed: int, outlined: bool = 
     return cache
 
 
-def diffusion_loss(model: LatentDiffusion, latents: torch.Tensor, ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def sample_timesteps(b: int, steps: int, high_noise_share: float, generator: torch.Generator) -> torch.Tensor:
+    """Uniform timesteps, except that the first ``high_noise_share`` of the batch is drawn from the
+    noisier half of the schedule."""
+    t = torch.randint(0, steps, (b,), generator=generator)
+    high = int(round(b * high_noise_share))
+    if high:
+        t[:high] = torch.randint(steps // 2, steps, (high,), generator=generator)
+    return t
+
+
+def diffusion_loss(model: LatentDiffusion, latents: torch.Tensor, ids: torch.Tensor, generator: torch.Generator,
+                   high_noise_share: float = HIGH_NOISE_SHARE) -> torch.Tensor:
     """min-SNR weighted eps-prediction loss of one batch (latents already scaled)."""
     b = latents.shape[0]
-    t = torch.randint(0, model.alphas_cumprod.shape[0], (b,), generator=generator)
+    t = sample_timesteps(b, model.alphas_cumprod.shape[0], high_noise_share, generator)
     noise = torch.randn(latents.shape, generator=generator)
     # Offset noise: a per-picture, per-channel constant in the noise. SD's schedule never
     # reaches pure noise, so without it the model never learns to set a picture's mean (the
@@ -84,7 +102,8 @@ class Trainable(nn.Module):
 
 class DiffusionTrainer:
     def __init__(self, run: Path, vae_run: Path, batch: int = 64, lr: float = 1e-3, seed: int = S.TRAIN_SEED,
-                 cache_size: int = 8192, eval_count: int = 64, eval_steps: int = 20, ema_decay: float = 0.995, log=print, spec=None):
+                 cache_size: int = 8192, eval_count: int = 64, eval_steps: int = 20, ema_decay: float = 0.995, log=print, spec=None,
+                 high_noise_share: float = HIGH_NOISE_SHARE, decay_steps: int | None = None, init_from: Path | None = None):
         self.run = Path(run)
         self.vae_run = Path(vae_run)
         self.batch, self.lr, self.seed, self.eval_count, self.eval_steps = batch, lr, seed, eval_count, eval_steps
@@ -102,15 +121,23 @@ class DiffusionTrainer:
         self.step = 0
         self.history: list[dict] = []
         self.evals: list[dict] = []
+        self.high_noise_share, self.decay_steps = high_noise_share, decay_steps
         state = load_checkpoint(self.run)
         if state is not None:
             self.load_state_dict(state)
+        elif init_from is not None:
+            start = load_checkpoint(Path(init_from))
+            if start is None or start.get("kind") != "diffusion":
+                raise FileNotFoundError(f"{init_from}: no diffusion checkpoint to start from")
+            self.trainable.load_state_dict({**start["trainable"], **start["ema"]})
+            self.ema = EMA(self.trainable, ema_decay)
+            log(f"starting from the EMA weights of {init_from} (step {start['step']})")
         self.cache = build_latent_cache(self.model.vae, self.run / "latents.pt", cache_size, seed, log=log)
         self.empty_ids = tokenize([""])[0]
 
     def state_dict(self) -> dict:
         return {"kind": "diffusion", "spec": self.spec, "step": self.step, "batch": self.batch, "lr": self.lr,
-                "seed": self.seed, "vae_run": str(self.vae_run), "scaling_factor": self.scaling_factor,
+                "seed": self.seed, "high_noise_share": self.high_noise_share, "decay_steps": self.decay_steps, "vae_run": str(self.vae_run), "scaling_factor": self.scaling_factor,
                 "trainable": self.trainable.state_dict(), "optimizer": self.opt.state_dict(), "ema": self.ema.shadow,
                 "vae": self.model.vae.state_dict(), "history": self.history, "evals": self.evals}
 
@@ -119,6 +146,8 @@ class DiffusionTrainer:
         self.opt.load_state_dict(state["optimizer"])
         self.ema.shadow = state["ema"]
         self.step = state["step"]
+        self.high_noise_share = state.get("high_noise_share", 0.0)
+        self.decay_steps = state.get("decay_steps")
         self.history = state.get("history", [])
         self.evals = state.get("evals", [])
 
@@ -131,11 +160,10 @@ class DiffusionTrainer:
         ids = self.cache["ids"][idx].clone()
         drop = torch.rand(self.batch, generator=g) < CAPTION_DROPOUT
         ids[drop] = self.empty_ids
-        warm = min(1.0, (self.step + 1) / 100)
         for group in self.opt.param_groups:
-            group["lr"] = self.lr * warm
+            group["lr"] = cosine_lr(self.lr, self.step, self.decay_steps, warmup=100)
         self.model.unet.train()
-        loss = diffusion_loss(self.model, latents, ids, g)
+        loss = diffusion_loss(self.model, latents, ids, g, self.high_noise_share)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.trainable.parameters(), 1.0)
@@ -176,11 +204,17 @@ def main(argv=None) -> None:
     p = base_arguments(__doc__.splitlines()[0], "diffusion")
     p.add_argument("--vae-run", type=Path, default=RUNS / "autoencoder", help="the autoencoder run to encode with")
     p.add_argument("--cache-size", type=int, default=8192, help="pictures encoded once and sampled from")
+    p.add_argument("--high-noise-share", type=float, default=HIGH_NOISE_SHARE,
+                   help="share of each batch with timesteps from the noisier half (a new run's setting; kept on resume)")
+    p.add_argument("--decay-steps", type=int, default=None,
+                   help="cosine learning-rate decay to 1%% over this many steps (a new run's setting; kept on resume)")
+    p.add_argument("--init-from", type=Path, default=None, help="a new run starts from this diffusion run's EMA weights")
     args = p.parse_args(argv)
     set_threads(args.threads)
     log = Logger(args.run, args.quiet)
     trainer = DiffusionTrainer(args.run, args.vae_run, batch=args.batch or 64, lr=args.lr or 1e-3,
-                               cache_size=args.cache_size, log=log)
+                               cache_size=args.cache_size, log=log, high_noise_share=args.high_noise_share,
+                               decay_steps=args.decay_steps, init_from=args.init_from)
     unet = sum(p.numel() for p in trainer.model.unet.parameters())
     text = sum(p.numel() for p in trainer.model.text_encoder.parameters())
     log(f"UNet {unet / 1e6:.2f}M + text encoder {text / 1e6:.2f}M params, batch {trainer.batch}, run {args.run}")
