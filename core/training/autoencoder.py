@@ -128,6 +128,7 @@ class AutoencoderTrainer:
         self.decoder_only = False
         self.outlined_share = outlined_share
         self.decay_steps = decay_steps
+        self.phase_start = 0  # the step the learning-rate schedule counts from (a decoder-only phase restarts it)
         if state is not None:
             self.load_state_dict(state)
         elif init_from is not None:
@@ -138,6 +139,8 @@ class AutoencoderTrainer:
             self.ema = EMA(self.vae, 0.999)
         if decoder_only and not self.decoder_only:
             self.freeze_encoder()
+            # A new phase: warm up and decay again from here (over --decay-steps, if given).
+            self.phase_start, self.decay_steps = self.step, decay_steps
 
     def freeze_encoder(self) -> None:
         """From here on train only the decoder, starting from the EMA weights: the encoder (and
@@ -150,7 +153,7 @@ class AutoencoderTrainer:
 
     def state_dict(self) -> dict:
         return {"kind": "autoencoder", "config": self.config, "step": self.step, "decoder_only": self.decoder_only, "batch": self.batch, "lr": self.lr,
-                "seed": self.seed, "outlined_share": self.outlined_share, "decay_steps": self.decay_steps, "vae": self.vae.state_dict(), "optimizer": self.opt.state_dict(),
+                "seed": self.seed, "outlined_share": self.outlined_share, "decay_steps": self.decay_steps, "phase_start": self.phase_start, "vae": self.vae.state_dict(), "optimizer": self.opt.state_dict(),
                 "ema": self.ema.shadow, "history": self.history, "evals": self.evals,
                 "scaling_factor": self.scaling_factor()}
 
@@ -165,6 +168,7 @@ class AutoencoderTrainer:
         self.step = state["step"]
         self.outlined_share = state.get("outlined_share", 0.0)
         self.decay_steps = state.get("decay_steps")
+        self.phase_start = state.get("phase_start", 0)
         self.history = state.get("history", [])
         self.evals = state.get("evals", [])
 
@@ -183,7 +187,7 @@ class AutoencoderTrainer:
         batch = mixed_batch(self.seed, indices, self.outlined_share)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)
         for group in self.opt.param_groups:
-            group["lr"] = cosine_lr(self.lr, self.step, self.decay_steps)
+            group["lr"] = cosine_lr(self.lr, self.step - self.phase_start, self.decay_steps)
         losses = autoencoder_loss(self.vae, batch.images, batch.masks, generator)
         self.opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
