@@ -46,13 +46,15 @@ def main(argv=None) -> None:
     p.add_argument("--lora", type=Path, default=None, help=f"also measure a style LoRA (e.g. {DEMO_LORA})")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--examples", type=int, default=16, help="inpainting and img2img examples through the Engine (0: none)")
+    p.add_argument("--guidance", type=str, default="7,1",
+                   help="CFG scales to measure, comma-separated; each is compared with the first one picture by picture")
     p.add_argument("--grids", type=Path, default=None, help="write sample grids (PNG) for the model card here")
     args = p.parse_args(argv)
     set_threads(args.threads)
 
     from core.loading import load_model
     from core.training import shapes as S
-    from core.training.analyser import format_scores, score
+    from core.training.analyser import format_scores, judge, score
     from core.training.autoencoder import evaluate_autoencoder
     from core.training.examples import grid, to_pil
     from core.training.sampling import generate
@@ -65,14 +67,27 @@ def main(argv=None) -> None:
           f"text encoder {sum(p.numel() for p in model.text_encoder.parameters()) / 1e6:.2f}M params")
     ae = evaluate_autoencoder(model.vae, args.heldout)
     print(f"autoencoder: PSNR {ae['psnr']:.2f} dB on {args.heldout} held-out pictures; "
-          f"reconstructions read exactly right {100 * ae['recognisable']:.1f}%")
+          f"reconstructions read exactly right {100 * ae['recognisable']:.1f}% "
+          f"(shape {100 * ae['rec_shape']:.1f}%, size {100 * ae['rec_size']:.1f}%)")
+    hollow = evaluate_autoencoder(model.vae, 64, outlined=True)
+    print(f"autoencoder on 64 outlined pictures: PSNR {hollow['psnr']:.2f} dB, hollowness of the reconstructions "
+          f"{hollow['rec_hollowness']:.2f} (originals 0.84)")
     prompts = S.random_prompts(S.PROMPT_SEED, args.prompts)
-    rows, samples = {}, {}
-    for cfg in (7.0, 1.0):
+    rows, samples, right = {}, {}, {}
+    scales = [float(v) for v in args.guidance.split(",")]
+    for cfg in scales:
         images = generate(model, prompts, cfg_scale=cfg, steps=args.steps, seed=0)
         samples[cfg] = images
-        rows[cfg] = score(images, prompts)
+        per_picture = judge(images, prompts)
+        right[cfg] = [r["all"] == 1.0 for r in per_picture]
+        rows[cfg] = {k: sum(r[k] for r in per_picture) / len(per_picture) for k in per_picture[0]}
         print(f"CFG {cfg:g}, {args.steps} Euler steps, {len(prompts)} prompts: {format_scores(rows[cfg])}")
+    first = scales[0]
+    for cfg in scales[1:]:
+        # Same prompts and start noise: count the pictures only one of the two scales gets all right.
+        only_first = sum(a and not b for a, b in zip(right[first], right[cfg]))
+        only_this = sum(b and not a for a, b in zip(right[first], right[cfg]))
+        print(f"all attributes right: {only_first} pictures only at CFG {first:g}, {only_this} only at CFG {cfg:g}")
     print("| setting | colour | shape | size | position | background | all |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for cfg, r in rows.items():
@@ -104,8 +119,9 @@ def main(argv=None) -> None:
               f"(ground truth 0 filled, ~0.8 outlined); with it: {format_scores(on)}")
         sheets["lora.png"] = [[to_pil(i) for i in off_images[:8]], [to_pil(i) for i in on_images[:8]]]
     if args.grids:
-        sheets["samples-cfg7.png"] = [[to_pil(i) for i in samples[7.0][r * 8:(r + 1) * 8]] for r in range(4)]
-        sheets["samples-cfg1.png"] = [[to_pil(i) for i in samples[1.0][r * 8:(r + 1) * 8]] for r in range(2)]
+        for cfg, images in samples.items():
+            rows_of_eight = 4 if cfg == first else 2
+            sheets[f"samples-cfg{cfg:g}.png"] = [[to_pil(i) for i in images[r * 8:(r + 1) * 8]] for r in range(rows_of_eight)]
         args.grids.mkdir(parents=True, exist_ok=True)
         for name, rows in sheets.items():
             grid(rows).save(args.grids / name)

@@ -111,24 +111,25 @@ def analyse(image) -> Analysis:
     )
 
 
-def score(images, prompts: list[str]) -> dict[str, float]:
-    """Fraction of pictures whose analysed attribute matches the prompt, per attribute, plus
-    ``all`` (every attribute right), ``found`` and mean ``hollowness``."""
-    hits = {a: 0 for a in (*ATTRIBUTES, "all", "found")}
-    hollow = 0.0
+def judge(images, prompts: list[str]) -> list[dict[str, float]]:
+    """Per picture: 1.0/0.0 for each attribute matching its prompt and for ``all``, plus
+    ``found`` and ``hollowness``."""
+    out = []
     for image, prompt in zip(images, prompts):
         want = S.parse_caption(prompt)
         got = analyse(image)
-        ok = [got.attributes()[a] == want[a] for a in ATTRIBUTES]
-        for a, good in zip(ATTRIBUTES, ok):
-            hits[a] += good
-        hits["all"] += all(ok)
-        hits["found"] += got.found
-        hollow += got.hollowness
-    n = max(len(prompts), 1)
-    out = {k: v / n for k, v in hits.items()}
-    out["hollowness"] = hollow / n
+        row = {a: float(got.attributes()[a] == want[a]) for a in ATTRIBUTES}
+        row.update(all=float(all(row.values())), found=float(got.found), hollowness=got.hollowness)
+        out.append(row)
     return out
+
+
+def score(images, prompts: list[str]) -> dict[str, float]:
+    """Fraction of pictures whose analysed attribute matches the prompt, per attribute, plus
+    ``all`` (every attribute right), ``found`` and mean ``hollowness``."""
+    rows = judge(images, prompts)
+    n = max(len(rows), 1)
+    return {k: sum(r[k] for r in rows) / n for k in (*ATTRIBUTES, "all", "found", "hollowness")}
 
 
 def format_scores(scores: dict[str, float]) -> str:
