@@ -14,7 +14,7 @@ from core.params import GenerationParams
 from core.training import shapes as S
 from core.training.analyser import analyse
 
-HOLLOW_GAIN = 0.15  # mean hollowness the LoRA must add on these large shapes (measured 0.37)
+HOLLOW_GAIN = 0.4  # mean hollowness the LoRA must add on these large shapes (measured 0.00 -> 0.70)
 PROMPTS = [
     "a large red circle in the center on a blue background",
     "a large yellow square in the center on a black background",
@@ -62,22 +62,38 @@ def test_a_fresh_machine_lists_the_demo_and_uses_it_by_default(engine):
     assert engine.loaded.model.spec.default_size == 64
 
 
+# One prompt per cell of the 3x3 grid, every size, shape and colour at least once.
+GRID_PROMPTS = [
+    "a small red circle at the top left on a blue background",
+    "a medium yellow square at the top on a black background",
+    "a large white triangle at the top right on a green background",
+    "a medium green circle on the left on a purple background",
+    "a small blue square in the center on a yellow background",
+    "a large orange triangle on the right on a white background",
+    "a large purple square at the bottom left on a orange background",  # the captions' grammar: always "a"
+    "a small black triangle at the bottom on a red background",
+    "a medium red circle at the bottom right on a white background",
+]
+
+
 def test_the_pictures_show_what_the_prompt_asks(engine):
-    """A floor, far below the model card's figures, that a broken export or loader cannot pass."""
-    colours = shapes = 0
-    for seed, prompt in enumerate(PROMPTS):
+    """A floor below the model card's figures (CFG 7: colour 100%, shape 91%, size 98%,
+    position 83% over 200 prompts) that a broken export, loader or sampler cannot pass."""
+    right = {"colour": 0, "shape": 0, "size": 0, "position": 0}
+    for seed, prompt in enumerate(GRID_PROMPTS):
         params = GenerationParams(prompt=prompt, width=64, height=64, steps=20, cfg_scale=7.0, seed=seed)
         got = analyse(engine.txt2img(params, save=False)[0].image).attributes()
         want = S.parse_caption(prompt)
-        colours += got["colour"] == want["colour"] and got["background"] == want["background"]
-        shapes += got["shape"] == want["shape"]
-    assert colours >= 4, colours
-    assert shapes >= 3, shapes
+        right["colour"] += got["colour"] == want["colour"] and got["background"] == want["background"]
+        for attribute in ("shape", "size", "position"):
+            right[attribute] += got[attribute] == want[attribute]
+    # Measured here: colour 9, shape 7, size 9, position 6 of 9 (chance: 1, 3, 3, 1).
+    assert right["colour"] >= 8 and right["shape"] >= 5 and right["size"] >= 7 and right["position"] >= 4, right
 
 
 def test_the_style_lora_outlines_the_shapes(engine):
-    """Weak but measurable (model card: the autoencoder itself reconstructs rings only partly):
-    hollow pixels appear inside the shapes with the LoRA and not without."""
+    """Hollow shapes with the LoRA and filled ones without (model card: the autoencoder brings
+    rings back at about two thirds of their hollowness, so 0.84 is out of reach)."""
     hollow = {}
     for tag in ("", " <lora:demo-outlined:1>"):
         values = []
