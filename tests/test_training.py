@@ -289,8 +289,10 @@ def test_a_diffusion_run_can_start_from_another(diffusion_run, vae_run, tmp_path
     ema = load_checkpoint(diffusion_run)["ema"]
     assert trainer.step == 0 and all(torch.equal(v, trainer.trainable.state_dict()[k]) for k, v in ema.items())
     run_loop(trainer, tmp_path / "warm", steps=1, minutes=None, save_every=0, eval_every=0, log=quiet)
-    resumed = DiffusionTrainer(tmp_path / "warm", vae_run, batch=4, cache_size=16, log=quiet, spec=TINY_SPEC)
+    # Resumed with another --vae-run, it keeps the autoencoder its latents came from.
+    resumed = DiffusionTrainer(tmp_path / "warm", tmp_path / "no-such-run", batch=4, cache_size=16, log=quiet, spec=TINY_SPEC)
     assert resumed.step == 1 and resumed.high_noise_share == 0.5 and resumed.decay_steps == 10
+    assert resumed.vae_run == Path(vae_run)
     with pytest.raises(FileNotFoundError, match="no diffusion checkpoint"):
         DiffusionTrainer(tmp_path / "cold", vae_run, batch=4, cache_size=16, log=quiet, spec=TINY_SPEC, init_from=vae_run)
 

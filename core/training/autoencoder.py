@@ -8,8 +8,9 @@ x10 more (a blurred edge is what turns a small square into a medium circle for t
 plus a cheap patch term (L1 between the images' horizontal and vertical differences: keeps
 edges sharp), plus KL to N(0, 1) with a small weight. A share of each batch is drawn in the
 LoRA's outlined style (``--outlined-share``), so the autoencoder can carry thin rings; the
-learning rate follows a cosine from ``--lr`` down to 1% of it over ``--decay-steps``. The latent scaling factor (1 / std of the latents) is measured on held-out
-pictures and kept in the checkpoint; the export writes it to ``latent_scale_factor``.
+learning rate follows a cosine from ``--lr`` down to 1% of it over ``--decay-steps``. The
+latent scaling factor (1 / std of the latents) is measured on held-out pictures and kept in
+the checkpoint; the export writes it to ``latent_scale_factor``.
 """
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ def measure_scaling_factor(vae: AutoencoderKL, count: int = 256) -> float:
 def evaluate_autoencoder(vae: AutoencoderKL, count: int = 256, seed: int = S.HELDOUT_SEED, outlined: bool = False) -> dict[str, float]:
     """PSNR (dB) on held-out pictures, the share whose reconstruction the analyser reads exactly
     like the original (every attribute right), and the analyser's scores of the reconstructions
-    (``rec_hollowness``: how hollow the shapes come back; about 0.8 for outlined originals)."""
+    (``rec_hollowness``: how hollow the shapes come back; 0.84 for the outlined originals)."""
     from core.training.analyser import score
 
     was_training = vae.training

@@ -105,7 +105,11 @@ class DiffusionTrainer:
                  cache_size: int = 8192, eval_count: int = 64, eval_steps: int = 20, ema_decay: float = 0.995, log=print, spec=None,
                  high_noise_share: float = HIGH_NOISE_SHARE, decay_steps: int | None = None, init_from: Path | None = None):
         self.run = Path(run)
-        self.vae_run = Path(vae_run)
+        state = load_checkpoint(self.run)
+        # A resumed run keeps the autoencoder its cached latents came from, whatever --vae-run
+        # says (unless that folder has gone: then the one given).
+        stored = Path(state["vae_run"]) if state is not None else None
+        self.vae_run = stored if stored is not None and stored.is_dir() else Path(vae_run).resolve()
         self.batch, self.lr, self.seed, self.eval_count, self.eval_steps = batch, lr, seed, eval_count, eval_steps
         vae, scale = load_autoencoder(self.vae_run)
         self.scaling_factor = scale
@@ -122,7 +126,6 @@ class DiffusionTrainer:
         self.history: list[dict] = []
         self.evals: list[dict] = []
         self.high_noise_share, self.decay_steps = high_noise_share, decay_steps
-        state = load_checkpoint(self.run)
         if state is not None:
             self.load_state_dict(state)
         elif init_from is not None:
