@@ -41,8 +41,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-REFERENCE = ROOT.parent / "shared" / "reference" / "sd15.json"
-SDXL_REFERENCE = ROOT.parent / "shared" / "reference" / "sdxl_base.json"
+REFERENCE = ROOT / "tests" / "reference" / "sd15.json"
+SDXL_REFERENCE = ROOT / "tests" / "reference" / "sdxl_base.json"
 
 
 def peak_rss_mb() -> float:

@@ -11,8 +11,9 @@ from core.models.detection import (
     SD1, SD1_INPAINT, SD2, SD2_INPAINT, SDXL, SDXL_INPAINT, SDXL_REFINER, X4_UPSCALER, detect,
 )
 from core.models.stable_diffusion import LatentDiffusion
+from tiny_models import REFERENCE_DIR
 
-REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "reference"
+REFERENCE = REFERENCE_DIR
 
 
 def reference_shapes(name: str) -> dict[str, tuple]:

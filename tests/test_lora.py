@@ -25,9 +25,10 @@ from extensions.lora import LoraManager, find_lora, list_loras, parse_tag
 from extensions.lora.formats import Module
 from extensions.lora.merge import checkpoint_shapes, internal_key, internal_name
 from extensions.lora.names import build_table, canonical_name
+from tiny_models import REFERENCE_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
-REFERENCE = Path("/work/shared/reference")
+REFERENCE = REFERENCE_DIR
 UNET = "model.diffusion_model."
 
 # Layers of the tiny UNet (diffusers names) used below.

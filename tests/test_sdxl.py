@@ -124,7 +124,9 @@ def test_prompt_language_applies_per_encoder(base):
     assert torch.equal(weighted.pooled, plain.pooled)  # the pooled vector is never weighted
     long = c.encode("cat " * 76)
     assert long.context.shape[0] == 2 * (CHUNK + 2)
-    assert torch.equal(long.pooled, c.encode("cat " * 75).pooled)  # from the first chunk
+    # From the first chunk. Within a tolerance: the two encodings run at different batch shapes, and
+    # some CPUs (AVX-512) pick different kernels for them, so the last bits may differ.
+    torch.testing.assert_close(long.pooled, c.encode("cat " * 75).pooled, rtol=1e-5, atol=1e-5)
     assert c.encode("a cat BREAK a dog").context.shape[0] == 2 * (CHUNK + 2)
 
 

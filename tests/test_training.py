@@ -18,8 +18,9 @@ from core.models.vae import VAEConfig
 from core.training import analyser as A
 from core.training import shapes as S
 from core.training.common import demo_spec, run_loop
+from tiny_models import REFERENCE_DIR
 
-REFERENCE = Path("/work/shared/reference/lora_kohya_sd15.json")
+REFERENCE = REFERENCE_DIR / "lora_kohya_sd15.json"
 TINY_VAE = VAEConfig(ch=32, ch_mult=(1, 1), num_res_blocks=1)  # f=2
 TINY_UNET = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, transformer_depth=(0, 1),
                        transformer_depth_middle=1, context_dim=32, num_heads=2)

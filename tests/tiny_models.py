@@ -17,6 +17,10 @@ from pathlib import Path
 
 import torch
 
+# Key/shape manifests of real checkpoint and LoRA files (tests/reference/README.md says where they
+# come from); a copy lives in the project so a fresh clone tests against them.
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+
 TEXT_HIDDEN = 64
 
 
