@@ -11,7 +11,6 @@ served as before. Real servers (uvicorn on a loopback port) over the tiny checkp
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import shutil
@@ -24,11 +23,12 @@ import requests
 from fastapi import WebSocket
 from PIL import Image
 
-from test_api import LIMITS, LiveServer, tiny
+from test_api import LiveServer, serve, tiny  # noqa: F401 - serve is a fixture (over this module's engine)
 
 from app.server import HostPolicy, create_app
 
 ATTACKER = "attacker.example"
+
 
 @pytest.fixture(scope="module")
 def engine(tiny_checkpoints, tmp_path_factory):
@@ -42,18 +42,6 @@ def engine(tiny_checkpoints, tmp_path_factory):
     return Engine(device="cpu", ckpt_dir=ckpts, output_dir=root / "outputs", hash_cache=root / "hashes.json",
                   models_dir=root / "models", extensions_dir=root / "no-extensions")
 
-@pytest.fixture
-def serve(engine, tmp_path, monkeypatch):
-    """serve(**create_app kwargs) -> a started LiveServer (stopped after the test)."""
-    monkeypatch.setenv("SD_STUDIO_DATA_DIR", str(tmp_path / "page-data"))
-    with contextlib.ExitStack() as stack:
-        def start(**kwargs) -> LiveServer:
-            kwargs.setdefault("ui", False)
-            kwargs.setdefault("limits", LIMITS)
-            kwargs.setdefault("options_path", tmp_path / "config.json")
-            return stack.enter_context(LiveServer(create_app(engine, **kwargs)))
-
-        yield start
 
 def get(server: LiveServer, path: str, host: str | None = None, **kwargs) -> requests.Response:
     headers = kwargs.pop("headers", {})
@@ -61,11 +49,13 @@ def get(server: LiveServer, path: str, host: str | None = None, **kwargs) -> req
         headers["Host"] = host
     return requests.get(server.url + path, headers=headers, timeout=60, **kwargs)
 
+
 def post(server: LiveServer, path: str, origin: str | None = None, **kwargs) -> requests.Response:
     headers = kwargs.pop("headers", {})
     if origin is not None:
         headers["Origin"] = origin
     return requests.post(server.url + path, headers=headers, timeout=120, **kwargs)
+
 
 def assert_refused(response: requests.Response, status: int, *words: str) -> None:
     assert response.status_code == status, (response.status_code, response.text[:300])
@@ -73,9 +63,12 @@ def assert_refused(response: requests.Response, status: int, *words: str) -> Non
     message = response.json()["errors"]
     assert all(word in message for word in words), message
 
+
 # ---------------------------------------------------------------- the Host header
 
-def test_wrong_host_is_refused_on_api_docs_and_page(serve):
+
+def test_wrong_host_is_refused_on_api_docs_and_page(serve, tmp_path, monkeypatch):
+    monkeypatch.setenv("SD_STUDIO_DATA_DIR", str(tmp_path / "page-data"))
     server = serve(ui=True)
     for path in ("/sdapi/v1/options", "/docs", "/openapi.json", "/", "/gradio_api/info"):
         assert_refused(get(server, path, host=ATTACKER), 400, ATTACKER, "--allowed-host")
@@ -90,12 +83,14 @@ def test_wrong_host_is_refused_on_api_docs_and_page(serve):
                  "localhost:port", ""):
         assert get(server, "/sdapi/v1/options", host=host).status_code == 400, host
 
+
 def test_allowed_host_names_are_served(serve):
     server = serve(allowed_hosts=HostPolicy(extra=["Studio.LAN", "[fd00::7]:7860"]))
     assert get(server, "/sdapi/v1/options", host=f"studio.lan:{server.port}").status_code == 200
     assert get(server, "/sdapi/v1/options", host="[fd00::7]").status_code == 200
     assert get(server, "/sdapi/v1/options", host="localhost").status_code == 200  # the defaults stay
     assert_refused(get(server, "/sdapi/v1/options", host="other.lan"), 400, "other.lan")
+
 
 def test_listen_serves_the_machines_names_and_any_address(engine, tmp_path):
     """With --listen a LAN user reaches the studio by its IP or host name: both served. An IP
@@ -114,12 +109,14 @@ def test_listen_serves_the_machines_names_and_any_address(engine, tmp_path):
     loopback_only = create_app(engine, api=True, ui=False, options_path=tmp_path / "config.json")
     assert TestClient(loopback_only, base_url="http://192.168.1.20:7860").get("/sdapi/v1/progress").status_code == 400
 
+
 # ---------------------------------------------------------------- requests from another site
+
 
 def test_cross_site_interrupt_is_refused_and_the_job_goes_on(engine, serve):
     server = serve()
     finished = {}
-    body = tiny(steps=40, n_iter=2)
+    body = tiny(steps=100, n_iter=2)  # long enough to be running while the other site tries
 
     def generate():
         finished["response"] = requests.post(server.url + "/sdapi/v1/txt2img", json=body, timeout=300)
@@ -145,6 +142,7 @@ def test_cross_site_interrupt_is_refused_and_the_job_goes_on(engine, serve):
     made = finished["response"]
     assert made.status_code == 200 and len(made.json()["images"]) == 2  # both batches: never interrupted
 
+
 def test_same_origin_and_clients_without_origin_may_interrupt(engine, serve):
     server = serve()
     same = post(server, "/sdapi/v1/interrupt", origin=server.url, headers={"Sec-Fetch-Site": "same-origin"})
@@ -152,13 +150,14 @@ def test_same_origin_and_clients_without_origin_may_interrupt(engine, serve):
     engine.flags.interrupted = False
     assert post(server, "/sdapi/v1/interrupt").status_code == 200 and engine.flags.interrupted  # curl-like
     engine.flags.interrupted = False
-    # The same site under another allowed name, as a browser sends it (default port omitted).
+    # The page opened under another loopback name: its Origin and Host agree.
     named = post(server, "/sdapi/v1/interrupt", origin="http://localhost:%d" % server.port,
                  headers={"Host": f"localhost:{server.port}"})
     assert named.status_code == 200 and engine.flags.interrupted
     engine.flags.interrupted = False
     # Reading is not refused for an Origin (the browser keeps the answer from the other site).
     assert get(server, "/sdapi/v1/progress", headers={"Origin": f"http://{ATTACKER}"}).status_code == 200
+
 
 def test_cross_site_unload_is_refused_and_the_checkpoint_stays_loaded(engine, serve):
     server = serve()
@@ -178,6 +177,7 @@ def test_cross_site_unload_is_refused_and_the_checkpoint_stays_loaded(engine, se
     assert post(server, "/sdapi/v1/unload-checkpoint").status_code == 200 and engine.loaded is None
     assert api.txt2img(prompt="x", width=64, height=64, steps=1, seed=1).images[0].size == (64, 64)
 
+
 def test_with_auth_both_checks_still_apply(engine, serve):
     server = serve(auth={"alice": "s3cret"})
     login = ("alice", "s3cret")
@@ -193,16 +193,19 @@ def test_with_auth_both_checks_still_apply(engine, serve):
     assert engine.flags.interrupted
     engine.flags.interrupted = False
 
-def test_the_page_works_from_its_own_origin(serve):
+
+def test_the_page_works_from_its_own_origin(serve, tmp_path, monkeypatch):
     """What the Gradio page does from the browser: read its config, upload a picture with its
     own Origin; the same upload from another site is refused."""
+    monkeypatch.setenv("SD_STUDIO_DATA_DIR", str(tmp_path / "page-data"))
     server = serve(ui=True)
     assert get(server, "/config", headers={"Sec-Fetch-Site": "same-origin"}).status_code == 200
     png = io.BytesIO()
     Image.new("RGB", (8, 8), "red").save(png, format="PNG")
 
     def upload(origin: str, fetch_site: str) -> requests.Response:
-        return requests.post(server.url + "/gradio_api/upload", files={"files": ("red.png", png.getvalue(), "image/png")},
+        files = {"files": ("red.png", png.getvalue(), "image/png")}
+        return requests.post(server.url + "/gradio_api/upload", files=files,
                              headers={"Origin": origin, "Sec-Fetch-Site": fetch_site}, timeout=60)
 
     same = upload(server.url, "same-origin")
@@ -211,6 +214,7 @@ def test_the_page_works_from_its_own_origin(serve):
 
 
 # ---------------------------------------------------------------- websockets (at the ASGI level)
+
 
 def _websocket_attempt(app, headers: list[tuple[bytes, bytes]], denial_extension: bool) -> list[dict]:
     """Run one websocket handshake through ``app`` as an ASGI server would; the messages it sent."""
@@ -229,6 +233,7 @@ def _websocket_attempt(app, headers: list[tuple[bytes, bytes]], denial_extension
 
     asyncio.run(app(scope, receive, send))
     return sent
+
 
 def test_cross_site_websocket_upgrades_are_refused(engine, tmp_path):
     app = create_app(engine, api=True, ui=False, options_path=tmp_path / "config.json")
@@ -251,7 +256,9 @@ def test_cross_site_websocket_upgrades_are_refused(engine, tmp_path):
     rebound = _websocket_attempt(app, [(b"host", b"attacker.example")], True)
     assert rebound[0]["status"] == 400 and not any(m["type"] == "websocket.accept" for m in rebound)
 
+
 # ---------------------------------------------------------------- launch.py and serve()
+
 
 def test_allowed_host_flag_reaches_the_app(monkeypatch, engine, tmp_path):
     import launch
