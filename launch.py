@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow --listen without --api-auth (anyone on the network can then use the server)",
     )
     parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also serve requests whose Host header is NAME (a host name or IP address, any port); repeatable. "
+             "Always served: 127.0.0.1, localhost, [::1]; with --listen also this machine's name and any IP address",
+    )
+    parser.add_argument(
         "--lora-dir",
         type=Path,
         default=None,

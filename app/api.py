@@ -92,6 +92,38 @@ def error_body(kind: str, message: str, detail: Any = None) -> dict:
     return {"error": kind, "detail": message if detail is None else detail, "body": "", "errors": message}
 
 
+class ValidationErrorItem(BaseModel):
+    """One field error of a 422 from request validation."""
+
+    type: str
+    loc: list[str | int] = Field(description='where: ["body", "steps"], ["query", "skip_current_image"]')
+    msg: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API answers (400, 404, 413, 422, 500), in A1111's shape (``error_body``)."""
+
+    error: str = Field(description="the kind: HTTPException, RequestValidationError, or an internal error's type")
+    detail: str | list[ValidationErrorItem] = Field(
+        description="the message; for a request that fails validation, the list of field errors")
+    body: str
+    errors: str = Field(description="the message, one line naming the field")
+
+
+_ERROR_MEANINGS = {
+    400: "A value the server cannot use: an undecodable picture or body, or a checkpoint that fails to load",
+    404: "A named sampler, scheduler, checkpoint or upscaler that does not exist",
+    413: "The body is larger than this server's limit",
+    422: "A value out of range, over this server's limits, or not supported",
+    500: "The server could not do it (e.g. cannot write its settings file)",
+}
+
+
+def error_responses(*statuses: int) -> dict[int, dict]:
+    """The ``responses=`` of a route for the error statuses it can answer, with their body."""
+    return {status: {"model": ErrorResponse, "description": _ERROR_MEANINGS[status]} for status in statuses}
+
+
 def check_unicode(value: Any) -> None:
     """ValueError if any text inside ``value`` is not valid Unicode (a lone surrogate, which
     JSON allows as an escape but no PNG chunk or UTF-8 response can carry)."""
@@ -909,18 +941,23 @@ class SdApi:
 
     def _add_routes(self) -> None:
         r = self.router
-        r.add_api_route("/txt2img", self.txt2img, methods=["POST"], response_model=TextToImageResponse)
-        r.add_api_route("/img2img", self.img2img, methods=["POST"], response_model=ImageToImageResponse)
+        # The errors each route can answer are declared, so /openapi.json matches what is returned.
+        job = error_responses(400, 404, 413, 422)
+        r.add_api_route("/txt2img", self.txt2img, methods=["POST"], response_model=TextToImageResponse, responses=job)
+        r.add_api_route("/img2img", self.img2img, methods=["POST"], response_model=ImageToImageResponse, responses=job)
         r.add_api_route("/extra-single-image", self.extra_single_image, methods=["POST"],
-                        response_model=ExtrasSingleImageResponse)
+                        response_model=ExtrasSingleImageResponse, responses=job)
         r.add_api_route("/extra-batch-images", self.extra_batch_images, methods=["POST"],
-                        response_model=ExtrasBatchImagesResponse)
-        r.add_api_route("/png-info", self.png_info, methods=["POST"], response_model=PNGInfoResponse)
-        r.add_api_route("/progress", self.progress, methods=["GET"], response_model=ProgressResponse)
+                        response_model=ExtrasBatchImagesResponse, responses=job)
+        r.add_api_route("/png-info", self.png_info, methods=["POST"], response_model=PNGInfoResponse,
+                        responses=error_responses(400, 413, 422))
+        r.add_api_route("/progress", self.progress, methods=["GET"], response_model=ProgressResponse,
+                        responses=error_responses(422))
         r.add_api_route("/interrupt", self.interrupt, methods=["POST"])
         r.add_api_route("/skip", self.skip, methods=["POST"])
         r.add_api_route("/options", self.get_options, methods=["GET"], response_model=OptionsModel)
-        r.add_api_route("/options", self.set_options, methods=["POST"])
+        r.add_api_route("/options", self.set_options, methods=["POST"],
+                        responses=error_responses(400, 404, 413, 422, 500))
         r.add_api_route("/cmd-flags", self.get_cmd_flags, methods=["GET"], response_model=dict[str, Any])
         r.add_api_route("/samplers", self.get_samplers, methods=["GET"], response_model=list[SamplerItem])
         r.add_api_route("/schedulers", self.get_schedulers, methods=["GET"], response_model=list[SchedulerItem])
@@ -936,7 +973,8 @@ class SdApi:
         r.add_api_route("/refresh-vae", self.refresh_vae, methods=["POST"])
         r.add_api_route("/refresh-loras", self.refresh_loras, methods=["POST"])
         r.add_api_route("/unload-checkpoint", self.unload_checkpoint, methods=["POST"])
-        r.add_api_route("/reload-checkpoint", self.reload_checkpoint, methods=["POST"])
+        r.add_api_route("/reload-checkpoint", self.reload_checkpoint, methods=["POST"],
+                        responses=error_responses(400, 404))
         # What clients probe for; this server has none of these.
         r.add_api_route("/scripts", self.get_scripts, methods=["GET"], response_model=ScriptsList)
         r.add_api_route("/script-info", self.get_empty_list, methods=["GET"], response_model=list[dict[str, Any]])

@@ -7,20 +7,26 @@ app, served by uvicorn.
 ``/sdapi/v1/...`` is the API (``app/api.py``), ``/docs`` its OpenAPI page, ``/`` the Gradio
 page. With credentials (``--api-auth user:pass[,user2:pass2]``) HTTP Basic auth guards
 everything the server serves. The server listens on 127.0.0.1; ``--listen`` (every interface)
-is refused without credentials unless ``--insecure`` says that is intended.
+is refused without credentials unless ``--insecure`` says that is intended. Whatever the auth,
+a request under a Host name the server is not known by (``--allowed-host``) is refused, and so
+is one from another site's page that would change something (HostOriginMiddleware).
 """
 from __future__ import annotations
 
 import base64
 import binascii
 import contextlib
+import ipaddress
 import json
 import logging
 import os
+import re
 import secrets
+import socket
 import sys
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -75,6 +81,12 @@ def listen_problem(args: Any) -> str | None:
     return None
 
 
+def refusal(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """A request refused before it reaches a route, in the API's error shape (app.api.error_body)."""
+    return JSONResponse({"error": "HTTPException", "detail": message, "body": "", "errors": message},
+                        status_code=status, headers=headers)
+
+
 class BasicAuthMiddleware:
     """HTTP Basic auth in front of every HTTP request and websocket of the app (API, docs, page)."""
 
@@ -104,12 +116,8 @@ class BasicAuthMiddleware:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
-        message = "Incorrect username or password"
-        response = JSONResponse(
-            {"error": "HTTPException", "detail": message, "body": "", "errors": message},
-            status_code=401,
-            headers={"WWW-Authenticate": f'Basic realm="{self.realm}"'},
-        )
+        response = refusal(401, "Incorrect username or password",
+                           headers={"WWW-Authenticate": f'Basic realm="{self.realm}"'})
         await response(scope, receive, send)
 
 
@@ -127,9 +135,7 @@ class BodyLimitMiddleware:
             return
         length = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), None)
         if length is not None and (not length.isdigit() or int(length) > self.limit):
-            message = f"body: larger than this server's limit of {self.limit} bytes"
-            response = JSONResponse({"error": "HTTPException", "detail": message, "body": "", "errors": message},
-                                    status_code=413)
+            response = refusal(413, f"body: larger than this server's limit of {self.limit} bytes")
             await response(scope, receive, send)
             return
         received = 0
@@ -144,6 +150,164 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host and Origin: what a page on another site can make a browser send
+# ---------------------------------------------------------------------------------------------
+
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+STATE_CHANGING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*)(\.[a-z0-9_-]+)*")
+
+
+def split_host(text: str) -> tuple[str, int | None] | None:
+    """A Host header (or an --allowed-host value) -> (name, port): ``"Studio.lan:7860"`` ->
+    ``("studio.lan", 7860)``, ``"[::1]"`` -> ``("::1", None)``; None when it names no host."""
+    text = text.strip().lower()
+    port_text = None
+    if text.startswith("["):
+        name, closed, rest = text[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            return None
+        port_text = rest[1:] if rest else None
+        if not _is_ip_address(name):
+            return None
+    elif text.count(":") > 1:  # a bare IPv6 address (an option value; a Host header brackets it)
+        name = text
+        if not _is_ip_address(name):
+            return None
+    else:
+        name, colon, port_text = text.partition(":")
+        port_text = port_text if colon else None
+        name = name[:-1] if name.endswith(".") else name  # "localhost." is localhost
+        if not _HOST_NAME.fullmatch(name):
+            return None
+    if port_text is None:
+        return name, None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        return None
+    return name, int(port_text)
+
+
+def _is_ip_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def machine_names() -> set[str]:
+    """This machine's host name, short and as mDNS gives it (``name.local``): what a LAN user types."""
+    try:
+        full = socket.gethostname().strip().lower().rstrip(".")
+    except OSError:
+        return set()
+    if not full or not _HOST_NAME.fullmatch(full):
+        return set()
+    short = full.split(".")[0]
+    return {full, short, f"{short}.local"}
+
+
+class HostPolicy:
+    """The names this server answers to in the Host header, on any port.
+
+    A DNS-rebinding page reaches a server under the attacker's name, so its Host header
+    carries that name: only names the server is known by are served. Always the loopback
+    names; with ``listen`` (every interface) also this machine's names and any IP address: a
+    LAN user reaching the studio by its address must be served, and an address cannot be
+    rebound (the browser then talks to that address as its own origin). ``extra``: the
+    --allowed-host values (a name or address, a port given is ignored); ValueError names a bad one."""
+
+    def __init__(self, extra: Iterable[str] = (), listen: bool = False):
+        names = set(LOOPBACK_NAMES) | (machine_names() if listen else set())
+        for item in extra:
+            parsed = split_host(item)
+            if parsed is None:
+                raise ValueError(f"--allowed-host {item!r}: not a host name or IP address")
+            names.add(parsed[0])
+        self.names = frozenset(names)
+        self.any_address = listen
+
+    def allows(self, name: str) -> bool:
+        return name in self.names or (self.any_address and _is_ip_address(name))
+
+
+def _shown(text: str) -> str:
+    """Header text as it can be quoted in a message: printable ASCII, at most 100 characters."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text[:100])
+
+
+def same_origin(origin: str, host: tuple[str, int | None]) -> bool:
+    """Whether an Origin header names the site the request was sent to (its Host): same name,
+    same port (a missing one is the scheme's default). ``null`` and other schemes never are."""
+    try:
+        parts = urllib.parse.urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        return False
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return False
+    name, host_port = host
+    default = _DEFAULT_PORTS[scheme]
+    return parts.hostname.rstrip(".") == name and (port or default) == (host_port or default)
+
+
+class HostOriginMiddleware:
+    """In front of everything served (API, docs, page, its queue and websockets):
+
+    - a Host that is not one of ``policy``'s names is refused (400): DNS rebinding;
+    - a request that changes state (POST, PUT, PATCH, DELETE, a websocket upgrade) whose Origin
+      is another site than its Host, or without an Origin whose Sec-Fetch-Site says it comes
+      from another site, is refused (403): a page elsewhere may send it without reading the
+      answer. Clients that are not browsers send neither header and are served."""
+
+    def __init__(self, app, policy: HostPolicy):
+        self.app = app
+        self.policy = policy
+
+    def problem(self, scope) -> tuple[int, str] | None:
+        headers: dict[bytes, bytes] = {}
+        for key, value in scope.get("headers", ()):
+            headers.setdefault(key, value)
+        raw_host = headers.get(b"host")
+        if raw_host is None:
+            return 400, "Host: the request names no host (HTTP/1.1 requires the Host header)"
+        host_text = raw_host.decode("latin-1")
+        host = split_host(host_text)
+        if host is None or not self.policy.allows(host[0]):
+            name = host[0] if host else _shown(host_text)
+            return 400, (f"Host {_shown(host_text)!r}: not a name this server answers to, so a page under "
+                         f"another name cannot use it; if {name!r} is this server's name, start it with "
+                         f"--allowed-host {name}")
+        if scope["type"] == "http" and scope.get("method", "GET").upper() not in STATE_CHANGING_METHODS:
+            return None
+        origin = headers.get(b"origin")
+        if origin is not None:
+            if same_origin(origin.decode("latin-1"), host):
+                return None
+            return 403, (f"Origin {_shown(origin.decode('latin-1'))!r}: another site than this server "
+                         f"({_shown(host_text)}); what changes something must come from this server's own page")
+        fetch_site = headers.get(b"sec-fetch-site", b"").decode("latin-1").strip().lower()
+        if fetch_site in ("cross-site", "same-site"):
+            return 403, (f"Sec-Fetch-Site: {_shown(fetch_site)}: the request comes from another site; what changes "
+                         "something must come from this server's own page")
+        return None
+
+    async def __call__(self, scope, receive, send):
+        problem = self.problem(scope) if scope["type"] in ("http", "websocket") else None
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        status, message = problem
+        log.warning("refused %s %s: %s", scope.get("method", "websocket"), _shown(scope.get("path", "")), message)
+        if scope["type"] == "websocket" and "websocket.http.response" not in (scope.get("extensions") or {}):
+            await send({"type": "websocket.close", "code": 1008})  # the server cannot send a body: a plain 403
+            return
+        await refusal(status, message)(scope, receive, send)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,6 +379,7 @@ def create_app(
     allowed_paths: Iterable[str | os.PathLike] | None = None,
     models_root: str | os.PathLike | None = None,
     load_checkpoint: str | None = None,
+    allowed_hosts: HostPolicy | None = None,
 ) -> FastAPI:
     """A FastAPI app around one engine: the REST API under /sdapi/v1 (``api``), the Gradio page
     at / (``ui``), both behind HTTP Basic auth when ``auth`` ({user: password}) is given.
@@ -222,7 +387,8 @@ def create_app(
     ``options_path``: the JSON file the API's settings persist to (None: kept in memory);
     ``limits``: an ``app.api.ApiLimits``; ``cmd_flags``: what /cmd-flags reports;
     ``load_checkpoint``: a checkpoint to load in the background once the app has started
-    (``app.state.preload`` is its thread)."""
+    (``app.state.preload`` is its thread); ``allowed_hosts``: the Host names served (None:
+    the loopback names), checked with the Origin of what changes state (HostOriginMiddleware)."""
     if not api and not ui:
         raise ValueError("create_app: nothing to serve (api and ui are both off)")
     sd_api = None
@@ -269,6 +435,8 @@ def create_app(
         gr.mount_gradio_app(app, demo, path="/", allowed_paths=paths, show_error=True, ssr_mode=False)
     if auth:
         app.add_middleware(BasicAuthMiddleware, credentials=auth)
+    # Outermost (added last): another site's request is refused before any login prompt.
+    app.add_middleware(HostOriginMiddleware, policy=allowed_hosts or HostPolicy())
     return app
 
 
@@ -301,6 +469,7 @@ def serve(args: Any) -> int:
         return 2
     try:
         credentials = parse_auth(getattr(args, "api_auth", None))
+        hosts = HostPolicy(getattr(args, "allowed_host", None) or (), listen=bool(getattr(args, "listen", False)))
     except ValueError as exc:
         _error(str(exc))
         return 2
@@ -329,7 +498,8 @@ def serve(args: Any) -> int:
     settings = getattr(args, "ui_settings_file", None) or default_settings_file()
     flags = {k: v for k, v in vars(args).items()} if hasattr(args, "__dict__") else {}
     app = create_app(engine, api=api, ui=ui, auth=credentials or None, options_path=settings, cmd_flags=flags,
-                     allowed_paths=[Path(args.outdir)], load_checkpoint=startup_checkpoint(engine, settings))
+                     allowed_paths=[Path(args.outdir)], load_checkpoint=startup_checkpoint(engine, settings),
+                     allowed_hosts=hosts)
     host = "0.0.0.0" if getattr(args, "listen", False) else "127.0.0.1"
     port = int(args.port)
     parts = (["page: /"] if ui else []) + (["API: /sdapi/v1, docs: /docs"] if api else [])

@@ -653,18 +653,34 @@ def test_openapi_and_docs(shared):
     img2img = schema["components"]["schemas"]["StableDiffusionProcessingImg2Img"]["properties"]
     assert (img2img["inpainting_fill"]["default"], img2img["inpaint_full_res"]["default"]) == (0, True)
     assert "swagger" in shared.get("/docs").text.lower()
+    # The errors are declared with the body really sent: detail is the message, or the field errors.
+    error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
+    for path, statuses in (("/sdapi/v1/txt2img", {"400", "404", "422"}), ("/sdapi/v1/png-info", {"400", "422"})):
+        declared = schema["paths"][path]["post"]["responses"]
+        assert statuses <= set(declared), (path, set(declared))
+        assert all(declared[s]["content"]["application/json"]["schema"] == error_ref for s in statuses)
+    detail = schema["components"]["schemas"]["ErrorResponse"]["properties"]["detail"]["anyOf"]
+    assert {d.get("type") for d in detail} == {"string", "array"}
+    invalid = shared.post("/sdapi/v1/txt2img", {"steps": "many"}).json()
+    assert invalid["error"] == "RequestValidationError" and invalid["detail"][0]["loc"] == ["body", "steps"]
+    refused = shared.post("/sdapi/v1/txt2img", tiny(steps=100000)).json()
+    assert isinstance(refused["detail"], str) and refused["detail"].startswith("steps:")
 
 
 def test_schemathesis_finds_no_server_errors(engine, serve, tmp_path):
-    """Property-based requests to every operation in /openapi.json: never a 5xx. Generation is
-    kept cheap by this server's limits (2 steps, 64 px, 2 images)."""
+    """Property-based requests to every operation in /openapi.json: never a 5xx, and every
+    answer is one the spec declares (status code, content type, body schema: the 422 and
+    400/404 error bodies included). Generation is kept cheap by this server's limits
+    (2 steps, 64 px, 2 images) and the run by its time budget."""
     limits = ApiLimits(max_steps=2, max_size=64, max_images=2, max_upscale_pixels=128 * 128,
                        max_input_pixels=256 * 256, max_batch_files=2)
     pytest.importorskip("schemathesis", reason="schemathesis is not installed (pip install -r requirements-test.txt)")
     server = serve(limits=limits, options_path=tmp_path / "fuzz-config.json")
     cli = "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())"
     done = subprocess.run(
-        [sys.executable, "-c", cli, "run", f"{server.url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "5",
+        [sys.executable, "-c", cli, "run", f"{server.url}/openapi.json", "--checks",
+         "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+         "--max-examples", "5",
          "--max-time", "20", "--workers", "1", "--request-timeout", "60", "--seed", "1", "--no-color",
          "--generation-database", "none", "--phases", "examples,coverage,fuzzing", "--suppress-health-check", "all",
          "--exclude-path", "/sdapi/v1/interrupt", "--exclude-path", "/sdapi/v1/skip"],

@@ -131,7 +131,7 @@ def test_server_loads_the_checkpoint_at_start_without_a_job(engine, tmp_path):
     app = create_app(engine, api=True, ui=False, options_path=tmp_path / "config.json",
                      load_checkpoint="tiny_fp16.safetensors")
     assert engine.loaded is None  # nothing happens before the server starts
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:  # a Host the server answers to
         app.state.preload.join(timeout=120)
         assert engine.loaded is not None and engine.loaded.name == "tiny_fp16"
         assert engine.loaded.hash is not None  # the first job's infotext needs it: done too
@@ -145,7 +145,7 @@ def test_server_without_load_at_start_loads_nothing(engine, tmp_path):
     from app.server import create_app
 
     app = create_app(engine, api=True, ui=False, options_path=tmp_path / "config.json")
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:  # a Host the server answers to
         assert client.get("/sdapi/v1/progress").status_code == 200
         assert app.state.preload is None and engine.loaded is None
 
@@ -158,7 +158,7 @@ def test_a_failing_load_at_start_leaves_the_server_up(engine, tmp_path, capsys):
     (engine.ckpt_dir / "broken.safetensors").write_bytes(b"\x00" * 4)
     app = create_app(engine, api=True, ui=False, options_path=tmp_path / "config.json",
                      load_checkpoint="broken.safetensors")
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:  # a Host the server answers to
         app.state.preload.join(timeout=60)
         assert engine.loaded is None and engine.loading is None
         assert client.get("/sdapi/v1/progress").status_code == 200
