@@ -276,6 +276,22 @@ def test_the_command_line_names_a_damaged_checkpoint(damaged, tmp_path, capsys):
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.png"))
 
 
+def test_the_page_names_a_damaged_checkpoint(damaged, tmp_path):
+    import gradio as gr
+
+    from app.settings import Settings
+    from app.studio import StudioUI
+    from app.styles import StyleDatabase
+
+    ui = StudioUI(damaged, settings=Settings(tmp_path / "config.json"), styles=StyleDatabase(tmp_path / "styles.csv"))
+    updates = []
+    with pytest.raises(gr.Error, match=r"negative\.safetensors: corrupt safetensors file \(tensor .*shape \[-1, -4\]"):
+        for update in ui.load_checkpoint("negative.safetensors"):
+            updates.append(update)
+    assert "studio-error" in updates[-1] and "negative.safetensors: corrupt safetensors file" in updates[-1]
+    assert damaged.loaded is None
+
+
 def test_an_upscaler_with_a_damaged_header_is_refused_by_name(tmp_path):
     from core.upscaling.spandrel_models import read_state_dict
 
@@ -371,6 +387,11 @@ def test_history_routes_are_mounted_behind_auth(tmp_path):
         served = client.get(f"/history/images/{image_id}", auth=auth)
         assert served.status_code == 200 and served.content == inside.read_bytes()
         assert client.get(f"/history/images/{image_id}").status_code == 401
+        # ids beyond SQLite's integers are the client's mistake (422), not an overflow (500)
+        for method, url in (("get", f"/history/entries/{10**30}"), ("delete", f"/history/entries/{10**30}"),
+                            ("get", f"/history/images/{10**30}"), ("get", f"/history/search?offset={10**30}")):
+            assert getattr(client, method)(url, auth=auth).status_code == 422, url
+        assert client.post("/history/delete", json={"ids": [10**30]}, auth=auth).status_code == 422
 
         # A path outside the outputs folder in an imported document is never served: refused
         # at import, or kept but answered 404.
