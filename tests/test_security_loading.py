@@ -7,8 +7,6 @@ Every model is tiny (tests/tiny_models.py) and every job 64x64 with one step.
 from __future__ import annotations
 
 import json
-import math
-import os
 import shutil
 import struct
 import time
