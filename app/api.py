@@ -213,7 +213,8 @@ def engine_error(exc: EngineError, status: int = 400) -> ApiError:
     """A core EngineError as a client error: unknown names are 404, the rest ``status``."""
     message = _api_field_message(str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid request")
     head = message.partition(":")[0].strip().lower()
-    lookup = head in ("sampler_name", "scheduler", "sd_model_checkpoint", "upscaler", "hr_upscaler")
+    lookup = head in ("sampler_name", "scheduler", "sd_model_checkpoint", "upscaler", "hr_upscaler", "hr_sampler_name",
+                      "hr_scheduler")
     if lookup and ("unknown" in message or "not found" in message):
         status = 404
     return ApiError(status, message)
@@ -819,23 +820,17 @@ _HASH_SUFFIX = re.compile(r"^(.*?)\s*\[([0-9a-fA-F]{8,64})\]$")
 
 
 def _files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes),
-                  key=lambda p: p.as_posix().lower())
+    from core.modelfiles import model_files  # linked files and folders followed, suffixes in any case
+
+    return sorted(model_files(folder, suffixes), key=lambda p: p.as_posix().lower())
 
 
 def safetensors_metadata(path: Path) -> dict:
-    """The ``__metadata__`` of a .safetensors header (read without loading any tensor)."""
-    try:
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            if not 2 <= size <= 64 * 1024 * 1024:
-                return {}
-            header = json.loads(f.read(size))
-    except (OSError, ValueError):
-        return {}
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    """The ``__metadata__`` of a .safetensors header (read without loading any tensor; {} when
+    the file is not a valid safetensors file)."""
+    from core.loading import safetensors_header
+
+    metadata = safetensors_header(path).get("__metadata__")
     return metadata if isinstance(metadata, dict) else {}
 
 
@@ -1571,7 +1566,7 @@ class SdApi:
     def get_loras(self) -> list[dict]:
         items = []
         for path in _files(getattr(self.engine, "lora_dir", None) or self.models_root / "Lora", _LORA_SUFFIXES):
-            metadata = safetensors_metadata(path) if path.suffix.lower() == ".safetensors" else {}
+            metadata = safetensors_metadata(path)
             alias = metadata.get("ss_output_name") if isinstance(metadata.get("ss_output_name"), str) else path.stem
             items.append({"name": path.stem, "alias": alias, "path": str(path), "metadata": metadata})
         return items
@@ -1726,8 +1721,8 @@ def processed_info(params: GenerationParams, results: list, loaded, job_timestam
 def _embedding_shape(folder: Path, name: str) -> tuple[int, int] | None:
     from core.embeddings import SUFFIXES, read_embedding_vectors
 
-    for suffix in SUFFIXES:
-        for path in folder.rglob(f"{name}{suffix}") if folder.is_dir() else ():
+    for path in _files(folder, SUFFIXES):
+        if path.stem == name:
             try:
                 vectors = read_embedding_vectors(path)
             except EngineError:

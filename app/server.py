@@ -424,6 +424,8 @@ def create_app(
 
         install_error_handlers(app)
         app.include_router(sd_api.router)
+        if getattr(engine, "extensions", None) is not None:
+            engine.extensions.mount_api_routes(app)  # e.g. the prompt history's /history/...
         app.add_middleware(BodyLimitMiddleware, limit=sd_api.limits.max_body_bytes)
     if ui:
         import gradio as gr

@@ -247,13 +247,11 @@ class StudioUI:
     def lora_entries(self, query: str = "") -> list[tuple[str, Path | None]]:
         """(tag name, preview picture or None) for every LoRA file whose name contains ``query``
         (case-insensitive): the name is the path below the LoRA folder without its suffix."""
+        from core.modelfiles import model_files  # linked files and folders followed
+
         folder = Path(getattr(self.engine, "lora_dir", None) or ROOT / "models" / "Lora")
-        if not folder.is_dir():
-            return []
         found = []
-        for path in sorted(folder.rglob("*")):
-            if not path.is_file() or path.suffix.lower() not in LORA_SUFFIXES:
-                continue
+        for path in sorted(model_files(folder, LORA_SUFFIXES)):
             name = path.relative_to(folder).with_suffix("").as_posix()
             if query.strip().lower() not in name.lower():
                 continue

@@ -15,6 +15,7 @@ import torch
 
 from core.errors import EngineError
 from core.loading import read_tensor_file
+from core.modelfiles import is_safetensors, model_files
 
 log = logging.getLogger(__name__)
 SUFFIXES = (".pt", ".safetensors", ".bin")
@@ -28,7 +29,7 @@ class Embedding:
 
 
 def read_embedding_vectors(path: Path, key: str = "clip_l") -> torch.Tensor:
-    if path.suffix == ".safetensors":
+    if is_safetensors(path):
         data, _ = read_tensor_file(path)
     else:
         try:
@@ -60,7 +61,8 @@ class EmbeddingDatabase:
         self._by_first_token: dict[int, list[tuple[list[int], Embedding]]] = {}
         if directory is None or not directory.is_dir():
             return
-        for path in sorted(p for p in directory.rglob("*") if p.suffix in SUFFIXES and p.is_file()):
+        # Suffixes in any case; files and folders the user linked in are followed.
+        for path in sorted(model_files(directory, SUFFIXES)):
             try:
                 vectors = read_embedding_vectors(path, key)
             except EngineError as e:

@@ -25,6 +25,7 @@ from core.extensions import ExtensionRegistry, Job
 from core.images import save_png
 from core.infotext import create_infotext
 from core.loading import CHECKPOINT_SUFFIXES, load_model, read_spec
+from core.modelfiles import has_suffix, name_in_folder, walk
 from core.models.detection import SD2
 from core.params import GenerationParams
 from core.pipelines.common import resolve_seed, to_pil
@@ -150,31 +151,30 @@ class Engine:
         return with_demo(self._own_checkpoints(), self.demo_checkpoint)
 
     def _own_checkpoints(self) -> list[str]:
-        if not self.ckpt_dir.is_dir():
-            return []
         found = []
-        for path in sorted(self.ckpt_dir.rglob("*")):
-            if path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES and not _inside_diffusers_folder(path, self.ckpt_dir):
-                found.append(path)
-            elif path.is_dir() and (path / "model_index.json").is_file():
-                found.append(path)
+        # Files and folders the user linked in are followed (walk): they are the user's.
+        for directory, subdirs, files in walk(self.ckpt_dir):
+            if directory != self.ckpt_dir and (directory / "model_index.json").is_file():
+                found.append(directory)  # a diffusers folder: listed itself, its files are parts
+                subdirs[:] = []
+                continue
+            found.extend(directory / name for name in files
+                         if has_suffix(name, CHECKPOINT_SUFFIXES) and (directory / name).is_file())
         # The x4 upscaler often sits among the checkpoints but only upscales: it is listed with
         # the upscalers instead (core/upscaling/x4.py; header reads, cached per file).
-        return [path.relative_to(self.ckpt_dir).as_posix() for path in found if not self._x4.is_x4(path)]
+        return [path.relative_to(self.ckpt_dir).as_posix() for path in sorted(found) if not self._x4.is_x4(path)]
 
     def resolve_checkpoint(self, name: str, allow_paths: bool = False, field: str = "checkpoint") -> Path:
         """A name from list_checkpoints() (or, for trusted callers, any path) -> a checked path.
         A1111's title form "name [short hash]" (as infotexts write a refiner) is accepted.
 
-        Names from requests are confined to ckpt_dir: no '..', no absolute paths. Errors name
-        ``field``."""
+        Names from requests are confined to ckpt_dir as written: no '..', no absolute paths.
+        A file or folder the user linked into ckpt_dir is followed wherever it points (the
+        name is checked, not the link's target). Errors name ``field``."""
         candidate = Path(name)
         if allow_paths and candidate.exists():
             return candidate
-        root = self.ckpt_dir.resolve()
-        path = (root / name).resolve()
-        if not path.is_relative_to(root):
-            raise EngineError(f"{field}: {name!r} is outside the checkpoint folder")
+        path = name_in_folder(self.ckpt_dir, name, field, "checkpoint folder")
         if not path.exists() and is_demo(name) and self.demo_checkpoint.is_file():
             return self.demo_checkpoint
         if not path.exists():
@@ -185,9 +185,9 @@ class Engine:
                        if Path(n).stem == candidate.stem or n in (name, candidate.as_posix())]
             if not matches:
                 raise EngineError(f"{field}: {name!r} not found in {self.ckpt_dir}")
-            if is_demo(matches[0]) and not (root / matches[0]).exists():
+            if is_demo(matches[0]) and not (self.ckpt_dir / matches[0]).exists():
                 return self.demo_checkpoint
-            path = (root / matches[0]).resolve()
+            path = name_in_folder(self.ckpt_dir, matches[0], field, "checkpoint folder")
         return path
 
     def load(
@@ -432,6 +432,9 @@ class Engine:
         infotext, saving. ``refiner``: the job takes params.refiner_checkpoint (make_images gets
         a ``refiner=`` Refiner then)."""
         params.validate()
+        # Extra-network tags the user must fix (a LoRA weight out of range) fail the job before
+        # it waits for the device or loads anything.
+        self.extensions.check_extra_networks(extract_extra_networks(params.prompt)[1])
         params = normalise_sampler(params)
         wants_refiner = bool(params.refiner_checkpoint) and params.refiner_checkpoint != "None"
         if wants_refiner and not refiner:
@@ -552,7 +555,3 @@ def generation_fields(params: GenerationParams, subseed: int | None) -> dict:
     if params.emphasis != "Original":
         fields["Emphasis"] = params.emphasis
     return fields
-
-
-def _inside_diffusers_folder(path: Path, root: Path) -> bool:
-    return any((parent / "model_index.json").is_file() for parent in path.parents if parent != root and parent.is_relative_to(root))

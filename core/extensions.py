@@ -66,10 +66,16 @@ class ExtensionAPI:
             raise ValueError(f"unknown hook {hook!r} (known: {', '.join(HOOKS)})")
         self._registry.callbacks.setdefault(hook, []).append((self.extension, fn))
 
-    def on_extra_network(self, kind: str, fn: Callable) -> None:
+    def on_extra_network(self, kind: str, fn: Callable, check: Callable | None = None) -> None:
         """``fn(job, tags)`` for prompt tags ``<kind:name:args...>``; called every job, with an empty
-        list when the prompt has none (so the extension can undo what it did last time)."""
+        list when the prompt has none (so the extension can undo what it did last time).
+
+        ``check(tags)``, when given, runs before the job starts (before any model is loaded) with
+        the job's tags of this kind; it refuses a tag the user must fix (a weight out of range)
+        by raising core.errors.EngineError, whose message is the job's error."""
         self._registry.extra_networks.setdefault(kind, []).append((self.extension, fn))
+        if check is not None:
+            self._registry.extra_network_checks.setdefault(kind, []).append((self.extension, check))
 
     def add_ui_tab(self, fn: Callable) -> None:
         self.extension.ui_tabs.append(fn)
@@ -91,6 +97,7 @@ class ExtensionRegistry:
         self.extensions: dict[str, Extension] = {}
         self.callbacks: dict[str, list[tuple[Extension, Callable]]] = {}
         self.extra_networks: dict[str, list[tuple[Extension, Callable]]] = {}
+        self.extra_network_checks: dict[str, list[tuple[Extension, Callable]]] = {}
 
     def load_folder(self, folder: Path, disabled: set[str] | frozenset = frozenset()) -> None:
         if not folder.is_dir():
@@ -156,6 +163,31 @@ class ExtensionRegistry:
         if unknown:
             log.warning("no extension handles prompt tags of kind: %s", ", ".join(unknown))
         return fields
+
+    def check_extra_networks(self, tags: list) -> None:
+        """Each enabled extension's check of its kind's tags (see on_extra_network). An
+        EngineError is the user's to fix and goes to the caller; anything else is a bug of the
+        extension, which is disabled as for any hook."""
+        from core.errors import EngineError
+
+        for kind, checks in self.extra_network_checks.items():
+            mine = [t for t in tags if t.kind == kind]
+            for ext, check in checks:
+                if not mine or not ext.enabled:
+                    continue
+                try:
+                    check(mine)
+                except EngineError:
+                    raise
+                except Exception as e:  # noqa: BLE001
+                    self._fail(ext, f"check of <{kind}:...>", e)
+
+    def mount_api_routes(self, app) -> None:
+        """Let each enabled extension add its REST routes to ``app`` (the server's FastAPI app,
+        so they sit behind its auth); one that fails is disabled, the others still mount."""
+        for extension in self.enabled():
+            for add_routes in extension.api_routes:
+                self._guard(extension, "api routes", add_routes, app, self.engine)
 
     def enabled(self) -> list[Extension]:
         return [e for e in self.extensions.values() if e.enabled]

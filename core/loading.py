@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import mmap
 import os
 import pickle
@@ -33,6 +34,7 @@ from typing import Callable
 import torch
 
 from core.errors import EngineError
+from core.modelfiles import has_suffix, is_safetensors
 from core.models import diffusers_names
 from core.models.clip import FrozenOpenCLIPEmbedder
 from core.models.detection import SD2, SDXL_EMBEDDER, TEXT, UNET, VAE, ModelSpec, detect
@@ -44,6 +46,8 @@ SAFETENSORS_DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
+SAFETENSORS_ITEMSIZES = {name: torch.empty((), dtype=dtype).element_size() for name, dtype in SAFETENSORS_DTYPES.items()}
+MAX_SAFETENSORS_HEADER = 100_000_000  # bytes of JSON; the largest real checkpoints need a few MB
 # Keys a checkpoint may carry that the engine has no use for: training state, EMA shadows,
 # the DDPM schedule (recomputed), CLIP's position_ids (always arange).
 IGNORED_PREFIXES = ("model_ema.", "loss.", "first_stage_model.loss.", "lvlb_weights")
@@ -57,29 +61,66 @@ SCHEDULE_BUFFERS = {
 
 def read_safetensors_header(path: Path) -> tuple[dict, int]:
     """A .safetensors file's header table (tensor entries and ``__metadata__``) and its length
-    in bytes, reading nothing else; EngineError naming the file when it is not one."""
+    in bytes, reading nothing else; EngineError naming the file when it is not one.
+
+    Every entry is checked against the file before anything maps it (a known dtype, a shape of
+    whole numbers >= 0, offsets inside the data that hold exactly that many bytes), so neither
+    this module nor safetensors or torch ever sees a header that would make them fail."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
             raise EngineError(f"{path.name}: not a safetensors file (only {size} bytes)")
         (header_len,) = struct.unpack("<Q", head)
-        if header_len > min(size - 8, 100_000_000):
+        if header_len > min(size - 8, MAX_SAFETENSORS_HEADER):
             raise EngineError(f"{path.name}: corrupt or truncated safetensors file (header of {header_len} bytes in a {size}-byte file)")
         try:
             header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise EngineError(f"{path.name}: corrupt safetensors file (header is not valid JSON)") from None
     if not isinstance(header, dict):
         raise EngineError(f"{path.name}: corrupt safetensors file (header is not a table)")
+    data_size = size - 8 - header_len
+    for key, info in header.items():
+        if key == "__metadata__":
+            if info is not None and not isinstance(info, dict):
+                raise EngineError(f"{path.name}: corrupt safetensors file (__metadata__ is not a table)")
+            continue
+        problem = _safetensors_entry_problem(info, data_size)
+        if problem:
+            raise EngineError(f"{path.name}: corrupt safetensors file (tensor {key[:200]!r}: {problem})")
     return header, header_len
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _safetensors_entry_problem(info, data_size: int) -> str | None:
+    """Why a header entry cannot describe a tensor of a file with ``data_size`` data bytes."""
+    if not isinstance(info, dict):
+        return "the entry is not a table"
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        return f"unknown dtype {str(dtype)[:40]!r} (known: {', '.join(SAFETENSORS_DTYPES)})"
+    if not isinstance(shape, list) or not all(_whole(s) and s >= 0 for s in shape):
+        return f"shape {str(shape)[:80]} is not a list of whole numbers >= 0"
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_whole(o) for o in offsets):
+        return f"data_offsets {str(offsets)[:80]} is not a pair of whole numbers"
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_size:
+        return f"bytes {begin}-{end} are outside the file's {data_size} data bytes (truncated?)"
+    count = math.prod(shape)
+    if end - begin != count * SAFETENSORS_ITEMSIZES[dtype]:
+        return f"shape {shape} of {dtype} needs {count * SAFETENSORS_ITEMSIZES[dtype]} bytes, the offsets give {end - begin}"
+    return None
 
 
 def safetensors_header(path: str | os.PathLike) -> dict:
     """The header table as :func:`read_safetensors_header` reads it, or {} for anything that is
     not a readable .safetensors file (for listings that skip what they cannot read)."""
     path = Path(path)
-    if path.suffix.lower() != ".safetensors":
+    if not is_safetensors(path):
         return {}
     try:
         return read_safetensors_header(path)[0]
@@ -100,17 +141,11 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
     tensors = {}
     for key, info in header.items():
-        try:
-            dtype = SAFETENSORS_DTYPES[info["dtype"]]
-            shape = [int(s) for s in info["shape"]]
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise EngineError(f"{path.name}: corrupt safetensors entry for {key!r}") from None
-        count = 1
-        for s in shape:
-            count *= s
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        if end > data_size or begin < 0 or end - begin != count * itemsize:
+        # The header was checked as read; the file may have shrunk since, so the bounds again.
+        dtype, shape = SAFETENSORS_DTYPES[info["dtype"]], info["shape"]
+        begin, end = info["data_offsets"]
+        count, itemsize = math.prod(shape), SAFETENSORS_ITEMSIZES[info["dtype"]]
+        if end > data_size:
             raise EngineError(
                 f"{path.name}: truncated or corrupt safetensors file ({key!r} needs bytes {begin}-{end}, "
                 f"the file holds {data_size})"
@@ -144,7 +179,7 @@ def read_pickle_checkpoint(path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_tensor_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    if path.suffix == ".safetensors":
+    if is_safetensors(path):
         return read_safetensors(path)
     return read_pickle_checkpoint(path), {}
 
@@ -270,7 +305,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         if not (path / "model_index.json").is_file():
             raise EngineError(f"{path}: a folder, but not a diffusers model (no model_index.json)")
         tensors, metadata = read_diffusers_folder(path)
-    elif path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+    elif not has_suffix(path, CHECKPOINT_SUFFIXES):
         raise EngineError(f"{path.name}: unsupported file type {path.suffix!r} (use {', '.join(CHECKPOINT_SUFFIXES)})")
     else:
         tensors, metadata = read_tensor_file(path)

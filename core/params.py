@@ -118,10 +118,13 @@ class GenerationParams:
                 value = getattr(self, name)
                 if value and (value % 8 or not 8 <= value <= MAX_SIZE):
                     bad(name, f"must be 0 or a multiple of 8 up to {MAX_SIZE}, got {value}")
-            if self.hr_sampler_name:
-                resolve_sampler_name(self.hr_sampler_name)
-            if self.hr_scheduler:
-                resolve_schedule_name(self.hr_scheduler)
+            # Their own names in the error: "sampler: unknown" would point at the first pass.
+            for name, resolve in (("hr_sampler_name", resolve_sampler_name), ("hr_scheduler", resolve_schedule_name)):
+                if getattr(self, name):
+                    try:
+                        resolve(getattr(self, name))
+                    except EngineError as e:
+                        bad(name, str(e).partition(": ")[2])
         if not isinstance(self.refiner_switch_at, (int, float)) or not 0 <= self.refiner_switch_at <= 1:
             bad("refiner_switch_at", f"must be between 0 and 1, got {self.refiner_switch_at!r}")
         if self.emphasis not in EMPHASIS_MODES:

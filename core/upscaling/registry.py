@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from core.errors import EngineError
+from core.modelfiles import listed_name, name_in_folder
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_MODELS_ROOT = ROOT / "models"
@@ -137,10 +138,7 @@ def list_upscalers(models_root: str | os.PathLike = DEFAULT_MODELS_ROOT) -> list
 
 
 def _relative_name(path: Path, root: Path) -> str:
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return str(path)
+    return listed_name(path, root) or str(path)
 
 
 def find_upscaler(name: str, models_root: str | os.PathLike = DEFAULT_MODELS_ROOT) -> UpscalerInfo:
@@ -168,11 +166,13 @@ def _looks_like_path(name: str) -> bool:
 
 
 def _info_for_path(name: str, root: Path) -> UpscalerInfo:
-    base = root.resolve()
     candidate = Path(name)
-    path = (candidate if candidate.is_absolute() else base / candidate).resolve()
-    if not path.is_relative_to(base):
-        raise EngineError(f"upscaler: {name!r} is outside the models folder {root}")
+    if candidate.is_absolute():  # an absolute path names a file inside the folder, as written
+        relative = listed_name(os.path.normpath(candidate), root)
+        if relative is None:
+            raise EngineError(f"upscaler: {name!r} is outside the models folder {root}")
+        name = relative
+    path = name_in_folder(root, name, "upscaler", f"models folder {root}")
     if not path.is_file():
         raise EngineError(f"upscaler: {name!r}: no such model file in {root}")
     for kind in kinds():

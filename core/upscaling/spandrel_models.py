@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from core.errors import EngineError
+from core.modelfiles import is_safetensors, walk
 from core.upscaling.passes import upscale_in_passes
 from core.upscaling.registry import ProgressFn, UpscalerInfo, scan_folders
 from core.upscaling.spandrel_import import import_spandrel
@@ -54,9 +55,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of an upscaler file, unwrapped (``params_ema``, ``state_dict``, ``module.``
     prefixes ...) the way spandrel expects. Never runs code from the file."""
     path = Path(path)
-    if path.suffix.lower() == ".safetensors":
+    if is_safetensors(path):
         from safetensors.torch import load_file
 
+        from core.loading import read_safetensors_header
+
+        read_safetensors_header(path)  # a malformed header is refused here, naming the file
         try:
             data = load_file(str(path), device="cpu")
         except Exception as e:  # SafetensorError, OSError, ...
@@ -199,8 +203,9 @@ class SpandrelKind:
 
     def list(self, models_root: Path) -> list[UpscalerInfo]:
         def candidates(base: Path):
-            return (path for path in sorted(base.rglob("*"))
-                    if path.is_file() and not any(part.startswith(".") for part in path.relative_to(base).parts))
+            for directory, subdirs, files in walk(base):
+                subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+                yield from (directory / name for name in files if not name.startswith(".") and (directory / name).is_file())
 
         return [UpscalerInfo(path.stem, path, KIND) for path in scan_folders(models_root, self.folders, candidates, self.claims)]
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 from PIL import Image
 
 from core.errors import EngineError
+from core.modelfiles import walk
 from core.upscaling.passes import upscale_in_passes
 from core.upscaling.registry import ProgressFn, UpscalerInfo, scan_folders
 
@@ -129,9 +129,8 @@ def folder_is_x4(path: Path) -> bool:
 def _candidates(base: Path):
     """Checkpoint files and diffusers folders under ``base`` (hidden entries and the files
     inside a diffusers folder left out), sorted."""
-    for directory, subdirs, files in os.walk(base):
-        here = Path(directory)
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+    for here, subdirs, files in walk(base):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
         if (here / "model_index.json").is_file() and here != base:
             subdirs[:] = []
             yield here

@@ -43,6 +43,6 @@ def setup(api):
         job.notes.extend(activation.warnings)  # the engine shows them with every result
         return activation.fields or None
 
-    api.on_extra_network("lora", on_lora)
+    api.on_extra_network("lora", on_lora, check=_package().merge.check_tags)
     api.on("before_model_load", lambda path: manager.forget_model())
     api.on("model_unloaded", lambda loaded: manager.forget_model())

@@ -15,17 +15,16 @@ from pathlib import Path
 import torch
 
 from core.loading import read_pickle_checkpoint, read_safetensors, safetensors_header
+from core.modelfiles import is_safetensors, model_files
 
 LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
 PREVIEW_SUFFIXES = (".preview.png", ".preview.jpg", ".preview.jpeg", ".preview.webp", ".png", ".jpg", ".jpeg", ".webp")
 
 
 def lora_files(folder: Path) -> list[Path]:
+    """LoRA files under ``folder``; files and folders the user linked in are followed."""
     folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in LORA_SUFFIXES),
-                  key=lambda p: p.relative_to(folder).as_posix().lower())
+    return sorted(model_files(folder, LORA_SUFFIXES), key=lambda p: p.relative_to(folder).as_posix().lower())
 
 
 def relative_name(path: Path, folder: Path) -> str:
@@ -56,7 +55,7 @@ def lora_hash(path: Path) -> str:
     the metadata keeps the hash), of the whole file for other formats. Full hex digest."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        if path.suffix.lower() == ".safetensors":
+        if is_safetensors(path):
             head = f.read(8)
             if len(head) == 8:
                 (length,) = struct.unpack("<Q", head)
@@ -161,7 +160,7 @@ def find_lora(folder: Path, name: str) -> tuple[Path | None, str]:
 def read_lora_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], dict | None]:
     """Tensors, safetensors metadata, and a bare PEFT save's adapter_config.json (if beside it).
     Raises core.errors.EngineError for unsafe or broken files."""
-    if path.suffix.lower() == ".safetensors":
+    if is_safetensors(path):
         tensors, metadata = read_safetensors(path)
     else:
         tensors, metadata = read_pickle_checkpoint(path), {}

@@ -31,6 +31,9 @@ log = logging.getLogger("extensions.lora")
 TEXT_INTERNAL = "cond_stage_model.transformer."
 TEXT_CHECKPOINT = "cond_stage_model.transformer.text_model."
 LISTED = 40  # skipped module names written out per warning
+# Largest |weight| of a <lora:...> tag. A1111 users go to about +-2 for styles and up to +-5..8
+# with "slider" LoRAs; past 10 no LoRA makes a usable picture, and huge values overflow.
+MAX_WEIGHT = 10.0
 
 
 @dataclass(frozen=True)
@@ -45,16 +48,43 @@ class Request:
 
 def parse_tag(tag) -> Request:
     """An ExtraNetworkTag -> Request, as A1111 reads it: the first number is the text-encoder
-    weight, the second the UNet weight (defaults to the first), the third DyLoRA's rank."""
+    weight, the second the UNet weight (defaults to the first), the third DyLoRA's rank.
+
+    ValueError for what no LoRA can use: a weight that is not a number, not finite or beyond
+    +-MAX_WEIGHT (1e308 overflows the merged weights into a black picture), a rank that is not
+    a whole number >= 0."""
     args = [a for a in tag.args if len(a.split("=", 2)) != 2]  # A1111's positional items after the name
     named = tag.named
-    te = float(named.get("te", args[0] if args else 1.0))
-    unet = float(named.get("unet", args[1] if len(args) > 1 else te))
+    te = _weight("te", named.get("te", args[0] if args else 1.0))
+    unet = _weight("unet", named.get("unet", args[1] if len(args) > 1 else te))
     dyn_text = named.get("dyn", args[2] if len(args) > 2 else None)
-    dyn = int(dyn_text) if dyn_text not in (None, "") else None
-    if not (math.isfinite(te) and math.isfinite(unet)):
-        raise ValueError("weights must be finite numbers")
+    try:
+        dyn = int(dyn_text) if dyn_text not in (None, "") else None
+    except ValueError:
+        raise ValueError(f"dyn must be a whole number, got {dyn_text!r}") from None
+    if dyn is not None and dyn < 0:
+        raise ValueError(f"dyn must be 0 or more, got {dyn}")
     return Request(tag.name.strip(), te, unet, dyn or None)
+
+
+def _weight(name: str, value) -> float:
+    try:
+        weight = float(value)
+    except ValueError:
+        raise ValueError(f"{name} weight must be a number, got {value!r}") from None
+    if not math.isfinite(weight) or abs(weight) > MAX_WEIGHT:
+        raise ValueError(f"{name} weight must be between -{MAX_WEIGHT:g} and {MAX_WEIGHT:g}, got {value}")
+    return weight
+
+
+def check_tags(tags) -> None:
+    """The extension's check before a job (core.extensions): every ``<lora:...>`` tag must
+    parse; EngineError naming the tag otherwise."""
+    for tag in tags:
+        try:
+            parse_tag(tag)
+        except ValueError as e:
+            raise EngineError(f"prompt: <lora:{':'.join(tag.items)}>: {e}") from None
 
 
 @dataclass
@@ -149,6 +179,7 @@ class LoraManager:
         self._backups: dict[str, tuple[str, torch.Tensor]] = {}
         self._applied: tuple = ()  # what is merged now: ((stamp, te, unet, dyn), ...)
         self._apply_warnings: list[str] = []
+        self._apply_skipped: set[int] = set()  # positions of the LoRAs merged now that were skipped
         self._files: dict[tuple, LoadedLora] = {}
         self._table: tuple | None = None  # (weakref model, table, two text encoders)
 
@@ -179,29 +210,36 @@ class LoraManager:
                 continue
             wanted.append((lora, request))
             hashes.append(f"{request.name.replace(':', '').replace(',', '')}: {digest}")
-        if hashes:
-            out.fields["Lora hashes"] = ", ".join(hashes)
         self._files = {lora.stamp: lora for lora, _ in wanted}  # keep only what this job uses
         try:
-            out.warnings.extend(self.apply(model, wanted))
+            warnings, skipped = self.apply(model, wanted)
+            out.warnings.extend(warnings)
         except RuntimeError as e:  # out of memory, say: the model is restored, the job goes on
             out.warnings.append(f"LoRA: merging failed, generating without LoRAs: {e}")
+            skipped = set(range(len(wanted)))
+        # The infotext lists what shaped the picture: a LoRA skipped as a whole (another model
+        # family, nothing in it fits this model) is named in the warnings instead.
+        applied = [text for index, text in enumerate(hashes) if index not in skipped]
+        if applied:
+            out.fields["Lora hashes"] = ", ".join(applied)
         for warning in out.warnings:
             log.warning(warning)
         return out
 
     # --- merging ----------------------------------------------------------------------
 
-    def apply(self, model, wanted: list[tuple[LoadedLora, Request]]) -> list[str]:
+    def apply(self, model, wanted: list[tuple[LoadedLora, Request]]) -> tuple[list[str], set[int]]:
+        """Merge ``wanted``; returns the warnings and the positions in ``wanted`` of the LoRAs
+        that were skipped as a whole."""
         if not wanted:
             self.restore()
-            return []
+            return [], set()
         key = tuple((lora.stamp, r.te, r.unet, r.dyn) for lora, r in wanted)
         if self._model is not None and self._model() is model and key == self._applied:
-            return list(self._apply_warnings)
+            return list(self._apply_warnings), set(self._apply_skipped)
         self.restore()
         self._model = weakref.ref(model)
-        warnings, plan = self._plan(model, wanted)
+        warnings, plan, skipped = self._plan(model, wanted)
         try:
             self._merge(model, plan)
         except BaseException:
@@ -209,7 +247,8 @@ class LoraManager:
             raise
         self._applied = key
         self._apply_warnings = warnings
-        return list(warnings)
+        self._apply_skipped = skipped
+        return list(warnings), set(skipped)
 
     def restore(self) -> None:
         """Put every changed weight back exactly as it was."""
@@ -225,6 +264,7 @@ class LoraManager:
         self._backups.clear()
         self._applied = ()
         self._apply_warnings = []
+        self._apply_skipped = set()
         self._model = None
 
     def forget_model(self) -> None:
@@ -243,19 +283,22 @@ class LoraManager:
             self._table = (weakref.ref(model), build_table(shapes), has_two_text_encoders(shapes))
         return self._table[1], self._table[2]
 
-    def _plan(self, model, wanted) -> tuple[list[str], dict[str, list]]:
-        """Which parameter gets which deltas; every shape checked (on the meta device) first."""
+    def _plan(self, model, wanted) -> tuple[list[str], dict[str, list], set[int]]:
+        """Which parameter gets which deltas, and the positions in ``wanted`` of the LoRAs
+        skipped as a whole; every shape checked (on the meta device) first."""
         table, two_te = self._targets(model)
         family = model_family(model)
         warnings: list[str] = []
         plan: dict[str, list] = {}
-        for lora, request in wanted:
+        skipped_loras: set[int] = set()
+        for index, (lora, request) in enumerate(wanted):
             if request.te == 0 and request.unet == 0:
                 continue
             if lora.family and family and lora.family != family:
                 warnings.append(
                     f"LoRA {lora.name}: made for {FAMILY_LABELS.get(lora.family, lora.family)}, the loaded model is "
                     f"{FAMILY_LABELS.get(family, family)}; skipped all {len(lora.modules)} modules")
+                skipped_loras.add(index)
                 continue
             skipped = [f"{k} (unknown key)" for k in lora.unknown_keys]
             used = 0
@@ -299,9 +342,10 @@ class LoraManager:
             total = len(lora.modules) + len(lora.unknown_keys)
             if skipped and not used:
                 warnings.append(f"LoRA {lora.name}: nothing in it matches the loaded model; skipped: {_listing(skipped)}")
+                skipped_loras.add(index)
             elif skipped:
                 warnings.append(f"LoRA {lora.name}: {len(skipped)} of {total} entries skipped: {_listing(skipped)}")
-        return warnings, plan
+        return warnings, plan, skipped_loras
 
     def _merge(self, model, plan: dict[str, list]) -> None:
         with torch.no_grad():

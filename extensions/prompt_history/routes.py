@@ -14,13 +14,18 @@
 from __future__ import annotations
 
 import io
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
-from fastapi import APIRouter, Body, FastAPI, HTTPException, Query, Response
+from fastapi import APIRouter, Body, FastAPI, HTTPException, Path, Query, Response
 from fastapi.responses import FileResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".avif", ".gif", ".bmp", ".tif", ".tiff"}
+# Ids and offsets are SQLite integers: a larger number is a 422, not an overflow inside sqlite3.
+SQLITE_MAX = 2**63 - 1
+MAX_IDS = 100_000  # ids one request may name
+RowId = Annotated[int, Field(ge=0, le=SQLITE_MAX)]
+EntryId = Annotated[int, Path(ge=0, le=SQLITE_MAX)]
 
 
 class FavouriteRequest(BaseModel):
@@ -28,11 +33,11 @@ class FavouriteRequest(BaseModel):
 
 
 class DeleteRequest(BaseModel):
-    ids: list[int]
+    ids: list[RowId] = Field(max_length=MAX_IDS)
 
 
 class ExportRequest(BaseModel):
-    ids: list[int] | None = None
+    ids: list[RowId] | None = Field(None, max_length=MAX_IDS)
     q: str | None = None
     scope: str = "prompt"
     model: str | None = None
@@ -60,7 +65,7 @@ def add_routes(app: FastAPI, get_store: Callable[[], Any], store_module: Any) ->
     @router.get("/search")
     def search(q: str = "", scope: str = "prompt", model: str | None = None, since: str | None = None,
                until: str | None = None, favourites: bool = False, kind: str | None = None,
-               order: str = "newest", limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)):
+               order: str = "newest", limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=SQLITE_MAX)):
         try:
             return get_store().search(q, scope=scope, model=model, since=since, until=until, favourites=favourites,
                                       kind=kind, order=order, limit=limit, offset=offset)
@@ -72,11 +77,11 @@ def add_routes(app: FastAPI, get_store: Callable[[], Any], store_module: Any) ->
         return get_store().models()
 
     @router.get("/entries/{entry_id}")
-    def get_entry(entry_id: int):
+    def get_entry(entry_id: EntryId):
         return entry_or_404(entry_id)
 
     @router.delete("/entries/{entry_id}")
-    def delete_entry(entry_id: int):
+    def delete_entry(entry_id: EntryId):
         deleted = get_store().delete([entry_id])
         if not deleted:
             raise HTTPException(status_code=404, detail=f"no history entry {entry_id}")
@@ -87,14 +92,14 @@ def add_routes(app: FastAPI, get_store: Callable[[], Any], store_module: Any) ->
         return {"deleted": get_store().delete(request.ids)}
 
     @router.post("/entries/{entry_id}/favourite")
-    def favourite(entry_id: int, request: FavouriteRequest | None = None):
+    def favourite(entry_id: EntryId, request: FavouriteRequest | None = None):
         wanted = request.favourite if request is not None else True
         if not get_store().set_favourite(entry_id, wanted):
             raise HTTPException(status_code=404, detail=f"no history entry {entry_id}")
         return entry_or_404(entry_id)
 
     @router.get("/entries/{entry_id}/send")
-    def send(entry_id: int, image: int | None = None):
+    def send(entry_id: EntryId, image: int | None = Query(None, ge=0, le=SQLITE_MAX)):
         try:
             payload = get_store().send_to(entry_id, image)
         except HistoryError as e:
@@ -104,7 +109,7 @@ def add_routes(app: FastAPI, get_store: Callable[[], Any], store_module: Any) ->
         return payload
 
     @router.get("/images/{image_id}")
-    def image_file(image_id: int, size: int = Query(0, ge=0, le=2048)):
+    def image_file(image_id: EntryId, size: int = Query(0, ge=0, le=2048)):
         store = get_store()
         image = store.get_image(image_id)
         path = store.file_path(image["path"]) if image else None
