@@ -30,13 +30,12 @@ import logging
 import math
 import os
 import re
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -44,6 +43,7 @@ from PIL import Image, PngImagePlugin
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.settings import read_settings_file, settings_file_notice, update_settings_file
 from core.errors import EngineError
 from core.params import MAX_SIZE, MAX_STEPS, GenerationParams
 
@@ -588,48 +588,26 @@ def check_option(key: str, value: Any, where: str = "") -> Any:
     return value
 
 
-def write_json_atomically(path: Path, data: dict) -> None:
-    """Write to a temporary file beside ``path``, flush it to disk, then rename over ``path``:
-    a reader (or a crash) sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=4, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError, AttributeError):  # make the rename itself durable (POSIX)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
 class OptionsStore:
     """Settings in a JSON file shared with whatever else keeps settings there (the page keeps
     its own in the same config.json): every write re-reads the file and changes only this
-    API's keys. No file (``path=None``): in memory only."""
+    API's keys. No file (``path=None``): in memory only. A file that is not a JSON object is
+    set aside (never rewritten) by ``app.settings.read_settings_file``, which the page's
+    settings use too; ``notice`` then says where it went."""
 
     def __init__(self, path: str | os.PathLike | None):
         self.path = Path(path) if path else None
         self._lock = threading.Lock()
         self._data: dict[str, Any] = {}
-        if self.path and self.path.is_file():
+        self.notice: str | None = None
+        if self.path:
             try:
-                data = json.loads(self.path.read_text(encoding="utf-8"))
-                if not isinstance(data, dict):
-                    raise ValueError("not a JSON object")
-                self._data = data
-            except (OSError, ValueError) as exc:
-                log.warning("settings file %s unreadable (%s); using defaults, it is replaced on the next change",
-                            self.path, exc)
+                self._data = read_settings_file(self.path)
+            except OSError as exc:
+                self.notice = (f"settings file {self.path} cannot be read ({exc.strerror or exc}); using defaults, "
+                               "and changes cannot be saved until it can be read")
+                log.warning(self.notice)
+            self.notice = settings_file_notice(self.path) or self.notice
 
     def get(self, key: str) -> Any:
         with self._lock:
@@ -646,11 +624,9 @@ class OptionsStore:
         with self._lock:
             data = {**self._data, **changes}
             if self.path:
-                on_disk: dict[str, Any] = {}
-                with contextlib.suppress(OSError, ValueError):
-                    loaded = json.loads(self.path.read_text(encoding="utf-8"))
-                    on_disk = loaded if isinstance(loaded, dict) else {}
-                write_json_atomically(self.path, {**on_disk, **{k: data[k] for k in OPTIONS if k in data}})
+                # only the changes: the page may have changed shared keys since this store read the file
+                notice = update_settings_file(self.path, changes)
+                self.notice = notice or self.notice
             self._data = data
 
 
@@ -1379,7 +1355,15 @@ class SdApi:
 
     # --- options ----------------------------------------------------------------------------------
 
-    def get_options(self) -> dict:
+    def _settings_warning(self, response: Response) -> None:
+        """A settings file that was set aside (not JSON, not an object) is told to every client
+        of /options in an HTTP ``Warning`` header (code 199, "miscellaneous warning")."""
+        if self.options.notice:
+            text = " ".join(self.options.notice.split()).replace("\\", "\\\\").replace('"', '\\"')
+            response.headers["Warning"] = f'199 - "{text.encode("ascii", "backslashreplace").decode()}"'
+
+    def get_options(self, response: Response) -> dict:
+        self._settings_warning(response)
         values = self.options.values()
         entry = self._current_checkpoint()
         values["sd_model_checkpoint"] = entry.title if entry else values["sd_model_checkpoint"]
@@ -1394,7 +1378,7 @@ class SdApi:
         return {"sd_model_prediction": self.engine.prediction,
                 "sd_noise_schedule": "Zero Terminal SNR" if self.engine.zero_terminal_snr else "Default"}
 
-    async def set_options(self, req: dict[str, Any]) -> None:
+    async def set_options(self, req: dict[str, Any], response: Response) -> None:
         """Change settings (A1111's names); they are saved at once. Setting sd_model_checkpoint
         loads that checkpoint."""
         changes = {key: check_option(key, value) for key, value in req.items()}
@@ -1407,6 +1391,7 @@ class SdApi:
             changes["sd_model_checkpoint"] = name
             await self.queue.run("load checkpoint", lambda: self._load(name))
         await run_in_threadpool(self._save_settings, changes)
+        self._settings_warning(response)
         return None
 
     def _set_model_overrides(self, prediction: str, zero_terminal_snr: bool | None, reload: bool = True) -> None:

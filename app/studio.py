@@ -1019,14 +1019,19 @@ class StudioUI:
                            print_exception=False) from None
         allow_output_folder(self.output_root())
         reloads = self.apply_model_settings()
+        notice = self.settings.save_notice
+        if notice:  # the user's file was unreadable: it is kept aside, and they must know
+            gr.Warning(notice)
         if not changed and not reloads:
-            return f"Nothing changed ({self.settings.path})"
+            return f"Nothing changed ({self.settings.path})" + (f". {notice}" if notice else "")
         needs_reload = [k for k in changed if k.startswith("default_")]
         text = f"Saved {len(changed)} setting(s) to {self.settings.path}; they apply to the next job"
         if reloads:
             text += " (which loads the checkpoint again)"
         if needs_reload:
             text += "; new defaults show when the page is reloaded"
+        if notice:
+            text += f". {notice}"
         return text
 
     def apply_model_settings(self) -> bool:
