@@ -1,0 +1,250 @@
+"""Data kept, never silently overwritten (issue #14): an unreadable config.json or styles.csv is
+kept aside, never replaced by a file holding only the new keys or rows; an output folder that
+cannot be written does not lose the picture; jobs killed with the server do not stay "running".
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from app.api import OptionsStore
+from app.settings import Settings
+from app.styles import StyleDatabase, StyleError
+from test_api import engine, models_dir, serve  # noqa: F401 - fixtures: a live server over tiny models
+
+ROOT = Path(__file__).resolve().parent.parent
+
+UNREADABLE_CONFIGS = {
+    "broken JSON": b'{"outdir": "/data/pictures", "default_steps": 31,',
+    "a list": b'[{"outdir": "/data/pictures"}]',
+    "a string": b'"outdir"',
+    "not UTF-8": b'{"outdir": "/data/\xff\xfepictures"}',
+}
+
+
+def bad_files(folder: Path, name: str) -> list[Path]:
+    return sorted(folder.glob(f"{name}.bad-*"))
+
+
+# ---------------------------------------------------------------- config.json
+
+
+@pytest.mark.parametrize("content", UNREADABLE_CONFIGS.values(), ids=UNREADABLE_CONFIGS.keys())
+def test_page_settings_keep_an_unreadable_config_aside(tmp_path, content):
+    path = tmp_path / "config.json"
+    path.write_bytes(content)
+    settings = Settings(path)
+    assert settings["default_steps"] == 20  # the defaults, said so
+    kept = bad_files(tmp_path, "config.json")
+    assert len(kept) == 1 and kept[0].read_bytes() == content
+    assert any(kept[0].name in warning for warning in settings.load_warnings), settings.load_warnings
+
+    settings.update({"default_steps": 33})
+    assert json.loads(path.read_text()) == {"default_steps": 33}
+    assert kept[0].read_bytes() == content  # the user's file is still there, whole
+
+
+@pytest.mark.parametrize("content", UNREADABLE_CONFIGS.values(), ids=UNREADABLE_CONFIGS.keys())
+def test_api_options_keep_an_unreadable_config_aside(tmp_path, content):
+    path = tmp_path / "config.json"
+    path.write_bytes(content)
+    store = OptionsStore(path)
+    kept = bad_files(tmp_path, "config.json")
+    assert len(kept) == 1 and kept[0].read_bytes() == content
+    assert kept[0].name in store.notice
+    store.update({"CLIP_stop_at_last_layers": 2})
+    assert json.loads(path.read_text()) == {"CLIP_stop_at_last_layers": 2}
+    assert kept[0].read_bytes() == content
+
+
+def test_a_file_broken_while_running_is_set_aside_at_the_next_save_and_never_over_an_earlier_one(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_bytes(b"[1]")
+    settings, options = Settings(path), OptionsStore(path)
+    first = bad_files(tmp_path, "config.json")
+    assert len(first) == 1
+    # both readers report the one file that was set aside
+    assert first[0].name in options.notice and any(first[0].name in w for w in settings.load_warnings)
+
+    for attempt, (writer, change) in enumerate([(options, {"emphasis": "No norm"}),
+                                                (settings, {"preview_every": 2}),
+                                                (options, {"CLIP_stop_at_last_layers": 3})]):
+        broken = f'{{"from the user, attempt {attempt}": '.encode()
+        path.write_bytes(broken)  # hand-edited while the server runs, and left broken
+        if writer is settings:
+            writer.update(change)
+            assert writer.save_notice and "config.json.bad-" in writer.save_notice
+        else:
+            writer.update(change)
+        kept = bad_files(tmp_path, "config.json")
+        assert len(kept) == 2 + attempt, "an earlier .bad file was replaced"
+        assert sorted(p.read_bytes() for p in kept) == sorted(
+            [b"[1]"] + [f'{{"from the user, attempt {a}": '.encode() for a in range(attempt + 1)])
+        assert json.loads(path.read_text()) == change
+
+
+def test_a_wrong_value_for_one_key_drops_nothing(tmp_path):
+    path = tmp_path / "config.json"
+    stored = {"jpeg_quality": "high", "preview_every": 3, "outdir": "/data/pictures", "CLIP_stop_at_last_layers": "two",
+              "emphasis": "No norm", "a later version's key": [1, 2]}
+    path.write_text(json.dumps(stored))
+    settings, options = Settings(path), OptionsStore(path)
+    assert bad_files(tmp_path, "config.json") == []
+    assert (settings["preview_every"], settings["outdir"], settings["jpeg_quality"]) == (3, "/data/pictures", 90)
+    assert (options.get("emphasis"), options.get("CLIP_stop_at_last_layers")) == ("No norm", 1)
+
+    settings.update({"default_steps": 40})
+    options.update({"enable_pnginfo": False})
+    assert json.loads(path.read_text()) == {**stored, "default_steps": 40, "enable_pnginfo": False}
+
+
+def test_apply_on_the_page_says_the_file_was_set_aside(tmp_path):
+    pytest.importorskip("gradio")
+    from app.studio import StudioUI
+    from test_webui import FakeEngine
+
+    path = tmp_path / "config.json"
+    ui = StudioUI(FakeEngine(tmp_path), settings=Settings(path), styles=StyleDatabase(tmp_path / "styles.csv"))
+    path.write_text("{oops")
+    with pytest.warns(UserWarning, match=r"config\.json\.bad-"):  # gr.Warning outside an event: a Python warning
+        message = ui.apply_settings(["default_steps"], [12])
+    kept = bad_files(tmp_path, "config.json")
+    assert len(kept) == 1 and kept[0].read_text() == "{oops" and kept[0].name in message
+    assert json.loads(path.read_text()) == {"default_steps": 12}
+
+
+def test_options_route_warns_and_keeps_the_file(serve, tmp_path):
+    path = tmp_path / "config.json"
+    path.write_bytes(b'{"sd_model_checkpoint": "x.safetensors"')
+    server = serve(options_path=path)
+    answer = server.post("/sdapi/v1/options", {"CLIP_stop_at_last_layers": 2})
+    assert answer.status_code == 200, answer.text
+    kept = bad_files(tmp_path, "config.json")
+    assert len(kept) == 1 and kept[0].read_bytes() == b'{"sd_model_checkpoint": "x.safetensors"'
+    assert answer.headers["Warning"].startswith('199 - "') and kept[0].name in answer.headers["Warning"]
+    assert kept[0].name in server.get("/sdapi/v1/options").headers["Warning"]
+    assert json.loads(path.read_text()) == {"CLIP_stop_at_last_layers": 2}
+
+
+# ---------------------------------------------------------------- styles.csv
+
+
+STYLES = 'name,prompt,negative_prompt\nPhoto,"{prompt}, photo",drawing\nCaf\xe9 noir,"{prompt}, noir",\n'
+
+
+def test_styles_with_a_cp1252_byte_are_all_read_and_kept_on_save(tmp_path):
+    path = tmp_path / "styles.csv"
+    path.write_bytes(STYLES.encode("cp1252"))  # "é" as the single byte 0xE9
+    db = StyleDatabase(path)
+    assert db.names() == ["Photo", "Café noir"]
+    assert "cp1252" in db.warning
+
+    db.save_style("New", "{prompt}, new", "")
+    again = StyleDatabase(path)
+    assert again.names() == ["Photo", "Café noir", "New"] and again.warning is None  # now UTF-8
+    assert again.get("Café noir").prompt == "{prompt}, noir"
+
+
+def test_saving_a_style_keeps_rows_added_by_hand_since_the_page_read_the_file(tmp_path):
+    path = tmp_path / "styles.csv"
+    path.write_text(STYLES, encoding="utf-8")
+    db = StyleDatabase(path)
+    with path.open("a", encoding="utf-8") as f:
+        f.write("By hand,\"{prompt}, by hand\",\n")
+    db.save_style("New", "x", "")
+    db.delete_style("Photo")
+    assert StyleDatabase(path).names() == ["Café noir", "By hand", "New"]
+
+
+def test_an_unreadable_styles_file_is_never_written_over(tmp_path):
+    path = tmp_path / "styles.csv"
+    content = ('name,prompt,negative_prompt\nHuge,"' + "x" * 200_000 + '",\nSmall,tiny,\n').encode()
+    path.write_bytes(content)  # a field over the csv module's limit: csv.Error
+    db = StyleDatabase(path)
+    assert db.warning and "not readable" in db.warning
+    with pytest.raises(StyleError, match=r"nothing was saved over it.*styles\.csv\.bad-"):
+        db.save_style("New", "x", "")
+    kept = bad_files(tmp_path, "styles.csv")
+    assert len(kept) == 1 and kept[0].read_bytes() == content and not path.exists()
+    db.save_style("New", "x", "")  # the user saves again: a new file, the old one still aside
+    assert StyleDatabase(path).names() == ["New"] and kept[0].read_bytes() == content
+
+
+# ---------------------------------------------------------------- prompt history
+
+
+def load_history_store():
+    from test_history import load
+
+    return load("store")
+
+
+KILLED_WRITER = r'''
+import importlib.util, os, sys
+spec = importlib.util.spec_from_file_location("history_store", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+store = module.HistoryStore(sys.argv[2])
+store.begin_entry({"prompt": sys.argv[3], "kind": "txt2img", "params": {}},
+                  [{"seed": 1, "path": None, "infotext": "", "created": 1.0}])
+print("begun", flush=True)
+if sys.argv[4] == "die":
+    os._exit(9)  # the server killed mid-job: no finish_entry, no clean-up
+sys.stdin.read()  # a live server: keeps its store open until told to stop
+'''
+
+
+def start_history_writer(tmp_path: Path, db: Path, prompt: str, how: str) -> subprocess.Popen:
+    script = tmp_path / "writer.py"
+    script.write_text(KILLED_WRITER)
+    store_file = ROOT / "extensions" / "prompt_history" / "store.py"
+    proc = subprocess.Popen([sys.executable, str(script), str(store_file), str(db), prompt, how],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "begun"
+    return proc
+
+
+def statuses(db: Path) -> dict[str, str]:
+    conn = sqlite3.connect(db)
+    try:
+        return dict(conn.execute("SELECT prompt, status FROM entries"))
+    finally:
+        conn.close()
+
+
+def test_jobs_killed_with_the_server_are_marked_interrupted_at_the_next_start(tmp_path):
+    history = load_history_store()
+    db = tmp_path / "outputs" / "history.sqlite3"
+    killed = start_history_writer(tmp_path, db, "killed mid-job", "die")
+    assert killed.wait(30) == 9
+    assert statuses(db) == {"killed mid-job": "running"}
+
+    store = history.HistoryStore(db)  # the next start
+    assert store.abandoned == 1
+    assert statuses(db) == {"killed mid-job": "interrupted"}
+    assert store.search("killed")["entries"][0]["status"] == "interrupted"
+    store.close()
+
+
+def test_a_job_of_another_live_process_is_left_running(tmp_path):
+    history = load_history_store()
+    db = tmp_path / "outputs" / "history.sqlite3"
+    live = start_history_writer(tmp_path, db, "still working", "live")
+    try:
+        store = history.HistoryStore(db)
+        assert store.abandoned == 0 and statuses(db) == {"still working": "running"}
+        store.close()
+    finally:
+        live.stdin.close()
+        assert live.wait(30) == 0
+    reopened = history.HistoryStore(db)  # that process has ended without finishing its entry
+    assert reopened.abandoned == 1 and statuses(db) == {"still working": "interrupted"}
+    reopened.close()
