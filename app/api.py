@@ -1192,13 +1192,17 @@ class SdApi:
         if restore:
             await run_in_threadpool(self._save_settings, restore)
         pnginfo = self.options.get("enable_pnginfo")
-        send = _default(req, "send_images")
+        unsaved = [index for index, r in enumerate(results) if getattr(r, "save_error", None)]
+        # a picture the folder could not take exists only in this answer: sent whatever send_images says
+        send = _default(req, "send_images") or bool(unsaved)
 
         def encode_all():
             return [encode_png(r.image, r.infotext if pnginfo else None) for r in results] if send else []
 
         images = await run_in_threadpool(encode_all)
         info = processed_info(params, results, loaded, timestamp, img2img=kind == "img2img")
+        if unsaved:
+            info.update(unsaved_images_note(results, unsaved))
         parameters = req.model_dump()
         if kind == "img2img" and not req.include_init_images:
             parameters["init_images"] = None
@@ -1585,6 +1589,17 @@ _SCHEDULER_TRAITS = {
     "Polyexponential": (1.0, False), "SGM Uniform": (None, True), "Simple": (None, True), "Normal": (None, True),
     "DDIM": (None, True), "Beta": (None, True), "Align Your Steps": (None, False),
 }
+
+
+def unsaved_images_note(results: list, unsaved: list[int]) -> dict:
+    """What ``info`` says when the output folder could not take some images (full, read-only):
+    the answer is still 200 with every image, as 507 Insufficient Storage is about the folder,
+    not the job. ``warnings``: for people; ``save_error``: for programs."""
+    message = (f"{len(unsaved)} of {len(results)} image(s) {results[unsaved[0]].save_error}; "
+               "they are only in this response")
+    log.warning(message)
+    return {"warnings": [message],
+            "save_error": {"status": 507, "reason": "Insufficient Storage", "message": message, "images": unsaved}}
 
 
 def _scheduler_name(label: str) -> str:

@@ -195,7 +195,7 @@ def build_ui(engine: Any, params_cls: Callable[..., Any] | None = None, settings
 
         def from_results(items, index):
             item = ui.selected_item(items, index)
-            return (item["path"], item["infotext"]) if item else (None, "")
+            return (item["path"] or item.get("image"), item["infotext"]) if item else (None, "")
 
         for name in GENERATION_TABS:
             tab = tabs[name]

@@ -248,3 +248,115 @@ def test_a_job_of_another_live_process_is_left_running(tmp_path):
     reopened = history.HistoryStore(db)  # that process has ended without finishing its entry
     assert reopened.abandoned == 1 and statuses(db) == {"still working": "interrupted"}
     reopened.close()
+
+
+# ---------------------------------------------------------------- an output folder that cannot take the image
+
+
+def decode(b64: str):
+    import base64
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")
+
+
+TXT2IMG = {"prompt": "a red circle", "seed": 1234, "steps": 2, "width": 64, "height": 64, "sampler_name": "Euler",
+           "send_images": True, "save_images": True}
+
+
+def blocked_folder(tmp_path: Path) -> Path:
+    """An output folder no one can create, root included: its parent is a file."""
+    parent = tmp_path / "not-a-folder"
+    parent.write_bytes(b"a file where the output folder's parent should be")
+    return parent / "images"
+
+
+def test_api_returns_the_image_when_the_output_folder_cannot_be_written(engine, serve, tmp_path, monkeypatch):
+    import numpy as np
+
+    server = serve()
+    monkeypatch.setattr(engine, "output_dir", blocked_folder(tmp_path))
+    answer = server.post("/sdapi/v1/txt2img", TXT2IMG)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    info = json.loads(body["info"])
+    assert info["save_error"]["status"] == 507 and info["save_error"]["images"] == [0]
+    assert "not saved in" in info["warnings"][0] and "only in this response" in info["warnings"][0]
+    assert info["save_error"]["message"] == info["warnings"][0]
+    (returned,) = [decode(b) for b in body["images"]]
+
+    # the same job where the folder works: the returned pixels are the picture it saves
+    good = tmp_path / "good"
+    monkeypatch.setattr(engine, "output_dir", good)
+    again = server.post("/sdapi/v1/txt2img", TXT2IMG)
+    assert again.status_code == 200 and "save_error" not in json.loads(again.json()["info"])
+    (saved_file,) = list(good.rglob("*.png"))
+    from PIL import Image
+
+    with Image.open(saved_file) as saved:
+        assert np.array_equal(np.asarray(returned), np.asarray(saved.convert("RGB")))
+    assert np.asarray(returned).std() > 0  # a picture, not a blank
+
+
+def test_a_full_disk_still_returns_the_images_even_without_send_images(engine, serve, tmp_path, monkeypatch):
+    import core.engine
+
+    server = serve()
+    monkeypatch.setattr(engine, "output_dir", tmp_path / "outputs")
+
+    def full_disk(image, directory, seed, infotext):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(core.engine, "save_png", full_disk)
+    answer = server.post("/sdapi/v1/txt2img", {**TXT2IMG, "send_images": False, "batch_size": 2})
+    assert answer.status_code == 200, answer.text
+    info = json.loads(answer.json()["info"])
+    assert info["save_error"]["images"] == [0, 1] and "No space left on device" in info["warnings"][0]
+    assert info["warnings"][0].startswith("2 of 2 image(s) not saved in ")
+    images = [decode(b) for b in answer.json()["images"]]
+    assert len(images) == 2 and all(image.size == (64, 64) for image in images)
+    assert not any((tmp_path / "outputs").rglob("*.png"))
+
+
+def test_page_shows_the_image_and_warns_when_it_cannot_save(tmp_path):
+    pytest.importorskip("gradio")
+    import numpy as np
+    from PIL import Image
+
+    from app.studio import StudioUI
+    from test_webui import FakeEngine, run_stream
+
+    engine = FakeEngine(tmp_path)
+    engine.output_dir.parent.mkdir(parents=True, exist_ok=True)
+    engine.output_dir.write_bytes(b"a file where the output folder should be")
+    settings = Settings(tmp_path / "config.json")
+    settings.update({"image_format": "jpg"})  # the page saves, not the engine
+    ui = StudioUI(engine, settings=settings, styles=StyleDatabase(tmp_path / "styles.csv"))
+    with pytest.warns(UserWarning, match=r"1 of 1 image\(s\) not saved in .*only on this page"):
+        *_, (gallery, info, log, progress, items) = run_stream(ui, "txt2img", dict(prompt="x", seed=3, steps=1,
+                                                                                  width=64, height=64))
+    (picture, caption), = gallery
+    assert isinstance(picture, Image.Image)
+    expected = Image.new("RGB", (64, 64), (0, 90, 160))  # what FakeEngine paints for this job
+    assert np.array_equal(np.asarray(picture), np.asarray(expected))
+    assert items[0]["path"] is None and items[0]["seed"] == 3 and info == items[0]["infotext"]
+    assert "not saved in" in log and "saved to" not in log
+
+
+def test_page_shows_an_image_the_engine_could_not_save(engine, tmp_path, monkeypatch):
+    pytest.importorskip("gradio")
+    import numpy as np
+
+    from app.studio import StudioUI
+    from test_webui import run_stream
+
+    monkeypatch.setattr(engine, "output_dir", blocked_folder(tmp_path))
+    ui = StudioUI(engine, settings=Settings(tmp_path / "config.json"), styles=StyleDatabase(tmp_path / "styles.csv"))
+    with pytest.warns(UserWarning, match="not saved in"):
+        *_, (gallery, info, log, progress, items) = run_stream(
+            ui, "txt2img", dict(prompt="a red circle", seed=1234, steps=2, width=64, height=64, sampler="Euler"))
+    (picture, _), = gallery
+    assert items[0]["path"] is None and np.asarray(picture).std() > 0
+    assert "Not a directory" in log or "File exists" in log
