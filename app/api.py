@@ -727,6 +727,21 @@ class JobState:
         return encoded
 
 
+class ClientGone(ApiError):
+    """The client closed its connection before its job ended; nobody reads this answer."""
+
+    def __init__(self):
+        super().__init__(499, "client closed the request")  # 499: nginx's "client closed request"
+
+
+async def until_disconnected(request: Request) -> None:
+    """Returns once the client of ``request`` has closed its connection. Only for a request
+    whose body has been read (FastAPI reads it before the route runs): the server's ``receive``
+    then has nothing left to give but ``http.disconnect``."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 class DeviceQueue:
     """One worker thread: device jobs run one at a time, in arrival order."""
 
@@ -734,8 +749,17 @@ class DeviceQueue:
         self.state = state
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdapi-job")
 
-    async def run(self, job: str, fn: Callable[[], Any], job_count: int = 1, steps: int = 0) -> Any:
+    async def run(self, job: str, fn: Callable[[], Any], job_count: int = 1, steps: int = 0,
+                  client: Request | None = None, gone: threading.Event | None = None) -> Any:
+        """``fn()`` on the worker. With ``client``: once it disconnects, ``gone`` is set and
+        ClientGone raised at once; a job still waiting in the queue then never starts, and a
+        running one is for ``fn`` itself to stop (it sees ``gone``: only it can tell that the
+        engine is running its work and not another client's)."""
+        gone = gone if gone is not None else threading.Event()
+
         def wrapped():
+            if gone.is_set():  # its client left while it waited: the cancel below came too late
+                raise ClientGone()
             self.state.begin(job, job_count, steps)
             try:
                 return fn()
@@ -743,11 +767,26 @@ class DeviceQueue:
                 self.state.end()
 
         future = self._executor.submit(wrapped)
+        result = asyncio.wrap_future(future)
+        watcher = asyncio.ensure_future(until_disconnected(client)) if client is not None else None
         try:
-            return await asyncio.wrap_future(future)
+            if watcher is not None:
+                await asyncio.wait({result, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                if not result.done():
+                    gone.set()
+                    if future.cancel():
+                        log.info("%s: client gone, the queued job is dropped", job)
+                    else:
+                        log.info("%s: client gone, the running job is stopped", job)
+                    raise ClientGone()
+            return await result
         except asyncio.CancelledError:
+            gone.set()
             future.cancel()  # the client went away: drop the job if it has not started
             raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -922,12 +961,12 @@ class SdApi:
 
     # --- generation ---------------------------------------------------------------------------
 
-    async def txt2img(self, req: StableDiffusionProcessingTxt2Img) -> TextToImageResponse:
+    async def txt2img(self, req: StableDiffusionProcessingTxt2Img, request: Request) -> TextToImageResponse:
         """Text to image (with optional hires fix)."""
         params, restore, model = self._params(req, img2img=False)
-        return await self._generate("txt2img", req, params, restore, model=model)
+        return await self._generate("txt2img", req, params, restore, model=model, client=request)
 
-    async def img2img(self, req: StableDiffusionProcessingImg2Img) -> ImageToImageResponse:
+    async def img2img(self, req: StableDiffusionProcessingImg2Img, request: Request) -> ImageToImageResponse:
         """Image to image; with ``mask``, inpainting."""
         if not req.init_images:
             raise ApiError(422, "init_images: give one base64 picture")
@@ -936,7 +975,7 @@ class SdApi:
         params, restore, model = self._params(req, img2img=True)
         image = await run_in_threadpool(decode_image, req.init_images[0], "init_images[0]", self.limits)
         mask = await run_in_threadpool(decode_image, req.mask, "mask", self.limits) if req.mask else None
-        return await self._generate("img2img", req, params, restore, image, mask, model=model)
+        return await self._generate("img2img", req, params, restore, image, mask, model=model, client=request)
 
     def _params(self, req: _GenerationRequest, img2img: bool) -> tuple[GenerationParams, dict, JobModel]:
         """The request as GenerationParams, checked; the settings to keep afterwards
@@ -1160,12 +1199,16 @@ class SdApi:
         self._find_upscaler(name, "hr_upscaler")
 
     async def _generate(self, kind: str, req, params: GenerationParams, restore: dict, image=None, mask=None,
-                        model: JobModel | None = None):
+                        model: JobModel | None = None, client: Request | None = None):
         save = bool(_default(req, "save_images"))
         engine, state = self.engine, self.state
         model = model or JobModel()
+        gone = threading.Event()  # set when the client disconnects
 
         def on_progress(p) -> None:
+            if gone.is_set():  # called from this job's own steps: the interrupt cannot hit another job
+                engine.interrupt()
+                state.flag("interrupted")
             latent = p.latent if self.options.get("live_previews_enable") else None
             state.step(p.step, p.steps, p.batch, p.batches, latent)
 
@@ -1188,7 +1231,8 @@ class SdApi:
             loaded = engine.loaded
             return results, loaded, state.job_timestamp
 
-        results, loaded, timestamp = await self.queue.run(kind, job, params.batch_count, params.steps)
+        results, loaded, timestamp = await self.queue.run(kind, job, params.batch_count, params.steps,
+                                                          client=client, gone=gone)
         if restore:
             await run_in_threadpool(self._save_settings, restore)
         pnginfo = self.options.get("enable_pnginfo")
