@@ -730,7 +730,8 @@ def _styles_tab(ui: StudioUI) -> dict[str, Any]:
     with gr.Row():
         parts["save"] = gr.Button("Save style", variant="primary", elem_id="styles_save")
         parts["delete"] = gr.Button("Delete style", variant="stop", elem_id="styles_delete")
-    parts["status"] = gr.Markdown("", elem_id="styles_status")
+    # an unreadable or non-UTF-8 styles.csv is said at once, not only after "Reload file"
+    parts["status"] = gr.Markdown(ui.styles.warning or "", elem_id="styles_status")
 
     def show(name):
         style = ui.styles.get(name) if name else None

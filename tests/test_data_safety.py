@@ -10,7 +10,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -360,3 +359,18 @@ def test_page_shows_an_image_the_engine_could_not_save(engine, tmp_path, monkeyp
     (picture, _), = gallery
     assert items[0]["path"] is None and np.asarray(picture).std() > 0
     assert "Not a directory" in log or "File exists" in log
+
+
+def test_the_page_says_at_load_what_it_could_not_read(tmp_path):
+    gr = pytest.importorskip("gradio")
+    from app.webui import build_ui
+    from test_webui import FakeEngine
+
+    (tmp_path / "config.json").write_text('["not", "an", "object"]')
+    (tmp_path / "styles.csv").write_text('name,prompt\nHuge,"' + "x" * 200_000 + '"\n')
+    demo = build_ui(FakeEngine(tmp_path), settings=Settings(tmp_path / "config.json"),
+                    styles=StyleDatabase(tmp_path / "styles.csv"))
+    texts = [block.value for block in demo.blocks.values() if isinstance(block, gr.Markdown) and block.value]
+    (kept,) = bad_files(tmp_path, "config.json")
+    assert any(kept.name in text and "defaults are used" in text for text in texts)
+    assert any("styles.csv: not readable" in text for text in texts)

@@ -9,7 +9,6 @@ import threading
 import time
 
 import pytest
-import requests
 
 from test_api import engine, models_dir, serve  # noqa: F401 - fixtures: a live server over tiny models
 
