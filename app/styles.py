@@ -125,6 +125,7 @@ class StyleDatabase:
             change(styles)
             self._write(styles)
             self._styles = styles
+            self.warning = None  # what it said of the file read before (not UTF-8, say) is no longer so
 
     def _write(self, styles: dict[str, Style]) -> None:
         buffer = io.StringIO()

@@ -147,6 +147,7 @@ def test_styles_with_a_cp1252_byte_are_all_read_and_kept_on_save(tmp_path):
     assert "cp1252" in db.warning
 
     db.save_style("New", "{prompt}, new", "")
+    assert db.warning is None
     again = StyleDatabase(path)
     assert again.names() == ["Photo", "Café noir", "New"] and again.warning is None  # now UTF-8
     assert again.get("Café noir").prompt == "{prompt}, noir"
