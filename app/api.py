@@ -30,13 +30,12 @@ import logging
 import math
 import os
 import re
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -44,6 +43,7 @@ from PIL import Image, PngImagePlugin
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.settings import read_settings_file, settings_file_notice, update_settings_file
 from core.errors import EngineError
 from core.params import MAX_SIZE, MAX_STEPS, GenerationParams
 
@@ -621,48 +621,26 @@ def check_option(key: str, value: Any, where: str = "") -> Any:
     return value
 
 
-def write_json_atomically(path: Path, data: dict) -> None:
-    """Write to a temporary file beside ``path``, flush it to disk, then rename over ``path``:
-    a reader (or a crash) sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=4, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError, AttributeError):  # make the rename itself durable (POSIX)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
 class OptionsStore:
     """Settings in a JSON file shared with whatever else keeps settings there (the page keeps
     its own in the same config.json): every write re-reads the file and changes only this
-    API's keys. No file (``path=None``): in memory only."""
+    API's keys. No file (``path=None``): in memory only. A file that is not a JSON object is
+    set aside (never rewritten) by ``app.settings.read_settings_file``, which the page's
+    settings use too; ``notice`` then says where it went."""
 
     def __init__(self, path: str | os.PathLike | None):
         self.path = Path(path) if path else None
         self._lock = threading.Lock()
         self._data: dict[str, Any] = {}
-        if self.path and self.path.is_file():
+        self.notice: str | None = None
+        if self.path:
             try:
-                data = json.loads(self.path.read_text(encoding="utf-8"))
-                if not isinstance(data, dict):
-                    raise ValueError("not a JSON object")
-                self._data = data
-            except (OSError, ValueError) as exc:
-                log.warning("settings file %s unreadable (%s); using defaults, it is replaced on the next change",
-                            self.path, exc)
+                self._data = read_settings_file(self.path)
+            except OSError as exc:
+                self.notice = (f"settings file {self.path} cannot be read ({exc.strerror or exc}); using defaults, "
+                               "and changes cannot be saved until it can be read")
+                log.warning(self.notice)
+            self.notice = settings_file_notice(self.path) or self.notice
 
     def get(self, key: str) -> Any:
         with self._lock:
@@ -679,11 +657,9 @@ class OptionsStore:
         with self._lock:
             data = {**self._data, **changes}
             if self.path:
-                on_disk: dict[str, Any] = {}
-                with contextlib.suppress(OSError, ValueError):
-                    loaded = json.loads(self.path.read_text(encoding="utf-8"))
-                    on_disk = loaded if isinstance(loaded, dict) else {}
-                write_json_atomically(self.path, {**on_disk, **{k: data[k] for k in OPTIONS if k in data}})
+                # only the changes: the page may have changed shared keys since this store read the file
+                notice = update_settings_file(self.path, changes)
+                self.notice = notice or self.notice
             self._data = data
 
 
@@ -784,6 +760,21 @@ class JobState:
         return encoded
 
 
+class ClientGone(ApiError):
+    """The client closed its connection before its job ended; nobody reads this answer."""
+
+    def __init__(self):
+        super().__init__(499, "client closed the request")  # 499: nginx's "client closed request"
+
+
+async def until_disconnected(request: Request) -> None:
+    """Returns once the client of ``request`` has closed its connection. Only for a request
+    whose body has been read (FastAPI reads it before the route runs): the server's ``receive``
+    then has nothing left to give but ``http.disconnect``."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 class DeviceQueue:
     """One worker thread: device jobs run one at a time, in arrival order."""
 
@@ -791,8 +782,17 @@ class DeviceQueue:
         self.state = state
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdapi-job")
 
-    async def run(self, job: str, fn: Callable[[], Any], job_count: int = 1, steps: int = 0) -> Any:
+    async def run(self, job: str, fn: Callable[[], Any], job_count: int = 1, steps: int = 0,
+                  client: Request | None = None, gone: threading.Event | None = None) -> Any:
+        """``fn()`` on the worker. With ``client``: once it disconnects, ``gone`` is set and
+        ClientGone raised at once; a job still waiting in the queue then never starts, and a
+        running one is for ``fn`` itself to stop (it sees ``gone``: only it can tell that the
+        engine is running its work and not another client's)."""
+        gone = gone if gone is not None else threading.Event()
+
         def wrapped():
+            if gone.is_set():  # its client left while it waited: the cancel below came too late
+                raise ClientGone()
             self.state.begin(job, job_count, steps)
             try:
                 return fn()
@@ -800,11 +800,26 @@ class DeviceQueue:
                 self.state.end()
 
         future = self._executor.submit(wrapped)
+        result = asyncio.wrap_future(future)
+        watcher = asyncio.ensure_future(until_disconnected(client)) if client is not None else None
         try:
-            return await asyncio.wrap_future(future)
+            if watcher is not None:
+                await asyncio.wait({result, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                if not result.done():
+                    gone.set()
+                    if future.cancel():
+                        log.info("%s: client gone, the queued job is dropped", job)
+                    else:
+                        log.info("%s: client gone, the running job is stopped", job)
+                    raise ClientGone()
+            return await result
         except asyncio.CancelledError:
+            gone.set()
             future.cancel()  # the client went away: drop the job if it has not started
             raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -979,12 +994,12 @@ class SdApi:
 
     # --- generation ---------------------------------------------------------------------------
 
-    async def txt2img(self, req: StableDiffusionProcessingTxt2Img) -> TextToImageResponse:
+    async def txt2img(self, req: StableDiffusionProcessingTxt2Img, request: Request) -> TextToImageResponse:
         """Text to image (with optional hires fix)."""
         params, restore, model = self._params(req, img2img=False)
-        return await self._generate("txt2img", req, params, restore, model=model)
+        return await self._generate("txt2img", req, params, restore, model=model, client=request)
 
-    async def img2img(self, req: StableDiffusionProcessingImg2Img) -> ImageToImageResponse:
+    async def img2img(self, req: StableDiffusionProcessingImg2Img, request: Request) -> ImageToImageResponse:
         """Image to image; with ``mask``, inpainting."""
         if not req.init_images:
             raise ApiError(422, "init_images: give one base64 picture")
@@ -993,7 +1008,7 @@ class SdApi:
         params, restore, model = self._params(req, img2img=True)
         image = await run_in_threadpool(decode_image, req.init_images[0], "init_images[0]", self.limits)
         mask = await run_in_threadpool(decode_image, req.mask, "mask", self.limits) if req.mask else None
-        return await self._generate("img2img", req, params, restore, image, mask, model=model)
+        return await self._generate("img2img", req, params, restore, image, mask, model=model, client=request)
 
     def _params(self, req: _GenerationRequest, img2img: bool) -> tuple[GenerationParams, dict, JobModel]:
         """The request as GenerationParams, checked; the settings to keep afterwards
@@ -1217,12 +1232,16 @@ class SdApi:
         self._find_upscaler(name, "hr_upscaler")
 
     async def _generate(self, kind: str, req, params: GenerationParams, restore: dict, image=None, mask=None,
-                        model: JobModel | None = None):
+                        model: JobModel | None = None, client: Request | None = None):
         save = bool(_default(req, "save_images"))
         engine, state = self.engine, self.state
         model = model or JobModel()
+        gone = threading.Event()  # set when the client disconnects
 
         def on_progress(p) -> None:
+            if gone.is_set():  # called from this job's own steps: the interrupt cannot hit another job
+                engine.interrupt()
+                state.flag("interrupted")
             latent = p.latent if self.options.get("live_previews_enable") else None
             state.step(p.step, p.steps, p.batch, p.batches, latent)
 
@@ -1245,17 +1264,22 @@ class SdApi:
             loaded = engine.loaded
             return results, loaded, state.job_timestamp
 
-        results, loaded, timestamp = await self.queue.run(kind, job, params.batch_count, params.steps)
+        results, loaded, timestamp = await self.queue.run(kind, job, params.batch_count, params.steps,
+                                                          client=client, gone=gone)
         if restore:
             await run_in_threadpool(self._save_settings, restore)
         pnginfo = self.options.get("enable_pnginfo")
-        send = _default(req, "send_images")
+        unsaved = [index for index, r in enumerate(results) if getattr(r, "save_error", None)]
+        # a picture the folder could not take exists only in this answer: sent whatever send_images says
+        send = _default(req, "send_images") or bool(unsaved)
 
         def encode_all():
             return [encode_png(r.image, r.infotext if pnginfo else None) for r in results] if send else []
 
         images = await run_in_threadpool(encode_all)
         info = processed_info(params, results, loaded, timestamp, img2img=kind == "img2img")
+        if unsaved:
+            info.update(unsaved_images_note(results, unsaved))
         parameters = req.model_dump()
         if kind == "img2img" and not req.include_init_images:
             parameters["init_images"] = None
@@ -1412,7 +1436,15 @@ class SdApi:
 
     # --- options ----------------------------------------------------------------------------------
 
-    def get_options(self) -> dict:
+    def _settings_warning(self, response: Response) -> None:
+        """A settings file that was set aside (not JSON, not an object) is told to every client
+        of /options in an HTTP ``Warning`` header (code 199, "miscellaneous warning")."""
+        if self.options.notice:
+            text = " ".join(self.options.notice.split()).replace("\\", "\\\\").replace('"', '\\"')
+            response.headers["Warning"] = f'199 - "{text.encode("ascii", "backslashreplace").decode()}"'
+
+    def get_options(self, response: Response) -> dict:
+        self._settings_warning(response)
         values = self.options.values()
         entry = self._current_checkpoint()
         values["sd_model_checkpoint"] = entry.title if entry else values["sd_model_checkpoint"]
@@ -1427,7 +1459,7 @@ class SdApi:
         return {"sd_model_prediction": self.engine.prediction,
                 "sd_noise_schedule": "Zero Terminal SNR" if self.engine.zero_terminal_snr else "Default"}
 
-    async def set_options(self, req: dict[str, Any]) -> None:
+    async def set_options(self, req: dict[str, Any], response: Response) -> None:
         """Change settings (A1111's names); they are saved at once. Setting sd_model_checkpoint
         loads that checkpoint."""
         changes = {key: check_option(key, value) for key, value in req.items()}
@@ -1440,6 +1472,7 @@ class SdApi:
             changes["sd_model_checkpoint"] = name
             await self.queue.run("load checkpoint", lambda: self._load(name))
         await run_in_threadpool(self._save_settings, changes)
+        self._settings_warning(response)
         return None
 
     def _set_model_overrides(self, prediction: str, zero_terminal_snr: bool | None, reload: bool = True) -> None:
@@ -1633,6 +1666,17 @@ _SCHEDULER_TRAITS = {
     "Polyexponential": (1.0, False), "SGM Uniform": (None, True), "Simple": (None, True), "Normal": (None, True),
     "DDIM": (None, True), "Beta": (None, True), "Align Your Steps": (None, False),
 }
+
+
+def unsaved_images_note(results: list, unsaved: list[int]) -> dict:
+    """What ``info`` says when the output folder could not take some images (full, read-only):
+    the answer is still 200 with every image, as 507 Insufficient Storage is about the folder,
+    not the job. ``warnings``: for people; ``save_error``: for programs."""
+    message = (f"{len(unsaved)} of {len(results)} image(s) {results[unsaved[0]].save_error}; "
+               "they are only in this response")
+    log.warning(message)
+    return {"warnings": [message],
+            "save_error": {"status": 507, "reason": "Insufficient Storage", "message": message, "images": unsaved}}
 
 
 def _scheduler_name(label: str) -> str:

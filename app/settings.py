@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -191,6 +192,7 @@ class Settings:
         self._values = {o.key: o.default for o in OPTIONS}
         self._lock = threading.Lock()
         self.load_warnings: list[str] = []
+        self.save_notice: str | None = None
         self.load()
 
     def __getitem__(self, key: str) -> Any:
@@ -203,17 +205,16 @@ class Settings:
 
     def load(self) -> None:
         self.load_warnings = []
-        if not self.path.is_file():
-            return
         try:
-            stored = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            self.load_warnings.append(f"{self.path}: not readable ({exc}); using the defaults")
+            stored = read_settings_file(self.path)
+        except OSError as exc:
+            self.load_warnings.append(f"{self.path}: cannot be read ({exc.strerror or exc}); using the defaults, "
+                                      "and settings cannot be saved until it can be read")
             log.warning(self.load_warnings[-1])
-            return
-        if not isinstance(stored, dict):
-            self.load_warnings.append(f"{self.path}: not a JSON object; using the defaults")
-            return
+            stored = {}
+        notice = settings_file_notice(self.path)
+        if notice:
+            self.load_warnings.append(notice)
         values = {o.key: o.default for o in OPTIONS}
         for key, value in stored.items():
             option = OPTION_BY_KEY.get(key)
@@ -228,7 +229,9 @@ class Settings:
 
     def update(self, changes: dict[str, Any]) -> list[str]:
         """Check every change, then store all of them and save; returns the keys that changed.
-        Raises SettingsError naming the first bad value (nothing is stored then)."""
+        Raises SettingsError naming the first bad value (nothing is stored then). Only the
+        changes are written: every other key in the file (this version's or not, a value that
+        does not check out included) stays as the user left it."""
         checked = {}
         for key, value in changes.items():
             option = OPTION_BY_KEY.get(key)
@@ -241,24 +244,13 @@ class Settings:
         with self._lock:
             changed = [k for k, v in checked.items() if self._values[k] != v]
             new = {**self._values, **checked}
-            self._save(new)
+            notice = update_settings_file(self.path, checked)
             self._values = new
+        # the file became unreadable since it was loaded and was set aside by this save
+        self.save_notice = notice
+        if notice and notice not in self.load_warnings:
+            self.load_warnings.append(notice)
         return changed
-
-    def _save(self, values: dict[str, Any]) -> None:
-        """Write to a temporary file in the same folder, then os.replace it over the old one:
-        a crash leaves either the old file or the new one, never half of one. Settings the file
-        holds that this version does not know are kept."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        stored: dict[str, Any] = {}
-        try:
-            old = json.loads(self.path.read_text(encoding="utf-8"))
-            if isinstance(old, dict):
-                stored = old
-        except (OSError, ValueError):
-            pass
-        stored.update(values)
-        write_atomically(self.path, json.dumps(stored, indent=2, sort_keys=True) + "\n")
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -275,3 +267,97 @@ def write_atomically(path: Path, text: str) -> None:
         except OSError:
             pass
         raise
+    try:  # make the rename itself durable (POSIX; Windows cannot open a folder)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# config.json on disk: shared by the page's Settings and the API's OptionsStore
+# ---------------------------------------------------------------------------------------------
+
+# One lock for every reader and writer of a settings file in this process: a read-merge-write
+# by the page never interleaves with one by the API, and a broken file is set aside only once.
+_settings_file_lock = threading.RLock()
+# path -> what was done with its unreadable file in this process; every later reader reports it
+# (the page's Settings and the API's options are built after the first read has set it aside).
+_set_aside_notices: dict[Path, str] = {}
+
+
+def set_aside(path: Path) -> Path:
+    """Rename ``path`` to ``<name>.bad-YYYYmmdd-HHMMSS`` (``-2``, ``-3``... when taken) beside it
+    and return the new path. An earlier .bad file is never replaced: the new name is made with
+    os.link, which fails on an existing name."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1, 1000):
+        kept = path.with_name(f"{path.name}.bad-{stamp}" + (f"-{attempt}" if attempt > 1 else ""))
+        try:
+            os.link(path, kept)
+        except FileExistsError:
+            continue
+        except OSError:  # a file system without hard links: check the name, then rename
+            if kept.exists():
+                continue
+            os.rename(path, kept)
+            return kept
+        os.unlink(path)
+        return kept
+    raise OSError(f"{path}: no free name to keep it aside as {path.name}.bad-{stamp}")
+
+
+def settings_file_notice(path: str | os.PathLike) -> str | None:
+    """Why the settings file at ``path`` was set aside in this process, or None."""
+    with _settings_file_lock:
+        return _set_aside_notices.get(Path(path).absolute())
+
+
+def read_settings_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object in the settings file ({} when there is none). A file that is there but
+    holds no JSON object (broken JSON, a list, bytes that are not UTF-8) is renamed aside by
+    ``set_aside`` and {} returned, so the next save starts a new file and the user's one is kept
+    whole; the warning goes to the log and to ``settings_file_notice``. A value of the wrong type
+    for one key is no reason: the caller checks values key by key.
+
+    Raises OSError when the file cannot be read or set aside: the caller must then not write."""
+    path = Path(path)
+    with _settings_file_lock:
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        try:
+            data = json.loads(raw.decode("utf-8-sig"))  # utf-8-sig: a BOM left by an editor is fine
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            why = f"not JSON ({exc})"
+        else:
+            if isinstance(data, dict):
+                return data
+            why = f"holds a JSON {type(data).__name__}, not an object"
+        kept = set_aside(path)
+        notice = (f"{path} could not be read: {why}. It is kept as {kept.name} and the defaults are used; "
+                  "copy the settings you want back from it")
+        log.warning(notice)
+        _set_aside_notices[path.absolute()] = notice
+        return {}
+
+
+def update_settings_file(path: str | os.PathLike, changes: dict[str, Any]) -> str | None:
+    """Write ``changes`` into the settings file, keeping every other key it holds, atomically.
+    Returns the notice when this call found the file unreadable and set it aside (see
+    ``read_settings_file``), else None. Raises OSError when the file cannot be read or written."""
+    path = Path(path)
+    with _settings_file_lock:
+        before = settings_file_notice(path)
+        stored = read_settings_file(path)
+        stored.update(changes)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, json.dumps(stored, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        after = settings_file_notice(path)
+        return after if after != before else None

@@ -186,9 +186,10 @@ def log_html(lines: Sequence[str], error: str | None = None) -> str:
 
 @dataclass
 class JobResult:
-    items: list[dict] = field(default_factory=list)  # {"path", "infotext", "seed"} per image
+    items: list[dict] = field(default_factory=list)  # {"path", "infotext", "seed", "image"} per image
     notes: list[str] = field(default_factory=list)
     interrupted: bool = False
+    save_errors: list[str] = field(default_factory=list)  # one per image the folder could not take
 
 
 @dataclass
@@ -511,9 +512,17 @@ class StudioUI:
         job.interrupted = bool(getattr(flags, "interrupted", False))
         for result in results:
             path = getattr(result, "path", None)
-            if path is None or not engine_saves:
-                path = self.save(tab, result.image, result.infotext, params, result.seed)
-            job.items.append({"path": str(path), "infotext": result.infotext, "seed": result.seed})
+            save_error = getattr(result, "save_error", None)
+            if save_error is None and (path is None or not engine_saves):
+                try:
+                    path = self.save(tab, result.image, result.infotext, params, result.seed)
+                except OSError as exc:  # a full or read-only folder: the picture is kept in memory
+                    path, save_error = None, f"not saved in {self.folder(tab)}: {exc.strerror or exc}"
+            if save_error is not None:
+                job.save_errors.append(save_error)
+            # "image": the picture itself when no file holds it, so the page can still show it
+            job.items.append({"path": str(path) if path is not None else None, "infotext": result.infotext,
+                              "seed": result.seed, "image": result.image if path is None else None})
             for note in getattr(result, "notes", None) or []:
                 if note not in job.notes:
                     job.notes.append(note)
@@ -611,10 +620,16 @@ class StudioUI:
         job: JobResult = outcome["result"]
         elapsed = time.monotonic() - started
         notes = list(job.notes)
+        saved = [item["path"] for item in job.items if item["path"] is not None]
         if job.items:
-            notes.append(f"{len(job.items)} image{'s' if len(job.items) != 1 else ''} in {elapsed:.1f}s, "
-                         f"saved to {Path(job.items[0]['path']).parent}")
-        gallery_value = [(item["path"], None) for item in job.items]
+            notes.append(f"{len(job.items)} image{'s' if len(job.items) != 1 else ''} in {elapsed:.1f}s"
+                         + (f", saved to {Path(saved[0]).parent}" if saved else ""))
+        if job.save_errors:
+            warning = (f"{len(job.save_errors)} of {len(job.items)} image(s) {job.save_errors[0]}. They are only "
+                       "on this page: download them before making more (free space or pick another output folder)")
+            notes.append(warning)
+            gr.Warning(warning)
+        gallery_value = [(item["path"] or item["image"], None) for item in job.items]
         info = job.items[0]["infotext"] if job.items else ""
         yield (gallery_value, info, log_html(notes), "", job.items)
 
@@ -1017,14 +1032,19 @@ class StudioUI:
                            print_exception=False) from None
         allow_output_folder(self.output_root())
         reloads = self.apply_model_settings()
+        notice = self.settings.save_notice
+        if notice:  # the user's file was unreadable: it is kept aside, and they must know
+            gr.Warning(notice)
         if not changed and not reloads:
-            return f"Nothing changed ({self.settings.path})"
+            return f"Nothing changed ({self.settings.path})" + (f". {notice}" if notice else "")
         needs_reload = [k for k in changed if k.startswith("default_")]
         text = f"Saved {len(changed)} setting(s) to {self.settings.path}; they apply to the next job"
         if reloads:
             text += " (which loads the checkpoint again)"
         if needs_reload:
             text += "; new defaults show when the page is reloaded"
+        if notice:
+            text += f". {notice}"
         return text
 
     def apply_model_settings(self) -> bool:

@@ -195,7 +195,7 @@ def build_ui(engine: Any, params_cls: Callable[..., Any] | None = None, settings
 
         def from_results(items, index):
             item = ui.selected_item(items, index)
-            return (item["path"], item["infotext"]) if item else (None, "")
+            return (item["path"] or item.get("image"), item["infotext"]) if item else (None, "")
 
         for name in GENERATION_TABS:
             tab = tabs[name]
@@ -730,7 +730,8 @@ def _styles_tab(ui: StudioUI) -> dict[str, Any]:
     with gr.Row():
         parts["save"] = gr.Button("Save style", variant="primary", elem_id="styles_save")
         parts["delete"] = gr.Button("Delete style", variant="stop", elem_id="styles_delete")
-    parts["status"] = gr.Markdown("", elem_id="styles_status")
+    # an unreadable or non-UTF-8 styles.csv is said at once, not only after "Reload file"
+    parts["status"] = gr.Markdown(ui.styles.warning or "", elem_id="styles_status")
 
     def show(name):
         style = ui.styles.get(name) if name else None

@@ -6,6 +6,7 @@ A lock makes jobs run one at a time on the device.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 import threading
 import time
@@ -35,6 +36,8 @@ from core.pipelines.masking import flatten, open_image
 from core.pipelines.txt2img import Refiner, txt2img
 from core.prompts.parser import extract_extra_networks
 from core.text.tokenizer import load_clip_tokenizer
+
+log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 PREDICTIONS = ("auto", "eps", "v")
@@ -66,6 +69,8 @@ class GeneratedImage:
     infotext: str
     path: Path | None = None
     notes: list[str] = field(default_factory=list)  # things the user should know (mask resized, ...)
+    # why saving failed (a full or read-only folder): the image is only in memory then
+    save_error: str | None = None
 
 
 class _Stop(Exception):
@@ -488,12 +493,26 @@ class Engine:
                     extra = {**generation_fields(params, subseeds[index] if subseeds else None), **fields,
                              **job.infotext_fields, **refined}
                     infotext = create_infotext(params, seed, loaded.name, model_hash, batch_index=index, extra=extra)
-                    path = save_png(image, out_dir, seed, infotext) if save else None
-                    result = GeneratedImage(image=image, seed=seed, infotext=infotext, path=path, notes=list(job.notes))
+                    path, save_error = (save_image_or_say_why(image, out_dir, seed, infotext) if save
+                                        else (None, None))
+                    result = GeneratedImage(image=image, seed=seed, infotext=infotext, path=path, notes=list(job.notes),
+                                            save_error=save_error)
                     results.append(result)
                     self.extensions.run("after_image_saved", job, result)
             self.extensions.run("after_job", job, results)
             return results
+
+
+def save_image_or_say_why(image, out_dir: Path, seed: int, infotext: str) -> tuple[Path | None, str | None]:
+    """(path, None) once saved; (None, why) when the folder cannot take it (full, read-only, a
+    file where a folder should be): the job goes on and hands the picture back from memory, so
+    minutes of sampling are not lost to a disk problem."""
+    try:
+        return save_png(image, out_dir, seed, infotext), None
+    except OSError as exc:
+        why = f"not saved in {out_dir}: {exc.strerror or exc}"
+        log.error("image of seed %s %s", seed, why)
+        return None, why
 
 
 def check_prediction(value: str) -> str:

@@ -380,6 +380,43 @@ class HistoryStore:
         if self.journal_mode != "wal":
             log.warning("prompt history: %s is in %s journal mode, not WAL", self.path, self.journal_mode)
         self._write(self._create_schema)
+        self._users_file = None
+        self.abandoned = self._mark_abandoned_entries()
+
+    def _mark_abandoned_entries(self) -> int:
+        """Mark "interrupted" the entries left "running" by processes that died mid-job (a killed
+        server never finishes its entry); returns how many. Every store holds a shared lock on
+        ``<db>.lock`` while it is open: only an opener that can take it exclusively knows that no
+        other process (nor another store in this one) has a job in progress. Without file locks
+        (Windows) every open marks them: at worst a job of another live process reads
+        "interrupted" until it finishes and sets its own status."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            fcntl = None
+        sole_user = True
+        if fcntl is not None:
+            self._users_file = open(self.path.with_name(self.path.name + ".lock"), "a+b")  # noqa: SIM115 - held open
+            try:
+                fcntl.flock(self._users_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                sole_user = False
+        marked = 0
+        if sole_user:
+            marked = self._write(lambda conn: conn.execute(
+                "UPDATE entries SET status = 'interrupted' WHERE status = 'running'").rowcount)
+            if marked:
+                log.warning("prompt history: %d job(s) left running by a stopped server marked interrupted", marked)
+        if fcntl is not None:
+            fcntl.flock(self._users_file, fcntl.LOCK_SH)  # others may open it now, and must not mark ours
+        return marked
+
+    def close(self) -> None:
+        """Let go of the lock that tells other openers this store is in use (also done when the
+        store is garbage-collected or the process ends)."""
+        if self._users_file is not None:
+            self._users_file.close()
+            self._users_file = None
 
     # connections and transactions
 
