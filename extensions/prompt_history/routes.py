@@ -20,8 +20,6 @@ from fastapi import APIRouter, Body, FastAPI, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".avif", ".gif", ".bmp", ".tif", ".tiff"}
-
 
 class FavouriteRequest(BaseModel):
     favourite: bool = True
@@ -107,10 +105,8 @@ def add_routes(app: FastAPI, get_store: Callable[[], Any], store_module: Any) ->
     def image_file(image_id: int, size: int = Query(0, ge=0, le=2048)):
         store = get_store()
         image = store.get_image(image_id)
-        path = store.file_path(image["path"]) if image else None
-        # only files under the outputs folder, and only images: paths in the database may
-        # come from an imported document
-        if path is None or path.suffix.lower() not in IMAGE_SUFFIXES or not store.inside_root(path) or not path.is_file():
+        path = store.image_file(image["path"]) if image else None
+        if path is None:
             raise HTTPException(status_code=404, detail=f"no image file for history image {image_id}")
         if not size:
             return FileResponse(path)
