@@ -330,10 +330,14 @@ def create_app(
         paths = [str(Path(p).resolve()) for p in (allowed_paths or [getattr(engine, "output_dir", None)]) if p]
         demo = build_ui(engine, served_roots=[Path(p) for p in paths],
                         allowed_dirs=[Path(p).resolve() for p in allowed_dirs] if allowed_dirs else None)
+        # Gradio's allow-list also decides which files a callback may hand to the page (Gradio
+        # copies them into its cache folder first): the batch folders' results are among them.
+        # What the file routes serve directly is FileAccessGuard's choice: the outputs only.
+        readable = paths + [str(Path(d).resolve()) for d in (allowed_dirs or ()) if str(Path(d).resolve()) not in paths]
         # Gradio's own check, behind FileAccessGuard: the settings and styles are never files to serve.
         blocked = [str(Path(p).resolve()) for p in (options_path, default_settings_file(), data_dir() / "styles.csv")
                    if p]
-        gr.mount_gradio_app(app, demo, path="/", allowed_paths=paths, blocked_paths=blocked, show_error=True,
+        gr.mount_gradio_app(app, demo, path="/", allowed_paths=readable, blocked_paths=blocked, show_error=True,
                             ssr_mode=False)
         app.add_middleware(FileAccessGuard, image_roots=paths, gradio_dirs=[get_upload_folder(), get_cache_folder()])
         app.state.page = demo

@@ -168,6 +168,12 @@ def test_only_images_inside_the_outputs_are_served(site):
         assert status == 403, (target, status, body[:80])
         assert b"root:" not in body and b"private" not in body and b"SQLite" not in body
         assert secret.read_bytes() not in body
+    # Gradio's other file-serving routes (its own static files) do not climb out either
+    for target in ("/static/..%2f..%2f..%2f..%2f..%2f..%2f..%2fetc%2fpasswd", "/static/../../../../etc/passwd",
+                   "/assets/..%2f..%2f..%2f..%2f..%2f..%2f..%2fetc%2fpasswd",
+                   "/gradio_api/custom_component/x/client/..%2f..%2f..%2f..%2fetc/passwd"):
+        status, body, _ = raw_get(server, target)
+        assert status >= 400 and b"root:" not in body, (target, status)
 
 
 def test_pages_uploads_are_served_only_as_images_or_json(site):
@@ -292,9 +298,20 @@ def test_allowed_dirs_go_from_launch_py_to_the_page(site, monkeypatch, tmp_path)
     assert studio.allowed_dirs == [folder]
     with pytest.raises(gr.Error, match="outside the allowed folders"):
         studio.upscale("Batch from folder", None, str(site.outputs / "batch-in"), "", "Lanczos", "Scale by", 2, 0, 0)
-    _, _, _, items = studio.upscale("Batch from folder", None, str(folder), str(folder / "out"), "Lanczos",
-                                    "Scale by", 2, 0, 0)
-    assert Path(items[0]["path"]).parent == folder / "out"
+    with LiveServer(app) as server:
+        # through the page's Upscale button: the results reach the browser (as Gradio's copies),
+        # while the allowed folder itself is not served
+        sd_defaults = [False, "", "", 0.3, 20, 7.0, "Euler", -1, 512, 64]
+        event, (gallery, *_) = gradio_call(server, "upscale", ["Batch from folder", None, str(folder),
+                                                               str(folder / "out"), "Lanczos", "Scale by", 2, 0, 0,
+                                                               *sd_defaults])
+        assert event == "complete"
+        made = folder / "out" / "00000-x.png"
+        with Image.open(made) as image:
+            assert image.size == (8, 8)
+        shown = gallery[0]["image"]["url"]
+        assert requests.get(shown, timeout=30).content == made.read_bytes()
+        assert raw_get(server, f"/gradio_api/file={made}")[0] == 403
 
 
 # ---------------------------------------------------------------- model download
@@ -338,23 +355,24 @@ def call_download(site, current: str | None) -> tuple[str, object]:
     info = requests.get(f"{server.url}/gradio_api/info", timeout=30).json()
     parameters = info["named_endpoints"]["/download_model"]["parameters"]
     data = [current if p["parameter_name"] == "current" else "" for p in parameters]
-    return gradio_call(server, "download_model", data)
+    event, result = gradio_call(server, "download_model", data)
+    assert event == "complete", event
+    notice, dropdown = result
+    return notice, dropdown.get("value") if isinstance(dropdown, dict) else dropdown
 
 
-def gradio_call(server, api_name: str, data: list) -> tuple[str, object]:
+def gradio_call(server, api_name: str, data: list) -> tuple[str, list | None]:
+    """Call a page event through Gradio's HTTP API: ("complete", its outputs) or ("error", None)."""
     started = requests.post(f"{server.url}/gradio_api/call/{api_name}", json={"data": data}, timeout=30)
     assert started.status_code == 200, started.text
     stream = requests.get(f"{server.url}/gradio_api/call/{api_name}/{started.json()['event_id']}", timeout=120)
-    event = result = None
+    event, result = None, None
     for line in stream.text.splitlines():
         if line.startswith("event:"):
             event = line.split(":", 1)[1].strip()
-        elif line.startswith("data:") and event in ("complete", "error"):
-            result = json.loads(line.split(":", 1)[1]) if line.split(":", 1)[1].strip() not in ("", "null") else None
-    if event == "error":
-        return f"error: {result}", None
-    notice, dropdown = result
-    return notice, dropdown.get("value") if isinstance(dropdown, dict) else dropdown
+        elif line.startswith("data:") and event == "complete":
+            result = json.loads(line.split(":", 1)[1])
+    return event, result
 
 
 def test_download_takes_its_url_from_the_settings_only(site, model_host):
