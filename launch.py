@@ -58,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder where generated images are saved (default: outputs/)",
     )
     parser.add_argument(
+        "--allowed-dir",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="a folder the page may read and write by name (super-resolution batches); repeatable "
+             "(default: the --outdir folder and inputs/ beside launch.py)",
+    )
+    parser.add_argument(
         "--listen",
         action="store_true",
         help="serve on 0.0.0.0 (reachable from the network) instead of 127.0.0.1",

@@ -7,6 +7,7 @@ the checkpoint list.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -70,10 +71,11 @@ class ModelOffer:
             raise EngineError(f"download: {name!r} is not an acceptable file name")
         return Path(self.engine.ckpt_dir) / name
 
-    def fetch(self, url: str | None = None, sha256: str | None = None,
-              progress: Callable[[DownloadProgress], None] | None = None) -> str:
-        """Download into the checkpoint folder; returns the new checkpoint's name."""
-        url = (url or "").strip() or self.url()
+    def fetch(self, progress: Callable[[DownloadProgress], None] | None = None) -> str:
+        """Download the settings' URL (never one a request names) into the checkpoint folder,
+        checked against the settings' sha256 when there is one (a mismatch is deleted);
+        returns the new checkpoint's name."""
+        url = self.url()
         if urlparse(url).scheme not in ("http", "https"):
             raise EngineError(f"download: only http(s) URLs are supported, got {url!r}")
         target = self.target(url)
@@ -81,8 +83,22 @@ class ModelOffer:
             return target.name
         if not self.online(url):
             raise EngineError(f"download: {urlparse(url).hostname} cannot be reached (offline?); the demo model stays in use")
-        download(url, target, (sha256 or "").strip() or self.sha256(url), progress=progress)
+        download(url, target, self.sha256(url), progress=progress)
         return target.name
+
+    def try_load(self, name: str) -> str | None:
+        """Load the downloaded checkpoint (after any running job); None when it loaded, else
+        why not. Nothing is selected before this says it loads."""
+        load = getattr(self.engine, "load", None)
+        if load is None:
+            return None
+        lock = self.engine.exclusive() if hasattr(self.engine, "exclusive") else contextlib.nullcontext()
+        try:
+            with lock:
+                load(name)
+        except Exception as exc:  # noqa: BLE001 - any failure is reported, the selection stays
+            return f"{type(exc).__name__}: {exc}" if not isinstance(exc, EngineError) else str(exc)
+        return None
 
 
 def download_panel(ui: Any, checkpoint: Any) -> tuple[Any, ModelOffer]:
@@ -93,25 +109,35 @@ def download_panel(ui: Any, checkpoint: Any) -> tuple[Any, ModelOffer]:
 
     offer = ModelOffer(ui.engine, getattr(ui, "settings", None))
     needed = offer.needed()
+
+    def describe() -> str:
+        url = offer.url()
+        sha = offer.sha256(url)
+        return (f"From `{url}`" + (f", sha256 `{sha}`" if sha else ", no sha256 to check")
+                + " (Settings: Model download URL / sha256)")
+
     with gr.Accordion("Get a Stable Diffusion model", open=needed, visible=needed, elem_id="model_download"):
         notice = gr.Markdown(elem_id="model_download_notice")
-        with gr.Row():
-            url = gr.Textbox(label="Checkpoint URL", value=offer.url(), scale=4, elem_id="model_download_url")
-            sha = gr.Textbox(label="sha256 (optional)", value=offer.sha256(offer.url()) or "", scale=2,
-                             elem_id="model_download_sha256")
+        # Shown, not editable: the URL and sha256 are settings (launch.py --download-model is the
+        # command line's way), so no request can make the server fetch another address.
+        gr.Markdown(describe, elem_id="model_download_source")  # a callable: read again at every page load
         button = gr.Button("Download", variant="primary", elem_id="model_download_button")
 
-    def run(url_value: str, sha_value: str, current: str | None, progress=gr.Progress()):
+    def run(current: str | None, progress=gr.Progress()):
         def show(p: DownloadProgress) -> None:
             if p.total:
                 progress(p.fraction, desc=f"downloading: {p.done / 2**20:.0f} / {p.total / 2**20:.0f} MB")
 
         try:
-            name = offer.fetch(url_value, sha_value, show)
+            name = offer.fetch(show)
         except EngineError as exc:
             return f"**{exc}**", gr.Dropdown()
-        dropdown = ui.refresh_checkpoints(name)
-        return f"Downloaded **{name}**; it is now selected.", dropdown
+        problem = offer.try_load(name)
+        if problem is not None:
+            kept = f"**{current}** stays selected" if current else "nothing is selected"
+            return (f"**Downloaded {name}, but it does not load: {problem}**; {kept}.",
+                    gr.Dropdown(choices=ui.checkpoint_choices(), value=current))
+        return f"Downloaded and loaded **{name}**; it is now selected.", ui.refresh_checkpoints(name)
 
-    button.click(run, inputs=[url, sha, checkpoint], outputs=[notice, checkpoint], api_name="download_model")
+    button.click(run, inputs=[checkpoint], outputs=[notice, checkpoint], api_name="download_model")
     return notice, offer

@@ -8,7 +8,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.imagefiles import IMAGE_SUFFIXES
+from app.imagefiles import IMAGE_SUFFIXES, inside_folders
 
 TRASH = "trash"
 OUTSIDE = "_outside"  # trash sub-folder for files that were not under the output root
@@ -95,18 +95,13 @@ def _free_name(path: Path) -> Path:
         n += 1
 
 
-def _allowed(path: Path, folders: list[Path]) -> bool:
-    real = path.resolve()
-    return any(real.is_relative_to(f.resolve()) for f in folders)
-
-
 def delete_to_trash(root: Path, path: str | os.PathLike, folders: list[Path]) -> Path:
     """Move an output image to ``root/trash/<its path under root>``; returns where it went.
     Only files inside the output folders can be deleted (a page can send any path)."""
     path = Path(path)
     if not path.is_file():
         raise GalleryError(f"{path}: no such file (already deleted?)")
-    if not _allowed(path, folders) or path.suffix.lower() not in IMAGE_SUFFIXES:
+    if not inside_folders(path, folders) or path.suffix.lower() not in IMAGE_SUFFIXES:
         raise GalleryError(f"{path}: not an image in the output folders")
     target = _free_name(trash_path(root, path))
     target.parent.mkdir(parents=True, exist_ok=True)

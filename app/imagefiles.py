@@ -14,7 +14,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -27,6 +27,16 @@ UNICODE_PREFIX = b"UNICODE\0"
 ASCII_PREFIX = b"ASCII\0\0\0"
 EXTENSIONS = {"png": ".png", "jpg": ".jpg", "webp": ".webp"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def inside_folders(path: str | os.PathLike, folders: Iterable[str | os.PathLike]) -> bool:
+    """Whether ``path`` is one of ``folders`` or below one, links followed (a link inside a
+    folder that points out of it is outside). A path that cannot be resolved is outside."""
+    try:
+        real = Path(path).expanduser().resolve()
+        return any(real.is_relative_to(Path(folder).expanduser().resolve()) for folder in folders)
+    except (OSError, ValueError, RuntimeError):
+        return False
 _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]+')
 _TOKEN = re.compile(r"\[(\w+)\]")
 MAX_NAME = 120

@@ -152,6 +152,59 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
+class FileAccessGuard:
+    """In front of Gradio's file routes: they serve only images inside the served folders
+    (the outputs, fixed when the server starts), or images and exported .json files that
+    Gradio itself keeps in its upload and cache folders. Everything else (the history
+    database, config.json, styles, logs, any file elsewhere, http URLs the server would fetch,
+    the proxy route) is answered 403, whatever Gradio's own allow-list says.
+
+    The path is checked as Gradio will read it: ``scope["path"]`` (percent-decoded once, as the
+    route receives it), made absolute against the working folder, links followed; the name
+    asked for and the file it leads to must both carry an image suffix (Gradio picks the
+    content type from the name)."""
+
+    FILE_ROUTES = ("/gradio_api/file=", "/gradio_api/file/")
+    REFUSED_ROUTES = ("/gradio_api/proxy=",)  # this app loads no remote Spaces
+
+    def __init__(self, app, image_roots: Iterable[str | os.PathLike], gradio_dirs: Iterable[str | os.PathLike]):
+        from app.imagefiles import IMAGE_SUFFIXES
+
+        self.app = app
+        self.image_roots = [Path(p).resolve() for p in image_roots]
+        self.gradio_dirs = [Path(p).resolve() for p in gradio_dirs]
+        self.image_suffixes = frozenset(IMAGE_SUFFIXES) | {".gif"}
+        # The History tab's export reaches the browser as a .json file in Gradio's folders.
+        self.gradio_suffixes = self.image_suffixes | {".json"}
+
+    def allows(self, requested: str) -> bool:
+        if "://" in requested or not requested:
+            return False
+        try:
+            asked = Path(os.path.abspath(requested))
+            real = asked.resolve()
+            if not real.is_file():
+                return False
+        except (OSError, ValueError, RuntimeError):
+            return False
+        suffixes = {asked.suffix.lower(), real.suffix.lower()}
+        if suffixes <= self.image_suffixes and any(real.is_relative_to(root) for root in self.image_roots):
+            return True
+        return suffixes <= self.gradio_suffixes and any(real.is_relative_to(d) for d in self.gradio_dirs)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            path = scope.get("path", "")
+            refused = path.startswith(self.REFUSED_ROUTES)
+            for prefix in self.FILE_ROUTES:
+                if path.startswith(prefix):
+                    refused = not self.allows(path[len(prefix):])
+            if refused:
+                await refusal(403, "not served: only images in the output folders are")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 # ---------------------------------------------------------------------------------------------
 # Host and Origin: what a page on another site can make a browser send
 # ---------------------------------------------------------------------------------------------
@@ -380,6 +433,7 @@ def create_app(
     models_root: str | os.PathLike | None = None,
     load_checkpoint: str | None = None,
     allowed_hosts: HostPolicy | None = None,
+    allowed_dirs: Iterable[str | os.PathLike] | None = None,
 ) -> FastAPI:
     """A FastAPI app around one engine: the REST API under /sdapi/v1 (``api``), the Gradio page
     at / (``ui``), both behind HTTP Basic auth when ``auth`` ({user: password}) is given.
@@ -388,7 +442,11 @@ def create_app(
     ``limits``: an ``app.api.ApiLimits``; ``cmd_flags``: what /cmd-flags reports;
     ``load_checkpoint``: a checkpoint to load in the background once the app has started
     (``app.state.preload`` is its thread); ``allowed_hosts``: the Host names served (None:
-    the loopback names), checked with the Origin of what changes state (HostOriginMiddleware)."""
+    the loopback names), checked with the Origin of what changes state (HostOriginMiddleware);
+    ``allowed_paths``: the folders whose images the page serves (default: the engine's output
+    folder), fixed here: nothing the page does widens them; ``allowed_dirs``: the folders
+    super-resolution batches may read and write (default: the output folder and inputs/ beside
+    launch.py). ``app.state.page`` is the Gradio page."""
     if not api and not ui:
         raise ValueError("create_app: nothing to serve (api and ui are both off)")
     sd_api = None
@@ -419,6 +477,7 @@ def create_app(
     app.state.sdapi = sd_api
     app.state.engine = engine
     app.state.preload = None
+    app.state.page = None
     if sd_api is not None:
         from app.api import install_error_handlers
 
@@ -429,12 +488,25 @@ def create_app(
         app.add_middleware(BodyLimitMiddleware, limit=sd_api.limits.max_body_bytes)
     if ui:
         import gradio as gr
+        from gradio.utils import get_cache_folder, get_upload_folder
 
+        from app.settings import data_dir
         from app.webui import build_ui
 
-        demo = build_ui(engine)
         paths = [str(Path(p).resolve()) for p in (allowed_paths or [getattr(engine, "output_dir", None)]) if p]
-        gr.mount_gradio_app(app, demo, path="/", allowed_paths=paths, show_error=True, ssr_mode=False)
+        demo = build_ui(engine, served_roots=[Path(p) for p in paths],
+                        allowed_dirs=[Path(p).resolve() for p in allowed_dirs] if allowed_dirs else None)
+        # Gradio's allow-list also decides which files a callback may hand to the page (Gradio
+        # copies them into its cache folder first): the batch folders' results are among them.
+        # What the file routes serve directly is FileAccessGuard's choice: the outputs only.
+        readable = paths + [str(Path(d).resolve()) for d in (allowed_dirs or ()) if str(Path(d).resolve()) not in paths]
+        # Gradio's own check, behind FileAccessGuard: the settings and styles are never files to serve.
+        blocked = [str(Path(p).resolve()) for p in (options_path, default_settings_file(), data_dir() / "styles.csv")
+                   if p]
+        gr.mount_gradio_app(app, demo, path="/", allowed_paths=readable, blocked_paths=blocked, show_error=True,
+                            ssr_mode=False)
+        app.add_middleware(FileAccessGuard, image_roots=paths, gradio_dirs=[get_upload_folder(), get_cache_folder()])
+        app.state.page = demo
     if auth:
         app.add_middleware(BasicAuthMiddleware, credentials=auth)
     # Outermost (added last): another site's request is refused before any login prompt.
@@ -499,9 +571,13 @@ def serve(args: Any) -> int:
 
     settings = getattr(args, "ui_settings_file", None) or default_settings_file()
     flags = {k: v for k, v in vars(args).items()} if hasattr(args, "__dict__") else {}
+    from app.settings import default_allowed_dirs
+
+    allowed_dirs = [Path(d).expanduser().resolve() for d in (getattr(args, "allowed_dir", None)
+                                                              or default_allowed_dirs(args.outdir))]
     app = create_app(engine, api=api, ui=ui, auth=credentials or None, options_path=settings, cmd_flags=flags,
                      allowed_paths=[Path(args.outdir)], load_checkpoint=startup_checkpoint(engine, settings),
-                     allowed_hosts=hosts)
+                     allowed_hosts=hosts, allowed_dirs=allowed_dirs)
     host = "0.0.0.0" if getattr(args, "listen", False) else "127.0.0.1"
     port = int(args.port)
     parts = (["page: /"] if ui else []) + (["API: /sdapi/v1, docs: /docs"] if api else [])

@@ -30,8 +30,18 @@ DEFAULT_DIR_PATTERN = "[date]"
 DEFAULT_NAME_PATTERN = "[seed]"
 
 
+# The folder beside launch.py that super-resolution "batch from folder" may read by default.
+INPUTS_DIR = ROOT / "inputs"
+
+
 def data_dir() -> Path:
     return Path(os.environ.get(DATA_DIR_ENV) or ROOT)
+
+
+def default_allowed_dirs(output_dir: str | os.PathLike) -> list[Path]:
+    """The folders the page may read and write by name (super-resolution batches) when
+    launch.py is given no --allowed-dir: the outputs folder and inputs/ beside launch.py."""
+    return [Path(output_dir), INPUTS_DIR]
 
 
 @dataclass(frozen=True)
@@ -136,9 +146,10 @@ def _schedule(value: Any) -> str:
 
 OPTIONS: tuple[Option, ...] = (
     Option("outdir", "", "Output folder", _text,
-           "where images are saved; empty: the --outdir given to launch.py"),
+           "where images are saved, inside the --outdir given to launch.py (empty: that folder); "
+           "a folder elsewhere needs launch.py --outdir"),
     Option("outdir_txt2img", DEFAULT_FOLDERS["txt2img"], "txt2img folder", _folder_name,
-           "inside the output folder (or an absolute path)"),
+           "inside the output folder"),
     Option("outdir_img2img", DEFAULT_FOLDERS["img2img"], "img2img and inpaint folder", _folder_name),
     Option("outdir_extras", DEFAULT_FOLDERS["extras"], "Super-resolution folder", _folder_name),
     Option("directory_pattern", DEFAULT_DIR_PATTERN, "Sub-folder pattern", _pattern,

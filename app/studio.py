@@ -25,9 +25,10 @@ import gradio as gr
 from PIL import Image
 
 from app import gallery as gallery_files
-from app.imagefiles import IMAGE_SUFFIXES, expand_pattern, read_metadata, save_image
+from app.imagefiles import IMAGE_SUFFIXES, expand_pattern, inside_folders, read_metadata, save_image
 from app.preview import latent_preview
-from app.settings import ROOT, DEFAULT_DIR_PATTERN, DEFAULT_FOLDERS, DEFAULT_NAME_PATTERN, Settings, SettingsError
+from app.settings import (ROOT, DEFAULT_DIR_PATTERN, DEFAULT_FOLDERS, DEFAULT_NAME_PATTERN, Settings, SettingsError,
+                          default_allowed_dirs)
 from app.styles import StyleDatabase, StyleError
 
 log = logging.getLogger(__name__)
@@ -217,11 +218,20 @@ class StudioUI:
     """The page's behaviour. ``engine`` is a core.engine.Engine or anything with its methods."""
 
     def __init__(self, engine: Any, params_cls: Callable[..., Any] | None = None,
-                 settings: Settings | None = None, styles: StyleDatabase | None = None):
+                 settings: Settings | None = None, styles: StyleDatabase | None = None,
+                 served_roots: Sequence[str | Path] | None = None,
+                 allowed_dirs: Sequence[str | Path] | None = None):
+        """``served_roots``: the folders the server serves images from, fixed at its start
+        (default: the engine's output folder); the page saves only inside them.
+        ``allowed_dirs``: the folders super-resolution batches may read and write (default:
+        the output folder and inputs/ beside launch.py)."""
         self.engine = engine
         self._params_cls = params_cls
         self.settings = settings if settings is not None else Settings()
         self.styles = styles if styles is not None else StyleDatabase()
+        self.served_roots = [Path(p) for p in served_roots] if served_roots else [self.engine_output_root()]
+        self.allowed_dirs = ([Path(p) for p in allowed_dirs] if allowed_dirs
+                             else default_allowed_dirs(self.engine_output_root()))
         self.apply_model_settings()
 
     @property
@@ -232,16 +242,58 @@ class StudioUI:
 
     # ------------------------------------------------------------------ folders and models
 
-    def output_root(self) -> Path:
-        configured = self.settings["outdir"]
-        if configured:
-            return Path(configured).expanduser()
+    def engine_output_root(self) -> Path:
+        """The output folder launch.py was given (--outdir)."""
         return Path(getattr(self.engine, "output_dir", None) or ROOT / "outputs")
 
+    def output_root(self) -> Path:
+        """The "Output folder" setting when it lies inside the served folders, else --outdir's:
+        a setting never widens what the server writes to or serves (folder_problems says why
+        one is ignored)."""
+        configured = self.settings["outdir"]
+        if configured and inside_folders(configured, self.served_roots):
+            return Path(configured).expanduser()
+        return self.engine_output_root()
+
     def folder(self, tab: str) -> Path:
-        """The folder of a tab's images (before the date sub-folder)."""
+        """The folder of a tab's images (before the date sub-folder): the tab's folder setting
+        inside the output folder, or its default name when the setting leads outside."""
         key = TAB_FOLDER.get(tab, tab)
-        return self.output_root() / self.settings[f"outdir_{key}"]
+        folder = self.output_root() / self.settings[f"outdir_{key}"]
+        if inside_folders(folder, self.served_roots):
+            return folder
+        return self.output_root() / DEFAULT_FOLDERS[key]
+
+    def folder_problems(self, values: dict[str, Any]) -> list[str]:
+        """Why the folder settings in ``values`` (any of outdir, outdir_txt2img, ...; the others
+        as saved) lead outside the folders this server saves to and serves; [] when none do."""
+        def value(key: str) -> str:
+            return str(values[key] if key in values else self.settings[key]).strip()
+
+        roots = ", ".join(str(r) for r in self.served_roots)
+        problems = []
+        root = self.engine_output_root()
+        if value("outdir"):
+            configured = Path(value("outdir")).expanduser()
+            if inside_folders(configured, self.served_roots):
+                root = configured
+            else:
+                problems.append(f"Output folder {configured} is outside the folder this server saves to and serves "
+                                f"({roots}); start launch.py with --outdir {configured} to save there")
+        for key in DEFAULT_FOLDERS:
+            folder = root / value(f"outdir_{key}")
+            if value(f"outdir_{key}") and not inside_folders(folder, self.served_roots):
+                problems.append(f"{key} folder {folder} is outside the output folder ({roots})")
+        return problems
+
+    def served_image(self, path: str | None) -> str | None:
+        """``path`` when it is an image file inside the served folders, else None: what a page
+        element may hand on as a picture (a hidden text box can be sent holding anything)."""
+        if not path or Path(path).suffix.lower() not in IMAGE_SUFFIXES:
+            return None
+        if not inside_folders(path, self.served_roots) or not Path(path).is_file():
+            return None
+        return str(path)
 
     # ------------------------------------------------------------------ LoRA cards
 
@@ -891,6 +943,9 @@ class StudioUI:
         size = (int(width or 0), int(height or 0)) if by_size else None
         factor = None if by_size else float(scale or 0)
         if mode == "Batch from folder":
+            self._check_allowed_dir(input_dir, "input folder")
+            if output_dir:
+                self._check_allowed_dir(output_dir, "output folder")
             if not input_dir or not Path(input_dir).expanduser().is_dir():
                 raise gr.Error(f"Super-resolution: {input_dir!r} is not a folder", print_exception=False)
             sources = sorted(p for p in Path(input_dir).expanduser().iterdir()
@@ -938,6 +993,15 @@ class StudioUI:
         if done:
             notes.append(f"{len(done)} of {len(sources)} image(s) upscaled, saved to {Path(done[0]['path']).parent}")
         return [(d["path"], d["size"]) for d in done], done[0]["infotext"] if done else "", log_html(notes), done
+
+    def _check_allowed_dir(self, folder: str | None, what: str) -> None:
+        """A gr.Error naming ``folder`` and the allowed ones unless it lies inside one of them
+        (the page may name any path; only those given to launch.py --allowed-dir are used)."""
+        if not folder or inside_folders(folder, self.allowed_dirs):
+            return
+        allowed = ", ".join(str(d) for d in self.allowed_dirs)
+        raise gr.Error(f"Super-resolution: the {what} {folder} is outside the allowed folders ({allowed}); "
+                       f"start launch.py with --allowed-dir to add one", print_exception=False)
 
     def _sd_upscale(self, picture: Image.Image, upscaler: str, factor: float | None, size: tuple[int, int] | None,
                     sd: dict[str, Any], progress, number: int, total: int, out_dir: Path | None, stem: str):
@@ -1023,6 +1087,9 @@ class StudioUI:
     # ------------------------------------------------------------------ settings and styles
 
     def apply_settings(self, keys: Sequence[str], values: Sequence[Any]) -> str:
+        problems = self.folder_problems({k: v for k, v in zip(keys, values) if k.startswith("outdir")})
+        if problems:
+            raise gr.Error(f"Settings not saved: {'; '.join(problems)}", print_exception=False)
         try:
             changed = self.settings.update(dict(zip(keys, values)))
         except SettingsError as exc:
@@ -1030,7 +1097,6 @@ class StudioUI:
         except OSError as exc:
             raise gr.Error(f"Settings not saved: cannot write {self.settings.path}: {exc}",
                            print_exception=False) from None
-        allow_output_folder(self.output_root())
         reloads = self.apply_model_settings()
         notice = self.settings.save_notice
         if notice:  # the user's file was unreadable: it is kept aside, and they must know
@@ -1147,12 +1213,3 @@ def editor_image_and_mask(value: Any) -> tuple[Image.Image, Image.Image | None]:
         mask = ImageChops.lighter(mask, alpha.point(lambda v: 255 if v > 0 else 0))
         painted = True
     return background, (mask if painted else None)
-
-
-def allow_output_folder(root: Path) -> None:
-    """Let Gradio serve files under the output root (gallery, "open full size")."""
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        gr.set_static_paths([str(root.resolve())])
-    except Exception:
-        log.debug("could not register %s as a static path", root, exc_info=True)

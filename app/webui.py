@@ -33,7 +33,6 @@ from app.studio import (  # noqa: E402,F401  (re-exported for servers and tests)
     RESIZE_MODES,
     SAME,
     StudioUI,
-    allow_output_folder,
     error_message,
     sampler_choices,
 )
@@ -91,9 +90,17 @@ class _Tab:
 
 
 def build_ui(engine: Any, params_cls: Callable[..., Any] | None = None, settings: Settings | None = None,
-             styles: StyleDatabase | None = None) -> gr.Blocks:
-    ui = StudioUI(engine, params_cls, settings=settings, styles=styles)
-    allow_output_folder(ui.output_root())
+             styles: StyleDatabase | None = None, served_roots: list[Path] | None = None,
+             allowed_dirs: list[Path] | None = None) -> gr.Blocks:
+    """The page. ``served_roots``: the folders the server serves images from (the page saves
+    only inside them); ``allowed_dirs``: the folders super-resolution batches may use (see
+    StudioUI)."""
+    ui = StudioUI(engine, params_cls, settings=settings, styles=styles, served_roots=served_roots,
+                  allowed_dirs=allowed_dirs)
+    try:
+        ui.output_root().mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # saving says so at the first job; the page still comes up
+        log.warning("cannot create the output folder %s: %s", ui.output_root(), exc)
     checkpoints = ui.checkpoints()
     checkpoint_choices = ui.checkpoint_choices()
     samplers, schedules = sampler_choices()
@@ -189,7 +196,10 @@ def build_ui(engine: Any, params_cls: Callable[..., Any] | None = None, settings
                 if key in components and "infotext" in components:
                     sources = [components.get("image") or components["infotext"], components["infotext"]]
                     if "image" in components:
-                        wire_send(components[key], target, sources, lambda path, info: (path or None, info))
+                        # the path comes from a hidden text box, which a request can fill with any
+                        # path: only an image inside the served folders is passed on
+                        wire_send(components[key], target, sources,
+                                  lambda path, info: (ui.served_image(path), info))
                     else:
                         wire_send(components[key], target, [components["infotext"]], lambda info: (None, info))
 
@@ -749,8 +759,9 @@ def _settings_tab(ui: StudioUI, samplers: list[str], schedules: list[str]) -> di
     components: dict[str, Any] = {}
     intro = (f"Saved to `{ui.settings.path}`. Folders, format and preview apply to the next job; defaults apply "
              "when the page is reloaded.")
-    if ui.settings.load_warnings:
-        intro += "\n\n" + "\n".join(f"- {w}" for w in ui.settings.load_warnings)
+    warnings = [*ui.settings.load_warnings, *(f"{p}: ignored" for p in ui.folder_problems({}))]
+    if warnings:
+        intro += "\n\n" + "\n".join(f"- {w}" for w in warnings)
     gr.Markdown(intro)
     with gr.Row():
         with gr.Column():

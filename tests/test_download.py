@@ -121,7 +121,7 @@ def test_first_run_offer_downloads_into_the_checkpoint_folder(server, tmp_path):
     offer = ModelOffer(engine, settings, reachable=lambda url: probes.append(url) or True)
     assert offer.needed() and "No checkpoint yet" in offer.notice()
     seen = []
-    name = offer.fetch(None, None, progress=lambda p: seen.append(p.fraction))
+    name = offer.fetch(progress=lambda p: seen.append(p.fraction))
     assert name == "model.safetensors" and (tmp_path / "Stable-diffusion" / name).read_bytes() == PAYLOAD
     assert seen[-1] == 1.0
     engine.own.append(name)
@@ -150,9 +150,9 @@ def test_first_run_offline_says_so_once_and_keeps_the_demo(tmp_path):
 def test_first_run_refuses_odd_urls(tmp_path, url, why):
     from app.first_run import ModelOffer
 
-    offer = ModelOffer(_Engine(tmp_path), {}, reachable=lambda url: True)
+    offer = ModelOffer(_Engine(tmp_path), {"model_download_url": url}, reachable=lambda url: True)
     with pytest.raises(EngineError, match=why):
-        offer.fetch(url)
+        offer.fetch()
     assert not list(tmp_path.iterdir())
     # An encoded path in the URL never leaves the checkpoint folder: only the last name counts.
     assert offer.target("http://h/..%2F..%2Fevil.safetensors") == tmp_path / "evil.safetensors"

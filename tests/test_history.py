@@ -341,7 +341,7 @@ def test_export_import_export_is_identical(history, tmp_path):
                    "flag": False, "list": [1, "two", [3.5]], "extra": {"Schedule type": "Karras", "nested": {"a": {}}}},
     }, [{"seed": 2**32 - 1, "subseed": 7, "path": str(tmp_path / "a" / "sub" / "x.png"), "infotext": tricky,
          "created": 1700000000.5},
-        {"seed": 0, "subseed": None, "path": "/elsewhere/y.png", "infotext": "", "created": 1700000001.0},
+        {"seed": 0, "subseed": None, "path": str(tmp_path / "a" / "y.png"), "infotext": "", "created": 1700000001.0},
         {"seed": 1, "subseed": None, "path": None, "infotext": "z", "created": 1700000002.0}])
     store.finish_entry(first, "interrupted", finished=1700000003.0, duration=2.75)
     make_entry(store, "plain second", images=0, created=1700000000.0)  # same time: ordered by uid
@@ -529,12 +529,20 @@ def test_rest_routes(engine, history, tmp_path):
     document = exported.json()
     assert [e["prompt"] for e in document["entries"]] == ["a rest api heron"]
     assert client.get("/history/export").json()["entries"]
-    # an imported path outside the outputs folder is never served
+    # an imported path outside the outputs folder is refused, and one already in the database
+    # (recorded before imports were checked) is never served
     document["entries"][0].update(uid="imported", prompt="an imported heron")
     document["entries"][0]["images"][0]["path"] = str(ROOT / "README.md")
+    refused = client.post("/history/import", json=document)
+    assert refused.status_code == 400 and "entries[0].images[0].path" in refused.json()["detail"]
+    assert client.get("/history/search", params={"q": "imported"}).json()["total"] == 0
+    document["entries"][0]["images"][0]["path"] = entry["images"][0]["path"]
     assert client.post("/history/import", json=document).json() == {"added": 1, "replaced": 0, "skipped": 0}
     assert client.post("/history/import", json={"format": "nope"}).status_code == 400
     imported = client.get("/history/search", params={"q": "imported"}).json()["entries"][0]
+    assert client.get(f"/history/images/{imported['images'][0]['id']}").status_code == 200
+    history.HistoryStore(Path(engine.output_dir) / history.DB_NAME).set_image_path(
+        imported["images"][0]["id"], ROOT / "README.md")
     assert client.get(f"/history/images/{imported['images'][0]['id']}").status_code == 404
 
     assert client.delete(f"/history/entries/{entry['id']}").json() == {"deleted": 1}

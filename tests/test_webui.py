@@ -259,11 +259,11 @@ def test_jpeg_setting_saves_with_exif_user_comment(studio):
 
 
 def test_webp_and_custom_folders(studio, tmp_path):
-    studio.settings.update({"image_format": "webp", "outdir": str(tmp_path / "elsewhere"), "outdir_txt2img": "t2i",
-                            "directory_pattern": "[date]/[sampler]"})
+    studio.settings.update({"image_format": "webp", "outdir": str(tmp_path / "outputs" / "elsewhere"),
+                            "outdir_txt2img": "t2i", "directory_pattern": "[date]/[sampler]"})
     *_, (_, info, _, _, items) = run_stream(studio, "txt2img", dict(prompt="x", seed=3, steps=1))
     path = Path(items[0]["path"])
-    assert path.parent == tmp_path / "elsewhere" / "t2i" / dt.date.today().isoformat() / "Euler"
+    assert path.parent == tmp_path / "outputs" / "elsewhere" / "t2i" / dt.date.today().isoformat() / "Euler"
     assert path.suffix == ".webp" and read_metadata(path)["parameters"] == info
 
 
@@ -617,13 +617,13 @@ def test_upscale_single_image_and_folder(studio, tmp_path):
         assert image.size == (128, 128)
     assert info.startswith("a dog\nSteps: 3") and "Postprocess upscale by: 2, Postprocess upscaler: Lanczos" in info
     assert read_metadata(path)["parameters"] == info
-    folder = tmp_path / "batch"
-    folder.mkdir()
+    folder = tmp_path / "outputs" / "batch"  # batches use the allowed folders (the outputs by default)
+    folder.mkdir(parents=True)
     for i in range(2):
         picture(32, 16).save(folder / f"p{i}.png")
     (folder / "notes.txt").write_text("skip me")
     (folder / "broken.png").write_bytes(b"nope")
-    out = tmp_path / "batch-out"
+    out = tmp_path / "outputs" / "batch-out"
     gallery_value, info, log, items = studio.upscale("Batch from folder", None, str(folder), str(out), "Lanczos",
                                                      "Scale to", 0, 96, 0)
     assert sorted(Path(i["path"]).name for i in items) == ["00000-p0.png", "00001-p1.png"]

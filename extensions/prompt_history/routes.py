@@ -20,7 +20,6 @@ from fastapi import APIRouter, Body, FastAPI, HTTPException, Path, Query, Respon
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".avif", ".gif", ".bmp", ".tif", ".tiff"}
 # Ids and offsets are SQLite integers: a larger number is a 422, not an overflow inside sqlite3.
 SQLITE_MAX = 2**63 - 1
 MAX_IDS = 100_000  # ids one request may name
@@ -112,10 +111,8 @@ def add_routes(app: FastAPI, get_store: Callable[[], Any], store_module: Any) ->
     def image_file(image_id: EntryId, size: int = Query(0, ge=0, le=2048)):
         store = get_store()
         image = store.get_image(image_id)
-        path = store.file_path(image["path"]) if image else None
-        # only files under the outputs folder, and only images: paths in the database may
-        # come from an imported document
-        if path is None or path.suffix.lower() not in IMAGE_SUFFIXES or not store.inside_root(path) or not path.is_file():
+        path = store.image_file(image["path"]) if image else None
+        if path is None:
             raise HTTPException(status_code=404, detail=f"no image file for history image {image_id}")
         if not size:
             return FileResponse(path)

@@ -37,6 +37,9 @@ from typing import Any, Callable, Iterable
 log = logging.getLogger(__name__)
 
 DB_NAME = "history.sqlite3"
+# What a recorded image may be: the page, the REST route and an import all hold paths to this
+# (a path in the database may come from an imported document, so it is never trusted).
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".avif", ".gif", ".bmp", ".tif", ".tiff"})
 SCHEMA_VERSION = 1
 EXPORT_FORMAT = "sd-studio-prompt-history"
 EXPORT_VERSION = 1
@@ -512,8 +515,35 @@ class HistoryStore:
     def inside_root(self, path: Path) -> bool:
         try:
             return path.resolve().is_relative_to(self.root.resolve())
-        except OSError:
+        except (OSError, ValueError):
             return False
+
+    def path_problem(self, stored: str | None) -> str | None:
+        """Why a recorded path may not be shown or served (None: it may, or none is recorded):
+        only an image, by its suffix and by what a link points to, inside the outputs folder."""
+        path = self.file_path(stored)
+        if path is None:
+            return None
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            return f"{stored!r} is not an image ({', '.join(sorted(IMAGE_SUFFIXES))})"
+        if not self.inside_root(path):
+            return f"{stored!r} is outside the outputs folder {self.root}"
+        try:
+            real_suffix = path.resolve().suffix.lower()
+        except (OSError, ValueError):
+            real_suffix = ""
+        if real_suffix not in IMAGE_SUFFIXES:
+            return f"{stored!r} leads to a file that is not an image"
+        return None
+
+    def image_file(self, stored: str | None) -> Path | None:
+        """The recorded image as a file to read or serve, or None: nothing recorded, the file
+        is gone, or the path fails ``path_problem``. The one check the tab, the send-to
+        payload and the REST route share."""
+        path = self.file_path(stored)
+        if path is None or self.path_problem(stored) is not None:
+            return None
+        return path if path.is_file() else None
 
     # writing
 
@@ -782,7 +812,7 @@ class HistoryStore:
                 params["subseed"] = image["subseed"]
         if not params.get("checkpoint") and entry["model_name"]:
             params["checkpoint"] = entry["model_name"]
-        path = self.file_path(image["path"]) if image else None
+        path = self.image_file(image["path"]) if image else None
         return {
             "entry_id": entry["id"],
             "kind": entry["kind"],
@@ -823,6 +853,11 @@ class HistoryStore:
         if mode not in ("skip", "replace"):
             raise HistoryError(f"mode: must be skip or replace, got {mode!r}")
         entries = validate_document(document)
+        for n, entry in enumerate(entries):
+            for m, image in enumerate(entry["images"]):
+                problem = self.path_problem(image["path"])
+                if problem is not None:
+                    raise HistoryError(f"entries[{n}].images[{m}].path: {problem}; nothing was imported")
         counts = {"added": 0, "replaced": 0, "skipped": 0}
 
         def write(batch):

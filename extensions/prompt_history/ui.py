@@ -58,7 +58,7 @@ class HistoryTab:
     def thumb(self, stored_path: str | None):
         """A thumbnail of a recorded image (a grey square when the file is gone), cached by
         path, size and modification time."""
-        path = self.store.file_path(stored_path)
+        path = self.store.image_file(stored_path)
         try:
             stat = path.stat() if path is not None else None
         except OSError:
@@ -134,8 +134,7 @@ class HistoryTab:
                 payload.get("infotext", ""), payload.get("params", {}), label)
 
     def _exists(self, stored: str | None) -> bool:
-        path = self.store.file_path(stored)
-        return path is not None and path.is_file()
+        return self.store.image_file(stored) is not None
 
     def select_image(self, entry_id: int | None, index: int | None) -> tuple[str, dict]:
         """-> (infotext, send-to params) of one image of the entry."""
