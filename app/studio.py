@@ -565,13 +565,11 @@ class StudioUI:
         for result in results:
             path = getattr(result, "path", None)
             save_error = getattr(result, "save_error", None)
-            if save_error is None and (path is None or not engine_saves):
-                try:
-                    path = self.save(tab, result.image, result.infotext, params, result.seed)
-                except OSError as exc:  # a full or read-only folder: the picture is kept in memory
-                    path, save_error = None, f"not saved in {self.folder(tab)}: {exc.strerror or exc}"
             if save_error is not None:
                 job.save_errors.append(save_error)
+            elif path is None or not engine_saves:
+                path = self._save_or_say_why(lambda: self.save(tab, result.image, result.infotext, params, result.seed),
+                                             self.folder(tab), job.save_errors)
             # "image": the picture itself when no file holds it, so the page can still show it
             job.items.append({"path": str(path) if path is not None else None, "infotext": result.infotext,
                               "seed": result.seed, "image": result.image if path is None else None})
@@ -959,6 +957,7 @@ class StudioUI:
         out_dir = Path(output_dir).expanduser() if (mode == "Batch from folder" and output_dir) else None
         done: list[dict] = []
         notes: list[str] = []
+        unsaved: list[str] = []  # why a picture could not be saved, one per such picture
         for number, source in enumerate(sources):
             if progress is not None:
                 progress(number / len(sources), f"{source.name} ({number + 1}/{len(sources)})")
@@ -970,29 +969,50 @@ class StudioUI:
                     original = None
                 if sd and sd.get("enabled"):
                     result, text, saved = self._sd_upscale(picture, upscaler, factor, size, sd, progress,
-                                                           number, len(sources), out_dir, source.stem)
-                    done.append({"path": str(saved), "infotext": text, "seed": None,
+                                                           number, len(sources), out_dir, source.stem, unsaved)
+                    done.append({"path": str(saved) if saved else None, "infotext": text, "seed": None,
+                                 "image": None if saved else result,
                                  "size": f"{picture.width}x{picture.height} → {result.width}x{result.height}"})
                     continue
                 result = upscale_image(picture, upscaler, scale=factor, size=size, models_root=self.models_root(),
                                        device=str(getattr(self.engine, "device", "cpu")))
                 text = postprocess_infotext(upscaler, scale=factor, size=size, source=original)
-                if out_dir is not None:
-                    saved = save_image(result, out_dir, name=source.stem, fmt=self.settings["image_format"],
+                saved = self._save_or_say_why(
+                    lambda: save_image(result, out_dir, name=source.stem, fmt=self.settings["image_format"],
                                        infotext=text, quality=self.settings["jpeg_quality"])
-                else:
-                    saved = self.save("extras", result, text)
+                    if out_dir is not None else self.save("extras", result, text),
+                    out_dir or self.folder("extras"), unsaved)
             except Exception as exc:
                 message = error_message(exc, "Upscaling")
                 if len(sources) == 1:
                     raise gr.Error(message, print_exception=False) from None
                 notes.append(f"{source.name}: {message}")
                 continue
-            done.append({"path": str(saved), "infotext": text, "seed": None,
+            # "image": the picture itself when no file holds it, so the page can still show it
+            done.append({"path": str(saved) if saved else None, "infotext": text, "seed": None,
+                         "image": None if saved else result,
                          "size": f"{picture.width}x{picture.height} → {result.width}x{result.height}"})
+        saved_paths = [d["path"] for d in done if d["path"]]
         if done:
-            notes.append(f"{len(done)} of {len(sources)} image(s) upscaled, saved to {Path(done[0]['path']).parent}")
-        return [(d["path"], d["size"]) for d in done], done[0]["infotext"] if done else "", log_html(notes), done
+            notes.append(f"{len(done)} of {len(sources)} image(s) upscaled"
+                         + (f", saved to {Path(saved_paths[0]).parent}" if saved_paths else ""))
+        if unsaved:
+            warning = (f"{len(unsaved)} of {len(done)} image(s) {unsaved[0]}. They are only on this page: "
+                       "download them before making more (free space or pick another output folder)")
+            notes.append(warning)
+            gr.Warning(warning)
+        gallery = [(d["path"] or d["image"], d["size"]) for d in done]
+        return gallery, done[0]["infotext"] if done else "", log_html(notes), done
+
+    @staticmethod
+    def _save_or_say_why(save: Callable[[], Path], folder: Path, unsaved: list[str]) -> Path | None:
+        """``save()``'s path; None after an OSError (a full or read-only folder), whose reason is
+        added to ``unsaved``: the picture stays on the page instead of being lost."""
+        try:
+            return save()
+        except OSError as exc:
+            unsaved.append(f"not saved in {folder}: {exc.strerror or exc}")
+            return None
 
     def _check_allowed_dir(self, folder: str | None, what: str) -> None:
         """A gr.Error naming ``folder`` and the allowed ones unless it lies inside one of them
@@ -1004,7 +1024,8 @@ class StudioUI:
                        f"start launch.py with --allowed-dir to add one", print_exception=False)
 
     def _sd_upscale(self, picture: Image.Image, upscaler: str, factor: float | None, size: tuple[int, int] | None,
-                    sd: dict[str, Any], progress, number: int, total: int, out_dir: Path | None, stem: str):
+                    sd: dict[str, Any], progress, number: int, total: int, out_dir: Path | None, stem: str,
+                    unsaved: list[str]):
         if not hasattr(self.engine, "sd_upscale"):
             raise gr.Error("SD upscale is not available in this engine", print_exception=False)
         if factor is None:  # SD upscale takes a factor: the one that reaches the asked width (or height)
@@ -1025,13 +1046,17 @@ class StudioUI:
         if not results:
             raise gr.Error("SD upscale was interrupted", print_exception=False)
         result = results[0]
-        if saves and result.path is not None:
+        if saves and getattr(result, "save_error", None):
+            unsaved.append(result.save_error)
+            saved = None
+        elif saves and result.path is not None:
             saved = result.path
-        elif out_dir is not None:
-            saved = save_image(result.image, out_dir, name=stem, fmt=self.settings["image_format"],
-                               infotext=result.infotext, quality=self.settings["jpeg_quality"])
         else:
-            saved = self.save("img2img", result.image, result.infotext, params, result.seed)
+            saved = self._save_or_say_why(
+                lambda: save_image(result.image, out_dir, name=stem, fmt=self.settings["image_format"],
+                                   infotext=result.infotext, quality=self.settings["jpeg_quality"])
+                if out_dir is not None else self.save("img2img", result.image, result.infotext, params, result.seed),
+                out_dir or self.folder("img2img"), unsaved)
         return result.image, result.infotext, saved
 
     # ------------------------------------------------------------------ gallery

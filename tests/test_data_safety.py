@@ -375,3 +375,42 @@ def test_the_page_says_at_load_what_it_could_not_read(tmp_path):
     (kept,) = bad_files(tmp_path, "config.json")
     assert any(kept.name in text and "defaults are used" in text for text in texts)
     assert any("styles.csv: not readable" in text for text in texts)
+
+
+def test_page_super_resolution_keeps_the_picture_when_it_cannot_save(tmp_path):
+    """The Super-resolution tab's own saves: a folder that cannot take the file leaves the
+    enlarged picture on the page with a warning, for a single image and in a batch."""
+    pytest.importorskip("gradio")
+    import numpy as np
+    from PIL import Image
+
+    from app.studio import StudioUI
+    from test_webui import FakeEngine
+
+    engine = FakeEngine(tmp_path)
+    ui = StudioUI(engine, settings=Settings(tmp_path / "config.json"), styles=StyleDatabase(tmp_path / "styles.csv"))
+    source = tmp_path / "src.png"
+    Image.fromarray(np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3)).save(source)
+    expected = Image.open(source).convert("RGB").resize((32, 32), Image.LANCZOS)
+    blocked = ui.folder("extras")
+    blocked.parent.mkdir(parents=True, exist_ok=True)
+    blocked.write_bytes(b"a file where the extras folder should be")
+    with pytest.warns(UserWarning, match=r"1 of 1 image\(s\) not saved in .*only on this page"):
+        gallery, info, log, items = ui.upscale("Single image", str(source), "", "", "Lanczos", "Scale by", 2, 0, 0)
+    (picture, caption), = gallery
+    assert isinstance(picture, Image.Image) and items[0]["path"] is None and "16x16 → 32x32" in caption
+    assert np.abs(np.asarray(picture, dtype=int) - np.asarray(expected, dtype=int)).max() <= 1
+    assert "not saved in" in log and "saved to" not in log
+
+    batch = tmp_path / "outputs" / "batch"
+    batch.mkdir(parents=True)
+    for name in ("a.png", "b.png"):
+        Image.open(source).save(batch / name)
+    out = tmp_path / "outputs" / "batch-out"
+    out.write_bytes(b"a file where the batch's output folder should be")
+    with pytest.warns(UserWarning, match=r"2 of 2 image\(s\) not saved in"):
+        gallery, info, log, items = ui.upscale("Batch from folder", None, str(batch), str(out), "Lanczos",
+                                               "Scale by", 2, 0, 0)
+    assert [item["path"] for item in items] == [None, None]
+    assert all(isinstance(picture, Image.Image) and picture.size == (32, 32) for picture, _ in gallery)
+    assert out.read_bytes().startswith(b"a file")  # nothing written over
