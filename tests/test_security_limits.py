@@ -145,6 +145,36 @@ def test_vae_attention_chunks_from_free_memory(monkeypatch):
     assert torch.allclose(chunked, whole, atol=1e-5, rtol=1e-5)
 
 
+def test_a_batch_that_does_not_fit_is_coded_picture_by_picture(monkeypatch):
+    """Tile sizes are planned for one picture: a batch too large for memory is decoded (and
+    encoded) one picture at a time, untiled while one picture fits, else in tiles."""
+    import core.pipelines.vae_tiling as tiling
+    from core.models.vae import AutoencoderKL, VAEConfig
+    from core.pipelines.common import decode_latents, encode_pixels
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(VAEConfig(ch=32)).eval()
+    latents = torch.randn(3, 4, 8, 8)
+    whole = decode_latents(vae, latents)
+    one_picture = 64 * 64 * tiling.DECODE_BYTES_PER_PIXEL * 32 / 128  # what needs_tiling counts for one
+    calls = []
+    for name in ("decode", "encode"):
+        original = getattr(vae, name)
+        monkeypatch.setattr(vae, name, lambda x, original=original, name=name: calls.append((name, x.shape[0])) or original(x))
+    monkeypatch.setattr(tiling, "available_memory", lambda device: int(one_picture * 2.5))  # half of it: one fits
+    separately = decode_latents(vae, latents)
+    assert calls == [("decode", 1)] * 3
+    assert torch.allclose(separately, whole, atol=1e-5)
+    calls.clear()
+    encode_pixels(vae, whole * 2 - 1)
+    assert calls == [("encode", 1)] * 3
+    tiled = []
+    monkeypatch.setattr(tiling, "available_memory", lambda device: 1000)  # not even one: tiles, picture by picture
+    monkeypatch.setattr(tiling, "decode_tiled", lambda v, z: tiled.append(z.shape[0]) or v.decode(z))
+    decode_latents(vae, latents)
+    assert tiled == [1, 1, 1]
+
+
 def _in_subprocess(code: str, *args: str, timeout: float) -> dict:
     """Run ``code`` with ``args`` in a fresh Python (the project on its path); it prints one JSON line last."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
