@@ -150,7 +150,7 @@ class GenerationParams:
             # The second pass works at the hires size: the same limits as width and height.
             # Given one of hr_resize_x/y, the other side follows the aspect ratio.
             width, height = hires_size(self)
-            source = ("hr_resize_y" if self.hr_resize_y else "hr_resize_x") if self.hr_resize_x or self.hr_resize_y else "hr_scale"
+            source = "hr_resize_x" if self.hr_resize_x else "hr_resize_y" if self.hr_resize_y else "hr_scale"
             if max(width, height) > MAX_SIZE:
                 bad(source, f"the hires size {width}x{height} is over the limit of {MAX_SIZE}x{MAX_SIZE}")
             self._check_batch_pixels("batch_size", width, height, " at the hires size")

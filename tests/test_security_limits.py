@@ -325,3 +325,16 @@ def test_interrupt_reaches_the_text_encoding_of_a_long_prompt(engine, monkeypatc
     assert sum(rows) < chunks / 2
     monkeypatch.setattr(encoder, "encode_with_pooled", original)
     assert len(engine.txt2img(params(prompt="a red circle"), save=False)) == 1  # the next job runs
+
+
+def test_a_long_prompt_encodes_the_same_a_group_of_chunks_at_a_time(engine, monkeypatch):
+    import core.conditioning as conditioning
+
+    with engine.exclusive():
+        model = engine.job_model(None).model
+    prompt = "a (red:1.2) circle, " * 300  # about 20 chunks: several groups
+    grouped = conditioning.make_conditioner(model, engine.tokenizer).encode(prompt)
+    monkeypatch.setattr(conditioning, "ENCODE_GROUP", 10**6)  # every chunk in one call, as before
+    whole = conditioning.make_conditioner(model, engine.tokenizer).encode(prompt)
+    assert grouped.shape == whole.shape and grouped.shape[0] > 2 * 8 * 77  # more than two groups of 8
+    assert torch.allclose(grouped, whole, atol=1e-5, rtol=1e-5)
