@@ -238,8 +238,9 @@ print(json.dumps({"shape": list(out.shape), "finite": bool(torch.isfinite(out).a
 @pytest.mark.slow
 def test_decode_2048_with_the_sd_vae_under_a_12_gb_address_space():
     """The issue's check: SD's VAE (random weights) decodes a 2048x2048 picture in a process that
-    may map at most 12 GB; a whole-picture attention alone would need 16 GiB. (Measured alone on
-    2 cores: see the report / bench_engine's vae_decode_2048_peak_rss.)"""
+    may map at most 12 GB; a whole-picture attention alone would need 16 GiB. Slow: measured
+    1127 s on 2 cores (OMP_NUM_THREADS unset; other jobs were running), peak RSS 6.0 GiB; the
+    bench (bench/bench_engine.py --vae2k-only) records the peak."""
     limit = 12 * 10**9
     result = _in_subprocess(UNDER_AN_ADDRESS_SPACE_LIMIT, str(limit), "decode", "{}", "2048", timeout=3600)
     assert result["shape"] == [1, 3, 2048, 2048]
