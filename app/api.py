@@ -45,7 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.settings import read_settings_file, settings_file_notice, update_settings_file
 from core.errors import EngineError
-from core.params import MAX_SIZE, MAX_STEPS, GenerationParams
+from core.params import MAX_PROMPT_BYTES, MAX_SIZE, MAX_STEPS, PROMPT_FIELDS, GenerationParams, check_prompt_length
 
 log = logging.getLogger(__name__)
 
@@ -1014,6 +1014,12 @@ class SdApi:
         """The request as GenerationParams, checked; the settings to keep afterwards
         (override_settings with override_settings_restore_afterwards=false); and what the job
         sets up around the model (overrides of what the checkpoint predicts, native size)."""
+        # Refused before any parsing; an infotext holds a prompt and a negative prompt and more.
+        for name, limit in (*((n, MAX_PROMPT_BYTES) for n in PROMPT_FIELDS), ("infotext", 3 * MAX_PROMPT_BYTES)):
+            try:
+                check_prompt_length(name, getattr(req, name, None), limit)
+            except EngineError as exc:
+                raise engine_error(exc, 422) from None
         if req.infotext:
             self._apply_infotext(req)
         self._refuse_unsupported(req, img2img)
@@ -1196,7 +1202,7 @@ class SdApi:
         limits = self.limits
         if params.steps > limits.max_steps:
             raise ApiError(422, f"steps: at most {limits.max_steps} on this server, got {params.steps}")
-        for name in ("width", "height"):
+        for name in ("width", "height", "seed_resize_from_w", "seed_resize_from_h"):
             value = getattr(params, name)
             if value > limits.max_size:
                 raise ApiError(422, f"{name}: at most {limits.max_size} on this server, got {value}")

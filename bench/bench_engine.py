@@ -10,6 +10,10 @@
 
 3. A 4096x4096 decode through the SD 1.5-size VAE (random weights), tiled automatically:
    seconds and peak RSS (must fit in this machine's 24 GiB). Skipped with --skip-vae4k.
+   Then a 2048x2048 decode through the same VAE in a process whose address space is limited
+   to 12 GB (RLIMIT_AS; its whole-picture attention alone would be 16 GiB): seconds, peak RSS
+   and the tiles/attention blocks chosen from that limit. Skipped with --skip-vae2k;
+   --vae2k-only runs only this one.
 4. With --sdxl: one CFG step (batch 2) of the full-size SDXL base UNet (2.57B parameters, random
    weights, shapes from sdxl_base.json) at 1024x1024 (128x128 latent), ours vs diffusers, with
    the added size/pooled vector: seconds and peak RSS. --sdxl-dtype bfloat16 halves the memory
@@ -200,6 +204,43 @@ def measure_vae_4k(size: int) -> dict:
     return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "shape": list(images.shape)}
 
 
+VAE_LIMIT_BYTES = 12 * 10**9  # as tests/test_security_limits.py
+
+
+def measure_vae_limited(size: int, limit: int) -> dict:
+    """A ``size`` x ``size`` decode (SD 1.5-size VAE, random weights) with the address space
+    limited to ``limit`` bytes: what decode_latents plans from that limit, and its peak RSS."""
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    import torch
+
+    from core.devices import available_memory
+    from core.models.detection import detect_vae
+    from core.models.vae import AutoencoderKL
+    from core.pipelines import vae_tiling
+    from core.pipelines.common import decode_latents
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(detect_vae(sd15_shapes())).eval()
+    latents = torch.randn(1, 4, size // 8, size // 8)
+    cpu = torch.device("cpu")
+    free = available_memory(cpu)
+    tiled = vae_tiling.needs_tiling(vae, size * size, cpu)
+    start = time.perf_counter()
+    images = decode_latents(vae, latents)
+    return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "shape": list(images.shape),
+            "free_mb": free / 2**20, "tile": vae_tiling.tile_size(vae, cpu) if tiled else None,
+            "finite": bool(torch.isfinite(images).all())}
+
+
+def report_vae_limited(size: int = 2048, limit: int = VAE_LIMIT_BYTES) -> dict:
+    r = in_subprocess("--_vae_limited", str(size), str(limit))
+    plan = f"tiles of {r['tile']} latent pixels" if r["tile"] else "one piece"
+    print(f"VAE decode {size}x{size} (SD 1.5-size VAE) under a {limit / 1e9:.0f} GB address-space limit "
+          f"({r['free_mb']:.0f} MB free to plan with: {plan}): {r['seconds']:.0f} s, peak RSS {r['peak_rss_mb']:.0f} MB "
+          f"({r['peak_rss_mb'] * 2**20 / limit:.2f} of the limit), finite output: {r['finite']}")
+    return r
+
+
 def random_weights(shapes: dict, dtype) -> dict:
     """Random tensors for a checkpoint layout: normalisation scales (the only 1-D ``.weight``
     tensors: group and layer norms) 1, everything else N(0, 0.02), so activations stay in range
@@ -280,6 +321,9 @@ def main() -> None:
     parser.add_argument("--skip-vae4k", action="store_true")
     parser.add_argument("--_load", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--_vae", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--skip-vae2k", action="store_true")
+    parser.add_argument("--vae2k-only", action="store_true", help="only the 2048x2048 decode under a 12 GB limit")
+    parser.add_argument("--_vae_limited", nargs=2, type=int, help=argparse.SUPPRESS)
     parser.add_argument("--sdxl", action="store_true", help="also time a full-size SDXL UNet step at 1024x1024")
     parser.add_argument("--sdxl-only", action="store_true", help="only the SDXL step")
     parser.add_argument("--sdxl-dtype", default="float32", choices=("float32", "bfloat16", "float16"))
@@ -308,10 +352,16 @@ def main() -> None:
     if args._vae:
         print(json.dumps(measure_vae_4k(args._vae)))
         return
+    if args._vae_limited:
+        print(json.dumps(measure_vae_limited(*args._vae_limited)))
+        return
 
     import torch
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    if args.vae2k_only:
+        report_vae_limited()
+        return
     if args.sdxl_txt2img:
         report_sdxl_txt2img(args.sdxl_txt2img_shapes, args.sdxl_txt2img_size, args.sdxl_txt2img_steps, args.sdxl_dtype)
         return
@@ -341,6 +391,8 @@ def main() -> None:
         r = in_subprocess("--_vae", str(size))
         print(f"VAE decode {size}x{size} (SD 1.5-size VAE, auto-tiled): {r['seconds']:.0f} s, peak RSS {r['peak_rss_mb']:.0f} MB "
               f"({r['peak_rss_mb'] / 1024:.1f} GiB of 24), output {r['shape']}")
+    if not args.skip_vae2k:
+        report_vae_limited(1024 if args.quick else 2048)
     if args.skip_load:
         return
     with tempfile.TemporaryDirectory() as tmp:

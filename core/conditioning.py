@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -35,6 +36,9 @@ from core.text.tokenizer import ClipTokenizer
 
 CHUNK = 75
 COMMA_BACKTRACK = 20
+# Chunks per text-encoder call. A long prompt is encoded a group at a time, with the job's stop
+# check between groups, so that an interrupt does not wait for hundreds of chunks.
+ENCODE_GROUP = 8
 EMPHASIS_MODES = ("Original", "No norm", "None")
 
 
@@ -102,12 +106,15 @@ class TextConditioner:
     """Encodes prompts for one text encoder, with a cache (the same prompt is often encoded
     for every batch and every step of a schedule)."""
 
-    def __init__(self, text_encoder, tokenizer: ClipTokenizer, embeddings=None, clip_skip: int = 1, emphasis: str = "Original"):
+    def __init__(self, text_encoder, tokenizer: ClipTokenizer, embeddings=None, clip_skip: int = 1, emphasis: str = "Original",
+                 check_stop: Callable[[], None] | None = None):
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
         self.embeddings = embeddings
         self.clip_skip = clip_skip
         self.emphasis = emphasis
+        # Called between groups of chunks; raises (the job's interruption) to end the encoding.
+        self.check_stop = check_stop
         config = getattr(text_encoder, "config", None)
         # The encoder's convention wins over the tokenizer's: OpenCLIP towers pad with 0.
         self.pad_id = tokenizer.eos_id if getattr(config, "pad_with_eos", True) else 0
@@ -123,8 +130,26 @@ class TextConditioner:
     @torch.no_grad()
     def encode_chunks_with_pooled(self, chunks: list[PromptChunk]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """-> ((chunks * 77, hidden), the first chunk's pooled vector or None)."""
-        ids = torch.tensor([self.chunk_ids(c) for c in chunks])
         weights = torch.tensor([c.weights for c in chunks])
+        parts, pooled = [], None
+        for start in range(0, len(chunks), ENCODE_GROUP):
+            if self.check_stop is not None:
+                self.check_stop()
+            z, group_pooled = self._encode_group(chunks[start:start + ENCODE_GROUP])
+            parts.append(z)
+            if pooled is None:
+                pooled = group_pooled
+        z = torch.cat(parts)
+        if self.emphasis != "None":
+            original_mean = z.mean()
+            z = z * weights.to(z.device)[..., None]
+            if self.emphasis == "Original":
+                z = z * (original_mean / z.mean())
+        return z.reshape(-1, z.shape[-1]), (pooled[0].to(z.dtype) if pooled is not None else None)
+
+    def _encode_group(self, chunks: list[PromptChunk]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One text-encoder call: (chunks, 77, hidden) in float32 (float64 stays), pooled or None."""
+        ids = torch.tensor([self.chunk_ids(c) for c in chunks])
         hook = None
         if any(c.fixes for c in chunks):
             def splice(module, inputs, output):
@@ -140,18 +165,12 @@ class TextConditioner:
                 z, pooled = self.text_encoder.encode_with_pooled(ids, clip_skip=self.clip_skip)
             else:
                 z, pooled = self.text_encoder(ids, clip_skip=self.clip_skip), None
-            # float32 for every model; float64 stays (the parity tests' double-precision runs).
-            precision = torch.float64 if z.dtype == torch.float64 else torch.float32
-            z = z.to(precision)
         finally:
             if hook is not None:
                 hook.remove()
-        if self.emphasis != "None":
-            original_mean = z.mean()
-            z = z * weights.to(z.device)[..., None]
-            if self.emphasis == "Original":
-                z = z * (original_mean / z.mean())
-        return z.reshape(-1, z.shape[-1]), (pooled[0].to(precision) if pooled is not None else None)
+        # float32 for every model; float64 stays (the parity tests' double-precision runs).
+        precision = torch.float64 if z.dtype == torch.float64 else torch.float32
+        return z.to(precision), pooled
 
     def encode_chunks(self, chunks: list[PromptChunk]) -> torch.Tensor:
         return self.encode_chunks_with_pooled(chunks)[0]
@@ -226,12 +245,13 @@ class SDXLConditioner:
     the size/crop/aesthetic conditioning of the UNet's added embedding."""
 
     def __init__(self, model, tokenizer: ClipTokenizer, embeddings=None, emphasis: str = "Original",
-                 crop: tuple[int, int] = (0, 0), aesthetic_score: float = 6.0, negative_aesthetic_score: float = 2.5):
+                 crop: tuple[int, int] = (0, 0), aesthetic_score: float = 6.0, negative_aesthetic_score: float = 2.5,
+                 check_stop: Callable[[], None] | None = None):
         self.spec = model.spec
         encoders = model.text_encoders
         keys = ["clip_g" if e.config.layout == OPENCLIP else "clip_l" for e in encoders]
         sides = embeddings_for_encoders(embeddings, tokenizer, encoders, keys)
-        self.parts = [TextConditioner(e, tokenizer, db, 1, emphasis) for e, db in zip(encoders, sides)]
+        self.parts = [TextConditioner(e, tokenizer, db, 1, emphasis, check_stop) for e, db in zip(encoders, sides)]
         self.pooled_part = next(i for i, e in enumerate(encoders) if e.has_pooled)
         self.refiner = self.spec.family == SDXL_REFINER
         self.crop = crop  # (top, left), A1111's sdxl_crop_top / sdxl_crop_left
@@ -279,9 +299,11 @@ class SDXLConditioner:
         return Conditioning(encoded.context, vector)
 
 
-def make_conditioner(model, tokenizer: ClipTokenizer, embeddings=None, clip_skip: int = 1, emphasis: str = "Original"):
+def make_conditioner(model, tokenizer: ClipTokenizer, embeddings=None, clip_skip: int = 1, emphasis: str = "Original",
+                     check_stop: Callable[[], None] | None = None):
     """The prompt encoder a model needs: ``TextConditioner`` for one text encoder (SD 1.x/2.x,
-    x4 upscaler), ``SDXLConditioner`` for SDXL base and refiner."""
+    x4 upscaler), ``SDXLConditioner`` for SDXL base and refiner. ``check_stop`` is called
+    between groups of chunks and may raise to end the encoding (a job's interrupt)."""
     if model.spec.is_sdxl:
-        return SDXLConditioner(model, tokenizer, embeddings, emphasis)
-    return TextConditioner(model.text_encoder, tokenizer, embeddings, clip_skip, emphasis)
+        return SDXLConditioner(model, tokenizer, embeddings, emphasis, check_stop=check_stop)
+    return TextConditioner(model.text_encoder, tokenizer, embeddings, clip_skip, emphasis, check_stop)

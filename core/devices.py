@@ -1,6 +1,8 @@
 """Choosing the device and the number format: the only place that asks what hardware exists."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from core.errors import EngineError
@@ -32,3 +34,81 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision not in PRECISIONS:
         raise EngineError(f"precision: unknown precision {precision!r} (use auto, fp32, fp16 or bf16)")
     return PRECISIONS[precision]
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes this process can still allocate on ``device`` before something fails: the GPU's
+    free memory, or on the CPU the least of the system's available memory, what the
+    address-space limit (``ulimit -v``, RLIMIT_AS) leaves, and what a cgroup v2 memory limit
+    leaves. The limits matter because MemAvailable describes the machine, not this process: a
+    server run under a limit would otherwise plan for memory it may not take and be killed."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free
+    candidates = [_system_available()]
+    address_space = _address_space_left()
+    if address_space is not None:
+        candidates.append(address_space)
+    cgroup = cgroup_memory_left()
+    if cgroup is not None:
+        candidates.append(cgroup)
+    return max(0, min(candidates))
+
+
+def _system_available() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def _address_space_left() -> int | None:
+    """RLIMIT_AS minus the address space already mapped; None without a limit."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return soft - int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return soft  # no /proc: the whole limit, an over-estimate but still a bound
+
+
+def cgroup_memory_left(folder: str | None = None) -> int | None:
+    """memory.max minus memory.current of a cgroup v2 folder (default: this process's), the
+    reclaimable file cache counted as free; None when there is no such limit."""
+    try:
+        if folder is None:
+            with open("/proc/self/cgroup") as f:
+                entry = next((line.strip()[3:] for line in f if line.startswith("0::")), None)
+            if entry is None:
+                return None
+            folder = os.path.join("/sys/fs/cgroup", entry.lstrip("/"))
+        with open(os.path.join(folder, "memory.max")) as f:
+            limit = f.read().strip()
+        if limit == "max":
+            return None
+        with open(os.path.join(folder, "memory.current")) as f:
+            current = int(f.read())
+        reclaimable = 0
+        try:
+            with open(os.path.join(folder, "memory.stat")) as f:
+                for line in f:
+                    if line.startswith("inactive_file "):
+                        reclaimable = int(line.split()[1])
+        except OSError:
+            pass
+        return int(limit) - current + reclaimable
+    except (OSError, ValueError):
+        return None

@@ -28,7 +28,7 @@ from core.infotext import create_infotext
 from core.loading import CHECKPOINT_SUFFIXES, load_model, read_spec
 from core.modelfiles import has_suffix, name_in_folder, walk
 from core.models.detection import SD2
-from core.params import GenerationParams
+from core.params import MAX_SIZE, GenerationParams
 from core.pipelines.common import resolve_seed, to_pil
 from core.pipelines.hires import hires_fields, hires_fix
 from core.pipelines.img2img import img2img, prepare_input
@@ -324,7 +324,8 @@ class Engine:
         refiner = self.load_refiner(params.refiner_checkpoint, allow_paths)
         if refiner is None:
             return None
-        conditioner = make_conditioner(refiner.model, self.tokenizer, refiner.embeddings, params.clip_skip, params.emphasis)
+        conditioner = make_conditioner(refiner.model, self.tokenizer, refiner.embeddings, params.clip_skip, params.emphasis,
+                                       self._check_stop)
         base = self.loaded.model
 
         def take_over():
@@ -357,6 +358,12 @@ class Engine:
 
     def skip(self) -> None:
         self.flags.skipped = True
+
+    def _check_stop(self) -> None:
+        """Ends the running batch (raises _Stop) once interrupt or skip was asked for: called
+        at every sampling step and between groups of prompt chunks being encoded."""
+        if self.flags.interrupted or self.flags.skipped:
+            raise _Stop
 
     def txt2img(
         self,
@@ -417,6 +424,11 @@ class Engine:
             raise EngineError("refiner_checkpoint: SD upscale takes no refiner (txt2img and img2img do)")
         if not 1 <= scale <= 8:
             raise EngineError(f"scale: must be between 1 and 8, got {scale}")
+        # The enlarged picture is held whole (then redrawn in tiles): the same limit as width/height.
+        large = (round(image.width * scale), round(image.height * scale))
+        if max(large) > MAX_SIZE:
+            raise EngineError(f"scale: {image.width}x{image.height} times {scale} is {large[0]}x{large[1]}, "
+                              f"over the limit of {MAX_SIZE}x{MAX_SIZE}")
 
         def make(loaded, conditioner, seeds, subseeds, on_step):
             return [sd_upscale(loaded.model, conditioner, params, image, seed, self.upscale_pixels, upscaler, scale, overlap, on_step)
@@ -457,7 +469,8 @@ class Engine:
             params = job.params
             first_seed = resolve_seed(params.seed)
             first_subseed = resolve_seed(params.subseed) if params.subseed_strength > 0 else None
-            conditioner = make_conditioner(loaded.model, self.tokenizer, loaded.embeddings, params.clip_skip, params.emphasis)
+            conditioner = make_conditioner(loaded.model, self.tokenizer, loaded.embeddings, params.clip_skip, params.emphasis,
+                                           self._check_stop)
             model_hash = self.model_hash()
             out_dir = self.output_dir / f"{kind}-images" / dt.date.today().isoformat()
             started = time.monotonic()
@@ -469,8 +482,7 @@ class Engine:
                 self.flags.skipped = False
 
                 def on_step(step, sigma, x, denoised, batch=batch):
-                    if self.flags.interrupted or self.flags.skipped:
-                        raise _Stop
+                    self._check_stop()
                     if progress:
                         progress(Progress(step + 1, params.steps, batch, params.batch_count, started, denoised))
 

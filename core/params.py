@@ -7,6 +7,22 @@ from core.errors import EngineError
 
 MAX_SIZE = 8192
 MAX_STEPS = 500
+# Pixels one batch may hold (batch_size x width x height, also at the hires size): as many as
+# one picture of the largest size, so a batch never needs more memory than that picture.
+MAX_BATCH_PIXELS = MAX_SIZE * MAX_SIZE
+# A prompt (each of prompt, negative prompt, hires prompts, after styles were applied), in UTF-8
+# bytes: far beyond what a text encoder uses (a 75-token chunk is ~400 characters), small
+# enough that parsing and encoding it takes seconds, not minutes.
+MAX_PROMPT_BYTES = 64 * 1024
+PROMPT_FIELDS = ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt")
+
+
+def check_prompt_length(name: str, text, limit: int = MAX_PROMPT_BYTES) -> None:
+    """Raise EngineError when ``text`` (a prompt field called ``name``) is over ``limit`` UTF-8 bytes."""
+    if isinstance(text, str) and len(text) > limit // 4:  # a character is 4 bytes at most
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            raise EngineError(f"{name}: {size} bytes long, over the limit of {limit} bytes ({limit // 1024} KiB)")
 
 
 @dataclass
@@ -66,8 +82,13 @@ class GenerationParams:
         def bad(name: str, why: str):
             raise EngineError(f"{name}: {why}")
 
+        for name in PROMPT_FIELDS:  # first: a huge prompt is refused before anything reads it
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                bad(name, "must be text")
+            check_prompt_length(name, value)
         for name in ("steps", "seed", "subseed", "width", "height", "batch_size", "batch_count", "clip_skip",
-                     "seed_resize_from_w", "seed_resize_from_h"):
+                     "seed_resize_from_w", "seed_resize_from_h", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 bad(name, f"must be a whole number, got {value!r}")
@@ -87,6 +108,12 @@ class GenerationParams:
             bad("batch_count", f"must be between 1 and 1000, got {self.batch_count}")
         if not 1 <= self.clip_skip <= 12:
             bad("clip_skip", f"must be between 1 and 12, got {self.clip_skip}")
+        self._check_batch_pixels("batch_size", self.width, self.height)
+        for name in ("seed_resize_from_w", "seed_resize_from_h"):
+            # The seed's noise is drawn at this size (and a variation seed's too): bounded as width/height.
+            value = getattr(self, name)
+            if value not in (-1, 0) and not 8 <= value <= MAX_SIZE:
+                bad(name, f"must be 0 (off) or between 8 and {MAX_SIZE}, got {value}")
         resolve_sampler_name(self.sampler)
         resolve_schedule_name(self.scheduler)
         if self.subseed < -1 or self.subseed >= 2**32:
@@ -110,7 +137,9 @@ class GenerationParams:
         if not 0 <= self.inpainting_mask_weight <= 1:
             bad("inpainting_mask_weight", f"must be between 0 and 1, got {self.inpainting_mask_weight!r}")
         if self.enable_hr:
-            if not 1 <= self.hr_scale <= 8:
+            from core.pipelines.hires import hires_size
+
+            if isinstance(self.hr_scale, bool) or not isinstance(self.hr_scale, (int, float)) or not 1 <= self.hr_scale <= 8:
                 bad("hr_scale", f"must be between 1 and 8, got {self.hr_scale!r}")
             if not 0 <= self.hr_second_pass_steps <= MAX_STEPS:
                 bad("hr_second_pass_steps", f"must be between 0 and {MAX_STEPS}, got {self.hr_second_pass_steps}")
@@ -118,6 +147,13 @@ class GenerationParams:
                 value = getattr(self, name)
                 if value and (value % 8 or not 8 <= value <= MAX_SIZE):
                     bad(name, f"must be 0 or a multiple of 8 up to {MAX_SIZE}, got {value}")
+            # The second pass works at the hires size: the same limits as width and height.
+            # Given one of hr_resize_x/y, the other side follows the aspect ratio.
+            width, height = hires_size(self)
+            source = "hr_resize_x" if self.hr_resize_x else "hr_resize_y" if self.hr_resize_y else "hr_scale"
+            if max(width, height) > MAX_SIZE:
+                bad(source, f"the hires size {width}x{height} is over the limit of {MAX_SIZE}x{MAX_SIZE}")
+            self._check_batch_pixels("batch_size", width, height, " at the hires size")
             # Their own names in the error: "sampler: unknown" would point at the first pass.
             for name, resolve in (("hr_sampler_name", resolve_sampler_name), ("hr_scheduler", resolve_schedule_name)):
                 if getattr(self, name):
@@ -129,5 +165,9 @@ class GenerationParams:
             bad("refiner_switch_at", f"must be between 0 and 1, got {self.refiner_switch_at!r}")
         if self.emphasis not in EMPHASIS_MODES:
             bad("emphasis", f"must be one of {', '.join(EMPHASIS_MODES)}, got {self.emphasis!r}")
-        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
-            bad("prompt", "must be text")
+
+    def _check_batch_pixels(self, name: str, width: int, height: int, where: str = "") -> None:
+        pixels = self.batch_size * width * height
+        if pixels > MAX_BATCH_PIXELS:
+            raise EngineError(f"{name}: {self.batch_size} pictures of {width}x{height}{where} are {pixels} pixels, "
+                              f"over the limit of {MAX_BATCH_PIXELS} pixels per batch ({MAX_SIZE}x{MAX_SIZE})")

@@ -15,31 +15,17 @@ unless asked for.
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.devices import available_memory
 from core.models.vae import AutoencoderKL
 
 # Bytes per output pixel of an untiled decode, per image: the decoder holds about six
 # full-resolution 128-channel float maps at its peak (measured for SD's VAE in float32).
 DECODE_BYTES_PER_PIXEL = 128 * 4 * 6
-
-
-def available_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
 def needs_tiling(vae: AutoencoderKL, pixels: int, device: torch.device, budget_fraction: float = 0.5) -> bool:
