@@ -103,6 +103,23 @@ def test_sd_upscale_result_is_bounded_like_width_and_height(engine):
     assert time.monotonic() - started < 1
 
 
+def test_pixel_upscale_results_are_bounded_like_generated_pictures(tmp_path):
+    """The page and the command line upscale through core.upscaling: a result over 8192x8192
+    pixels is refused before any work, as the API refuses it."""
+    from PIL import Image
+
+    from core.upscaling import upscale_image
+
+    picture = Image.new("RGB", (4096, 4096))
+    started = time.monotonic()
+    with pytest.raises(EngineError, match=r"^upscale: 12288x12288 is over the limit of 67108864 pixels \(8192x8192\)"):
+        upscale_image(picture, "Lanczos", scale=3)
+    with pytest.raises(EngineError, match="over the limit"):
+        upscale_image(picture, "Lanczos", size=(8200, 8200))
+    assert time.monotonic() - started < 1
+    assert upscale_image(Image.new("RGB", (16, 8)), "Lanczos", size=(8192, 4096)).size == (8192, 4096)
+
+
 # ---------------------------------------------------------------- the VAE's memory
 
 

@@ -38,6 +38,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # --- helpers -----------------------------------------------------------------------------------
 
+def local_client(app, **kwargs) -> TestClient:
+    """A test client that calls the app by a name it answers to (HostOriginMiddleware refuses
+    TestClient's default Host, "testserver")."""
+    return TestClient(app, base_url="http://127.0.0.1", **kwargs)
+
+
 def write_safetensors(path: Path, header: dict, data: bytes = b"") -> Path:
     raw = json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
@@ -137,7 +143,7 @@ def test_names_that_leave_the_checkpoint_folder_are_refused(linked, tmp_path, na
 
 
 def test_the_api_lists_and_switches_to_linked_checkpoints(linked):
-    with TestClient(create_app(linked, ui=False)) as client:
+    with local_client(create_app(linked, ui=False)) as client:
         models = client.get(f"{API}/sd-models")
         assert models.status_code == 200, models.text
         titles = [m["title"] for m in models.json()]
@@ -250,7 +256,7 @@ def damaged(tiny_checkpoints, tmp_path):
 
 
 def test_the_api_answers_a_damaged_checkpoint_with_a_4xx_naming_it(damaged):
-    with TestClient(create_app(damaged, ui=False), raise_server_exceptions=False) as client:
+    with local_client(create_app(damaged, ui=False), raise_server_exceptions=False) as client:
         assert "negative.safetensors" in [m["title"] for m in client.get(f"{API}/sd-models").json()]
         switched = client.post(f"{API}/options", json={"sd_model_checkpoint": "negative.safetensors"})
         assert 400 <= switched.status_code < 500, switched.text
@@ -349,7 +355,7 @@ def test_lora_weights_at_the_limits_still_generate(lora_engine):
 
 
 def test_the_api_answers_a_huge_lora_weight_with_a_4xx(lora_engine):
-    with TestClient(create_app(lora_engine, ui=False), raise_server_exceptions=False) as client:
+    with local_client(create_app(lora_engine, ui=False), raise_server_exceptions=False) as client:
         response = client.post(f"{API}/txt2img", json=small_request(prompt="a cat <lora:fits:1e308>"))
         assert response.status_code == 400, response.text[:300]
         assert detail(response) == "prompt: <lora:fits:1e308>: te weight must be between -10 and 10, got 1e308"
@@ -373,7 +379,7 @@ def test_history_routes_are_mounted_behind_auth(tmp_path):
                 "images": [{"position": 0, "seed": 1, "subseed": None, "path": path, "infotext": "", "created": time.time()}]}
 
     auth = ("user", "secret words")
-    with TestClient(create_app(engine, ui=False, auth={auth[0]: auth[1]})) as client:
+    with local_client(create_app(engine, ui=False, auth={auth[0]: auth[1]})) as client:
         assert client.get("/history/search").status_code == 401
         assert client.post("/history/import", json={}).status_code == 401
         document = {"format": "sd-studio-prompt-history", "version": 1, "entries": [entry("kept", str(inside))]}
@@ -405,7 +411,7 @@ def test_history_routes_are_mounted_behind_auth(tmp_path):
 
 def test_history_routes_are_absent_when_the_extension_is_disabled(tmp_path):
     engine = make_engine(tmp_path)  # no prompt_history extension
-    with TestClient(create_app(engine, ui=False)) as client:
+    with local_client(create_app(engine, ui=False)) as client:
         assert client.get("/history/search").status_code == 404
 
 
@@ -417,7 +423,7 @@ def test_unknown_hires_sampler_and_schedule_name_their_own_fields(tmp_path):
     with pytest.raises(EngineError, match=r"^hr_scheduler: unknown 'Wavy'"):
         GenerationParams(enable_hr=True, hr_scheduler="Wavy").validate()
     engine = make_engine(tmp_path)
-    with TestClient(create_app(engine, ui=False)) as client:
+    with local_client(create_app(engine, ui=False)) as client:
         for field, value in (("hr_sampler_name", "Nope"), ("hr_scheduler", "Wavy")):
             response = client.post(f"{API}/txt2img", json=small_request(enable_hr=True, hr_scale=2, **{field: value}))
             assert response.status_code == 404, response.text

@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageOps
 
 from core.errors import EngineError
-from core.upscaling.passes import MAX_PIXELS
+from core.params import MAX_SIZE
 from core.upscaling.registry import (
     DEFAULT_MODELS_ROOT,
     ModelCache,
@@ -17,6 +17,11 @@ from core.upscaling.registry import (
     find_upscaler,
     load_upscaler,
 )
+
+# The largest result, in pixels: that of the largest picture the engine generates (8192x8192),
+# the API's limit too. A model pass may overshoot it on the way (passes.MAX_PIXELS) before the
+# final resize.
+MAX_RESULT_PIXELS = MAX_SIZE * MAX_SIZE
 
 # Input pixels per tile side and the overlap between tiles. 256 keeps an ESRGAN x4 pass (64
 # channels at 1024x1024 after upsampling) to a few hundred MB per activation; 32 px of overlap
@@ -61,8 +66,9 @@ def target_size(
             want_h = max(1, round(height * want_w / width))
         out = (want_w, want_h)
         identity = out == (width, height)
-    if out[0] * out[1] > MAX_PIXELS:
-        raise EngineError(f"upscale: {out[0]}x{out[1]} is over the limit of {MAX_PIXELS} pixels")
+    if out[0] * out[1] > MAX_RESULT_PIXELS:
+        raise EngineError(f"upscale: {out[0]}x{out[1]} is over the limit of {MAX_RESULT_PIXELS} pixels "
+                          f"({MAX_SIZE}x{MAX_SIZE})")
     return out, identity
 
 
