@@ -463,55 +463,60 @@ class Engine:
             if loaded.model.spec.zero_terminal_snr:
                 fields = {**fields, "Noise Schedule": "Zero Terminal SNR"}  # A1111's sd_noise_schedule
             job = Job(engine=self, params=params, kind=kind, model=loaded.model, started=time.time())
-            _, tags = extract_extra_networks(params.prompt)
-            fields = {**fields, **self.extensions.run_extra_networks(job, tags)}
-            self.extensions.run("before_sampling", job)
-            params = job.params
-            first_seed = resolve_seed(params.seed)
-            first_subseed = resolve_seed(params.subseed) if params.subseed_strength > 0 else None
-            conditioner = make_conditioner(loaded.model, self.tokenizer, loaded.embeddings, params.clip_skip, params.emphasis,
-                                           self._check_stop)
-            model_hash = self.model_hash()
-            out_dir = self.output_dir / f"{kind}-images" / dt.date.today().isoformat()
-            started = time.monotonic()
             results: list[GeneratedImage] = []
-            for batch in range(params.batch_count):
-                offsets = [batch * params.batch_size + i for i in range(params.batch_size)]
-                seeds = [first_seed + o for o in offsets]
-                subseeds = [first_subseed + o for o in offsets] if first_subseed is not None else None
-                self.flags.skipped = False
+            try:
+                _, tags = extract_extra_networks(params.prompt)
+                fields = {**fields, **self.extensions.run_extra_networks(job, tags)}
+                self.extensions.run("before_sampling", job)
+                params = job.params
+                first_seed = resolve_seed(params.seed)
+                first_subseed = resolve_seed(params.subseed) if params.subseed_strength > 0 else None
+                conditioner = make_conditioner(loaded.model, self.tokenizer, loaded.embeddings, params.clip_skip, params.emphasis,
+                                               self._check_stop)
+                model_hash = self.model_hash()
+                out_dir = self.output_dir / f"{kind}-images" / dt.date.today().isoformat()
+                started = time.monotonic()
+                for batch in range(params.batch_count):
+                    offsets = [batch * params.batch_size + i for i in range(params.batch_size)]
+                    seeds = [first_seed + o for o in offsets]
+                    subseeds = [first_subseed + o for o in offsets] if first_subseed is not None else None
+                    self.flags.skipped = False
 
-                def on_step(step, sigma, x, denoised, batch=batch):
-                    self._check_stop()
-                    if progress:
-                        progress(Progress(step + 1, params.steps, batch, params.batch_count, started, denoised))
+                    def on_step(step, sigma, x, denoised, batch=batch):
+                        self._check_stop()
+                        if progress:
+                            progress(Progress(step + 1, params.steps, batch, params.batch_count, started, denoised))
 
-                try:
-                    if stage is None:
-                        images = make_images(loaded, conditioner, seeds, subseeds, on_step)
-                    else:
-                        stage.used = False
-                        images = make_images(loaded, conditioner, seeds, subseeds, on_step, refiner=stage)
-                except _Stop:
-                    if self.flags.interrupted:
-                        break
-                    continue
-                finally:
-                    self._models_home(stage)
-                refined = {}
-                if stage is not None and stage.used:  # A1111 writes them once the refiner has run
-                    refined = {"Refiner": self.refiner_title(), "Refiner switch at": stage.switch_at}
-                for index, (seed, image) in enumerate(zip(seeds, images)):
-                    extra = {**generation_fields(params, subseeds[index] if subseeds else None), **fields,
-                             **job.infotext_fields, **refined}
-                    infotext = create_infotext(params, seed, loaded.name, model_hash, batch_index=index, extra=extra)
-                    path, save_error = (save_image_or_say_why(image, out_dir, seed, infotext) if save
-                                        else (None, None))
-                    result = GeneratedImage(image=image, seed=seed, infotext=infotext, path=path, notes=list(job.notes),
-                                            save_error=save_error)
-                    results.append(result)
-                    self.extensions.run("after_image_saved", job, result)
-            self.extensions.run("after_job", job, results)
+                    try:
+                        if stage is None:
+                            images = make_images(loaded, conditioner, seeds, subseeds, on_step)
+                        else:
+                            stage.used = False
+                            images = make_images(loaded, conditioner, seeds, subseeds, on_step, refiner=stage)
+                    except _Stop:
+                        if self.flags.interrupted:
+                            break
+                        continue
+                    finally:
+                        self._models_home(stage)
+                    refined = {}
+                    if stage is not None and stage.used:  # A1111 writes them once the refiner has run
+                        refined = {"Refiner": self.refiner_title(), "Refiner switch at": stage.switch_at}
+                    for index, (seed, image) in enumerate(zip(seeds, images)):
+                        extra = {**generation_fields(params, subseeds[index] if subseeds else None), **fields,
+                                 **job.infotext_fields, **refined}
+                        infotext = create_infotext(params, seed, loaded.name, model_hash, batch_index=index, extra=extra)
+                        path, save_error = (save_image_or_say_why(image, out_dir, seed, infotext) if save
+                                            else (None, None))
+                        result = GeneratedImage(image=image, seed=seed, infotext=infotext, path=path, notes=list(job.notes),
+                                                save_error=save_error)
+                        results.append(result)
+                        self.extensions.run("after_image_saved", job, result)
+            except BaseException as exc:
+                job.error = exc  # after_job still runs: an extension must not think the job is going on
+                raise
+            finally:
+                self.extensions.run("after_job", job, results)
             return results
 
 

@@ -25,7 +25,8 @@ HOOKS = {
     "after_model_load": "fn(loaded) after a checkpoint is built (loaded.model, loaded.name, loaded.path)",
     "before_sampling": "fn(job) after extra networks, before the first batch; may change job.params or the model",
     "after_image_saved": "fn(job, result) after each image is made (result.path is None when not saved)",
-    "after_job": "fn(job, results) once the whole job is done (also after an interrupt)",
+    "after_job": "fn(job, results) once the whole job is done (also after an interrupt, and after an error: "
+                 "job.error is then the exception, results what was made before it)",
     "model_unloaded": "fn(loaded) after the engine let go of a model (switching checkpoints, unload)",
 }
 
@@ -52,6 +53,7 @@ class Job:
     infotext_fields: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # shown to the user with every result
     started: float = 0.0
+    error: BaseException | None = None  # set when the job failed, before after_job runs
 
 
 class ExtensionAPI:

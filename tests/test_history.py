@@ -208,6 +208,24 @@ def test_an_interrupted_job_keeps_what_it_made(engine, history):
     assert entry["params"]["batch_count"] == 3
 
 
+def test_a_job_that_fails_is_marked_failed_and_keeps_what_it_made(engine, history):
+    """A job that raises half-way (here the second batch's sampling) still reaches after_job:
+    its entry says "failed" at once, with the images made before, instead of "running" until
+    the next start."""
+
+    def progress(p):
+        if p.batch == 1:
+            raise RuntimeError("the device fell over")
+
+    with pytest.raises(RuntimeError, match="fell over"):
+        engine.txt2img(gen_params(prompt="a failing narwhal", seed=21, batch_count=3), progress=progress)
+    store = history.HistoryStore(engine.output_dir / "history.sqlite3")
+    (entry,) = store.search("narwhal")["entries"]
+    assert entry["status"] == "failed" and [i["seed"] for i in entry["images"]] == [21]
+    assert entry["finished"] is not None and entry["duration"] > 0
+    assert len(engine.txt2img(gen_params(prompt="a narwhal after the failure", seed=5), save=False)) == 1
+
+
 def test_params_that_json_cannot_hold_are_left_out(history):
     @dataclasses.dataclass
     class P:

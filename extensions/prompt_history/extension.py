@@ -4,7 +4,7 @@ and REST routes, exportable as JSON.
 
 One entry per job, with its images: the entry is written with the job's first image, each
 further image is added as it is saved (so a job that fails half-way keeps what it made), and
-``after_job`` marks the entry done or interrupted with the time it took.
+``after_job`` marks the entry done, interrupted or failed (the job raised) with the time it took.
 
 The database logic is in store.py (no Gradio), the tab in ui.py, the routes in routes.py.
 """
@@ -16,7 +16,6 @@ import sqlite3
 import sys
 import threading
 import time
-import weakref
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -107,8 +106,6 @@ class Recorder:
         entry_id = db.begin_entry(entry, [dict(image, position=0)])
         with self._lock:
             self._jobs[id(job)] = [db, entry_id, 1]
-        # a job that raises never reaches after_job: forget it when it is gone
-        weakref.finalize(job, self._forget, id(job), entry_id)
 
     def _job_done(self, job) -> None:
         with self._lock:
@@ -117,16 +114,14 @@ class Recorder:
             return  # no image was made
         db, entry_id, _ = state
         flags = getattr(job.engine, "flags", None)
-        status = "interrupted" if getattr(flags, "interrupted", False) else "done"
+        if getattr(job, "error", None) is not None:
+            status = "failed"  # the images made before the error are kept with the entry
+        else:
+            status = "interrupted" if getattr(flags, "interrupted", False) else "done"
         finished = time.time()
         db.finish_entry(entry_id, status=status, finished=finished,
                         duration=finished - job.started if job.started else None)
 
-    def _forget(self, key: int, entry_id: int) -> None:
-        with self._lock:
-            state = self._jobs.get(key)
-            if state is not None and state[1] == entry_id:
-                del self._jobs[key]
 
 
 def variation_seed(infotext: str | None) -> int | None:
