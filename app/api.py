@@ -1334,14 +1334,18 @@ class SdApi:
         if req.upscaler_2 not in ("", "None") and req.extras_upscaler_2_visibility > 0:
             self._find_upscaler(req.upscaler_2, "upscaler_2")
 
-    def _run_upscale(self, image: Image.Image, req: ExtrasBaseRequest, plan: dict, job_no: int) -> tuple[Image.Image, str]:
-        """Runs on the device worker: upscaler_1 (blended with upscaler_2), then the crop."""
+    def _run_upscale(self, image: Image.Image, req: ExtrasBaseRequest, plan: dict, job_no: int,
+                     gone: threading.Event | None = None) -> tuple[Image.Image, str]:
+        """Runs on the device worker: upscaler_1 (blended with upscaler_2), then the crop.
+        ``gone`` set (the client disconnected) stops it at the next tile."""
         from core.upscaling import postprocess_infotext, upscale_image
 
         tile, overlap = self.options.get("ESRGAN_tile"), self.options.get("ESRGAN_tile_overlap")
         count = self.state.job_count
 
         def progress(done: int, total: int) -> None:
+            if gone is not None and gone.is_set():
+                raise ClientGone()
             self.state.step(done, total, job_no, count)
 
         def one(name: str) -> Image.Image:
@@ -1369,25 +1373,32 @@ class SdApi:
         infotext = postprocess_infotext(name, source=source, **plan["info"])
         return result, infotext
 
-    async def _extras(self, job: str, pictures: list[tuple[Image.Image, str]], req: ExtrasBaseRequest):
+    async def _extras(self, job: str, pictures: list[tuple[Image.Image, str]], req: ExtrasBaseRequest,
+                      client: Request | None = None):
         plans = [self._upscale_plan(req, image.size, field) for image, field in pictures]
+        gone = threading.Event()  # set when the client disconnects: the rest is not upscaled for nobody
 
         def work():
-            return [self._run_upscale(image, req, plan, i) for i, ((image, _), plan) in enumerate(zip(pictures, plans))]
+            results = []
+            for i, ((image, _), plan) in enumerate(zip(pictures, plans)):
+                if gone.is_set():
+                    raise ClientGone()
+                results.append(self._run_upscale(image, req, plan, i, gone))
+            return results
 
-        results = await self.queue.run(job, work, job_count=len(pictures))
+        results = await self.queue.run(job, work, job_count=len(pictures), client=client, gone=gone)
         pnginfo = self.options.get("enable_pnginfo")
         encoded = await run_in_threadpool(lambda: [encode_png(img, info if pnginfo else None) for img, info in results])
         return encoded, results
 
-    async def extra_single_image(self, req: ExtrasSingleImageRequest) -> ExtrasSingleImageResponse:
+    async def extra_single_image(self, req: ExtrasSingleImageRequest, request: Request) -> ExtrasSingleImageResponse:
         """Upscale one picture (A1111's Extras tab)."""
         self._check_extras(req)
         image = await run_in_threadpool(decode_image, req.image, "image", self.limits)
-        encoded, results = await self._extras("extras-single-image", [(image, "image")], req)
+        encoded, results = await self._extras("extras-single-image", [(image, "image")], req, request)
         return ExtrasSingleImageResponse(image=encoded[0], html_info=html_info(results[0][1]))
 
-    async def extra_batch_images(self, req: ExtrasBatchImagesRequest) -> ExtrasBatchImagesResponse:
+    async def extra_batch_images(self, req: ExtrasBatchImagesRequest, request: Request) -> ExtrasBatchImagesResponse:
         """Upscale several pictures with the same settings."""
         if not req.imageList:
             raise ApiError(422, "imageList: give at least one picture")
@@ -1400,7 +1411,7 @@ class SdApi:
                     for i, f in enumerate(req.imageList)]
 
         pictures = await run_in_threadpool(decode_all)
-        encoded, results = await self._extras("extras-batch-images", pictures, req)
+        encoded, results = await self._extras("extras-batch-images", pictures, req, request)
         return ExtrasBatchImagesResponse(images=encoded, html_info=html_info(results[0][1] if results else ""))
 
     def png_info(self, req: PNGInfoRequest) -> PNGInfoResponse:

@@ -34,12 +34,12 @@ class Recorder:
         return results
 
 
-def open_job(server, body: dict) -> socket.socket:
-    """POST /sdapi/v1/txt2img on a raw socket, without reading the answer (to close it mid-job)."""
+def open_job(server, body: dict, route: str = "txt2img") -> socket.socket:
+    """POST /sdapi/v1/ROUTE on a raw socket, without reading the answer (to close it mid-job)."""
     data = json.dumps(body).encode()
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    sock.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n" % (server.port, len(data)) + data)
+    sock.sendall(b"POST /sdapi/v1/%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % (route.encode(), server.port, len(data)) + data)
     return sock
 
 
@@ -118,3 +118,45 @@ def test_a_queued_job_of_a_gone_client_never_starts_and_the_running_one_is_untou
     time.sleep(1.0)  # time enough for a wrongly kept job to start
     assert recorder.started == ["connected and running"]
     assert progress(server)["job_count"] == 0  # the worker is idle
+
+
+def test_an_upscaling_job_stops_at_the_next_tile_after_its_client_leaves(serve, monkeypatch):
+    """extra-batch-images: the picture being upscaled stops at its next tile, the pictures after
+    it are never started."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    import core.upscaling
+
+    real = core.upscaling.upscale_image
+    tiles: list[float] = []
+    pictures: list[float] = []
+
+    def slow_upscale(image, name, progress=None, **kwargs):
+        """Forty tiles of 50 ms each before the real (instant) upscale: a picture takes 2 s."""
+        pictures.append(time.monotonic())
+        for done in range(40):
+            time.sleep(0.05)
+            tiles.append(time.monotonic())
+            progress(done + 1, 40)
+        return real(image, name, **kwargs)
+
+    monkeypatch.setattr(core.upscaling, "upscale_image", slow_upscale)
+    server = serve()
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(buffer, "PNG")
+    picture = base64.b64encode(buffer.getvalue()).decode()
+    body = {"imageList": [{"data": picture, "name": f"p{i}.png"} for i in range(8)], "upscaler_1": "Lanczos",
+            "upscaling_resize": 2}
+    leaving = open_job(server, body, route="extra-batch-images")
+    wait_for(lambda: len(tiles) > 3, 30, "the first tiles")
+    closed = time.monotonic()
+    leaving.close()
+    wait_for(lambda: progress(server)["job_count"] == 0, 10, "the worker to be idle")
+    assert len(pictures) == 1, "no picture after the client left is started"
+    assert tiles[-1] - closed < 1.5 and len(tiles) < 40, (len(tiles), tiles[-1] - closed)
+    monkeypatch.setattr(core.upscaling, "upscale_image", real)
+    answer = server.post("/sdapi/v1/extra-batch-images", {**body, "imageList": body["imageList"][:2]})
+    assert answer.status_code == 200 and len(answer.json()["images"]) == 2  # the next client is served
