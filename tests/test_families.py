@@ -152,7 +152,7 @@ def test_bad_preview_metadata_is_refused_with_its_name(tiny_checkpoints):
 # ------------------------------------------------------------------ a family added through the registry alone
 
 
-FAKE_LATENT = LatentFormat(4, 0.25, 0.0, ((1.0, 0, 0), (0, 1.0, 0), (0, 0, 1.0), (0, 0, 0)), (0.1, 0.1, 0.1))
+FAKE_LATENT = LatentFormat(4, 0.25, 0.5, ((1.0, 0, 0), (0, 1.0, 0), (0, 0, 1.0), (0, 0, 0)), (0.1, 0.1, 0.1))
 FAKE_AYS = (14.615, 5.0, 2.0, 1.0, 0.5, 0.029)
 MARKER = "fake_family.marker"
 
@@ -189,6 +189,8 @@ def test_a_family_registered_alone_is_detected_sized_previewed_scheduled_and_con
     assert detect(shapes).family == SD1  # checkpoints without its marker are not claimed
     assert spec.default_size == 320
     assert spec.latent_format.rgb_factors == FAKE_LATENT.rgb_factors
+    # Its latent space: scale and shift reach the VAE (sampling latent = (VAE latent - shift) * scale).
+    assert spec.latent_format.shift == 0.5 and spec.vae.shift_factor == 0.5
     latent = torch.tensor([0.5, -0.5, 0.0, 9.0])[None, :, None, None].expand(1, 4, 2, 2)
     assert latent_rgb(latent, spec.latent_format)[0, 0].tolist() == [204, 76, 140]  # (x @ factors + 0.1 + 1) * 127.5, channel 3 unused
     schedule = DiscreteSchedule(tiny_models_alphas())
@@ -196,6 +198,16 @@ def test_a_family_registered_alone_is_detected_sized_previewed_scheduled_and_con
     assert sigmas[:-1].tolist() == pytest.approx(FAKE_AYS)
 
     model = load_model(tiny_checkpoints["safetensors"])
+    picture = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        plain_config = model.vae.config
+        plain = model.vae.encode(picture)
+        decoded = model.vae.decode(plain)
+        model.vae.config = spec.vae
+        shifted = model.vae.encode(picture)
+        assert torch.allclose(shifted, plain - 0.5 * spec.vae.scaling_factor, atol=1e-5)
+        assert torch.allclose(model.vae.decode(shifted), decoded, atol=1e-4)  # the same picture back
+        model.vae.config = plain_config
     model.spec = spec
     conditioner = make_conditioner(model, load_clip_tokenizer())
     assert made == [model] and isinstance(conditioner, TextConditioner)

@@ -10,6 +10,10 @@ Families are told apart by where their text encoder lives and what the UNet take
 | SDXL base (+ inpainting) | ``conditioner.embedders.0.transformer`` (CLIP-L) + ``.1.model`` (OpenCLIP bigG) | adm vector = pooled + 6 size numbers |
 | SDXL refiner | ``conditioner.embedders.0.model`` (OpenCLIP bigG only) | adm vector = pooled + 5 numbers (sizes, aesthetic score) |
 
+Each family's detector is asked through the registry (core/models/families.py: the newest
+registered detector that claims the keys); everything that differs per family afterwards is
+read from the family's entry (``ModelSpec.family_info``), never by testing its name.
+
 Widths, depths and channel counts are read off the shapes. What shapes cannot tell (SD 2.x
 epsilon or v-prediction, the latent scale) comes from the family, the file's metadata, a
 sidecar .yaml or the user (core/loading.py), or a test forward pass for SD 2.x.
@@ -73,7 +77,7 @@ class ModelSpec:
         """The latent space: the family's, with this VAE's scaling factor and the file's own
         preview map when it has one."""
         latent = self.latent_format_override or self.family_info.latent
-        return dataclasses.replace(latent, scaling_factor=self.vae.scaling_factor)
+        return dataclasses.replace(latent, scaling_factor=self.vae.scaling_factor, shift=self.vae.shift_factor)
 
     @property
     def label(self) -> str:
@@ -257,6 +261,8 @@ def detect(shapes: dict, metadata: dict | None = None) -> ModelSpec:
     native = _square_resolution(metadata.get("modelspec.resolution"))
     if native:
         changes["native_size"] = native
+    if spec.family_info.latent.shift != spec.vae.shift_factor:
+        changes["vae"] = dataclasses.replace(spec.vae, shift_factor=spec.family_info.latent.shift)
     latent = preview_from_metadata(spec.family_info.latent, metadata)
     if latent is not spec.family_info.latent:
         changes["latent_format_override"] = latent
