@@ -43,6 +43,7 @@ from PIL import Image, PngImagePlugin
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.preview import latent_preview as preview_picture
 from app.settings import read_settings_file, settings_file_notice, update_settings_file
 from core.errors import EngineError
 from core.params import MAX_PROMPT_BYTES, MAX_SIZE, MAX_STEPS, PROMPT_FIELDS, GenerationParams, check_prompt_length
@@ -277,26 +278,11 @@ def html_info(text: str) -> str:
     return "<p>" + "<br>\n".join(html.escape(line) for line in text.split("\n")) + "</p>"
 
 
-# Latent -> RGB for live previews: a fixed linear map of SD 1.x's four latent channels
-# (no VAE run), good enough to see composition while sampling.
-_LATENT_RGB = (
-    (0.298, 0.207, 0.208),
-    (0.187, 0.286, 0.173),
-    (-0.158, 0.189, 0.264),
-    (-0.184, -0.271, -0.473),
-)
-
-
 def latent_preview(latent) -> Image.Image | None:
-    """The first image of a (B, 4, h, w) latent as a small RGB picture (1/8 of the size)."""
-    import torch
-
-    if latent is None or getattr(latent, "ndim", 0) != 4 or latent.shape[1] != len(_LATENT_RGB):
-        return None
-    x = latent.detach()[0].float().cpu()
-    rgb = torch.einsum("chw,cr->rhw", x, torch.tensor(_LATENT_RGB))
-    array = ((rgb + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(array, "RGB")
+    """A step's (latent, latent format) as a small RGB picture (1/8 of the size), through the
+    running model's preview colours (app/preview.py, shared with the page)."""
+    latent, latent_format = latent if isinstance(latent, tuple) else (latent, None)
+    return preview_picture(latent, latent_format, scale=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1248,7 +1234,7 @@ class SdApi:
             if gone.is_set():  # called from this job's own steps: the interrupt cannot hit another job
                 engine.interrupt()
                 state.flag("interrupted")
-            latent = p.latent if self.options.get("live_previews_enable") else None
+            latent = (p.latent, p.latent_format) if self.options.get("live_previews_enable") and p.latent is not None else None
             state.step(p.step, p.steps, p.batch, p.batches, latent)
 
         def job():

@@ -1,9 +1,10 @@
 """Live previews: a cheap picture of a latent, without the VAE.
 
-Each of SD 1.x's four latent channels maps to RGB by a fixed linear combination (the widely
-used "approximate cheap" factors, fitted by regressing decoded pixels on latents). It costs a
-4x3 matrix product per latent pixel, so it can run every few steps; the picture is 1/8 of the
-output's size and is enlarged for display.
+Each latent channel maps to RGB by a fixed linear combination plus a bias, fitted by
+regressing decoded pixels on latents: the running model's ``LatentFormat`` holds them (its
+family's, core/models/families.py, or the checkpoint's own, as the demo model's metadata).
+It costs a Cx3 matrix product per latent pixel, so it can run every few steps. The page and
+the API both use ``latent_preview``.
 """
 from __future__ import annotations
 
@@ -12,13 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-# rows: latent channels 0..3; columns: R, G, B
-SD1_LATENT_RGB = np.array([
-    [0.298, 0.207, 0.208],
-    [0.187, 0.286, 0.173],
-    [-0.158, 0.189, 0.264],
-    [-0.184, -0.271, -0.473],
-], dtype=np.float32)
+from core.models.families import SD1_LATENT, LatentFormat
 
 
 def to_numpy(latent: Any) -> np.ndarray | None:
@@ -37,14 +32,26 @@ def to_numpy(latent: Any) -> np.ndarray | None:
     return array if array.ndim == 3 else None
 
 
-def latent_preview(latent: Any, scale: int = 8) -> Image.Image | None:
-    """An RGB PIL image approximating the latent's picture, ``scale`` times the latent size;
-    None when the latent is not a 4-channel SD latent."""
+def latent_rgb(latent: Any, latent_format: LatentFormat | None = None) -> np.ndarray | None:
+    """(h, w, 3) uint8 colours of the latent's first image through the format's preview map
+    (SD 1.x's when none is given); None when the latent does not fit that format."""
+    latent_format = latent_format or SD1_LATENT
     array = to_numpy(latent)
-    if array is None or array.shape[0] != 4 or not np.isfinite(array).all():
+    if array is None or array.shape[0] != latent_format.channels or not latent_format.rgb_factors:
         return None
-    rgb = np.einsum("chw,cr->hwr", array, SD1_LATENT_RGB)
-    rgb = np.clip((rgb + 1.0) * 127.5, 0, 255).astype(np.uint8)
+    if not np.isfinite(array).all():
+        return None
+    factors = np.asarray(latent_format.rgb_factors, dtype=np.float32)
+    rgb = np.einsum("chw,cr->hwr", array, factors) + np.asarray(latent_format.rgb_bias, dtype=np.float32)
+    return np.clip((rgb + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+
+
+def latent_preview(latent: Any, latent_format: LatentFormat | None = None, scale: int = 8) -> Image.Image | None:
+    """An RGB PIL image approximating the latent's picture, ``scale`` times the latent size;
+    None when the latent does not fit the format (channels) or is not finite."""
+    rgb = latent_rgb(latent, latent_format)
+    if rgb is None:
+        return None
     image = Image.fromarray(rgb, "RGB")
     if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), Image.BILINEAR)

@@ -619,7 +619,7 @@ class StudioUI:
             step = getattr(p, "step", 0)
             if every > 0 and (step % every == 0 or step == getattr(p, "steps", -1)):
                 try:
-                    preview = latent_preview(getattr(p, "latent", None))
+                    preview = latent_preview(getattr(p, "latent", None), p.latent_format)
                 except Exception:  # a preview never breaks a job
                     log.debug("preview failed", exc_info=True)
             with live.lock:

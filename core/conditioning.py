@@ -28,7 +28,6 @@ from typing import Callable
 import torch
 
 from core.models.clip import OPENCLIP
-from core.models.detection import SDXL_REFINER
 from core.models.unet import timestep_embedding
 from core.prompts.parser import parse_attention
 from core.sampling.denoiser import Conditioning
@@ -253,7 +252,7 @@ class SDXLConditioner:
         sides = embeddings_for_encoders(embeddings, tokenizer, encoders, keys)
         self.parts = [TextConditioner(e, tokenizer, db, 1, emphasis, check_stop) for e, db in zip(encoders, sides)]
         self.pooled_part = next(i for i, e in enumerate(encoders) if e.has_pooled)
-        self.refiner = self.spec.family == SDXL_REFINER
+        self.refiner = self.spec.family_info.refiner
         self.crop = crop  # (top, left), A1111's sdxl_crop_top / sdxl_crop_left
         self.aesthetic_score = aesthetic_score  # refiner; A1111's defaults 6.0 and 2.5
         self.negative_aesthetic_score = negative_aesthetic_score
@@ -301,9 +300,8 @@ class SDXLConditioner:
 
 def make_conditioner(model, tokenizer: ClipTokenizer, embeddings=None, clip_skip: int = 1, emphasis: str = "Original",
                      check_stop: Callable[[], None] | None = None):
-    """The prompt encoder a model needs: ``TextConditioner`` for one text encoder (SD 1.x/2.x,
-    x4 upscaler), ``SDXLConditioner`` for SDXL base and refiner. ``check_stop`` is called
-    between groups of chunks and may raise to end the encoding (a job's interrupt)."""
-    if model.spec.is_sdxl:
-        return SDXLConditioner(model, tokenizer, embeddings, emphasis, check_stop=check_stop)
-    return TextConditioner(model.text_encoder, tokenizer, embeddings, clip_skip, emphasis, check_stop)
+    """The prompt encoder a model needs, as its family says (core/models/families.py):
+    ``TextConditioner`` for one text encoder (SD 1.x/2.x, x4 upscaler), ``SDXLConditioner``
+    for SDXL base and refiner. ``check_stop`` is called between groups of chunks and may raise
+    to end the encoding (a job's interrupt)."""
+    return model.spec.family_info.conditioner(model, tokenizer, embeddings, clip_skip, emphasis, check_stop)

@@ -27,7 +27,7 @@ from core.images import save_png
 from core.infotext import create_infotext
 from core.loading import CHECKPOINT_SUFFIXES, load_model, read_spec
 from core.modelfiles import has_suffix, name_in_folder, walk
-from core.models.detection import SD2
+from core.models.families import LatentFormat
 from core.params import MAX_SIZE, GenerationParams
 from core.pipelines.common import resolve_seed, to_pil
 from core.pipelines.hires import hires_fields, hires_fix
@@ -51,6 +51,7 @@ class Progress:
     batches: int
     started: float
     latent: torch.Tensor | None = None  # the current denoised estimate, for previews
+    latent_format: LatentFormat | None = None  # the running model's (its preview colours)
 
     @property
     def fraction(self) -> float:
@@ -274,7 +275,7 @@ class Engine:
             return self.loaded.model.spec.default_size
         prediction, zero_terminal_snr = self.model_overrides()
         spec = read_spec(path, prediction=prediction, zero_terminal_snr=zero_terminal_snr)
-        if spec.family == SD2 and spec.prediction_source == "default" and not spec.native_size:
+        if spec.family_info.detects_prediction and spec.prediction_source == "default" and not spec.native_size:
             return None
         return spec.default_size
 
@@ -485,7 +486,8 @@ class Engine:
                     def on_step(step, sigma, x, denoised, batch=batch):
                         self._check_stop()
                         if progress:
-                            progress(Progress(step + 1, params.steps, batch, params.batch_count, started, denoised))
+                            progress(Progress(step + 1, params.steps, batch, params.batch_count, started, denoised,
+                                              loaded.model.spec.latent_format))
 
                     try:
                         if stage is None:

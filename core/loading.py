@@ -37,7 +37,7 @@ from core.errors import EngineError
 from core.modelfiles import has_suffix, is_safetensors
 from core.models import diffusers_names
 from core.models.clip import FrozenOpenCLIPEmbedder
-from core.models.detection import SD2, SDXL_EMBEDDER, TEXT, UNET, VAE, ModelSpec, detect
+from core.models.detection import SDXL_EMBEDDER, TEXT, UNET, VAE, ModelSpec, detect
 from core.models.stable_diffusion import LatentDiffusion, linear_alphas_cumprod
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -473,7 +473,7 @@ def load_model(
         progress(0.0)
     tensors, spec = _read_with_spec(path, prediction, zero_terminal_snr)
     model = build_model(tensors, spec, device=device, dtype=dtype, name=path.name, progress=progress)
-    if spec.family == SD2 and spec.prediction_source == "default":
+    if spec.family_info.detects_prediction and spec.prediction_source == "default":
         detected = "v" if looks_like_v_prediction(model.unet) else "eps"
         model.spec = dataclasses.replace(spec, prediction=detected, prediction_source="detected")
     return model

@@ -77,7 +77,8 @@ class FakeEngine:
                     progress(types.SimpleNamespace(
                         step=step + 1, steps=params.steps, batch=batch, batches=params.batch_count, started=started,
                         fraction=(batch + (step + 1) / params.steps) / params.batch_count, eta_seconds=1.0,
-                        latent=np.full((params.batch_size, 4, params.height // 8, params.width // 8), 0.5, np.float32)))
+                        latent=np.full((params.batch_size, 4, params.height // 8, params.width // 8), 0.5, np.float32),
+                        latent_format=None))
             for i in range(params.batch_size):
                 seed = (params.seed if params.seed >= 0 else 7) + batch * params.batch_size + i
                 picture = Image.new("RGB", (params.width, params.height), (40 * i, 90, 160))

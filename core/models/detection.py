@@ -10,6 +10,10 @@ Families are told apart by where their text encoder lives and what the UNet take
 | SDXL base (+ inpainting) | ``conditioner.embedders.0.transformer`` (CLIP-L) + ``.1.model`` (OpenCLIP bigG) | adm vector = pooled + 6 size numbers |
 | SDXL refiner | ``conditioner.embedders.0.model`` (OpenCLIP bigG only) | adm vector = pooled + 5 numbers (sizes, aesthetic score) |
 
+Each family's detector is asked through the registry (core/models/families.py: the newest
+registered detector that claims the keys); everything that differs per family afterwards is
+read from the family's entry (``ModelSpec.family_info``), never by testing its name.
+
 Widths, depths and channel counts are read off the shapes. What shapes cannot tell (SD 2.x
 epsilon or v-prediction, the latent scale) comes from the family, the file's metadata, a
 sidecar .yaml or the user (core/loading.py), or a test forward pass for SD 2.x.
@@ -32,20 +36,10 @@ TEXT = "cond_stage_model.transformer.text_model."  # SD 1.x CLIP-L
 OPENCLIP_TEXT = "cond_stage_model.model."  # SD 2.x / x4 OpenCLIP ViT-H
 SDXL_EMBEDDER = "conditioner.embedders."
 
-SD1 = "sd1"
-SD1_INPAINT = "sd1-inpaint"
-SD2 = "sd2"
-SD2_INPAINT = "sd2-inpaint"
-SDXL = "sdxl"
-SDXL_INPAINT = "sdxl-inpaint"
-SDXL_REFINER = "sdxl-refiner"
-X4_UPSCALER = "x4-upscaler"
-FAMILY_LABELS = {
-    SD1: "SD 1.x", SD1_INPAINT: "SD 1.x inpainting", SD2: "SD 2.x", SD2_INPAINT: "SD 2.x inpainting",
-    SDXL: "SDXL", SDXL_INPAINT: "SDXL inpainting", SDXL_REFINER: "SDXL refiner", X4_UPSCALER: "SD x4 upscaler",
-}
-SDXL_FAMILIES = (SDXL, SDXL_INPAINT, SDXL_REFINER)
-LATENT_SCALE = {SDXL: 0.13025, SDXL_INPAINT: 0.13025, SDXL_REFINER: 0.13025, X4_UPSCALER: 0.08333}
+from core.models.families import (  # noqa: F401 (the family names, re-exported)
+    SD1, SD1_INPAINT, SD2, SD2_INPAINT, SDXL, SDXL_INPAINT, SDXL_REFINER, X4_UPSCALER, Family, LatentFormat, detector_for,
+    family_of, preview_from_metadata,
+)
 # ldm's LatentUpscaleDiffusion: the low-resolution picture is noised with its own "linear"
 # schedule (betas = linspace(sqrt(1e-4), sqrt(0.02), 1000) ** 2) up to this level.
 X4_LOW_SCALE = (0.0001, 0.02, 350)
@@ -70,31 +64,35 @@ class ModelSpec:
     size_embed_dim: int = 256  # SDXL: Fourier features per size/crop/aesthetic number
     low_scale: tuple[float, float, int] | None = None  # x4: (linear_start, linear_end, max noise level)
     native_size: int | None = None  # from the file's ``modelspec.resolution`` metadata, when it says
+    # the checkpoint's own latent format (its metadata's preview map); None: the family's
+    latent_format_override: LatentFormat | None = None
+
+    @property
+    def family_info(self) -> Family:
+        """This family's registry entry (core/models/families.py)."""
+        return family_of(self.family)
+
+    @property
+    def latent_format(self) -> LatentFormat:
+        """The latent space: the family's, with this VAE's scaling factor and the file's own
+        preview map when it has one."""
+        latent = self.latent_format_override or self.family_info.latent
+        return dataclasses.replace(latent, scaling_factor=self.vae.scaling_factor, shift=self.vae.shift_factor)
 
     @property
     def label(self) -> str:
-        return FAMILY_LABELS.get(self.family, self.family)
-
-    @property
-    def is_sdxl(self) -> bool:
-        return self.family in SDXL_FAMILIES
+        return self.family_info.label
 
     @property
     def is_upscaler(self) -> bool:
-        return self.family == X4_UPSCALER
+        return self.family_info.upscaler
 
     @property
     def default_size(self) -> int:
-        """The size the model was trained at: 1024 for SDXL, 768 for SD 2.x v-prediction
-        (the 768-v models), else 512, unless the file's metadata says otherwise (the 64x64
-        demo model). The x4 upscaler works on any input size."""
-        if self.native_size:
-            return self.native_size
-        if self.is_sdxl:
-            return 1024
-        if self.family == SD2 and self.prediction == "v":
-            return 768
-        return 512
+        """The size the model was trained at: its family's (1024 for SDXL, 768 for SD 2.x
+        v-prediction (the 768-v models), else 512), unless the file's metadata says otherwise
+        (the 64x64 demo model). The x4 upscaler works on any input size."""
+        return self.native_size or self.family_info.size_for(self.prediction)
 
     @property
     def text_encoders(self) -> tuple[TextEncoderConfig, ...]:
@@ -103,7 +101,7 @@ class ModelSpec:
     @property
     def text_prefixes(self) -> tuple[str, ...]:
         """Each text encoder's prefix in the checkpoint (and in our module tree)."""
-        if self.is_sdxl:
+        if self.family_info.text_in_conditioner:
             return tuple(f"{SDXL_EMBEDDER}{i}." for i in range(len(self.text_encoders)))
         return ("cond_stage_model.",)
 
@@ -255,15 +253,20 @@ def detect(shapes: dict, metadata: dict | None = None) -> ModelSpec:
     ``latent_scale_factor``, ``unet_num_heads``, ``unet_norm_groups``, ``vae_norm_groups``, ``text_layer`` ("last" for diffusers SD 2.x
     text encoders, which were saved without their unused last layer)."""
     metadata = metadata or {}
-    if any(k.startswith(SDXL_EMBEDDER) for k in shapes):
-        spec = _detect_sdxl(shapes, metadata)
-    elif any(k.startswith(OPENCLIP_TEXT) for k in shapes):
-        spec = _detect_openclip_family(shapes, metadata)
-    else:
-        spec = _detect_sd1(shapes, metadata)
-    spec = _with_norm_groups(spec, metadata)
+    detector = detector_for(shapes)
+    if detector is None:
+        raise EngineError(f"unknown model layout ({describe(shapes)})")
+    spec = _with_norm_groups(detector.detect(shapes, metadata), metadata)
+    changes = {}
     native = _square_resolution(metadata.get("modelspec.resolution"))
-    return dataclasses.replace(spec, native_size=native) if native else spec
+    if native:
+        changes["native_size"] = native
+    if spec.family_info.latent.shift != spec.vae.shift_factor:
+        changes["vae"] = dataclasses.replace(spec.vae, shift_factor=spec.family_info.latent.shift)
+    latent = preview_from_metadata(spec.family_info.latent, metadata)
+    if latent is not spec.family_info.latent:
+        changes["latent_format_override"] = latent
+    return dataclasses.replace(spec, **changes) if changes else spec
 
 
 def _square_resolution(value) -> int | None:
@@ -297,10 +300,10 @@ def _norm_widths(config) -> set[int]:
 
 
 def _scale(metadata: dict, family: str) -> float:
-    return float(metadata.get("latent_scale_factor", LATENT_SCALE.get(family, 0.18215)))
+    return float(metadata.get("latent_scale_factor", family_of(family).latent.scaling_factor))
 
 
-def _detect_sd1(shapes: dict, metadata: dict) -> ModelSpec:
+def detect_sd1(shapes: dict, metadata: dict) -> ModelSpec:
     required = [UNET + "input_blocks.0.0.weight", VAE + "encoder.conv_in.weight", TEXT + "embeddings.token_embedding.weight"]
     missing = [k for k in required if k not in shapes]
     if missing:
@@ -321,7 +324,7 @@ def _detect_sd1(shapes: dict, metadata: dict) -> ModelSpec:
     return ModelSpec(family=family, unet=unet, vae=vae, text=text, prediction=prediction, prediction_source=source)
 
 
-def _detect_openclip_family(shapes: dict, metadata: dict) -> ModelSpec:
+def detect_openclip_family(shapes: dict, metadata: dict) -> ModelSpec:
     """SD 2.x (epsilon or v, inpainting) and the x4 upscaler: OpenCLIP ViT-H text tower."""
     if any(k.startswith("depth_model.") for k in shapes):
         raise EngineError("SD 2.x depth-to-image checkpoints are recognised but not supported")
@@ -358,7 +361,7 @@ def _detect_openclip_family(shapes: dict, metadata: dict) -> ModelSpec:
     return ModelSpec(family=family, unet=unet, vae=vae, text=text, prediction=prediction, prediction_source=source)
 
 
-def _detect_sdxl(shapes: dict, metadata: dict) -> ModelSpec:
+def detect_sdxl(shapes: dict, metadata: dict) -> ModelSpec:
     clip_l = SDXL_EMBEDDER + "0.transformer.text_model."
     base = clip_l + "embeddings.token_embedding.weight" in shapes
     bigg = SDXL_EMBEDDER + ("1.model." if base else "0.model.")

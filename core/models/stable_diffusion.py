@@ -50,7 +50,7 @@ class LatentDiffusion(nn.Module):
         self.model = nn.Module()
         self.model.diffusion_model = UNetModel(spec.unet)
         self.first_stage_model = AutoencoderKL(spec.vae)
-        if spec.is_sdxl:
+        if spec.family_info.text_in_conditioner:
             self.conditioner = nn.Module()
             self.conditioner.embedders = nn.ModuleList(make_embedder(t) for t in spec.text_encoders)
         else:
@@ -68,7 +68,7 @@ class LatentDiffusion(nn.Module):
     @property
     def text_encoders(self) -> list[FrozenCLIPEmbedder]:
         """SDXL base: [CLIP-L, OpenCLIP bigG]; every other family: its one encoder."""
-        if self.spec.is_sdxl:
+        if self.spec.family_info.text_in_conditioner:
             return list(self.conditioner.embedders)
         return [self.cond_stage_model]
 

@@ -25,6 +25,7 @@ class VAEConfig:
     z_channels: int = 4
     embed_dim: int = 4
     scaling_factor: float = 0.18215
+    shift_factor: float = 0.0  # sampling latent = (VAE latent - shift) * scale; the family's (0 for SD)
     norm_groups: int = 32  # GroupNorm groups; see UNetConfig.norm_groups
 
     @property
@@ -222,9 +223,9 @@ class AutoencoderKL(nn.Module):
         if generator is not None:
             noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32).to(mean.device, mean.dtype)
             mean = mean + torch.exp(0.5 * logvar) * noise
-        return mean * self.config.scaling_factor
+        return (mean - self.config.shift_factor) * self.config.scaling_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """scaled latents -> images in [-1, 1] (not clamped)."""
-        z = latents.to(self.dtype) / self.config.scaling_factor
+        z = latents.to(self.dtype) / self.config.scaling_factor + self.config.shift_factor
         return self.decoder(self.post_quant_conv(z))

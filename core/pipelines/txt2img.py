@@ -36,7 +36,7 @@ def sampler_and_sigmas(model, params: GenerationParams, steps: int):
         schedule_name = params.scheduler
     sampler = SAMPLERS[sampler_name]
     schedule = DiscreteSchedule(model.alphas_cumprod)
-    sigmas = get_sigmas(schedule_name, sampler, schedule, steps, family=model.spec.family.split("-")[0])
+    sigmas = get_sigmas(schedule_name, sampler, schedule, steps, family=model.spec.family)
     return sampler, schedule, sigmas.to(model.alphas_cumprod.device, sampling_dtype(model))
 
 

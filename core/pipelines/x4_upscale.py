@@ -53,7 +53,7 @@ def _sampler(model, sampler: str, scheduler: str, steps: int):
         schedule_name = scheduler
     chosen = SAMPLERS[sampler_name]
     schedule = DiscreteSchedule(model.alphas_cumprod)
-    sigmas = get_sigmas(schedule_name, chosen, schedule, steps, family="sd2")
+    sigmas = get_sigmas(schedule_name, chosen, schedule, steps, family=model.spec.family)
     dtype = torch.float64 if model.unet.dtype == torch.float64 else torch.float32
     return chosen, schedule, sigmas.to(model.alphas_cumprod.device, dtype)
 

@@ -204,8 +204,11 @@ AYS_SDXL = (14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.11
 
 
 def align_your_steps_sigmas(schedule: DiscreteSchedule, steps: int, family: str = "sd1") -> torch.Tensor:
-    """The SDXL table for SDXL models, the SD 1.5 table for everything else (as A1111)."""
-    table = AYS_SDXL if "xl" in (family or "").lower() else AYS_SD1
+    """The table of the model's family (core/models/families.py): SDXL's for SDXL models, the
+    SD 1.5 table for the others (as A1111)."""
+    from core.models.families import family_of  # the registry reads the tables above
+
+    table = family_of(family or "sd1").align_your_steps
     if steps == len(table):
         return append_zero(_from_list(table))
     # Log-linear resampling of the decreasing table onto `steps` evenly spaced points.

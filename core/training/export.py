@@ -5,7 +5,9 @@
 Keys are the loader's: ``model.diffusion_model.*``, ``first_stage_model.*``,
 ``cond_stage_model.transformer.text_model.*``. What the shapes cannot tell is in the metadata:
 ``latent_scale_factor`` (the autoencoder's scaling factor), ``unet_num_heads``,
-``unet_norm_groups``, ``vae_norm_groups``, ``prediction``.
+``unet_norm_groups``, ``vae_norm_groups``, ``prediction``, and the live previews' colours
+(``latent_rgb_factors``/``latent_rgb_bias``, fitted by core/training/preview_factors.py: the
+demo's latent space is its own, SD 1.x's preview colours would be wrong).
 """
 from __future__ import annotations
 
@@ -65,6 +67,9 @@ def export_run(run: Path, out: Path, vae_run: Path | None = None) -> Path:
             if key.startswith(("encoder.", "quant_conv.")) and not torch.allclose(value, ours[key], atol=1e-6):
                 raise ValueError(f"{vae_run}: its encoder differs from the one the UNet was trained with ({key})")
         model.vae.load_state_dict(vae.state_dict())
+    from core.training.preview_factors import demo_pictures, preview_metadata
+
+    extra.update(preview_metadata(model.vae, demo_pictures()))
     return export_model(model, out, extra)
 
 

@@ -106,13 +106,13 @@ def _pickle_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 def file_is_x4(path: Path) -> bool:
     """Whether a checkpoint file's weights are those of the x4 upscaler (never raises)."""
     from core.loading import normalise_keys
-    from core.models.detection import X4_UPSCALER, detect
+    from core.models.detection import detect
 
     try:
         shapes = _safetensors_shapes(path) if path.suffix.lower() == ".safetensors" else _pickle_shapes(path)
         if not shapes:
             return False
-        return detect(normalise_keys(shapes)).family == X4_UPSCALER
+        return detect(normalise_keys(shapes)).is_upscaler
     except Exception:  # noqa: BLE001 - unreadable, refused or not a diffusion checkpoint: not ours
         return False
 

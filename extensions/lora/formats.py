@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from core.models.families import families
+
 # Key suffix -> role, tried in order; group "m" is the module name, "r" the role.
 _SUFFIXES = [
     # old diffusers attention processors: ...attn1.processor.to_q_lora.down.weight
@@ -44,7 +46,6 @@ _SUFFIXES = [
 ]
 _ROLE_ALIASES = {"down": "lora_down", "up": "lora_up", "A": "lora_down", "B": "lora_up", "mid": "lora_mid",
                  "a1.weight": "glora", "b1.weight": "glora", "lora_A.bias": "lora_bias", "lora_B.bias": "lora_bias"}
-FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 
 
 class ShapeMismatch(ValueError):
@@ -248,24 +249,27 @@ def _apply_peft_alphas(modules: dict[str, Module], metadata: dict[str, str], pef
 
 
 def guess_family(modules: dict[str, Module], metadata: dict[str, str]) -> str | None:
-    """Which model family a LoRA was trained for, when the file says (None: cannot tell)."""
+    """Which model family a LoRA was trained for, when the file says (None: cannot tell). The
+    widths and metadata names are the families' (core/models/families.py)."""
+    lora_families = [f for f in families() if f.lora_family == f.name]
     names = list(modules)
     if any(n.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for n in names):
-        return "sdxl"
+        two_encoders = [f.name for f in lora_families if f.text_in_conditioner]
+        if two_encoders:
+            return two_encoders[0]
     # The cross-attention key/value input width is the text encoder's: 768 SD 1.x, 1024 SD 2.x, 2048 SDXL.
+    by_width = {f.lora_context_width: f.name for f in lora_families if f.lora_context_width}
     for name, module in modules.items():
         if re.search(r"attn2[._]to_[kv]$", name):
             down = module.tensors.get("lora_down", module.tensors.get("hada_w1_b"))
             if down is not None and down.ndim == 2:
-                family = {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(down.shape[1])
+                family = by_width.get(down.shape[1])
                 if family:
                     return family
-    base = str(metadata.get("ss_base_model_version", ""))
-    architecture = str(metadata.get("modelspec.architecture", ""))
-    if base.startswith("sdxl") or architecture.startswith("stable-diffusion-xl"):
-        return "sdxl"
-    if metadata.get("ss_v2") == "True" or architecture.startswith("stable-diffusion-v2"):
-        return "sd2"
-    if base.startswith("sd_v1") or architecture.startswith("stable-diffusion-v1"):
-        return "sd1"
+    if metadata.get("ss_v2") == "True":  # kohya's flag for SD 2.x LoRAs
+        return next((f.name for f in lora_families if f.lora_context_width == 1024), None)
+    said = (str(metadata.get("ss_base_model_version", "")), str(metadata.get("modelspec.architecture", "")))
+    for family in lora_families:
+        if any(value.startswith(family.lora_metadata_prefixes) for value in said if family.lora_metadata_prefixes):
+            return family.name
     return None

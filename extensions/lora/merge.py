@@ -23,7 +23,9 @@ import torch
 from core.errors import EngineError
 
 from .files import HashCache, find_lora, read_lora_file
-from .formats import FAMILY_LABELS, Module, ShapeMismatch, guess_family, parse_state_dict
+from core.models.families import label as family_label
+
+from .formats import Module, ShapeMismatch, guess_family, parse_state_dict
 from .names import Target, build_table, canonical_name, has_two_text_encoders
 
 log = logging.getLogger("extensions.lora")
@@ -104,13 +106,11 @@ class Activation:
 
 
 def model_family(model) -> str | None:
-    family = getattr(getattr(model, "spec", None), "family", None)
-    if not family:
+    """The family LoRAs for ``model`` are made for (its registry entry's ``lora_family``)."""
+    spec = getattr(model, "spec", None)
+    if spec is None or not getattr(spec, "family", None):
         return None
-    for base in ("sdxl", "sd2", "sd1"):
-        if str(family).startswith(base):
-            return base
-    return str(family)
+    return spec.family_info.lora_family or spec.family
 
 
 def _text_slots(model) -> list[tuple[str, torch.nn.Module]]:
@@ -296,8 +296,8 @@ class LoraManager:
                 continue
             if lora.family and family and lora.family != family:
                 warnings.append(
-                    f"LoRA {lora.name}: made for {FAMILY_LABELS.get(lora.family, lora.family)}, the loaded model is "
-                    f"{FAMILY_LABELS.get(family, family)}; skipped all {len(lora.modules)} modules")
+                    f"LoRA {lora.name}: made for {family_label(lora.family)}, the loaded model is "
+                    f"{family_label(family)}; skipped all {len(lora.modules)} modules")
                 skipped_loras.add(index)
                 continue
             skipped = [f"{k} (unknown key)" for k in lora.unknown_keys]
