@@ -10,7 +10,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from core.errors import EngineError
+from core.errors import UNAVAILABLE, EngineError
 from core.params import GenerationParams
 from core.pipelines.common import decode_latents, to_pil
 from core.pipelines.txt2img import sample_latents
@@ -60,7 +60,7 @@ def upscale_latents(model, latents: torch.Tensor, params: GenerationParams, size
         mode, antialias = LATENT_UPSCALE_MODES[params.hr_upscaler]
         return F.interpolate(latents, size=(height // factor, width // factor), mode=mode, antialias=antialias)
     if upscale_pixels is None:
-        raise EngineError(f"hr_upscaler: {params.hr_upscaler!r} needs a pixel upscaler, none is available")
+        raise EngineError(f"{params.hr_upscaler!r} needs a pixel upscaler, none is available", "hr_upscaler", UNAVAILABLE)
     from core.pipelines.img2img import encode, to_tensor
 
     pictures = to_pil(decode_latents(model.vae, latents))
