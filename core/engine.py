@@ -33,7 +33,8 @@ from core.pipelines.common import resolve_seed, to_pil
 from core.pipelines.hires import hires_fields, hires_fix
 from core.pipelines.img2img import img2img, prepare_input
 from core.pipelines.masking import flatten, open_image
-from core.pipelines.txt2img import Refiner, txt2img
+from core.pipelines.sampling_run import Refiner
+from core.pipelines.txt2img import txt2img
 from core.prompts.parser import extract_extra_networks
 from core.text.tokenizer import load_clip_tokenizer
 
