@@ -194,10 +194,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(type(exc).__name__, message), status_code=500)
 
 
-# Field names in core's messages -> the request's (A1111's) names.
+# GenerationParams fields -> the request's (A1111's) names, for the messages of EngineErrors.
 _FIELD_NAMES = {
     "sampler": "sampler_name",
-    "schedule type": "scheduler",
     "batch_count": "n_iter",
     "clip_skip": "CLIP_stop_at_last_layers",
     "checkpoint": "sd_model_checkpoint",
@@ -205,20 +204,18 @@ _FIELD_NAMES = {
 }
 
 
-def _api_field_message(message: str) -> str:
-    head, sep, rest = message.partition(": ")
-    return f"{_FIELD_NAMES[head]}: {rest}" if sep and head in _FIELD_NAMES else message
+def engine_error(exc: EngineError, status: int = 400, field: str | None = None) -> ApiError:
+    """A core EngineError as a client error, by its kind: a name that was not found is 404, the
+    rest (invalid, too large, unavailable) ``status`` (422 where a request is checked before it
+    runs, 400 for a job that failed). ``field``: the request's name for the field at fault,
+    when the route knows it better (upscaler_1 for core's "upscaler")."""
+    from core.errors import NOT_FOUND
 
-
-def engine_error(exc: EngineError, status: int = 400) -> ApiError:
-    """A core EngineError as a client error: unknown names are 404, the rest ``status``."""
-    message = _api_field_message(str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid request")
-    head = message.partition(":")[0].strip().lower()
-    lookup = head in ("sampler_name", "scheduler", "sd_model_checkpoint", "upscaler", "hr_upscaler", "hr_sampler_name",
-                      "hr_scheduler")
-    if lookup and ("unknown" in message or "not found" in message):
-        status = 404
-    return ApiError(status, message)
+    if field is None and exc.field is not None:
+        field = _FIELD_NAMES.get(exc.field, exc.field)
+    message = f"{field}: {exc.reason}" if field else str(exc)
+    message = message.strip().splitlines()[0] if message.strip() else "invalid request"
+    return ApiError(404 if exc.kind == NOT_FOUND else status, message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -525,10 +522,6 @@ class MemoryResponse(BaseModel):
 class ScriptsList(BaseModel):
     txt2img: list | None = None
     img2img: list | None = None
-
-
-class NamedItem(BaseModel):
-    name: str
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1030,11 +1023,11 @@ class SdApi:
         try:
             sampler_name, _ = resolve_sampler_name(sampler_text)
         except EngineError as exc:
-            raise ApiError(404, f"{field}: {str(exc).partition(': ')[2]}") from None
+            raise engine_error(exc, 422, field) from None
         try:
             scheduler = resolve_schedule_name(req.scheduler)
         except EngineError as exc:
-            raise ApiError(404, f"scheduler: {str(exc).partition(': ')[2]}") from None
+            raise engine_error(exc, 422, "scheduler") from None
         sampler = get_sampler(sampler_name)
 
         def sampler_option(name: str):
@@ -1287,102 +1280,83 @@ class SdApi:
         try:
             return find_upscaler(name, self.models_root)
         except EngineError as exc:
-            raise ApiError(404, f"{field}: {str(exc).partition(': ')[2] or exc}") from None
+            raise engine_error(exc, 422, field) from None
 
-    def _upscale_plan(self, req: ExtrasBaseRequest, size: tuple[int, int], field: str) -> dict:
-        """How to upscale one picture: upscale_image's scale or size, the crop, the infotext."""
-        width, height = size
-        if req.resize_mode == 1:
-            want_w, want_h = req.upscaling_resize_w, req.upscaling_resize_h
-            factor = max(want_w / width, want_h / height)
-            out = (max(want_w, round(width * factor)), max(want_h, round(height * factor)))
-            crop = (want_w, want_h) if req.upscaling_crop else None
-            plan = {"size": out, "crop": crop, "info": {"size": (want_w, want_h)}}
-            final = crop or out
-            where = "upscaling_resize_w"
-        else:
-            scale = req.upscaling_resize
-            out = (max(1, round(width * scale)), max(1, round(height * scale)))
-            plan = {"scale": scale, "crop": None, "info": {"scale": scale}}
-            final = out
-            where = "upscaling_resize"
+    def _extras_job(self, req: ExtrasBaseRequest):
+        """The request as core's upscale job, with this server's tile settings."""
+        from core.upscaling.extras import ExtrasJob
+
+        by_size = req.resize_mode == 1
+        return ExtrasJob(
+            upscaler=req.upscaler_1,
+            scale=None if by_size else req.upscaling_resize,
+            size=(req.upscaling_resize_w, req.upscaling_resize_h) if by_size else None,
+            crop=bool(req.upscaling_crop) if by_size else None,
+            upscaler_2=req.upscaler_2,
+            upscaler_2_visibility=req.extras_upscaler_2_visibility,
+            tile=self.options.get("ESRGAN_tile"),
+            overlap=self.options.get("ESRGAN_tile_overlap"),
+        )
+
+    def _check_extras_size(self, job, req: ExtrasBaseRequest, size: tuple[int, int], field: str) -> None:
+        """Refuses a picture whose result would be over this server's limit, before any work."""
+        where = "upscaling_resize_w" if req.resize_mode == 1 else "upscaling_resize"
+        try:
+            out = job.plan(size).upscaled
+        except EngineError as exc:
+            raise engine_error(exc, 422, where) from None
         if out[0] * out[1] > self.limits.max_upscale_pixels:
             raise ApiError(422, f"{where}: {field} would become {out[0]}x{out[1]}, over this server's limit of "
                                 f"{self.limits.max_upscale_pixels} pixels")
-        plan["final"] = final
-        return plan
 
-    def _check_extras(self, req: ExtrasBaseRequest) -> None:
+    def _check_extras(self, req: ExtrasBaseRequest):
+        """The request's upscale job, its upscalers looked up (a bad name fails before any work)."""
         for name in ("gfpgan_visibility", "codeformer_visibility"):
             if getattr(req, name):
                 raise ApiError(422, f"{name}: face restoration is not available on this server")
-        self._find_upscaler(req.upscaler_1, "upscaler_1")
-        if req.upscaler_2 not in ("", "None") and req.extras_upscaler_2_visibility > 0:
-            self._find_upscaler(req.upscaler_2, "upscaler_2")
+        job = self._extras_job(req)
+        try:
+            job.upscalers(self.models_root)
+        except EngineError as exc:
+            raise engine_error(exc, 422, {"upscaler": "upscaler_1"}.get(exc.field)) from None
+        return job
 
-    def _run_upscale(self, image: Image.Image, req: ExtrasBaseRequest, plan: dict, job_no: int,
-                     gone: threading.Event | None = None) -> tuple[Image.Image, str]:
-        """Runs on the device worker: upscaler_1 (blended with upscaler_2), then the crop.
-        ``gone`` set (the client disconnected) stops it at the next tile."""
-        from core.upscaling import postprocess_infotext, upscale_image
-
-        tile, overlap = self.options.get("ESRGAN_tile"), self.options.get("ESRGAN_tile_overlap")
-        count = self.state.job_count
-
-        def progress(done: int, total: int) -> None:
-            if gone is not None and gone.is_set():
-                raise ClientGone()
-            self.state.step(done, total, job_no, count)
-
-        def one(name: str) -> Image.Image:
-            kwargs = {"size": plan["size"]} if "size" in plan else {"scale": plan["scale"]}
-            try:
-                return upscale_image(image, name, models_root=self.models_root, device=str(self.engine.device),
-                                     tile=tile, overlap=overlap, progress=progress,
-                                     cache=getattr(self.engine, "upscaler_cache", None), **kwargs)
-            except EngineError as exc:
-                raise engine_error(exc) from None
-
-        result = one(req.upscaler_1)
-        name = req.upscaler_1
-        if req.upscaler_2 not in ("", "None") and req.extras_upscaler_2_visibility > 0:
-            second = one(req.upscaler_2)
-            mode = "RGBA" if "A" in result.getbands() else "RGB"
-            second = second.resize(result.size) if second.size != result.size else second
-            result = Image.blend(result.convert(mode), second.convert(mode), req.extras_upscaler_2_visibility)
-            name = f"{req.upscaler_1}, {req.upscaler_2}"
-        if plan["crop"]:
-            w, h = plan["crop"]
-            left, top = (result.width - w) // 2, (result.height - h) // 2
-            result = result.crop((left, top, left + w, top + h))
-        source = image.info.get("parameters") if isinstance(image.info.get("parameters"), str) else None
-        infotext = postprocess_infotext(name, source=source, **plan["info"])
-        return result, infotext
-
-    async def _extras(self, job: str, pictures: list[tuple[Image.Image, str]], req: ExtrasBaseRequest,
+    async def _extras(self, kind: str, pictures: list[tuple[Image.Image, str]], req: ExtrasBaseRequest, job,
                       client: Request | None = None):
-        plans = [self._upscale_plan(req, image.size, field) for image, field in pictures]
+        for image, field in pictures:
+            self._check_extras_size(job, req, image.size, field)
         gone = threading.Event()  # set when the client disconnects: the rest is not upscaled for nobody
+        count = len(pictures)
 
         def work():
             results = []
-            for i, ((image, _), plan) in enumerate(zip(pictures, plans)):
+            for number, (image, _) in enumerate(pictures):
                 if gone.is_set():
                     raise ClientGone()
-                results.append(self._run_upscale(image, req, plan, i, gone))
+
+                def progress(done: int, total: int, number=number) -> None:
+                    if gone.is_set():  # stops the picture at its next tile
+                        raise ClientGone()
+                    self.state.step(done, total, number, count)
+
+                try:
+                    results.append(self.engine.extras(image, job, progress=progress))
+                except EngineError as exc:
+                    raise engine_error(exc) from None
             return results
 
-        results = await self.queue.run(job, work, job_count=len(pictures), client=client, gone=gone)
+        results = await self.queue.run(kind, work, job_count=count, client=client, gone=gone)
         pnginfo = self.options.get("enable_pnginfo")
-        encoded = await run_in_threadpool(lambda: [encode_png(img, info if pnginfo else None) for img, info in results])
-        return encoded, results
+        encoded = await run_in_threadpool(
+            lambda: [encode_png(r.image, r.infotext if pnginfo else None) for r in results])
+        return encoded, [r.infotext for r in results]
 
     async def extra_single_image(self, req: ExtrasSingleImageRequest, request: Request) -> ExtrasSingleImageResponse:
         """Upscale one picture (A1111's Extras tab)."""
-        self._check_extras(req)
+        job = self._check_extras(req)
         image = await run_in_threadpool(decode_image, req.image, "image", self.limits)
-        encoded, results = await self._extras("extras-single-image", [(image, "image")], req, request)
-        return ExtrasSingleImageResponse(image=encoded[0], html_info=html_info(results[0][1]))
+        encoded, infotexts = await self._extras("extras-single-image", [(image, "image")], req, job, request)
+        return ExtrasSingleImageResponse(image=encoded[0], html_info=html_info(infotexts[0]))
 
     async def extra_batch_images(self, req: ExtrasBatchImagesRequest, request: Request) -> ExtrasBatchImagesResponse:
         """Upscale several pictures with the same settings."""
@@ -1390,15 +1364,15 @@ class SdApi:
             raise ApiError(422, "imageList: give at least one picture")
         if len(req.imageList) > self.limits.max_batch_files:
             raise ApiError(422, f"imageList: at most {self.limits.max_batch_files} pictures per request")
-        self._check_extras(req)
+        job = self._check_extras(req)
 
         def decode_all():
             return [(decode_image(f.data, f"imageList[{i}].data", self.limits), f"imageList[{i}]")
                     for i, f in enumerate(req.imageList)]
 
         pictures = await run_in_threadpool(decode_all)
-        encoded, results = await self._extras("extras-batch-images", pictures, req, request)
-        return ExtrasBatchImagesResponse(images=encoded, html_info=html_info(results[0][1] if results else ""))
+        encoded, infotexts = await self._extras("extras-batch-images", pictures, req, job, request)
+        return ExtrasBatchImagesResponse(images=encoded, html_info=html_info(infotexts[0] if infotexts else ""))
 
     def png_info(self, req: PNGInfoRequest) -> PNGInfoResponse:
         """The generation parameters (and other text chunks) stored in a picture."""

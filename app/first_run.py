@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlparse
 
 from core.demo import is_demo
 from core.download import DEFAULT_MODEL_SHA256, DEFAULT_MODEL_URL, DownloadProgress, download, network_reachable
-from core.errors import EngineError
+from core.errors import UNAVAILABLE, EngineError
 
 SUFFIXES = (".safetensors", ".ckpt")
 
@@ -66,9 +66,9 @@ class ModelOffer:
     def target(self, url: str) -> Path:
         name = Path(unquote(urlparse(url).path)).name
         if not name.lower().endswith(SUFFIXES):
-            raise EngineError(f"download: the URL must name a .safetensors or .ckpt file, got {name or url!r}")
+            raise EngineError(f"the URL must name a .safetensors or .ckpt file, got {name or url!r}", "download")
         if name.startswith(".") or is_demo(name):
-            raise EngineError(f"download: {name!r} is not an acceptable file name")
+            raise EngineError(f"{name!r} is not an acceptable file name", "download")
         return Path(self.engine.ckpt_dir) / name
 
     def fetch(self, progress: Callable[[DownloadProgress], None] | None = None) -> str:
@@ -77,12 +77,12 @@ class ModelOffer:
         returns the new checkpoint's name."""
         url = self.url()
         if urlparse(url).scheme not in ("http", "https"):
-            raise EngineError(f"download: only http(s) URLs are supported, got {url!r}")
+            raise EngineError(f"only http(s) URLs are supported, got {url!r}", "download")
         target = self.target(url)
         if target.exists():
             return target.name
         if not self.online(url):
-            raise EngineError(f"download: {urlparse(url).hostname} cannot be reached (offline?); the demo model stays in use")
+            raise EngineError(f"{urlparse(url).hostname} cannot be reached (offline?); the demo model stays in use", "download", UNAVAILABLE)
         download(url, target, self.sha256(url), progress=progress)
         return target.name
 

@@ -14,6 +14,7 @@ import datetime as dt
 import html
 import logging
 import re
+import sys
 import threading
 import time
 import traceback
@@ -30,6 +31,7 @@ from app.preview import latent_preview
 from app.settings import (ROOT, DEFAULT_DIR_PATTERN, DEFAULT_FOLDERS, DEFAULT_NAME_PATTERN, Settings, SettingsError,
                           default_allowed_dirs)
 from app.styles import StyleDatabase, StyleError
+from core.errors import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +97,13 @@ _FLOAT_FIELDS = {"cfg_scale", "subseed_strength", "denoising_strength", "hr_scal
 MODEL_SETTINGS = ("sd_model_prediction", "sd_noise_schedule")
 
 
-def _is_engine_error(exc: BaseException) -> bool:
-    """True for core's EngineError (and subclasses) without importing core."""
-    return any(cls.__name__ == "EngineError" for cls in type(exc).__mro__)
-
-
 def _is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
         return True
-    if any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__):
+    # torch's own class, when torch is loaded (no torch error can exist before): the page itself
+    # does not import torch.
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
@@ -112,7 +112,7 @@ def error_message(exc: BaseException, what: str = "Generation") -> str:
     """One line a person can act on, for any failure of a job."""
     if isinstance(exc, gr.Error):
         return exc.message
-    if _is_engine_error(exc) or isinstance(exc, (StyleError, SettingsError, gallery_files.GalleryError)):
+    if isinstance(exc, (EngineError, StyleError, SettingsError, gallery_files.GalleryError)):
         return str(exc)
     if _is_out_of_memory(exc):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -663,7 +663,7 @@ class StudioUI:
         if "error" in outcome:
             exc = outcome["error"]
             message = error_message(exc)
-            if not (_is_engine_error(exc) or isinstance(exc, gr.Error)):
+            if not isinstance(exc, (EngineError, gr.Error)):
                 log.error("job failed:\n%s", "".join(traceback.format_exception(exc)))
             yield ([] if shown_preview is not None else skip, skip, log_html([], message), "", skip)
             raise gr.Error(message, print_exception=False)
@@ -758,7 +758,7 @@ class StudioUI:
                 yield status
         if "error" in outcome:
             message = error_message(outcome["error"], f"Loading {name}")
-            if not _is_engine_error(outcome["error"]):
+            if not isinstance(outcome["error"], EngineError):
                 log.error("loading %s failed:\n%s", name, "".join(traceback.format_exception(outcome["error"])))
             yield f'<div class="studio-error">{html.escape(message)}</div>'
             raise gr.Error(message, print_exception=False)
@@ -932,7 +932,8 @@ class StudioUI:
         (prompt, negative_prompt, steps, cfg_scale, seed, sampler, denoising_strength) plus
         ``tile`` and ``overlap``."""
         try:
-            from core.upscaling import open_image, postprocess_infotext, upscale_image
+            from core.upscaling import open_image
+            from core.upscaling.extras import ExtrasJob
         except ImportError as exc:
             raise gr.Error(f"Super-resolution is not available: {exc}", print_exception=False) from None
         if not upscaler:
@@ -940,6 +941,8 @@ class StudioUI:
         by_size = resize_mode == "Scale to"
         size = (int(width or 0), int(height or 0)) if by_size else None
         factor = None if by_size else float(scale or 0)
+        job = ExtrasJob(upscaler=upscaler, scale=factor, size=size, tile=self.settings["ESRGAN_tile"],
+                        overlap=self.settings["ESRGAN_tile_overlap"])
         if mode == "Batch from folder":
             self._check_allowed_dir(input_dir, "input folder")
             if output_dir:
@@ -974,9 +977,14 @@ class StudioUI:
                                  "image": None if saved else result,
                                  "size": f"{picture.width}x{picture.height} → {result.width}x{result.height}"})
                     continue
-                result = upscale_image(picture, upscaler, scale=factor, size=size, models_root=self.models_root(),
-                                       device=str(getattr(self.engine, "device", "cpu")))
-                text = postprocess_infotext(upscaler, scale=factor, size=size, source=original)
+
+                def on_tile(done: int, total: int, number=number, name=source.name) -> None:
+                    if progress is not None:
+                        progress((number + done / max(total, 1)) / len(sources),
+                                 f"{name} ({number + 1}/{len(sources)}): tile {done}/{total}")
+
+                upscaled = self.engine.extras(picture, job, progress=on_tile, source_infotext=original)
+                result, text = upscaled.image, upscaled.infotext
                 saved = self._save_or_say_why(
                     lambda: save_image(result, out_dir, name=source.stem, fmt=self.settings["image_format"],
                                        infotext=text, quality=self.settings["jpeg_quality"])

@@ -268,7 +268,7 @@ def measure_sdxl_txt2img(shapes_file: str, size: int, steps: int, dtype_name: st
     from core.models.detection import detect
     from core.params import GenerationParams
     from core.pipelines.common import decode_latents, to_pil
-    from core.pipelines.txt2img import sample_latents
+    from core.pipelines.sampling_run import sample_latents
     from core.text.tokenizer import load_clip_tokenizer
 
     torch.set_grad_enabled(False)

@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from core.errors import EngineError
+from core.errors import UNAVAILABLE, EngineError
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -18,11 +18,11 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
-        raise EngineError(f"device: unknown device {name!r} (use auto, cpu, cuda or mps)")
+        raise EngineError(f"unknown device {name!r} (use auto, cpu, cuda or mps)", "device")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise EngineError("device: cuda was asked for, but torch sees no CUDA GPU")
+        raise EngineError("cuda was asked for, but torch sees no CUDA GPU", "device", UNAVAILABLE)
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise EngineError("device: mps was asked for, but it is not available")
+        raise EngineError("mps was asked for, but it is not available", "device", UNAVAILABLE)
     return torch.device(name)
 
 
@@ -32,7 +32,7 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         return torch.float32 if device.type == "cpu" else torch.float16
     if precision not in PRECISIONS:
-        raise EngineError(f"precision: unknown precision {precision!r} (use auto, fp32, fp16 or bf16)")
+        raise EngineError(f"unknown precision {precision!r} (use auto, fp32, fp16 or bf16)", "precision")
     return PRECISIONS[precision]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
-from core.errors import EngineError
+from core.errors import UNAVAILABLE, EngineError
 
 # The default offered on first run when models/Stable-diffusion is empty; both are settings.
 DEFAULT_MODEL_URL = "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/v1-5-pruned-emaonly.safetensors"
@@ -63,9 +63,9 @@ def download(
     """Download ``url`` to ``target``, resuming a ``target.part`` left by an earlier attempt."""
     target = Path(target)
     if urlparse(url).scheme not in ("http", "https"):
-        raise EngineError(f"download: only http(s) URLs are supported, got {url!r}")
+        raise EngineError(f"only http(s) URLs are supported, got {url!r}", "download")
     if target.exists():
-        raise EngineError(f"download: {target.name} already exists; not overwriting it")
+        raise EngineError(f"{target.name} already exists; not overwriting it", "download")
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
     start = part.stat().st_size if part.exists() else 0
@@ -76,9 +76,9 @@ def download(
         if e.code == 416 and start:  # the part is already complete
             response = None
         else:
-            raise EngineError(f"download: {url}: HTTP {e.code} {e.reason}") from None
+            raise EngineError(f"{url}: HTTP {e.code} {e.reason}", "download", UNAVAILABLE) from None
     except (urllib.error.URLError, OSError) as e:
-        raise EngineError(f"download: {url}: cannot connect ({getattr(e, 'reason', e)})") from None
+        raise EngineError(f"{url}: cannot connect ({getattr(e, 'reason', e)})", "download", UNAVAILABLE) from None
     if response is not None:
         with response:
             if start and response.status != 206:
@@ -96,16 +96,16 @@ def download(
                     f.flush()
                     os.fsync(f.fileno())
             except (OSError, ConnectionError) as e:
-                raise EngineError(f"download: interrupted after {done} bytes ({e}); run it again to resume") from None
+                raise EngineError(f"interrupted after {done} bytes ({e}); run it again to resume", "download", UNAVAILABLE) from None
             if total is not None and done < total:
-                raise EngineError(f"download: interrupted after {done} of {total} bytes; run it again to resume")
+                raise EngineError(f"interrupted after {done} of {total} bytes; run it again to resume", "download", UNAVAILABLE)
     if sha256:
         actual = _sha256(part)
         if actual.lower() != sha256.lower():
             part.unlink()
             raise EngineError(
-                f"download: {target.name}: checksum mismatch (expected {sha256[:12]}..., got {actual[:12]}...); "
-                "the partial file was deleted"
+                f"{target.name}: checksum mismatch (expected {sha256[:12]}..., got {actual[:12]}...); "
+                "the partial file was deleted", "download"
             )
     os.replace(part, target)
     return target

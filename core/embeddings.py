@@ -35,9 +35,9 @@ def read_embedding_vectors(path: Path, key: str = "clip_l") -> torch.Tensor:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any failure is the file's fault: report it by name
-            raise EngineError(f"{path.name}: cannot read embedding ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+            raise EngineError(f"cannot read embedding ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})", label=path.name) from None
     if not isinstance(data, dict):
-        raise EngineError(f"{path.name}: not an embedding file")
+        raise EngineError("not an embedding file", label=path.name)
     if isinstance(data.get("string_to_param"), dict):
         tensors = list(data["string_to_param"].values())
     elif "emb_params" in data:
@@ -47,7 +47,7 @@ def read_embedding_vectors(path: Path, key: str = "clip_l") -> torch.Tensor:
     else:
         tensors = [v for v in data.values() if isinstance(v, torch.Tensor)]
     if len(tensors) != 1 or not isinstance(tensors[0], torch.Tensor):
-        raise EngineError(f"{path.name}: not an embedding file (no single vector table found)")
+        raise EngineError("not an embedding file (no single vector table found)", label=path.name)
     vectors = tensors[0].detach().float()
     return vectors[None] if vectors.ndim == 1 else vectors
 

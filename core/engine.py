@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from core.devices import resolve_device, resolve_dtype
-from core.errors import EngineError
+from core.errors import NOT_FOUND, TOO_LARGE, UNAVAILABLE, EngineError
 from core.hashing import HashCache
 from core.conditioning import make_conditioner
 from core.demo import DEMO_CHECKPOINT, is_demo, with_demo
@@ -33,7 +33,8 @@ from core.pipelines.common import resolve_seed, to_pil
 from core.pipelines.hires import hires_fields, hires_fix
 from core.pipelines.img2img import img2img, prepare_input
 from core.pipelines.masking import flatten, open_image
-from core.pipelines.txt2img import Refiner, txt2img
+from core.pipelines.sampling_run import Refiner
+from core.pipelines.txt2img import txt2img
 from core.prompts.parser import extract_extra_networks
 from core.text.tokenizer import load_clip_tokenizer
 
@@ -190,7 +191,7 @@ class Engine:
             matches = [n for n in self.list_checkpoints()
                        if Path(n).stem == candidate.stem or n in (name, candidate.as_posix())]
             if not matches:
-                raise EngineError(f"{field}: {name!r} not found in {self.ckpt_dir}")
+                raise EngineError(f"{name!r} not found in {self.ckpt_dir}", field, NOT_FOUND)
             if is_demo(matches[0]) and not (self.ckpt_dir / matches[0]).exists():
                 return self.demo_checkpoint
             path = name_in_folder(self.ckpt_dir, matches[0], field, "checkpoint folder")
@@ -244,7 +245,7 @@ class Engine:
             return self.load(str(self.loaded.path), allow_paths=True)
         names = self.list_checkpoints()
         if not names:
-            raise EngineError(f"no checkpoint: put a model in {self.ckpt_dir}")
+            raise EngineError(f"no checkpoint: put a model in {self.ckpt_dir}", kind=UNAVAILABLE)
         return self.load(names[0])
 
     def model_overrides(self) -> tuple[str, bool | None]:
@@ -294,11 +295,11 @@ class Engine:
         model = load_model(path, device="cpu" if self.refiner_offload else self.device, dtype=self.dtype)
         spec = model.spec
         if spec.is_upscaler or model.unet.config.in_channels != model.vae.config.embed_dim:
-            raise EngineError(f"refiner_checkpoint: {path.name} is {spec.label} ({'an upscaler' if spec.is_upscaler else 'an inpainting model'}); "
-                              "a refiner must be a plain text-to-image checkpoint")
+            raise EngineError(f"{path.name} is {spec.label} ({'an upscaler' if spec.is_upscaler else 'an inpainting model'}); "
+                              "a refiner must be a plain text-to-image checkpoint", "refiner_checkpoint")
         if self.loaded is not None and model.vae.config.embed_dim != self.loaded.model.vae.config.embed_dim:
-            raise EngineError(f"refiner_checkpoint: {path.name} ({spec.label}) works in another latent space than "
-                              f"{self.loaded.name} ({self.loaded.model.spec.label})")
+            raise EngineError(f"{path.name} ({spec.label}) works in another latent space than "
+                              f"{self.loaded.name} ({self.loaded.model.spec.label})", "refiner_checkpoint")
         self.refiner = LoadedModel(path=path, name=_model_name(path), model=model, embeddings=self._embeddings(model))
         return self.refiner
 
@@ -422,14 +423,14 @@ class Engine:
 
         image = flatten(open_image(image, "image"))
         if params.refiner_checkpoint and params.refiner_checkpoint != "None":
-            raise EngineError("refiner_checkpoint: SD upscale takes no refiner (txt2img and img2img do)")
+            raise EngineError("SD upscale takes no refiner (txt2img and img2img do)", "refiner_checkpoint")
         if not 1 <= scale <= 8:
-            raise EngineError(f"scale: must be between 1 and 8, got {scale}")
+            raise EngineError(f"must be between 1 and 8, got {scale}", "scale")
         # The enlarged picture is held whole (then redrawn in tiles): the same limit as width/height.
         large = (round(image.width * scale), round(image.height * scale))
         if max(large) > MAX_SIZE:
-            raise EngineError(f"scale: {image.width}x{image.height} times {scale} is {large[0]}x{large[1]}, "
-                              f"over the limit of {MAX_SIZE}x{MAX_SIZE}")
+            raise EngineError(f"{image.width}x{image.height} times {scale} is {large[0]}x{large[1]}, "
+                              f"over the limit of {MAX_SIZE}x{MAX_SIZE}", "scale", TOO_LARGE)
 
         def make(loaded, conditioner, seeds, subseeds, on_step):
             return [sd_upscale(loaded.model, conditioner, params, image, seed, self.upscale_pixels, upscaler, scale, overlap, on_step)
@@ -437,6 +438,16 @@ class Engine:
 
         fields = {"Denoising strength": params.denoising_strength, "SD upscale overlap": overlap, "SD upscale upscaler": upscaler}
         return self._run(params, make, "img2img", fields, progress, save, False)
+
+    def extras(self, image, job, progress: Callable[[int, int], None] | None = None,
+               source_infotext: str | None = None):
+        """One picture through an upscale job (core.upscaling.extras.ExtrasJob) on this engine's
+        device, with its upscaler model cache (a second job with the same model does not load it
+        again). ``progress(done, total)`` hears every tile and may raise to stop the job."""
+        from core.upscaling.extras import run_extras
+
+        return run_extras(image, job, models_root=self.models_dir, device=self.device, cache=self.upscaler_cache,
+                          progress=progress, source_infotext=source_infotext)
 
     def upscale_pixels(self, image, upscaler: str, size: tuple[int, int]):
         """Pixel upscaling for hires fix and SD upscale, by resampler or upscaler model."""
@@ -456,7 +467,7 @@ class Engine:
         params = normalise_sampler(params)
         wants_refiner = bool(params.refiner_checkpoint) and params.refiner_checkpoint != "None"
         if wants_refiner and not refiner:
-            raise EngineError(f"refiner_checkpoint: {kind} jobs take no refiner")
+            raise EngineError(f"{kind} jobs take no refiner", "refiner_checkpoint", UNAVAILABLE)
         with self._lock:
             self.flags = JobFlags()
             loaded = self.job_model(params.checkpoint, allow_paths)
@@ -538,7 +549,7 @@ def check_prediction(value: str) -> str:
     if value in (None, ""):
         return "auto"
     if value not in PREDICTIONS:
-        raise EngineError(f"prediction: must be auto, eps or v, got {value!r}")
+        raise EngineError(f"must be auto, eps or v, got {value!r}", "prediction")
     return value
 
 

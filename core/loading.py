@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from core.errors import EngineError
+from core.errors import NOT_FOUND, EngineError
 from core.modelfiles import has_suffix, is_safetensors
 from core.models import diffusers_names
 from core.models.clip import FrozenOpenCLIPEmbedder
@@ -70,25 +70,25 @@ def read_safetensors_header(path: Path) -> tuple[dict, int]:
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise EngineError(f"{path.name}: not a safetensors file (only {size} bytes)")
+            raise EngineError(f"not a safetensors file (only {size} bytes)", label=path.name)
         (header_len,) = struct.unpack("<Q", head)
         if header_len > min(size - 8, MAX_SAFETENSORS_HEADER):
-            raise EngineError(f"{path.name}: corrupt or truncated safetensors file (header of {header_len} bytes in a {size}-byte file)")
+            raise EngineError(f"corrupt or truncated safetensors file (header of {header_len} bytes in a {size}-byte file)", label=path.name)
         try:
             header = json.loads(f.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            raise EngineError(f"{path.name}: corrupt safetensors file (header is not valid JSON)") from None
+            raise EngineError("corrupt safetensors file (header is not valid JSON)", label=path.name) from None
     if not isinstance(header, dict):
-        raise EngineError(f"{path.name}: corrupt safetensors file (header is not a table)")
+        raise EngineError("corrupt safetensors file (header is not a table)", label=path.name)
     data_size = size - 8 - header_len
     for key, info in header.items():
         if key == "__metadata__":
             if info is not None and not isinstance(info, dict):
-                raise EngineError(f"{path.name}: corrupt safetensors file (__metadata__ is not a table)")
+                raise EngineError("corrupt safetensors file (__metadata__ is not a table)", label=path.name)
             continue
         problem = _safetensors_entry_problem(info, data_size)
         if problem:
-            raise EngineError(f"{path.name}: corrupt safetensors file (tensor {key[:200]!r}: {problem})")
+            raise EngineError(f"corrupt safetensors file (tensor {key[:200]!r}: {problem})", label=path.name)
     return header, header_len
 
 
@@ -168,13 +168,13 @@ def read_pickle_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap_ok)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
-        raise EngineError(f"{path.name}: refused to load: the file holds objects other than tensors ({first})") from None
+        raise EngineError(f"refused to load: the file holds objects other than tensors ({first})", label=path.name) from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:
-        raise EngineError(f"{path.name}: cannot read checkpoint ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+        raise EngineError(f"cannot read checkpoint ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})", label=path.name) from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
-        raise EngineError(f"{path.name}: not a checkpoint (holds a {type(data).__name__}, not a table of tensors)")
+        raise EngineError(f"not a checkpoint (holds a {type(data).__name__}, not a table of tensors)", label=path.name)
     return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
 
 
@@ -188,7 +188,7 @@ def _read_diffusers_part(folder: Path, names: tuple[str, ...]) -> dict[str, torc
     for name in names:
         if (folder / name).is_file():
             return read_tensor_file(folder / name)[0]
-    raise EngineError(f"{folder}: no weights file ({' or '.join(names)})")
+    raise EngineError(f"no weights file ({' or '.join(names)})", label=str(folder))
 
 
 def _json(path: Path) -> dict:
@@ -300,13 +300,13 @@ def normalise_keys(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     path = Path(path)
     if not path.exists():
-        raise EngineError(f"{path}: no such file or folder")
+        raise EngineError("no such file or folder", kind=NOT_FOUND, label=str(path))
     if path.is_dir():
         if not (path / "model_index.json").is_file():
-            raise EngineError(f"{path}: a folder, but not a diffusers model (no model_index.json)")
+            raise EngineError("a folder, but not a diffusers model (no model_index.json)", label=str(path))
         tensors, metadata = read_diffusers_folder(path)
     elif not has_suffix(path, CHECKPOINT_SUFFIXES):
-        raise EngineError(f"{path.name}: unsupported file type {path.suffix!r} (use {', '.join(CHECKPOINT_SUFFIXES)})")
+        raise EngineError(f"unsupported file type {path.suffix!r} (use {', '.join(CHECKPOINT_SUFFIXES)})", label=path.name)
     else:
         tensors, metadata = read_tensor_file(path)
         kind = _prediction_name(metadata.get("modelspec.prediction_type", ""))
@@ -405,14 +405,14 @@ def build_model(
     state = {}
     for key, value in wanted:
         if tuple(value.shape) != tuple(expected[key].shape):
-            raise EngineError(f"{name}: {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}")
+            raise EngineError(f"{key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}", label=name)
         state[key] = value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
         if progress is not None:
             done += value.numel() * value.element_size()
             progress(min(1.0, done / total))
     missing = [k for k in expected if k not in state and not k.endswith("position_ids")]
     if missing:
-        raise EngineError(f"{name}: incomplete checkpoint, {len(missing)} weights missing (first: {missing[0]})")
+        raise EngineError(f"incomplete checkpoint, {len(missing)} weights missing (first: {missing[0]})", label=name)
     model.load_state_dict(state, strict=False, assign=True)
     # Buffers that are not in the file (position ids, schedule) are rebuilt on the target device.
     for encoder in model.text_encoders:
@@ -436,13 +436,13 @@ def _read_with_spec(
     if prediction not in (None, "", "auto"):
         kind = _prediction_name(prediction)
         if kind is None:
-            raise EngineError(f"prediction: must be auto, eps or v, got {prediction!r}")
+            raise EngineError(f"must be auto, eps or v, got {prediction!r}", "prediction")
         metadata["prediction"], metadata["prediction_source"] = kind, "override"
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     try:
         spec = detect(shapes, metadata)
     except EngineError as e:
-        raise EngineError(f"{path.name}: {e}") from None
+        raise EngineError(str(e), kind=e.kind, label=path.name) from None
     if zero_terminal_snr is None:
         zero_terminal_snr = metadata.get("zero_terminal_snr") == "1"
     if zero_terminal_snr:

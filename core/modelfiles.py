@@ -13,7 +13,7 @@ import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Iterator
 
-from core.errors import EngineError
+from core.errors import NOT_FOUND, EngineError
 
 
 def has_suffix(path: str | os.PathLike, suffixes: tuple[str, ...] | set[str] | frozenset[str]) -> bool:
@@ -61,7 +61,7 @@ def name_in_folder(folder: str | os.PathLike, name: str, field: str, folder_labe
     text = str(name)
     windows = PureWindowsPath(text)  # splits at "/" and "\": "..\\x" is refused on every system
     if "\0" in text or PurePosixPath(text).is_absolute() or windows.drive or windows.root or ".." in windows.parts:
-        raise EngineError(f"{field}: {text!r} is outside the {folder_label}")
+        raise EngineError(f"{text!r} is outside the {folder_label}", field, NOT_FOUND)
     return Path(os.path.abspath(folder)) / PurePosixPath(text)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.errors import EngineError
+from core.errors import TOO_LARGE, EngineError
 
 MAX_SIZE = 8192
 MAX_STEPS = 500
@@ -22,7 +22,7 @@ def check_prompt_length(name: str, text, limit: int = MAX_PROMPT_BYTES) -> None:
     if isinstance(text, str) and len(text) > limit // 4:  # a character is 4 bytes at most
         size = len(text.encode("utf-8", "surrogatepass"))
         if size > limit:
-            raise EngineError(f"{name}: {size} bytes long, over the limit of {limit} bytes ({limit // 1024} KiB)")
+            raise EngineError(f"{size} bytes long, over the limit of {limit} bytes ({limit // 1024} KiB)", name, TOO_LARGE)
 
 
 @dataclass
@@ -79,8 +79,8 @@ class GenerationParams:
         from core.sampling.samplers import resolve_sampler_name
         from core.sampling.schedules import resolve_schedule_name
 
-        def bad(name: str, why: str):
-            raise EngineError(f"{name}: {why}")
+        def bad(name: str, why: str, kind: str = "invalid"):
+            raise EngineError(why, name, kind)
 
         for name in PROMPT_FIELDS:  # first: a huge prompt is refused before anything reads it
             value = getattr(self, name)
@@ -152,7 +152,7 @@ class GenerationParams:
             width, height = hires_size(self)
             source = "hr_resize_x" if self.hr_resize_x else "hr_resize_y" if self.hr_resize_y else "hr_scale"
             if max(width, height) > MAX_SIZE:
-                bad(source, f"the hires size {width}x{height} is over the limit of {MAX_SIZE}x{MAX_SIZE}")
+                bad(source, f"the hires size {width}x{height} is over the limit of {MAX_SIZE}x{MAX_SIZE}", TOO_LARGE)
             self._check_batch_pixels("batch_size", width, height, " at the hires size")
             # Their own names in the error: "sampler: unknown" would point at the first pass.
             for name, resolve in (("hr_sampler_name", resolve_sampler_name), ("hr_scheduler", resolve_schedule_name)):
@@ -160,7 +160,7 @@ class GenerationParams:
                     try:
                         resolve(getattr(self, name))
                     except EngineError as e:
-                        bad(name, str(e).partition(": ")[2])
+                        raise e.renamed(name) from None
         if not isinstance(self.refiner_switch_at, (int, float)) or not 0 <= self.refiner_switch_at <= 1:
             bad("refiner_switch_at", f"must be between 0 and 1, got {self.refiner_switch_at!r}")
         if self.emphasis not in EMPHASIS_MODES:
@@ -169,5 +169,5 @@ class GenerationParams:
     def _check_batch_pixels(self, name: str, width: int, height: int, where: str = "") -> None:
         pixels = self.batch_size * width * height
         if pixels > MAX_BATCH_PIXELS:
-            raise EngineError(f"{name}: {self.batch_size} pictures of {width}x{height}{where} are {pixels} pixels, "
-                              f"over the limit of {MAX_BATCH_PIXELS} pixels per batch ({MAX_SIZE}x{MAX_SIZE})")
+            raise EngineError(f"{self.batch_size} pictures of {width}x{height}{where} are {pixels} pixels, "
+                              f"over the limit of {MAX_BATCH_PIXELS} pixels per batch ({MAX_SIZE}x{MAX_SIZE})", name, TOO_LARGE)

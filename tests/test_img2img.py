@@ -248,7 +248,7 @@ def test_txt2img_grey_latent_for_inpainting_checkpoints_survives_an_fp16_overflo
     """txt2img with an inpainting checkpoint encodes a grey picture: the same retry applies."""
     import torch
 
-    from core.pipelines.txt2img import blank_inpainting_conditioning
+    from core.pipelines.sampling_run import blank_inpainting_conditioning
 
     model = overflowing_fp16_model(tiny_sdxl)
     with torch.no_grad():

@@ -7,7 +7,7 @@ import tiny_models
 from core.loading import load_model
 from core.params import GenerationParams
 from core.pipelines.common import decode_latents
-from core.pipelines.txt2img import sample_latents
+from core.pipelines.sampling_run import sample_latents
 from core.sampling.schedules import DiscreteSchedule, automatic_sigmas
 from core.conditioning import TextConditioner
 from core.text.tokenizer import load_clip_tokenizer

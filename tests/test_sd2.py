@@ -15,7 +15,7 @@ from core.loading import load_model, looks_like_v_prediction, prediction_test_va
 from core.models.detection import SD2, SD2_INPAINT, X4_UPSCALER
 from core.models.stable_diffusion import linear_alphas_cumprod, rescale_zero_terminal_snr
 from core.params import GenerationParams
-from core.pipelines.txt2img import sample_latents
+from core.pipelines.sampling_run import sample_latents
 from core.text.tokenizer import load_clip_tokenizer
 
 PROMPT, NEGATIVE = "a red circle at the top left, masterpiece", "blurry, low quality"

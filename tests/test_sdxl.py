@@ -18,7 +18,7 @@ from core.loading import load_model
 from core.models.detection import SDXL, SDXL_REFINER
 from core.params import GenerationParams
 from core.pipelines.common import decode_latents
-from core.pipelines.txt2img import Refiner, sample_latents
+from core.pipelines.sampling_run import Refiner, sample_latents
 from core.sampling.schedules import DiscreteSchedule, automatic_sigmas
 from core.text.tokenizer import load_clip_tokenizer
 
@@ -209,7 +209,7 @@ def test_engine_generates_with_sdxl_files_and_folders(sdxl, tmp_path):
 def test_refiner_takes_over_at_the_switch_point(base, refiner):
     """Euler keeps no history, so a switched run equals the base model's first steps followed
     by the refiner's last steps, split where A1111's rule ((999 - t) / 1000 >= switch_at) says."""
-    from core.pipelines.txt2img import RefinerSwitch, sampler_and_sigmas
+    from core.pipelines.sampling_run import RefinerSwitch, sampler_and_sigmas
 
     second = load_model(refiner["safetensors"])
     tokenizer = load_clip_tokenizer()
@@ -308,7 +308,7 @@ def test_engine_refiner_takes_the_late_steps_and_is_recorded(refiner_engine):
             hook.remove()
     assert engine.refiner is cached  # kept between jobs, not loaded again
     # Euler, 6 steps: the same split as the pipeline's own test (A1111's (999 - t) / 1000 >= 0.5).
-    from core.pipelines.txt2img import RefinerSwitch, sampler_and_sigmas
+    from core.pipelines.sampling_run import RefinerSwitch, sampler_and_sigmas
 
     _, schedule, sigmas = sampler_and_sigmas(engine.loaded.model, plain, 6)
     probe = RefinerSwitch(None, None, 0.5, schedule, Refiner(None, None))
@@ -372,7 +372,7 @@ def test_engine_refiner_in_the_hires_second_pass(refiner_engine):
     assert result.image.size == (48, 48)
     # The first pass is the base model's alone; the second (img2img from the last
     # int(4 * 0.6) + 1 noise levels) switches where (999 - t) / 1000 reaches 0.8.
-    from core.pipelines.txt2img import RefinerSwitch, sampler_and_sigmas
+    from core.pipelines.sampling_run import RefinerSwitch, sampler_and_sigmas
 
     _, schedule, sigmas = sampler_and_sigmas(engine.loaded.model, params, 4)
     second = sigmas[len(sigmas) - int(0.6 * 4) - 2:]

@@ -128,22 +128,22 @@ def test_an_upscaling_job_stops_at_the_next_tile_after_its_client_leaves(serve, 
 
     from PIL import Image
 
-    import core.upscaling
+    import core.upscaling.extras
 
-    real = core.upscaling.upscale_image
+    real = core.upscaling.extras.run_extras
     tiles: list[float] = []
     pictures: list[float] = []
 
-    def slow_upscale(image, name, progress=None, **kwargs):
-        """Forty tiles of 50 ms each before the real (instant) upscale: a picture takes 2 s."""
+    def slow_upscale(image, job, progress=None, **kwargs):
+        """Forty tiles of 50 ms each before the real (instant) upscale job: a picture takes 2 s."""
         pictures.append(time.monotonic())
         for done in range(40):
             time.sleep(0.05)
             tiles.append(time.monotonic())
             progress(done + 1, 40)
-        return real(image, name, **kwargs)
+        return real(image, job, progress=progress, **kwargs)
 
-    monkeypatch.setattr(core.upscaling, "upscale_image", slow_upscale)
+    monkeypatch.setattr(core.upscaling.extras, "run_extras", slow_upscale)
     server = serve()
     buffer = io.BytesIO()
     Image.new("RGB", (16, 16), (200, 30, 30)).save(buffer, "PNG")
@@ -157,6 +157,6 @@ def test_an_upscaling_job_stops_at_the_next_tile_after_its_client_leaves(serve, 
     wait_for(lambda: progress(server)["job_count"] == 0, 10, "the worker to be idle")
     assert len(pictures) == 1, "no picture after the client left is started"
     assert tiles[-1] - closed < 1.5 and len(tiles) < 40, (len(tiles), tiles[-1] - closed)
-    monkeypatch.setattr(core.upscaling, "upscale_image", real)
+    monkeypatch.setattr(core.upscaling.extras, "run_extras", real)
     answer = server.post("/sdapi/v1/extra-batch-images", {**body, "imageList": body["imageList"][:2]})
     assert answer.status_code == 200 and len(answer.json()["images"]) == 2  # the next client is served

@@ -34,8 +34,8 @@ INFOTEXT = ("a castle on a hill, (sunset:1.2)\nNegative prompt: blurry, lowres\n
             "Hires steps: 5, Hires upscaler: Latent (bicubic)")
 
 
-class EngineError(Exception):
-    """Same name as core.errors.EngineError, which is how the page spots it."""
+# The engine's own error type (a tiny module, no torch): the page tells it apart by class.
+from core.errors import EngineError  # noqa: E402
 
 
 class FakeEngine:
@@ -50,9 +50,20 @@ class FakeEngine:
         self.calls: list[tuple] = []
         self.flags = types.SimpleNamespace(interrupted=False, skipped=False)
         self.interrupts = 0
+        from core.upscaling import ModelCache
+
+        self.upscaler_cache = ModelCache()
 
     def list_checkpoints(self):
         return ["sd15.safetensors", "sub/other.ckpt"]
+
+    def extras(self, image, job, progress=None, source_infotext=None):
+        """The engine's own upscale job (no checkpoint involved), recorded."""
+        from core.upscaling.extras import run_extras
+
+        self.calls.append(("extras", job, image, None, True))
+        return run_extras(image, job, models_root=self.ckpt_dir.parent, device="cpu", cache=self.upscaler_cache,
+                          progress=progress, source_infotext=source_infotext)
 
     def interrupt(self):
         self.interrupts += 1

@@ -25,7 +25,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from core.errors import EngineError
+from core.errors import UNAVAILABLE, EngineError
 from core.models.clip import CLIP, OPENCLIP, TextEncoderConfig
 from core.models.unet import UNetConfig
 from core.models.vae import VAEConfig
@@ -327,9 +327,9 @@ def detect_sd1(shapes: dict, metadata: dict) -> ModelSpec:
 def detect_openclip_family(shapes: dict, metadata: dict) -> ModelSpec:
     """SD 2.x (epsilon or v, inpainting) and the x4 upscaler: OpenCLIP ViT-H text tower."""
     if any(k.startswith("depth_model.") for k in shapes):
-        raise EngineError("SD 2.x depth-to-image checkpoints are recognised but not supported")
+        raise EngineError("SD 2.x depth-to-image checkpoints are recognised but not supported", kind=UNAVAILABLE)
     if any(k.startswith(("embedder.", "noise_augmentor.")) for k in shapes):
-        raise EngineError("SD 2.x unCLIP checkpoints are recognised but not supported")
+        raise EngineError("SD 2.x unCLIP checkpoints are recognised but not supported", kind=UNAVAILABLE)
     _require(shapes, [UNET + "input_blocks.0.0.weight", VAE + "encoder.conv_in.weight", OPENCLIP_TEXT + "token_embedding.weight"], "SD 2.x")
     # SD 2.x reads the penultimate layer through ln_final; diffusers' SD 2.x text encoders were
     # saved without that unused last layer, so their last layer is the one to read.
@@ -354,7 +354,7 @@ def detect_openclip_family(shapes: dict, metadata: dict) -> ModelSpec:
     if unet.in_channels == 9:
         family = SD2_INPAINT
     elif unet.in_channels == 5:
-        raise EngineError("SD 2.x depth-to-image checkpoints (5 input channels) are recognised but not supported")
+        raise EngineError("SD 2.x depth-to-image checkpoints (5 input channels) are recognised but not supported", kind=UNAVAILABLE)
     elif unet.in_channels != vae.embed_dim:
         raise EngineError(f"unknown SD 2.x variant: UNet takes {unet.in_channels} input channels")
     prediction, source = _prediction(metadata, "eps")

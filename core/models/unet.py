@@ -11,7 +11,7 @@ blocks), not code.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,6 @@ class UNetConfig:
     # 32-channel top level) needs fewer, or each channel is normalised alone and a flat
     # region's absolute value (its colour) cannot pass through.
     norm_groups: int = 32
-    extra: dict = field(default_factory=dict, compare=False)
 
     def heads_for(self, channels: int) -> tuple[int, int]:
         if self.head_dim is not None:

@@ -1,4 +1,4 @@
-"""Pieces every pipeline shares: seeds, initial noise, latents <-> pictures."""
+"""Pieces every pipeline shares: seeds, latents <-> pictures."""
 from __future__ import annotations
 
 import random
@@ -10,12 +10,6 @@ from PIL import Image
 
 def resolve_seed(seed: int) -> int:
     return random.randrange(2**32) if seed == -1 else seed
-
-
-def initial_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
-    """One noise tensor per seed, drawn on the CPU in float32, so that a seed makes the same
-    image on every device (A1111's default "GPU-independent" behaviour)."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
 
 
 def _coding_plan(vae, batch: int, pixels: int, device, tiled: bool | None) -> tuple[bool, bool]:

@@ -10,10 +10,10 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from core.errors import EngineError
+from core.errors import UNAVAILABLE, EngineError
 from core.params import GenerationParams
 from core.pipelines.common import decode_latents, to_pil
-from core.pipelines.txt2img import sample_latents
+from core.pipelines.sampling_run import sample_latents
 
 # A1111's latent upscale modes: name -> (interpolation, antialias)
 LATENT_UPSCALE_MODES = {
@@ -60,7 +60,7 @@ def upscale_latents(model, latents: torch.Tensor, params: GenerationParams, size
         mode, antialias = LATENT_UPSCALE_MODES[params.hr_upscaler]
         return F.interpolate(latents, size=(height // factor, width // factor), mode=mode, antialias=antialias)
     if upscale_pixels is None:
-        raise EngineError(f"hr_upscaler: {params.hr_upscaler!r} needs a pixel upscaler, none is available")
+        raise EngineError(f"{params.hr_upscaler!r} needs a pixel upscaler, none is available", "hr_upscaler", UNAVAILABLE)
     from core.pipelines.img2img import encode, to_tensor
 
     pictures = to_pil(decode_latents(model.vae, latents))
@@ -70,7 +70,7 @@ def upscale_latents(model, latents: torch.Tensor, params: GenerationParams, size
 
 def hires_fix(model, conditioner, params: GenerationParams, seeds, callback=None, subseeds=None, upscale_pixels=None,
               refiner=None):
-    """``refiner`` (core.pipelines.txt2img.Refiner) takes part in the second pass only, as in
+    """``refiner`` (core.pipelines.sampling_run.Refiner) takes part in the second pass only, as in
     A1111 with its default ``hires_fix_refiner_pass`` ("second pass"): it takes over at
     ``switch_at`` of that pass's noise levels, and its VAE decodes the result if it did."""
     first = sample_latents(model, conditioner, params, seeds, callback, subseeds)

@@ -1,7 +1,7 @@
 """Image to image and inpainting (outpainting is inpainting on a grown canvas).
 
 The picture is resized to the working size, encoded, noised to the level the denoising
-strength asks for and sampled from there (core/pipelines/txt2img.sample_latents). With a mask:
+strength asks for and sampled from there (core/pipelines/sampling_run.sample_latents). With a mask:
 regular checkpoints get the known latent blended back outside the mask at every step;
 inpainting checkpoints (9 input channels) get the mask and the masked picture's latent as
 extra channels. The result is pasted back through the blurred mask, so that pixels outside it
@@ -20,7 +20,7 @@ from core.conditioning import TextConditioner
 from core.params import GenerationParams
 from core.pipelines.common import decode_latents, encode_pixels, to_pil
 from core.pipelines.masking import composite, fill_masked, flatten, masked_region, prepare_mask, resize_image
-from core.pipelines.txt2img import image_noise, sample_latents
+from core.pipelines.sampling_run import image_noise, sample_latents
 
 
 @dataclass
@@ -113,7 +113,7 @@ def img2img_latents(
     model, conditioner: TextConditioner, params: GenerationParams, prepared: PreparedInput, seeds: list[int],
     callback=None, subseeds=None, refiner=None,
 ) -> torch.Tensor:
-    """``refiner`` (pipelines.txt2img.Refiner): a second checkpoint takes the late steps, with
+    """``refiner`` (pipelines.sampling_run.Refiner): a second checkpoint takes the late steps, with
     the same latent blending; an inpainting checkpoint's extra channels stay with the first."""
     n = len(seeds)
     init_latent = prepared.init_latent.expand(n, -1, -1, -1)

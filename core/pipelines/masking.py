@@ -9,20 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-from core.errors import EngineError
+from core.errors import NOT_FOUND, EngineError
 
 # A1111's resize modes, by index and by name.
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
 # A1111's "masked content" options (inpainting_fill).
 FILL_MODES = ("fill", "original", "latent noise", "latent nothing")
-
-
-def resize_mode_index(mode: int | str) -> int:
-    if isinstance(mode, int) and 0 <= mode < len(RESIZE_MODES):
-        return mode
-    if isinstance(mode, str) and mode in RESIZE_MODES:
-        return RESIZE_MODES.index(mode)
-    raise EngineError(f"resize_mode: unknown {mode!r} (use 0-3 or one of {', '.join(RESIZE_MODES)})")
 
 
 def resize_image(image: Image.Image, width: int, height: int, mode: int = 0, resample=Image.LANCZOS) -> Image.Image:
@@ -61,9 +53,9 @@ def open_image(source, field: str = "image") -> Image.Image:
             image.load()
             return image
     except FileNotFoundError:
-        raise EngineError(f"{field}: {source}: no such file") from None
+        raise EngineError(f"{source}: no such file", field, NOT_FOUND) from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise EngineError(f"{field}: {source}: not a readable image ({type(e).__name__})") from None
+        raise EngineError(f"{source}: not a readable image ({type(e).__name__})", field=field) from None
 
 
 def flatten(image: Image.Image) -> Image.Image:
@@ -155,9 +147,9 @@ def outpaint_canvas(image: Image.Image, pixels: int, directions: tuple[str, ...]
     known = {"left", "right", "up", "down"}
     bad = [d for d in directions if d not in known]
     if bad or not directions:
-        raise EngineError(f"outpaint directions: use some of {', '.join(sorted(known))}, got {list(directions)}")
+        raise EngineError(f"use some of {', '.join(sorted(known))}, got {list(directions)}", "outpaint directions")
     if pixels <= 0:
-        raise EngineError(f"outpaint pixels: must be positive, got {pixels}")
+        raise EngineError(f"must be positive, got {pixels}", "outpaint pixels")
     pixels = -(-pixels // 8) * 8
     left, right = (pixels if "left" in directions else 0), (pixels if "right" in directions else 0)
     up, down = (pixels if "up" in directions else 0), (pixels if "down" in directions else 0)

@@ -92,11 +92,11 @@ def x4_latents(
         raise EngineError(f"{spec.label} checkpoint: not the x4 upscaler")
     max_level = spec.low_scale[2]
     if not 0 <= int(noise_level) <= max_level:
-        raise EngineError(f"noise_level: must be between 0 and {max_level}, got {noise_level!r}")
+        raise EngineError(f"must be between 0 and {max_level}, got {noise_level!r}", "noise_level")
     b, _, h, w = low_res.shape
     seeds = list(seeds) if seeds is not None else [0] * b
     if len(seeds) != b:
-        raise EngineError(f"seeds: {len(seeds)} given for {b} pictures")
+        raise EngineError(f"{len(seeds)} given for {b} pictures", "seeds")
     chosen, schedule, sigmas = _sampler(model, sampler, scheduler, steps)
     device, dtype = sigmas.device, sigmas.dtype
     if noise is None:

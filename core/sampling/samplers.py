@@ -45,7 +45,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from core.errors import EngineError
+from core.errors import NOT_FOUND, EngineError
 from core.sampling import schedules
 
 Callback = Callable[[int, float, torch.Tensor, torch.Tensor], None] | None
@@ -695,4 +695,4 @@ def resolve_sampler_name(name: str) -> tuple[str, str]:
         suffix = " " + spelling
         if label != schedules.AUTOMATIC and key.endswith(suffix) and key[: -len(suffix)] in _SAMPLER_KEYS:
             return _SAMPLER_KEYS[key[: -len(suffix)]], label
-    raise EngineError(f"sampler: unknown {name!r} (known: {', '.join(SAMPLERS)})")
+    raise EngineError(f"unknown {name!r} (known: {', '.join(SAMPLERS)})", "sampler", NOT_FOUND)

@@ -31,7 +31,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from core.errors import EngineError
+from core.errors import NOT_FOUND, EngineError
 
 
 class DiscreteSchedule:
@@ -296,7 +296,8 @@ def resolve_schedule_name(name: str | None) -> str:
         return AUTOMATIC
     label = SCHEDULE_SPELLINGS.get(" ".join(str(name).split()).lower())
     if label is None:
-        raise EngineError(f"schedule type: unknown {name!r} (known: {', '.join([AUTOMATIC, *SCHEDULES])})")
+        raise EngineError(f"unknown {name!r} (known: {', '.join([AUTOMATIC, *SCHEDULES])})", "scheduler", NOT_FOUND,
+                          label="schedule type")
     return label
 
 

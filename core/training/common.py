@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -151,15 +150,6 @@ class Clock:
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
-
-
-def main_guard(fn):
-    """Run ``fn`` as a command; Ctrl-C stops with the last checkpoint intact."""
-    try:
-        fn()
-    except KeyboardInterrupt:
-        print("interrupted; resume with the same command", file=sys.stderr)
-        sys.exit(130)
 
 
 def _stop_on_signals() -> None:

@@ -8,7 +8,7 @@ import torch
 from core.conditioning import TextConditioner
 from core.params import GenerationParams
 from core.pipelines.common import decode_latents
-from core.pipelines.txt2img import sampler_and_sigmas
+from core.pipelines.sampling_run import sampler_and_sigmas
 from core.sampling.denoiser import DiscreteDenoiser
 from core.text.tokenizer import load_clip_tokenizer
 

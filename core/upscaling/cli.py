@@ -72,38 +72,36 @@ def _file_label(path: Path) -> str:
 def run_upscale(args) -> list[Path]:
     from core.devices import PRECISIONS, resolve_device
     from core.images import save_png
-    from core.upscaling.registry import DEFAULT_MODELS_ROOT, ModelCache, find_upscaler, load_upscaler
-    from core.upscaling.upscale import open_image, postprocess_infotext, target_size
+    from core.upscaling.extras import ExtrasJob, run_extras
+    from core.upscaling.registry import DEFAULT_MODELS_ROOT, ModelCache, load_upscaler
+    from core.upscaling.upscale import open_image
 
     if args.scale is not None and (args.width or args.height):
         raise EngineError("give --scale or --width/--height, not both")
     if args.tile < 0 or args.tile_overlap < 0:
         raise EngineError("--tile and --tile-overlap must not be negative")
     by_size = bool(args.width or args.height)
-    scale = None if by_size else (2.0 if args.scale is None else args.scale)
+    x4_changes = {name: getattr(args, name) for name in X4_OPTIONS if getattr(args, name, None) is not None}
+    job = ExtrasJob(upscaler=args.upscaler, scale=None if by_size else (2.0 if args.scale is None else args.scale),
+                    size=(args.width, args.height) if by_size else None, tile=args.tile, overlap=args.tile_overlap,
+                    x4=x4_changes)
     models_root = Path(args.models_dir) if args.models_dir else DEFAULT_MODELS_ROOT
     device = resolve_device(args.device)
     dtype = None if args.precision == "auto" else PRECISIONS[args.precision]
 
     inputs = _inputs(args)
-    info = find_upscaler(args.upscaler, models_root)  # a bad name fails before any work
-    x4_changes = {name: getattr(args, name) for name in X4_OPTIONS if getattr(args, name, None) is not None}
+    info = job.upscalers(models_root)[0]  # a bad name fails before any work
     if x4_changes and info.kind != "x4":
         given = ", ".join("--" + name.replace("_", "-") for name in x4_changes)
         raise EngineError(f"{given}: only for the x4 upscaler, not {info.name}")
-    cache = ModelCache()
-    upscaler = load_upscaler(info, device, dtype, cache)
-    extra = {"settings": upscaler.with_settings(**x4_changes)} if x4_changes else {}
+    cache = ModelCache()  # the model is loaded once for all the pictures, and a broken one fails before any
+    load_upscaler(info, device, dtype, cache)
     written: list[Path] = []
     failures = 0
     for path in inputs:
         try:
-            image = open_image(path)
-            size, identity = target_size(image.size, scale, (args.width, args.height) if by_size else None)
-            result = upscaler.upscale(image, size, tile=args.tile, overlap=args.tile_overlap, identity=identity, **extra)
-            source = image.info.get("parameters") if isinstance(image.info.get("parameters"), str) else None
-            infotext = postprocess_infotext(info.name, scale=scale, size=size if by_size else None, source=source)
-            saved = save_png(result, args.out, _file_label(path), infotext)
+            result = run_extras(open_image(path), job, models_root=models_root, device=device, dtype=dtype, cache=cache)
+            saved = save_png(result.image, args.out, _file_label(path), result.infotext)
         except EngineError as e:
             if len(inputs) == 1:
                 raise

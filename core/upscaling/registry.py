@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Protocol, runtime_checkable
 import torch
 from PIL import Image
 
-from core.errors import EngineError
+from core.errors import NOT_FOUND, EngineError
 from core.modelfiles import listed_name, name_in_folder
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -145,7 +145,7 @@ def find_upscaler(name: str, models_root: str | os.PathLike = DEFAULT_MODELS_ROO
     """A name from :func:`list_upscalers` (exactly, else case-insensitively), or a path to a
     model file inside ``models_root`` (relative to it, or absolute)."""
     if not isinstance(name, str) or not name.strip():
-        raise EngineError("upscaler: no upscaler name given")
+        raise EngineError("no upscaler name given", "upscaler")
     root = Path(models_root)
     available = list_upscalers(root)
     for info in available:
@@ -158,7 +158,7 @@ def find_upscaler(name: str, models_root: str | os.PathLike = DEFAULT_MODELS_ROO
         return _info_for_path(name, root)
     names = [info.name for info in available]
     shown = ", ".join(names[:30]) + (f", and {len(names) - 30} more" if len(names) > 30 else "")
-    raise EngineError(f"upscaler: unknown upscaler {name!r} (known: {shown})")
+    raise EngineError(f"unknown upscaler {name!r} (known: {shown})", "upscaler", NOT_FOUND)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -170,15 +170,15 @@ def _info_for_path(name: str, root: Path) -> UpscalerInfo:
     if candidate.is_absolute():  # an absolute path names a file inside the folder, as written
         relative = listed_name(os.path.normpath(candidate), root)
         if relative is None:
-            raise EngineError(f"upscaler: {name!r} is outside the models folder {root}")
+            raise EngineError(f"{name!r} is outside the models folder {root}", "upscaler", NOT_FOUND)
         name = relative
     path = name_in_folder(root, name, "upscaler", f"models folder {root}")
     if not path.is_file():
-        raise EngineError(f"upscaler: {name!r}: no such model file in {root}")
+        raise EngineError(f"{name!r}: no such model file in {root}", "upscaler", NOT_FOUND)
     for kind in kinds():
         if kind.claims(path):
             return UpscalerInfo(path.stem, path, kind.name)
-    raise EngineError(f"upscaler: {path.name}: not an upscaler model file (no upscaler kind reads {path.suffix or 'it'})")
+    raise EngineError(f"{path.name}: not an upscaler model file (no upscaler kind reads {path.suffix or 'it'})", "upscaler")
 
 
 class ModelCache:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.errors import EngineError
+from core.errors import NOT_FOUND, EngineError
 from core.modelfiles import is_safetensors, walk
 from core.upscaling.passes import upscale_in_passes
 from core.upscaling.registry import ProgressFn, UpscalerInfo, scan_folders
@@ -64,21 +64,21 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             data = load_file(str(path), device="cpu")
         except Exception as e:  # SafetensorError, OSError, ...
-            raise EngineError(f"{path.name}: not a readable .safetensors file ({_first_line(e)})") from None
+            raise EngineError(f"not a readable .safetensors file ({_first_line(e)})", label=path.name) from None
     else:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
             raise EngineError(_unpickling_message(path, e)) from None
         except Exception as e:  # RuntimeError (bad zip), EOFError, ValueError, OSError ...
-            raise EngineError(f"{path.name}: not a model file torch can read ({_first_line(e)})") from None
+            raise EngineError(f"not a model file torch can read ({_first_line(e)})", label=path.name) from None
     if not isinstance(data, dict):
-        raise EngineError(f"{path.name}: not an upscaler model (the file holds a {type(data).__name__}, not weights)")
+        raise EngineError(f"not an upscaler model (the file holds a {type(data).__name__}, not weights)", label=path.name)
     spandrel = import_spandrel()
     data = spandrel.canonicalize_state_dict(data)
     tensors = {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not tensors:
-        raise EngineError(f"{path.name}: not an upscaler model (no weights in the file)")
+        raise EngineError("not an upscaler model (no weights in the file)", label=path.name)
     return tensors
 
 
@@ -88,16 +88,16 @@ def describe(path: Path, state_dict: dict[str, torch.Tensor]):
     try:
         descriptor = spandrel.ModelLoader(device="cpu").load_from_state_dict(state_dict)
     except spandrel.UnsupportedModelError:
-        raise EngineError(f"{path.name}: not an upscaler model spandrel understands (unknown architecture)") from None
+        raise EngineError("not an upscaler model spandrel understands (unknown architecture)", label=path.name) from None
     except EngineError:
         raise
     except Exception as e:  # a known key pattern with inconsistent shapes, ...
-        raise EngineError(f"{path.name}: not an upscaler model spandrel can build ({type(e).__name__}: {_first_line(e)})") from None
+        raise EngineError(f"not an upscaler model spandrel can build ({type(e).__name__}: {_first_line(e)})", label=path.name) from None
     arch = descriptor.architecture.name
     if not isinstance(descriptor, spandrel.ImageModelDescriptor):
-        raise EngineError(f"{path.name}: a {arch} model for {descriptor.purpose}, not an upscaler")
+        raise EngineError(f"a {arch} model for {descriptor.purpose}, not an upscaler", label=path.name)
     if descriptor.purpose == "FaceSR":
-        raise EngineError(f"{path.name}: a {arch} face restoration model, not an upscaler")
+        raise EngineError(f"a {arch} face restoration model, not an upscaler", label=path.name)
     if descriptor.input_channels not in (1, 3) or descriptor.output_channels != descriptor.input_channels:
         raise EngineError(
             f"{path.name}: a {arch} model with {descriptor.input_channels} input and "
@@ -214,7 +214,7 @@ class SpandrelKind:
 
     def load(self, info: UpscalerInfo, device: torch.device, dtype: torch.dtype | None) -> SpandrelUpscaler:
         if info.path is None or not Path(info.path).is_file():
-            raise EngineError(f"upscaler {info.name}: model file {info.path} not found")
+            raise EngineError(f"model file {info.path} not found", kind=NOT_FOUND, label=f"upscaler {info.name}")
         state_dict = read_state_dict(info.path)
         descriptor = describe(info.path, state_dict)
         chosen = choose_dtype(descriptor, device, dtype)

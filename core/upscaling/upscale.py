@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageOps
 
-from core.errors import EngineError
+from core.errors import NOT_FOUND, TOO_LARGE, EngineError
 from core.params import MAX_SIZE
 from core.upscaling.registry import (
     DEFAULT_MODELS_ROOT,
@@ -39,16 +39,16 @@ def target_size(
     given as ``None`` or 0 follows the aspect ratio of the image."""
     width, height = image_size
     if scale is not None and size is not None:
-        raise EngineError("upscale: give a scale or a target size, not both")
+        raise EngineError("give a scale or a target size, not both", "upscale")
     if scale is None and size is None:
-        raise EngineError("upscale: give a scale or a target size")
+        raise EngineError("give a scale or a target size", "upscale")
     if scale is not None:
         try:
             scale = float(scale)
         except (TypeError, ValueError):
-            raise EngineError(f"upscale: scale {scale!r} is not a number") from None
+            raise EngineError(f"scale {scale!r} is not a number", "upscale") from None
         if not math.isfinite(scale) or scale <= 0:
-            raise EngineError(f"upscale: scale must be a positive number (got {scale})")
+            raise EngineError(f"scale must be a positive number (got {scale})", "upscale")
         out = (max(1, round(width * scale)), max(1, round(height * scale)))
         identity = scale == 1
     else:
@@ -57,9 +57,9 @@ def target_size(
             want_w = int(want_w or 0)
             want_h = int(want_h or 0)
         except (TypeError, ValueError):
-            raise EngineError(f"upscale: target size {size!r} is not (width, height)") from None
+            raise EngineError(f"target size {size!r} is not (width, height)", "upscale") from None
         if want_w < 0 or want_h < 0 or (want_w == 0 and want_h == 0):
-            raise EngineError(f"upscale: target size {size!r} needs a positive width or height")
+            raise EngineError(f"target size {size!r} needs a positive width or height", "upscale")
         if want_w == 0:
             want_w = max(1, round(width * want_h / height))
         if want_h == 0:
@@ -67,8 +67,8 @@ def target_size(
         out = (want_w, want_h)
         identity = out == (width, height)
     if out[0] * out[1] > MAX_RESULT_PIXELS:
-        raise EngineError(f"upscale: {out[0]}x{out[1]} is over the limit of {MAX_RESULT_PIXELS} pixels "
-                          f"({MAX_SIZE}x{MAX_SIZE})")
+        raise EngineError(f"{out[0]}x{out[1]} is over the limit of {MAX_RESULT_PIXELS} pixels ({MAX_SIZE}x{MAX_SIZE})",
+                          "upscale", TOO_LARGE)
     return out, identity
 
 
@@ -91,9 +91,9 @@ def upscale_image(
     ``models_root``). Models run tiled (``tile`` input pixels, ``overlap`` between tiles; 0 for
     no tiling). Raises EngineError with a one-line message for anything the user can fix."""
     if not isinstance(image, Image.Image):
-        raise EngineError(f"upscale: the input is not an image (got {type(image).__name__})")
+        raise EngineError(f"the input is not an image (got {type(image).__name__})", "upscale")
     if tile < 0 or overlap < 0:
-        raise EngineError(f"upscale: tile ({tile}) and overlap ({overlap}) must not be negative")
+        raise EngineError(f"tile ({tile}) and overlap ({overlap}) must not be negative", "upscale")
     out_size, identity = target_size(image.size, scale, size)
     info = find_upscaler(upscaler_name, models_root)
     upscaler = load_upscaler(info, device, dtype, cache)
@@ -105,7 +105,7 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     an image gives a one-line EngineError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise EngineError(f"{path}: no such image file")
+        raise EngineError("no such image file", kind=NOT_FOUND, label=str(path))
     try:
         with Image.open(path) as opened:
             opened.load()
@@ -113,10 +113,10 @@ def open_image(path: str | os.PathLike) -> Image.Image:
             if image is opened:
                 image = opened.copy()
     except Image.DecompressionBombError as e:
-        raise EngineError(f"{path}: image too large ({e})") from None
+        raise EngineError(f"image too large ({e})", kind=TOO_LARGE, label=str(path)) from None
     except (OSError, ValueError, SyntaxError) as e:  # UnidentifiedImageError is an OSError
         text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EngineError(f"{path}: not an image ({text})") from None
+        raise EngineError(f"not an image ({text})", label=str(path)) from None
     return image
 
 

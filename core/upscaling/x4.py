@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from core.errors import EngineError
+from core.errors import NOT_FOUND, EngineError
 from core.modelfiles import walk
 from core.upscaling.passes import upscale_in_passes
 from core.upscaling.registry import ProgressFn, UpscalerInfo, scan_folders
@@ -185,7 +185,7 @@ class X4Kind:
         from core.text.tokenizer import load_clip_tokenizer
 
         if info.path is None or not Path(info.path).exists():
-            raise EngineError(f"upscaler {info.name}: checkpoint {info.path} not found")
+            raise EngineError(f"checkpoint {info.path} not found", kind=NOT_FOUND, label=f"upscaler {info.name}")
         chosen = dtype or (torch.float32 if device.type == "cpu" else torch.float16)
         model = load_model(info.path, device=device, dtype=chosen)
         if not model.spec.is_upscaler:

@@ -86,7 +86,7 @@ def check_tags(tags) -> None:
         try:
             parse_tag(tag)
         except ValueError as e:
-            raise EngineError(f"prompt: <lora:{':'.join(tag.items)}>: {e}") from None
+            raise EngineError(f"<lora:{':'.join(tag.items)}>: {e}", "prompt") from None
 
 
 @dataclass
