@@ -930,7 +930,7 @@ class SdApi:
         if req.infotext:
             self._apply_infotext(req)
         self._refuse_unsupported(req, img2img)
-        overrides = self._option_changes(req.override_settings or {}, "override_settings.")
+        overrides = self._option_changes(req.override_settings or {}, "override_settings.", keep_unknown=False)
         settings = {**self.options.values(), **overrides}
 
         checkpoint = None
@@ -1380,11 +1380,12 @@ class SdApi:
         shown["sd_checkpoint_hash"] = entry.sha256 if entry else None
         return {**self.options.kept(), **shown}
 
-    def _option_changes(self, req: dict[str, Any], where: str = "") -> dict[str, Any]:
+    def _option_changes(self, req: dict[str, Any], where: str = "", keep_unknown: bool = True) -> dict[str, Any]:
         """``req``'s settings, checked, less the ones that would change nothing: as A1111 does, a
         client may send back every option it read (read-only ones included) with one edited. A
         read-only option sent with another value (null aside: the client did not know it) is
-        refused. sd_model_checkpoint is left to the caller (it is resolved and loaded)."""
+        refused; so is a key outside the registry unless ``keep_unknown``. sd_model_checkpoint
+        is left to the caller (it is resolved and loaded)."""
         if len(req) > len(OPTION_BY_KEY) + MAX_KEPT_KEYS:
             raise ApiError(413, f"{where or 'body'}: at most {len(OPTION_BY_KEY) + MAX_KEPT_KEYS} settings in one request")
         current = self._options_now() if set(req) - {"sd_model_checkpoint"} else {}
@@ -1398,6 +1399,8 @@ class SdApi:
             option = OPTION_BY_KEY.get(key)
             if option is not None and option.read_only and value is None:
                 continue
+            if option is None and not keep_unknown:
+                raise ApiError(422, f"{where}{key}: not a setting this server uses, so it cannot change this job")
             changes[key] = check_option(key, value, where)
         return changes
 
@@ -1407,9 +1410,10 @@ class SdApi:
         changes = self._option_changes(req)
         checkpoint = None
         if "sd_model_checkpoint" in changes:
-            checkpoint = self.find_checkpoint(changes.pop("sd_model_checkpoint"), "sd_model_checkpoint")
+            sent = changes.pop("sd_model_checkpoint")
+            checkpoint = self.find_checkpoint(sent, "sd_model_checkpoint")
             current = self._current_checkpoint()
-            if current is None or current.name != checkpoint:  # the one in use already is not pinned
+            if current is None or sent != current.title:  # the title GET reported, sent back, is no new choice
                 changes["sd_model_checkpoint"] = checkpoint
         if {"sd_model_prediction", "sd_noise_schedule"} & set(changes) and hasattr(self.engine, "prediction"):
             wanted = engine_overrides({**self.options.values(), **changes})
