@@ -42,7 +42,8 @@ from PIL import Image, PngImagePlugin
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.settings import API_OPTIONS, MAX_KEPT_KEYS, OPTION_BY_KEY, Settings, SettingsError, check_kept, engine_overrides
+from app.settings import (API_OPTIONS, MAX_KEPT_KEYS, OPTION_BY_KEY, Settings, SettingsError, check_kept,
+                          engine_overrides)
 from core.errors import EngineError
 from core.params import MAX_PROMPT_BYTES, MAX_SIZE, MAX_STEPS, PROMPT_FIELDS, GenerationParams, check_prompt_length
 
@@ -578,7 +579,7 @@ def _same(a: Any, b: Any) -> bool:
 
 def options_model() -> type[BaseModel]:
     """GET /options' model, from the registry; kept keys of other programs come along."""
-    fields = {o.key: (o.kind | None, Field(default=o.default, description=f"{o.label}: {o.help}" if o.help else o.label))
+    fields = {o.key: (o.kind | None, Field(default=o.default, description=f"{o.label}: {o.help}".rstrip(": ")))
               for o in API_OPTIONS}
     return create_model("Options", __config__=ConfigDict(extra="allow"), **fields)
 
@@ -1387,7 +1388,8 @@ class SdApi:
         refused; so is a key outside the registry unless ``keep_unknown``. sd_model_checkpoint
         is left to the caller (it is resolved and loaded)."""
         if len(req) > len(OPTION_BY_KEY) + MAX_KEPT_KEYS:
-            raise ApiError(413, f"{where or 'body'}: at most {len(OPTION_BY_KEY) + MAX_KEPT_KEYS} settings in one request")
+            most = len(OPTION_BY_KEY) + MAX_KEPT_KEYS
+            raise ApiError(413, f"{where or 'body'}: at most {most} settings in one request")
         current = self._options_now() if set(req) - {"sd_model_checkpoint"} else {}
         changes = {}
         for key, value in req.items():

@@ -321,12 +321,10 @@ class Settings:
             return self._values[key]
 
     def get(self, key: str, default: Any = None) -> Any:
-        """A registry option's value, else a kept key's, else ``default``."""
+        """A registry option's value; ``default`` for any other key (as ``dict.get``)."""
         self._refresh()
         with self._lock:
-            if key in self._values:
-                return self._values[key]
-            return self._stored.get(key, default) if key not in OPTION_BY_KEY else default
+            return self._values.get(key, default)
 
     def values(self) -> dict[str, Any]:
         """Every registry option's value."""
@@ -369,7 +367,7 @@ class Settings:
                                         "and settings cannot be saved until it can be read")
                     log.warning(self._unreadable)
                     self.load_warnings.append(self._unreadable)
-                signature = signature if self.path.exists() else None
+                signature = signature if self.path.exists() else None  # None once set aside
             notice = settings_file_notice(self.path)
             if notice:
                 self.load_warnings.append(notice)
