@@ -348,6 +348,11 @@ class Settings:
         return kept
 
     @property
+    def place(self) -> str:
+        """Where the values are kept, for messages."""
+        return str(self.path) if self.path is not None else "memory only (no settings file)"
+
+    @property
     def notice(self) -> str | None:
         """Why the file's settings are not in use, if they are not: set aside, or unreadable."""
         return (settings_file_notice(self.path) if self.path else None) or self._unreadable

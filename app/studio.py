@@ -1137,9 +1137,9 @@ class StudioUI:
         if notice:  # the user's file was unreadable: it is kept aside, and they must know
             gr.Warning(notice)
         if not changed and not reloads:
-            return f"Nothing changed ({self.settings.path})" + (f". {notice}" if notice else "")
+            return f"Nothing changed ({self.settings.place})" + (f". {notice}" if notice else "")
         needs_reload = [k for k in changed if k.startswith("default_")]
-        text = f"Saved {len(changed)} setting(s) to {self.settings.path}; they apply to the next job"
+        text = f"Saved {len(changed)} setting(s) to {self.settings.place}; they apply to the next job"
         if reloads:
             text += " (which loads the checkpoint again)"
         if needs_reload:

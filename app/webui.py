@@ -757,7 +757,7 @@ def _styles_tab(ui: StudioUI) -> dict[str, Any]:
 def _settings_tab(demo: gr.Blocks, ui: StudioUI, samplers: list[str], schedules: list[str]) -> dict[str, Any]:
     values = ui.settings.values()
     components: dict[str, Any] = {}
-    intro = (f"Saved to `{ui.settings.path}`. Folders, format and preview apply to the next job; defaults apply "
+    intro = (f"Saved to `{ui.settings.place}`. Folders, format and preview apply to the next job; defaults apply "
              "when the page is reloaded.")
     warnings = [*ui.settings.load_warnings, *(f"{p}: ignored" for p in ui.folder_problems({}))]
     if warnings:
