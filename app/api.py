@@ -27,7 +27,6 @@ import html
 import io
 import json
 import logging
-import math
 import os
 import re
 import threading
@@ -44,7 +43,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.preview import latent_preview as preview_picture
-from app.settings import read_settings_file, settings_file_notice, update_settings_file
+from app.settings import (API_OPTIONS, MAX_KEPT_KEYS, OPTION_BY_KEY, Settings, SettingsError, check_kept,
+                          engine_overrides)
 from core.errors import EngineError
 from core.params import MAX_PROMPT_BYTES, MAX_SIZE, MAX_STEPS, PROMPT_FIELDS, GenerationParams, check_prompt_length
 
@@ -525,128 +525,42 @@ class ScriptsList(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------
-# Options (settings): A1111's names, persisted atomically to a JSON file
+# Options: app/settings.py's registry, A1111's names
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class OptionSpec:
-    default: Any
-    label: str
-    kind: type
-    choices: tuple | None = None  # allowed values, when there is a fixed set
-    low: float | None = None
-    high: float | None = None
-    read_only: bool = False
-
-
-def _option_specs() -> dict[str, OptionSpec]:
-    from core.conditioning import EMPHASIS_MODES
-
-    try:
-        from core.upscaling import DEFAULT_OVERLAP, DEFAULT_TILE
-    except ImportError:  # pragma: no cover - upscaling is part of core
-        DEFAULT_TILE, DEFAULT_OVERLAP = 256, 32
-    return {
-        "sd_model_checkpoint": OptionSpec(None, "Stable Diffusion checkpoint", str),
-        "sd_checkpoint_hash": OptionSpec(None, "SHA256 hash of the current checkpoint", str, read_only=True),
-        "sd_vae": OptionSpec("Automatic", "SD VAE (separate VAE files are not supported yet)", str,
-                             choices=("Automatic", "None")),
-        "CLIP_stop_at_last_layers": OptionSpec(1, "Clip skip", int, low=1, high=12),
-        "sd_model_prediction": OptionSpec("auto", "What the checkpoint predicts: auto (from its files), eps or v "
-                                                  "(loads the checkpoint again)", str, choices=("auto", "eps", "v")),
-        "sd_noise_schedule": OptionSpec("Default", "Noise schedule: Default (as the checkpoint says) or Zero Terminal "
-                                                   "SNR (loads the checkpoint again)", str,
-                                        choices=("Default", "Zero Terminal SNR")),
-        "emphasis": OptionSpec("Original", "Emphasis mode", str, choices=tuple(EMPHASIS_MODES)),
-        "eta_noise_seed_delta": OptionSpec(0, "Eta noise seed delta (only 0 is supported)", int, choices=(0,)),
-        "samples_format": OptionSpec("png", "File format for images", str, choices=("png",)),
-        "enable_pnginfo": OptionSpec(True, "Save generation parameters as text chunks in PNG files", bool),
-        "live_previews_enable": OptionSpec(True, "Show live previews of the image being made (progress)", bool),
-        "ESRGAN_tile": OptionSpec(DEFAULT_TILE, "Tile size for upscaler models (0 = no tiling)", int, low=0, high=4096),
-        "ESRGAN_tile_overlap": OptionSpec(DEFAULT_OVERLAP, "Tile overlap for upscaler models", int, low=0, high=1024),
-    }
-
-
-OPTIONS = _option_specs()
-
-
 def check_option(key: str, value: Any, where: str = "") -> Any:
-    """A setting's value, checked; ApiError(422) naming ``where + key`` if wrong."""
+    """A value a client sets for ``key``, checked; ApiError(422) naming ``where + key`` if wrong.
+    A key outside the registry (an A1111 setting this server does not use) is kept if its value
+    is JSON of bounded size."""
     name = f"{where}{key}"
     try:
         check_unicode([key, value])
     except ValueError as exc:
         raise ApiError(422, f"{name}: {exc}") from None
-    spec = OPTIONS.get(key)
-    if spec is None:
-        raise ApiError(422, f"{name}: unknown setting (known: {', '.join(OPTIONS)})")
-    if spec.read_only:
-        raise ApiError(422, f"{name}: read-only setting")
-    ok = {
-        bool: lambda v: isinstance(v, bool),
-        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
-        str: lambda v: isinstance(v, str),
-    }[spec.kind](value)
-    if not ok:
-        raise ApiError(422, f"{name}: must be {spec.kind.__name__}, got {value!r}"[:300])
-    if spec.kind is float:
-        value = float(value)
-    if spec.choices is not None and value not in spec.choices:
-        raise ApiError(422, f"{name}: must be one of {', '.join(map(str, spec.choices))}, got {value!r}"[:300])
-    if spec.low is not None and not spec.low <= value <= spec.high:
-        raise ApiError(422, f"{name}: must be between {spec.low} and {spec.high}, got {value!r}")
-    return value
+    option = OPTION_BY_KEY.get(key)
+    try:
+        if option is None:
+            return check_kept(key, value)
+        if not option.api:
+            raise ValueError("a setting of the page (its Settings tab), not of the API")
+        if option.read_only:
+            raise ValueError("read-only setting")
+        return option.check(value)
+    except (ValueError, TypeError) as exc:
+        raise ApiError(422, f"{name}: {exc}, got {value!r}"[:300]) from None
 
 
-class OptionsStore:
-    """Settings in a JSON file shared with whatever else keeps settings there (the page keeps
-    its own in the same config.json): every write re-reads the file and changes only this
-    API's keys. No file (``path=None``): in memory only. A file that is not a JSON object is
-    set aside (never rewritten) by ``app.settings.read_settings_file``, which the page's
-    settings use too; ``notice`` then says where it went."""
-
-    def __init__(self, path: str | os.PathLike | None):
-        self.path = Path(path) if path else None
-        self._lock = threading.Lock()
-        self._data: dict[str, Any] = {}
-        self.notice: str | None = None
-        if self.path:
-            try:
-                self._data = read_settings_file(self.path)
-            except OSError as exc:
-                self.notice = (f"settings file {self.path} cannot be read ({exc.strerror or exc}); using defaults, "
-                               "and changes cannot be saved until it can be read")
-                log.warning(self.notice)
-            self.notice = settings_file_notice(self.path) or self.notice
-
-    def get(self, key: str) -> Any:
-        with self._lock:
-            value = self._data.get(key, OPTIONS[key].default)
-        try:
-            return check_option(key, value) if not OPTIONS[key].read_only and value is not None else value
-        except ApiError:  # a bad value in the file: fall back to the default
-            return OPTIONS[key].default
-
-    def values(self) -> dict[str, Any]:
-        return {key: self.get(key) for key in OPTIONS}
-
-    def update(self, changes: dict[str, Any]) -> None:
-        with self._lock:
-            data = {**self._data, **changes}
-            if self.path:
-                # only the changes: the page may have changed shared keys since this store read the file
-                notice = update_settings_file(self.path, changes)
-                self.notice = notice or self.notice
-            self._data = data
+def _same(a: Any, b: Any) -> bool:
+    """Equal JSON values (True is not 1 here)."""
+    return a == b and isinstance(a, bool) == isinstance(b, bool)
 
 
 def options_model() -> type[BaseModel]:
-    fields = {}
-    for key, spec in OPTIONS.items():
-        fields[key] = (spec.kind | None, Field(default=spec.default, description=spec.label))
-    return create_model("Options", **fields)
+    """GET /options' model, from the registry; kept keys of other programs come along."""
+    fields = {o.key: (o.kind | None, Field(default=o.default, description=f"{o.label}: {o.help}".rstrip(": ")))
+              for o in API_OPTIONS}
+    return create_model("Options", __config__=ConfigDict(extra="allow"), **fields)
 
 
 OptionsModel = options_model()
@@ -886,12 +800,6 @@ class JobModel:
     native_size: tuple[str, ...] = ()
 
 
-def model_overrides(settings: dict) -> tuple[str, bool | None]:
-    """sd_model_prediction and sd_noise_schedule -> the engine's (prediction, zero_terminal_snr):
-    "Default" leaves zero-terminal-SNR to the checkpoint (None)."""
-    return settings["sd_model_prediction"], True if settings["sd_noise_schedule"] == "Zero Terminal SNR" else None
-
-
 def _engine_lock(engine):
     lock = engine.exclusive() if hasattr(engine, "exclusive") else None
     return lock if lock is not None else contextlib.nullcontext()
@@ -902,14 +810,14 @@ class SdApi:
         self,
         engine,
         *,
-        options_path: str | os.PathLike | None = None,
+        settings: Settings | None = None,
         limits: ApiLimits | None = None,
         cmd_flags: dict | None = None,
         models_root: str | os.PathLike | None = None,
     ):
         self.engine = engine
         self.limits = limits or ApiLimits()
-        self.options = OptionsStore(options_path)
+        self.options = settings if settings is not None else Settings(None)  # the page's store when served together
         self.cmd_flags = _public_flags(cmd_flags or {})
         if models_root is None:
             models_root = getattr(engine, "models_dir", None) or Path(engine.ckpt_dir).parent
@@ -919,7 +827,7 @@ class SdApi:
         self.router = APIRouter(prefix=API_PREFIX, tags=["sdapi"])
         self._add_routes()
         if hasattr(engine, "prediction"):  # the saved choice of what checkpoints predict, for the next load
-            engine.prediction, engine.zero_terminal_snr = model_overrides(self.options.values())
+            engine.prediction, engine.zero_terminal_snr = engine_overrides(self.options.values())
 
     def shutdown(self) -> None:
         with contextlib.suppress(Exception):
@@ -1002,8 +910,7 @@ class SdApi:
         if req.infotext:
             self._apply_infotext(req)
         self._refuse_unsupported(req, img2img)
-        overrides = {key: check_option(key, value, "override_settings.")
-                     for key, value in (req.override_settings or {}).items()}
+        overrides = self._option_changes(req.override_settings or {}, "override_settings.", keep_unknown=False)
         settings = {**self.options.values(), **overrides}
 
         checkpoint = None
@@ -1066,7 +973,7 @@ class SdApi:
         )
         model = JobModel()
         if "sd_model_prediction" in overrides or "sd_noise_schedule" in overrides:
-            model.overrides = model_overrides({**settings, **self._engine_model_options(), **overrides})
+            model.overrides = engine_overrides(settings)
         if img2img:
             blur = req.mask_blur
             if blur is None:
@@ -1146,7 +1053,7 @@ class SdApi:
             overrides = dict(req.override_settings or {})
             overrides.setdefault("CLIP_stop_at_last_layers", parsed.clip_skip)
             req.override_settings = overrides
-        if fields.get("Noise Schedule") in OPTIONS["sd_noise_schedule"].choices:
+        if fields.get("Noise Schedule") in OPTION_BY_KEY["sd_noise_schedule"].choices:
             overrides = dict(req.override_settings or {})
             overrides.setdefault("sd_noise_schedule", fields["Noise Schedule"])
             req.override_settings = overrides
@@ -1422,33 +1329,62 @@ class SdApi:
 
     def get_options(self, response: Response) -> dict:
         self._settings_warning(response)
-        values = self.options.values()
-        entry = self._current_checkpoint()
-        values["sd_model_checkpoint"] = entry.title if entry else values["sd_model_checkpoint"]
-        values["sd_checkpoint_hash"] = entry.sha256 if entry else None
-        return {**values, **self._engine_model_options()}
+        return self._options_now()
 
-    def _engine_model_options(self) -> dict:
-        """sd_model_prediction and sd_noise_schedule as the engine has them (the page's Settings
-        tab may have changed them since this API read its file)."""
-        if not hasattr(self.engine, "prediction"):
-            return {}
-        return {"sd_model_prediction": self.engine.prediction,
-                "sd_noise_schedule": "Zero Terminal SNR" if self.engine.zero_terminal_snr else "Default"}
+    def _options_now(self) -> dict:
+        """What GET /options reports: the registry's API options, the current checkpoint and its
+        hash, and the keys kept for other programs."""
+        values = self.options.values()
+        shown = {o.key: values[o.key] for o in API_OPTIONS}
+        entry = self._current_checkpoint()
+        shown["sd_model_checkpoint"] = entry.title if entry else values["sd_model_checkpoint"]
+        shown["sd_checkpoint_hash"] = entry.sha256 if entry else None
+        return {**self.options.kept(), **shown}
+
+    def _option_changes(self, req: dict[str, Any], where: str = "", keep_unknown: bool = True) -> dict[str, Any]:
+        """``req``'s settings, checked, less the ones that would change nothing: as A1111 does, a
+        client may send back every option it read (read-only ones included) with one edited. A
+        read-only option sent with another value (null aside: the client did not know it) is
+        refused; so is a key outside the registry unless ``keep_unknown``. sd_model_checkpoint
+        is left to the caller (it is resolved and loaded)."""
+        if len(req) > len(OPTION_BY_KEY) + MAX_KEPT_KEYS:
+            most = len(OPTION_BY_KEY) + MAX_KEPT_KEYS
+            raise ApiError(413, f"{where or 'body'}: at most {most} settings in one request")
+        current = self._options_now() if set(req) - {"sd_model_checkpoint"} else {}
+        changes = {}
+        for key, value in req.items():
+            if key == "sd_model_checkpoint" and value is not None:
+                changes[key] = check_option(key, value, where)
+                continue
+            if key in current and _same(value, current[key]):
+                continue
+            option = OPTION_BY_KEY.get(key)
+            if option is not None and option.read_only and value is None:
+                continue
+            if option is None and not keep_unknown:
+                raise ApiError(422, f"{where}{key}: not a setting this server uses, so it cannot change this job")
+            changes[key] = check_option(key, value, where)
+        return changes
 
     async def set_options(self, req: dict[str, Any], response: Response) -> None:
-        """Change settings (A1111's names); they are saved at once. Setting sd_model_checkpoint
-        loads that checkpoint."""
-        changes = {key: check_option(key, value) for key, value in req.items()}
-        if {"sd_model_prediction", "sd_noise_schedule"} & set(changes) and hasattr(self.engine, "prediction"):
-            wanted = model_overrides({**self.options.values(), **self._engine_model_options(), **changes})
-            reload = "sd_model_checkpoint" not in changes  # else the load below applies them
-            await self.queue.run("load checkpoint", lambda: self._set_model_overrides(*wanted, reload=reload))
+        """Change settings (A1111's names); they are saved at once. Options sent back unchanged
+        are ignored. Setting sd_model_checkpoint loads that checkpoint."""
+        changes = self._option_changes(req)
+        checkpoint = None
         if "sd_model_checkpoint" in changes:
-            name = self.find_checkpoint(changes["sd_model_checkpoint"], "sd_model_checkpoint")
-            changes["sd_model_checkpoint"] = name
-            await self.queue.run("load checkpoint", lambda: self._load(name))
-        await run_in_threadpool(self._save_settings, changes)
+            sent = changes.pop("sd_model_checkpoint")
+            checkpoint = self.find_checkpoint(sent, "sd_model_checkpoint")
+            current = self._current_checkpoint()
+            if current is None or sent != current.title:  # the title GET reported, sent back, is no new choice
+                changes["sd_model_checkpoint"] = checkpoint
+        if {"sd_model_prediction", "sd_noise_schedule"} & set(changes) and hasattr(self.engine, "prediction"):
+            wanted = engine_overrides({**self.options.values(), **changes})
+            reload = checkpoint is None  # else the load below applies them
+            await self.queue.run("load checkpoint", lambda: self._set_model_overrides(*wanted, reload=reload))
+        if checkpoint is not None:
+            await self.queue.run("load checkpoint", lambda: self._load(checkpoint))
+        if changes:
+            await run_in_threadpool(self._save_settings, changes)
         self._settings_warning(response)
         return None
 
@@ -1466,6 +1402,8 @@ class SdApi:
     def _save_settings(self, changes: dict) -> None:
         try:
             self.options.update(changes)
+        except SettingsError as exc:
+            raise ApiError(422, str(exc)) from None
         except OSError as exc:
             raise ApiError(500, f"settings: cannot write {self.options.path}: {exc.strerror or exc}") from None
 

@@ -17,7 +17,6 @@ import base64
 import binascii
 import contextlib
 import ipaddress
-import json
 import logging
 import os
 import re
@@ -38,18 +37,7 @@ from fastapi.responses import JSONResponse  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
 TITLE = "Stable Diffusion Studio"
-
-
-def default_settings_file() -> Path:
-    """config.json where the page keeps its settings (the API's go in the same file)."""
-    try:
-        from app.settings import data_dir
-
-        return data_dir() / "config.json"
-    except ImportError:
-        return ROOT / "config.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,19 +358,16 @@ class HostOriginMiddleware:
 
 def startup_checkpoint(engine, settings_path: str | os.PathLike) -> str | None:
     """The checkpoint to load as the server starts, or None: the setting
-    ``sd_checkpoint_load_at_start`` is off, or there is no checkpoint. It is the one the API's
-    ``sd_model_checkpoint`` (kept in the same config.json) names, when that still resolves,
-    else the first listed: the one the page's dropdown shows and a job would load."""
+    ``sd_checkpoint_load_at_start`` is off, or there is no checkpoint. It is the one the setting
+    ``sd_model_checkpoint`` (set through the API) names, when that still resolves, else the
+    first listed: the one the page's dropdown shows and a job would load."""
     from app.settings import Settings
 
-    if not Settings(settings_path)["sd_checkpoint_load_at_start"]:
+    settings = Settings(settings_path)
+    if not settings["sd_checkpoint_load_at_start"]:
         return None
-    try:
-        stored = json.loads(Path(settings_path).read_text(encoding="utf-8"))
-        chosen = stored.get("sd_model_checkpoint") if isinstance(stored, dict) else None
-    except (OSError, ValueError):
-        chosen = None
-    if isinstance(chosen, str) and chosen:
+    chosen = settings["sd_model_checkpoint"]
+    if chosen:
         try:
             engine.resolve_checkpoint(chosen)
             return chosen
@@ -438,7 +423,8 @@ def create_app(
     """A FastAPI app around one engine: the REST API under /sdapi/v1 (``api``), the Gradio page
     at / (``ui``), both behind HTTP Basic auth when ``auth`` ({user: password}) is given.
 
-    ``options_path``: the JSON file the API's settings persist to (None: kept in memory);
+    ``options_path``: the settings file (config.json) of the page and the API, which share one
+    ``app.settings.Settings`` over it (None: kept in memory);
     ``limits``: an ``app.api.ApiLimits``; ``cmd_flags``: what /cmd-flags reports;
     ``load_checkpoint``: a checkpoint to load in the background once the app has started
     (``app.state.preload`` is its thread); ``allowed_hosts``: the Host names served (None:
@@ -449,13 +435,15 @@ def create_app(
     launch.py). ``app.state.page`` is the Gradio page."""
     if not api and not ui:
         raise ValueError("create_app: nothing to serve (api and ui are both off)")
+    from app.settings import Settings
+
+    settings = Settings(options_path)  # one store for the page and the API: neither writes over the other
     sd_api = None
     if api:
         from app.api import ApiLimits, SdApi
 
         limits = limits or ApiLimits()
-        sd_api = SdApi(engine, options_path=options_path, limits=limits, cmd_flags=cmd_flags,
-                       models_root=models_root)
+        sd_api = SdApi(engine, settings=settings, limits=limits, cmd_flags=cmd_flags, models_root=models_root)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -490,11 +478,11 @@ def create_app(
         import gradio as gr
         from gradio.utils import get_cache_folder, get_upload_folder
 
-        from app.settings import data_dir
+        from app.settings import data_dir, default_settings_file
         from app.webui import build_ui
 
         paths = [str(Path(p).resolve()) for p in (allowed_paths or [getattr(engine, "output_dir", None)]) if p]
-        demo = build_ui(engine, served_roots=[Path(p) for p in paths],
+        demo = build_ui(engine, settings=settings, served_roots=[Path(p) for p in paths],
                         allowed_dirs=[Path(p).resolve() for p in allowed_dirs] if allowed_dirs else None)
         # Gradio's allow-list also decides which files a callback may hand to the page (Gradio
         # copies them into its cache folder first): the batch folders' results are among them.
@@ -559,9 +547,10 @@ def serve(args: Any) -> int:
         _error(f"the engine (core.engine) cannot be imported: {exc}")
         return 1
     try:
-        from app.settings import Settings, disabled_extensions
+        from app.settings import Settings, default_settings_file, disabled_extensions
 
-        disabled = disabled_extensions(Settings(getattr(args, "ui_settings_file", None) or default_settings_file()))
+        settings = getattr(args, "ui_settings_file", None) or default_settings_file()
+        disabled = disabled_extensions(Settings(settings))
         engine = Engine(device=args.device, precision=args.precision, ckpt_dir=Path(args.ckpt_dir),
                         output_dir=Path(args.outdir), lora_dir=getattr(args, "lora_dir", None),
                         disabled_extensions=disabled)
@@ -569,7 +558,6 @@ def serve(args: Any) -> int:
         _error(str(exc))
         return 1
 
-    settings = getattr(args, "ui_settings_file", None) or default_settings_file()
     flags = {k: v for k, v in vars(args).items()} if hasattr(args, "__dict__") else {}
     from app.settings import default_allowed_dirs
 

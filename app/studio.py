@@ -28,8 +28,8 @@ from PIL import Image
 from app import gallery as gallery_files
 from app.imagefiles import IMAGE_SUFFIXES, expand_pattern, inside_folders, read_metadata, save_image
 from app.preview import latent_preview
-from app.settings import (ROOT, DEFAULT_DIR_PATTERN, DEFAULT_FOLDERS, DEFAULT_NAME_PATTERN, Settings, SettingsError,
-                          default_allowed_dirs)
+from app.settings import (ROOT, DEFAULT_DIR_PATTERN, DEFAULT_FOLDERS, DEFAULT_NAME_PATTERN, OPTION_BY_KEY, Settings,
+                          SettingsError, default_allowed_dirs, default_settings_file, engine_overrides)
 from app.styles import StyleDatabase, StyleError
 from core.errors import EngineError
 
@@ -93,8 +93,6 @@ INFOTEXT_TO_FIELD = {
 _INT_FIELDS = {"steps", "seed", "width", "height", "clip_skip", "batch_size", "subseed", "hr_second_pass_steps",
                "hr_resize_x", "hr_resize_y", "mask_blur", "inpaint_full_res_padding"}
 _FLOAT_FIELDS = {"cfg_scale", "subseed_strength", "denoising_strength", "hr_scale", "refiner_switch_at"}
-# Settings that decide how a checkpoint is read (app/settings.py; the API has the same keys).
-MODEL_SETTINGS = ("sd_model_prediction", "sd_noise_schedule")
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -227,7 +225,7 @@ class StudioUI:
         the output folder and inputs/ beside launch.py)."""
         self.engine = engine
         self._params_cls = params_cls
-        self.settings = settings if settings is not None else Settings()
+        self.settings = settings if settings is not None else Settings(default_settings_file())
         self.styles = styles if styles is not None else StyleDatabase()
         self.served_roots = [Path(p) for p in served_roots] if served_roots else [self.engine_output_root()]
         self.allowed_dirs = ([Path(p) for p in allowed_dirs] if allowed_dirs
@@ -1119,25 +1117,37 @@ class StudioUI:
 
     # ------------------------------------------------------------------ settings and styles
 
-    def apply_settings(self, keys: Sequence[str], values: Sequence[Any]) -> str:
-        problems = self.folder_problems({k: v for k, v in zip(keys, values) if k.startswith("outdir")})
+    def settings_form(self, keys: Sequence[str]) -> dict[str, Any]:
+        """The saved values of the Settings tab's ``keys``: what the tab shows when the page is
+        (re)loaded or applied, and what ``apply_settings`` later tells edits from."""
+        values = self.settings.values()
+        return {key: values[key] for key in keys}
+
+    def apply_settings(self, keys: Sequence[str], values: Sequence[Any], shown: dict[str, Any] | None = None) -> str:
+        """Save the Settings tab's ``values``. With ``shown`` (the values the tab was loaded with),
+        only the ones the user edited are written: a value changed meanwhile by the API or
+        another page is not put back by a page that merely showed the old one."""
+        edited = dict(zip(keys, values))
+        if shown is not None:
+            edited = {k: v for k, v in edited.items() if not _same_setting(k, v, shown.get(k))}
+        problems = self.folder_problems({k: v for k, v in edited.items() if k.startswith("outdir")})
         if problems:
             raise gr.Error(f"Settings not saved: {'; '.join(problems)}", print_exception=False)
         try:
-            changed = self.settings.update(dict(zip(keys, values)))
+            changed = self.settings.update(edited) if edited else []
         except SettingsError as exc:
             raise gr.Error(f"Settings not saved: {exc}", print_exception=False) from None
         except OSError as exc:
             raise gr.Error(f"Settings not saved: cannot write {self.settings.path}: {exc}",
                            print_exception=False) from None
         reloads = self.apply_model_settings()
-        notice = self.settings.save_notice
+        notice = self.settings.save_notice if edited else None
         if notice:  # the user's file was unreadable: it is kept aside, and they must know
             gr.Warning(notice)
         if not changed and not reloads:
-            return f"Nothing changed ({self.settings.path})" + (f". {notice}" if notice else "")
+            return f"Nothing changed ({self.settings.place})" + (f". {notice}" if notice else "")
         needs_reload = [k for k in changed if k.startswith("default_")]
-        text = f"Saved {len(changed)} setting(s) to {self.settings.path}; they apply to the next job"
+        text = f"Saved {len(changed)} setting(s) to {self.settings.place}; they apply to the next job"
         if reloads:
             text += " (which loads the checkpoint again)"
         if needs_reload:
@@ -1147,13 +1157,12 @@ class StudioUI:
         return text
 
     def apply_model_settings(self) -> bool:
-        """Hand the Settings' sd_model_prediction and sd_noise_schedule to the engine; True when
+        """Hand the settings' sd_model_prediction and sd_noise_schedule to the engine; True when
         that changes them (the engine loads the checkpoint again at the next job). The values
         saved last, here or through the API, are the engine's."""
         if not hasattr(self.engine, "prediction"):
             return False
-        wanted = (self.settings["sd_model_prediction"],
-                  True if self.settings["sd_noise_schedule"] == "Zero Terminal SNR" else None)
+        wanted = engine_overrides(self.settings.values())
         if (self.engine.prediction, self.engine.zero_terminal_snr) == wanted:
             return False
         self.engine.prediction, self.engine.zero_terminal_snr = wanted
@@ -1190,6 +1199,15 @@ class StudioUI:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _same_setting(key: str, value: Any, shown: Any) -> bool:
+    """Whether the page's ``value`` for setting ``key`` is the one it showed (as the setting
+    reads it: a number box's 25.0 is the 25 shown)."""
+    try:
+        return OPTION_BY_KEY[key].check(value) == shown
+    except (ValueError, TypeError):
+        return False  # not a value the setting takes: saving says why
 
 
 def _number(value: Any) -> Any:

@@ -21,7 +21,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 from app.first_run import download_panel  # noqa: E402
-from app.settings import IMAGE_FORMATS, OPTIONS, Settings  # noqa: E402
+from app.settings import CHECKPOINTS, DEFAULTS, OPTIONS, SAVING, Settings  # noqa: E402
 from app.studio import (  # noqa: E402,F401  (re-exported for servers and tests)
     FILL_MODES,
     FORM_FIELDS,
@@ -144,7 +144,7 @@ def build_ui(engine: Any, params_cls: Callable[..., Any] | None = None, settings
             with gr.Tab("Styles", id="styles", elem_id="tab_styles"):
                 style_editor = _styles_tab(ui)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
-                settings_components = _settings_tab(ui, samplers, schedules)
+                settings_components = _settings_tab(demo, ui, samplers, schedules)
             extension_tabs = _extension_tabs(engine)
 
         # ---- send-to: results, gallery and PNG info feed the tabs
@@ -754,49 +754,54 @@ def _styles_tab(ui: StudioUI) -> dict[str, Any]:
     return parts
 
 
-def _settings_tab(ui: StudioUI, samplers: list[str], schedules: list[str]) -> dict[str, Any]:
+def _settings_tab(demo: gr.Blocks, ui: StudioUI, samplers: list[str], schedules: list[str]) -> dict[str, Any]:
     values = ui.settings.values()
     components: dict[str, Any] = {}
-    intro = (f"Saved to `{ui.settings.path}`. Folders, format and preview apply to the next job; defaults apply "
+    intro = (f"Saved to `{ui.settings.place}`. Folders, format and preview apply to the next job; defaults apply "
              "when the page is reloaded.")
     warnings = [*ui.settings.load_warnings, *(f"{p}: ignored" for p in ui.folder_problems({}))]
     if warnings:
         intro += "\n\n" + "\n".join(f"- {w}" for w in warnings)
     gr.Markdown(intro)
+
+    def section(name: str) -> None:
+        for option in OPTIONS:
+            if option.section == name:
+                components[option.key] = _setting_component(option, values[option.key], samplers, schedules)
+
     with gr.Row():
         with gr.Column():
-            gr.Markdown("### Saving images")
-            for option in OPTIONS:
-                if option.key.startswith(("default_", "sd_")):
-                    continue
-                components[option.key] = _setting_component(option, values[option.key], samplers, schedules)
+            gr.Markdown(f"### {SAVING}")
+            section(SAVING)
         with gr.Column():
-            gr.Markdown("### Defaults of the generation tabs")
-            for option in OPTIONS:
-                if option.key.startswith("default_"):
-                    components[option.key] = _setting_component(option, values[option.key], samplers, schedules)
-            gr.Markdown("### Reading checkpoints")
-            for option in OPTIONS:
-                if option.key.startswith("sd_"):
-                    components[option.key] = _setting_component(option, values[option.key], samplers, schedules)
+            gr.Markdown(f"### {DEFAULTS}")
+            section(DEFAULTS)
+            gr.Markdown(f"### {CHECKPOINTS}")
+            section(CHECKPOINTS)
     save = gr.Button("Apply settings", variant="primary", elem_id="settings_apply")
     status = gr.Markdown("", elem_id="settings_status")
     keys = list(components)
-    save.click(lambda *v: ui.apply_settings(keys, v), inputs=[components[k] for k in keys], outputs=[status],
-               concurrency_limit=None)
+    # The values this page showed: Apply writes only the ones edited since, and the tab shows the
+    # saved values again on every page load and after Apply (the API may have changed them).
+    shown = gr.State(ui.settings_form(keys))
+
+    def saved() -> list[Any]:
+        now = ui.settings_form(keys)
+        return [now, *now.values()]
+
+    def apply(page_shown: dict[str, Any], *page_values: Any) -> list[Any]:
+        return [ui.apply_settings(keys, page_values, page_shown), *saved()]
+
+    inputs = [components[k] for k in keys]
+    save.click(apply, inputs=[shown, *inputs], outputs=[status, shown, *inputs], concurrency_limit=None)
+    demo.load(saved, outputs=[shown, *inputs], concurrency_limit=None, show_progress="hidden")
     return components
-
-
-MODEL_SETTING_CHOICES = {"sd_model_prediction": ("auto", "eps", "v"),
-                         "sd_noise_schedule": ("Default", "Zero Terminal SNR")}
 
 
 def _setting_component(option: Any, value: Any, samplers: list[str], schedules: list[str]) -> Any:
     elem_id = f"setting_{option.key}"
-    if option.key == "image_format":
-        return gr.Radio(list(IMAGE_FORMATS), value=value, label=option.label, info=option.help, elem_id=elem_id)
-    if option.key in MODEL_SETTING_CHOICES:
-        return gr.Radio(list(MODEL_SETTING_CHOICES[option.key]), value=value, label=option.label, info=option.help,
+    if option.choices:
+        return gr.Radio(list(option.choices), value=value, label=option.label, info=option.help or None,
                         elem_id=elem_id)
     if option.key == "default_sampler":
         return gr.Dropdown(samplers, value=value, label=option.label, elem_id=elem_id)

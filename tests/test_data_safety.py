@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from app.api import OptionsStore
 from app.settings import Settings
 from app.styles import StyleDatabase, StyleError
 from test_api import engine, models_dir, serve  # noqa: F401 - fixtures: a live server over tiny models
@@ -55,7 +54,7 @@ def test_page_settings_keep_an_unreadable_config_aside(tmp_path, content):
 def test_api_options_keep_an_unreadable_config_aside(tmp_path, content):
     path = tmp_path / "config.json"
     path.write_bytes(content)
-    store = OptionsStore(path)
+    store = Settings(path)
     kept = bad_files(tmp_path, "config.json")
     assert len(kept) == 1 and kept[0].read_bytes() == content
     assert kept[0].name in store.notice
@@ -67,7 +66,7 @@ def test_api_options_keep_an_unreadable_config_aside(tmp_path, content):
 def test_a_file_broken_while_running_is_set_aside_at_the_next_save_and_never_over_an_earlier_one(tmp_path):
     path = tmp_path / "config.json"
     path.write_bytes(b"[1]")
-    settings, options = Settings(path), OptionsStore(path)
+    settings, options = Settings(path), Settings(path)  # as the page and the API of two servers
     first = bad_files(tmp_path, "config.json")
     assert len(first) == 1
     # both readers report the one file that was set aside
@@ -95,7 +94,7 @@ def test_a_wrong_value_for_one_key_drops_nothing(tmp_path):
     stored = {"jpeg_quality": "high", "preview_every": 3, "outdir": "/data/pictures", "CLIP_stop_at_last_layers": "two",
               "emphasis": "No norm", "a later version's key": [1, 2]}
     path.write_text(json.dumps(stored))
-    settings, options = Settings(path), OptionsStore(path)
+    settings, options = Settings(path), Settings(path)  # as the page and the API of two servers
     assert bad_files(tmp_path, "config.json") == []
     assert (settings["preview_every"], settings["outdir"], settings["jpeg_quality"]) == (3, "/data/pictures", 90)
     assert (options.get("emphasis"), options.get("CLIP_stop_at_last_layers")) == ("No norm", 1)
