@@ -76,14 +76,14 @@ SQUARE_MULTIPLIER = 1 / 1.1  # A1111 multiplies by this, it does not divide by 1
 BREAK_WEIGHT = -1.0
 
 _ESCAPABLE = "()[]\\"
-# The multiplier of each kind of bracket group, and which opening bracket each closing one ends.
-_GROUP_MULTIPLIER = {"(": ROUND_MULTIPLIER, "[": SQUARE_MULTIPLIER}
-_OPENING_BRACKET = {")": "(", "]": "["}
 _ATTENTION_SPECIAL = "\\()[]:"
 # ":<weight>)" closing an explicit weight; whitespace allowed on both sides of the number.
 _EXPLICIT_WEIGHT = re.compile(r":\s*([+-]?[\d.]+)\s*\)")
 # BREAK as its own word, eating the whitespace around it.
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")
+# The multiplier of each kind of bracket group, and which opening bracket each closing one ends.
+_GROUP_MULTIPLIER = {"(": ROUND_MULTIPLIER, "[": SQUARE_MULTIPLIER}
+_OPENING_BRACKET = {")": "(", "]": "["}
 
 
 @dataclass(frozen=True)
