@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import tiny_models
+from diffusers_oracle import BETAS, oracle_scheduler
 from core.loading import load_model
 from core.params import GenerationParams
 from core.pipelines.common import decode_latents
@@ -13,7 +14,6 @@ from core.conditioning import TextConditioner
 from core.text.tokenizer import load_clip_tokenizer
 
 PROMPT, NEGATIVE = "a red circle at the top left, masterpiece", "blurry, low quality"
-BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
 
 @pytest.fixture(scope="module")
@@ -64,18 +64,10 @@ def test_text_encoding_matches(models, clip_skip):
 
 
 def diffusers_txt2img(components, sampler, steps, seeds, width, height, output_type, alphas_cumprod):
-    from diffusers import DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
 
     unet, vae, text = components
-    if sampler == "Euler":
-        scheduler = EulerDiscreteScheduler(**BETAS, timestep_spacing="linspace")
-        # A1111's "Automatic" sigmas interpolate the schedule in log-sigma; diffusers' Euler
-        # interpolates linearly (1e-5 apart, see test_schedule_close_to_diffusers_linspace), so
-        # the oracle is handed the same sigmas.
-        extra = {"sigmas": automatic_sigmas(DiscreteSchedule(alphas_cumprod), steps).tolist()}
-    else:
-        scheduler = DDIMScheduler(**BETAS, steps_offset=1, timestep_spacing="leading", set_alpha_to_one=False, clip_sample=False)
-        extra = {"num_inference_steps": steps}
+    scheduler, extra = oracle_scheduler(sampler, steps, alphas_cumprod)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text, tokenizer=load_clip_tokenizer().hf, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,

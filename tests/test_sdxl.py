@@ -1,6 +1,7 @@
 """SDXL base and refiner: loading from single files and diffusers folders, the two text encoders
 and the added size/pooled vector, prompt language and embeddings per encoder, the refiner switch,
 the fp16 VAE fallback, and parity with diffusers' StableDiffusionXLPipeline (float64)."""
+import contextlib
 import dataclasses
 import shutil
 
@@ -11,6 +12,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import tiny_models
+from diffusers_oracle import oracle_scheduler
 from core.conditioning import CHUNK, SDXLConditioner, make_conditioner
 from core.embeddings import EmbeddingDatabase
 from core.engine import Engine
@@ -18,12 +20,11 @@ from core.loading import load_model
 from core.models.detection import SDXL, SDXL_REFINER
 from core.params import GenerationParams
 from core.pipelines.common import decode_latents
-from core.pipelines.sampling_run import Refiner, sample_latents
-from core.sampling.schedules import DiscreteSchedule, automatic_sigmas
+from core.pipelines.sampling_run import Refiner, RefinerSwitch, sample_latents, sampler_and_sigmas
+from core.sampling.schedules import DiscreteSchedule
 from core.text.tokenizer import load_clip_tokenizer
 
 PROMPT, NEGATIVE = "a red circle at the top left, masterpiece", "blurry, low quality"
-BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -158,15 +159,10 @@ def test_embeddings_use_clip_l_and_clip_g(base, tmp_path):
 
 
 def diffusers_sdxl(sampler, steps, seed, width, height, negative, alphas_cumprod):
-    from diffusers import DDIMScheduler, EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from diffusers import StableDiffusionXLPipeline
 
     unet, vae, clip_l, bigg = (m.double() for m in tiny_models.sdxl_components(0))
-    if sampler == "Euler":
-        scheduler = EulerDiscreteScheduler(**BETAS, timestep_spacing="linspace")
-        extra = {"sigmas": automatic_sigmas(DiscreteSchedule(alphas_cumprod), steps).tolist()}
-    else:
-        scheduler = DDIMScheduler(**BETAS, steps_offset=1, timestep_spacing="leading", set_alpha_to_one=False, clip_sample=False)
-        extra = {"num_inference_steps": steps}
+    scheduler, extra = oracle_scheduler(sampler, steps, alphas_cumprod)
     pipe = StableDiffusionXLPipeline(
         vae=vae, text_encoder=clip_l, text_encoder_2=bigg, tokenizer=load_clip_tokenizer().hf,
         tokenizer_2=load_clip_tokenizer(pad_with_eos=False).hf, unet=unet, scheduler=scheduler, add_watermarker=False,
@@ -206,26 +202,39 @@ def test_engine_generates_with_sdxl_files_and_folders(sdxl, tmp_path):
     assert (pictures[0] - pictures[1]).abs().max() <= 1
 
 
+@contextlib.contextmanager
+def unet_calls(base_model, refiner_model):
+    """Inside the block, "base" or "refiner" is appended to the list it yields for every call
+    of that model's UNet."""
+    calls = []
+    hooks = [base_model.unet.register_forward_hook(lambda *a: calls.append("base")),
+             refiner_model.unet.register_forward_hook(lambda *a: calls.append("refiner"))]
+    try:
+        yield calls
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def refiner_split(schedule, sigmas, switch_at):
+    """The index of the step in ``sigmas`` where the refiner takes over, by A1111's rule
+    ((999 - t) / 1000 >= switch_at)."""
+    probe = RefinerSwitch(None, None, switch_at, schedule, Refiner(None, None))
+    return next(i for i, s in enumerate(sigmas[:-1]) if probe.done_fraction(s) >= switch_at)
+
+
 def test_refiner_takes_over_at_the_switch_point(base, refiner):
     """Euler keeps no history, so a switched run equals the base model's first steps followed
     by the refiner's last steps, split where A1111's rule ((999 - t) / 1000 >= switch_at) says."""
-    from core.pipelines.sampling_run import RefinerSwitch, sampler_and_sigmas
-
     second = load_model(refiner["safetensors"])
     tokenizer = load_clip_tokenizer()
     params = GenerationParams(prompt=PROMPT, negative_prompt=NEGATIVE, steps=6, width=48, height=48, sampler="Euler")
     stage = Refiner(second, make_conditioner(second, tokenizer), switch_at=0.5)
-    calls = []
-    hooks = [m.unet.register_forward_hook(lambda mod, i, o, name=name: calls.append(name)) for m, name in ((base, "base"), (second, "refiner"))]
-    try:
+    with unet_calls(base, second) as calls:
         switched = sample_latents(base, make_conditioner(base, tokenizer), params, [2], refiner=stage)
-    finally:
-        for hook in hooks:
-            hook.remove()
     assert stage.used
     _, schedule, sigmas = sampler_and_sigmas(base, params, 6)
-    probe = RefinerSwitch(None, None, 0.5, schedule, stage)
-    split = next(i for i, s in enumerate(sigmas[:-1]) if probe.done_fraction(s) >= 0.5)
+    split = refiner_split(schedule, sigmas, 0.5)
     assert calls == ["base"] * split + ["refiner"] * (6 - split)
     assert 0 < split < 6
 
@@ -274,14 +283,6 @@ def refiner_engine(sdxl, refiner, tmp_path_factory):
                   extensions_dir=root / "no-extensions")
 
 
-def unet_calls(engine):
-    """Hooks on the loaded and the refiner UNet; returns the list they append "base"/"refiner" to."""
-    calls = []
-    hooks = [engine.loaded.model.unet.register_forward_hook(lambda *a: calls.append("base")),
-             engine.refiner.model.unet.register_forward_hook(lambda *a: calls.append("refiner"))]
-    return calls, hooks
-
-
 def pixels(result):
     return torch.tensor(list(result.image.getdata())).float()
 
@@ -300,19 +301,12 @@ def test_engine_refiner_takes_the_late_steps_and_is_recorded(refiner_engine):
     first = engine.txt2img(params, save=False)[0]
     cached = engine.refiner
     assert cached is not None and cached.model.spec.family == SDXL_REFINER
-    calls, hooks = unet_calls(engine)
-    try:
+    with unet_calls(engine.loaded.model, engine.refiner.model) as calls:
         again = engine.txt2img(params, save=False)[0]
-    finally:
-        for hook in hooks:
-            hook.remove()
     assert engine.refiner is cached  # kept between jobs, not loaded again
     # Euler, 6 steps: the same split as the pipeline's own test (A1111's (999 - t) / 1000 >= 0.5).
-    from core.pipelines.sampling_run import RefinerSwitch, sampler_and_sigmas
-
     _, schedule, sigmas = sampler_and_sigmas(engine.loaded.model, plain, 6)
-    probe = RefinerSwitch(None, None, 0.5, schedule, Refiner(None, None))
-    split = next(i for i, s in enumerate(sigmas[:-1]) if probe.done_fraction(s) >= 0.5)
+    split = refiner_split(schedule, sigmas, 0.5)
     assert 0 < split < 6 and calls == ["base"] * split + ["refiner"] * (6 - split)
     assert torch.equal(pixels(first), pixels(again))
     assert (pixels(first) - pixels(without)).abs().mean() > 1  # the refiner changed the picture
@@ -363,21 +357,14 @@ def test_engine_refiner_in_the_hires_second_pass(refiner_engine):
                               denoising_strength=0.6, refiner_checkpoint="tiny-refiner.safetensors",
                               refiner_switch_at=0.8)
     engine.txt2img(params, save=False)  # loads both
-    calls, hooks = unet_calls(engine)
-    try:
+    with unet_calls(engine.loaded.model, engine.refiner.model) as calls:
         result = engine.txt2img(params, save=False)[0]
-    finally:
-        for hook in hooks:
-            hook.remove()
     assert result.image.size == (48, 48)
     # The first pass is the base model's alone; the second (img2img from the last
     # int(4 * 0.6) + 1 noise levels) switches where (999 - t) / 1000 reaches 0.8.
-    from core.pipelines.sampling_run import RefinerSwitch, sampler_and_sigmas
-
     _, schedule, sigmas = sampler_and_sigmas(engine.loaded.model, params, 4)
     second = sigmas[len(sigmas) - int(0.6 * 4) - 2:]
-    probe = RefinerSwitch(None, None, 0.8, schedule, Refiner(None, None))
-    split = next(i for i, s in enumerate(second[:-1]) if probe.done_fraction(s) >= 0.8)
+    split = refiner_split(schedule, second, 0.8)
     assert 0 < split < len(second) - 1
     assert calls == ["base"] * (4 + split) + ["refiner"] * (len(second) - 1 - split)
     assert "Hires upscale: 1.5" in result.infotext and "Refiner switch at: 0.8" in result.infotext
@@ -417,12 +404,8 @@ def test_engine_refiner_in_img2img_and_inpainting(refiner_engine):
     plain = engine.img2img(base, picture, save=False)[0]
     params = dataclasses.replace(base, refiner_checkpoint="tiny-refiner.safetensors", refiner_switch_at=0.6)
     engine.img2img(params, picture, save=False)  # loads the refiner
-    calls, hooks = unet_calls(engine)
-    try:
+    with unet_calls(engine.loaded.model, engine.refiner.model) as calls:
         refined = engine.img2img(params, picture, save=False)[0]
-    finally:
-        for hook in hooks:
-            hook.remove()
     assert calls and calls[0] == "base" and calls[-1] == "refiner" and calls == sorted(calls)  # base, then refiner
     assert "Refiner: tiny-refiner [" in refined.infotext and "Denoising strength: 0.75" in refined.infotext
     assert (pixels(refined) - pixels(plain)).abs().mean() > 1

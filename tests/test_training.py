@@ -31,6 +31,19 @@ def quiet(_message):
     pass
 
 
+def adam_losses(params, lr: float, steps: int, compute_loss) -> list[float]:
+    """Train ``params`` with Adam for ``steps`` steps of ``compute_loss()``; the loss at each step."""
+    opt = torch.optim.Adam(params, lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = compute_loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     threads = torch.get_num_threads()
@@ -107,14 +120,8 @@ def test_autoencoder_loss_goes_down_on_a_tiny_batch():
     torch.manual_seed(0)
     vae = AutoencoderKL(TINY_VAE)
     batch = S.make_batch(S.TRAIN_SEED, range(4))
-    opt = torch.optim.Adam(vae.parameters(), lr=2e-3)
-    losses = []
-    for _ in range(12):
-        loss = autoencoder_loss(vae, batch.images, batch.masks, torch.Generator().manual_seed(0))["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = adam_losses(vae.parameters(), 2e-3, 12,
+                         lambda: autoencoder_loss(vae, batch.images, batch.masks, torch.Generator().manual_seed(0))["loss"])
     assert losses[-1] < 0.8 * losses[0], losses
 
 
@@ -252,17 +259,10 @@ def test_diffusion_loss_goes_down_on_a_tiny_batch(diffusion_run):
     torch.manual_seed(0)
     model = LatentDiffusion(TINY_SPEC)
     model.text_encoder.transformer.requires_grad_(True)
-    params = list(Trainable(model).parameters())
-    opt = torch.optim.Adam(params, lr=2e-3)
     latents = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     ids = tokenize(S.random_prompts(S.TRAIN_SEED, 4))
-    losses = []
-    for _ in range(10):
-        loss = diffusion_loss(model, latents, ids, torch.Generator().manual_seed(2))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = adam_losses(Trainable(model).parameters(), 2e-3, 10,
+                         lambda: diffusion_loss(model, latents, ids, torch.Generator().manual_seed(2)))
     assert losses[-1] < 0.8 * losses[0], losses
 
 
@@ -381,16 +381,9 @@ def test_lora_trains_exports_kohya_and_merges(exported, tmp_path):
     params = [p for m in modules.values() for p in (m.lora_down, m.lora_up)]
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=5e-3)
     latents = torch.randn(4, 4, 32, 32, generator=torch.Generator().manual_seed(3))
     ids = tokenize(S.random_prompts(S.TRAIN_SEED, 4))
-    losses = []
-    for _ in range(8):
-        loss = diffusion_loss(model, latents, ids, torch.Generator().manual_seed(4))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = adam_losses(params, 5e-3, 8, lambda: diffusion_loss(model, latents, ids, torch.Generator().manual_seed(4)))
     assert losses[-1] < losses[0], losses
 
     path = save_kohya(modules, tmp_path / "style.safetensors")

@@ -193,32 +193,37 @@ def detect_vae(shapes: dict, prefix: str = VAE, scaling_factor: float = 0.18215)
     )
 
 
+# Per text-encoder layout, the keys its sizes are read from: the token embedding [vocab, hidden],
+# the first MLP layer [intermediate, hidden], the position embedding [positions, hidden], and
+# the pattern that numbers the layers.
+_TEXT_SIZE_KEYS = {
+    CLIP: ("embeddings.token_embedding.weight", "encoder.layers.0.mlp.fc1.weight",
+           "embeddings.position_embedding.weight", r"encoder\.layers\.(\d+)\."),
+    OPENCLIP: ("token_embedding.weight", "transformer.resblocks.0.mlp.c_fc.weight",
+               "positional_embedding", r"transformer\.resblocks\.(\d+)\."),
+}
+
+
+def _text_sizes(shapes: dict, prefix: str, layout: str) -> dict:
+    """The TextEncoderConfig fields every layout reads from its shapes the same way."""
+    tokens, mlp, positions, layer = _TEXT_SIZE_KEYS[layout]
+    vocab, hidden = shapes[prefix + tokens]
+    return dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=shapes[prefix + mlp][0],
+                num_layers=len(_indices(shapes, prefix, layer)), max_positions=shapes[prefix + positions][0],
+                layout=layout)
+
+
 def detect_clip_text(shapes: dict, prefix: str = TEXT, **usage) -> TextEncoderConfig:
     """An OpenAI-layout CLIP text encoder (``...text_model.`` prefix)."""
-    vocab, hidden = shapes[prefix + "embeddings.token_embedding.weight"]
-    return TextEncoderConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=shapes[prefix + "encoder.layers.0.mlp.fc1.weight"][0],
-        num_layers=len(_indices(shapes, prefix, r"encoder\.layers\.(\d+)\.")),
-        max_positions=shapes[prefix + "embeddings.position_embedding.weight"][0],
-        layout=CLIP,
-        **usage,
-    )
+    return TextEncoderConfig(**_text_sizes(shapes, prefix, CLIP), **usage)
 
 
 def detect_openclip_text(shapes: dict, prefix: str, **usage) -> TextEncoderConfig:
     """An open_clip text tower (``...model.`` prefix): GELU, fused in-projections."""
-    vocab, hidden = shapes[prefix + "token_embedding.weight"]
     projection = shapes.get(prefix + "text_projection")
     return TextEncoderConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=shapes[prefix + "transformer.resblocks.0.mlp.c_fc.weight"][0],
-        num_layers=len(_indices(shapes, prefix, r"transformer\.resblocks\.(\d+)\.")),
-        max_positions=shapes[prefix + "positional_embedding"][0],
+        **_text_sizes(shapes, prefix, OPENCLIP),
         hidden_act="gelu",
-        layout=OPENCLIP,
         projection_dim=projection[1] if projection is not None else None,
         has_logit_scale=prefix + "logit_scale" in shapes,
         honour_clip_skip=False,

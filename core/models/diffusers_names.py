@@ -49,26 +49,25 @@ def unet_key(key: str, keys) -> str:
     for old, new in simple.items():
         if key.startswith(old):
             return new + key[len(old):]
-    if m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
-        level, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        index = 1 + level * (layers + 1) + j
-        return f"input_blocks.{index}.0.{_resnet_rest(rest)}" if kind == "resnets" else f"input_blocks.{index}.1.{rest}"
-    if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
-        index = 1 + int(m[1]) * (layers + 1) + layers
-        return f"input_blocks.{index}.0.op.{m[2]}"
+    if m := re.match(r"(down|up)_blocks\.(\d+)\.(.*)", key):
+        direction, level, rest = m[1], int(m[2]), m[3]
+        # Every level takes layers + 1 numbered blocks (the down side's last one is its
+        # downsampler, the up side has a resnet more); input block 0 is conv_in.
+        blocks, first = ("input_blocks", 1) if direction == "down" else ("output_blocks", 0)
+        first += level * (layers + 1)
+        if r := re.match(r"(resnets|attentions)\.(\d+)\.(.*)", rest):
+            index = first + int(r[2])
+            return f"{blocks}.{index}.0.{_resnet_rest(r[3])}" if r[1] == "resnets" else f"{blocks}.{index}.1.{r[3]}"
+        if direction == "down" and (r := re.match(r"downsamplers\.0\.conv\.(.*)", rest)):
+            return f"input_blocks.{first + layers}.0.op.{r[1]}"
+        if direction == "up" and (r := re.match(r"upsamplers\.0\.conv\.(.*)", rest)):
+            # The upsampler joins the level's last output block, after its attention if any.
+            has_attention = any(k.startswith(f"up_blocks.{level}.attentions.") for k in keys)
+            return f"output_blocks.{first + layers}.{2 if has_attention else 1}.conv.{r[1]}"
     if m := re.match(r"mid_block\.resnets\.(\d+)\.(.*)", key):
         return f"middle_block.{2 * int(m[1])}.{_resnet_rest(m[2])}"
     if m := re.match(r"mid_block\.attentions\.0\.(.*)", key):
         return f"middle_block.1.{m[1]}"
-    if m := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
-        level, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        index = level * (layers + 1) + j
-        return f"output_blocks.{index}.0.{_resnet_rest(rest)}" if kind == "resnets" else f"output_blocks.{index}.1.{rest}"
-    if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
-        level = int(m[1])
-        has_attention = any(k.startswith(f"up_blocks.{level}.attentions.") for k in keys)
-        index = level * (layers + 1) + layers
-        return f"output_blocks.{index}.{2 if has_attention else 1}.conv.{m[2]}"
     raise KeyError(key)
 
 
@@ -81,15 +80,17 @@ def vae_key(key: str, keys) -> str:
                 return side + new + key[len(side + old):]
     if key.startswith(("quant_conv.", "post_quant_conv.")):
         return key
-    if m := re.match(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
-        return f"encoder.down.{m[1]}.block.{m[2]}.{m[3].replace('conv_shortcut', 'nin_shortcut')}"
-    if m := re.match(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
-        return f"encoder.down.{m[1]}.downsample.conv.{m[2]}"
-    if m := re.match(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
-        level = levels - 1 - int(m[1])  # diffusers counts up-blocks from the lowest resolution
-        return f"decoder.up.{level}.block.{m[2]}.{m[3].replace('conv_shortcut', 'nin_shortcut')}"
-    if m := re.match(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
-        return f"decoder.up.{levels - 1 - int(m[1])}.upsample.conv.{m[2]}"
+    # One resolution level: its resnets and its down- (encoder) or up-sampler (decoder).
+    if m := re.match(r"(encoder\.down|decoder\.up)_blocks\.(\d+)\.(.*)", key):
+        tower, level, rest = m[1], int(m[2]), m[3]
+        direction = tower.partition(".")[2]
+        if tower == "decoder.up":
+            level = levels - 1 - level  # diffusers counts up-blocks from the lowest resolution
+        stage = f"{tower}.{level}"
+        if r := re.match(r"resnets\.(\d+)\.(.*)", rest):
+            return f"{stage}.block.{r[1]}.{r[2].replace('conv_shortcut', 'nin_shortcut')}"
+        if r := re.match(rf"{direction}samplers\.0\.conv\.(.*)", rest):
+            return f"{stage}.{direction}sample.conv.{r[1]}"
     if m := re.match(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.*)", key):
         return f"{m[1]}.mid.block_{int(m[2]) + 1}.{m[3]}"
     if m := re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.*)", key):

@@ -80,18 +80,22 @@ class LatentDiffusion(nn.Module):
     def _slots(self) -> list[tuple[str, FrozenCLIPEmbedder]]:
         return list(zip(self.spec.text_prefixes, self.text_encoders))
 
-    def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
-        """The state dict under the single-file checkpoint's key names (OpenCLIP q/k/v fused)."""
-        state = self.state_dict()
+    def _convert_text_encoders(self, tensors: dict[str, torch.Tensor], convert) -> dict[str, torch.Tensor]:
+        """``tensors`` with each text encoder's share replaced by ``convert(embedder, share)``
+        (keys relative to that encoder's prefix); every other tensor kept as it is."""
         slots = self._slots()
         out = {}
-        for key, value in state.items():
+        for key, value in tensors.items():
             if not any(key.startswith(prefix) for prefix, _ in slots):
                 out[key] = value
         for prefix, embedder in slots:
-            mine = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            out.update({prefix + k: v for k, v in embedder.to_checkpoint(mine).items()})
+            mine = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            out.update({prefix + k: v for k, v in convert(embedder, mine).items()})
         return out
+
+    def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state dict under the single-file checkpoint's key names (OpenCLIP q/k/v fused)."""
+        return self._convert_text_encoders(self.state_dict(), lambda embedder, mine: embedder.to_checkpoint(mine))
 
     def internal_names(self, checkpoint_key: str) -> list[tuple[str, int | None]]:
         """Where a checkpoint key lives in this module tree: [(parameter name, third)], third
@@ -105,12 +109,4 @@ class LatentDiffusion(nn.Module):
     def internal_state(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Checkpoint-named tensors -> our state-dict names (text encoders converted; OpenCLIP
         in-projections split into views, no copy)."""
-        slots = self._slots()
-        out = {}
-        for key, value in tensors.items():
-            if not any(key.startswith(prefix) for prefix, _ in slots):
-                out[key] = value
-        for prefix, embedder in slots:
-            mine = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            out.update({prefix + k: v for k, v in type(embedder).from_checkpoint(mine).items()})
-        return out
+        return self._convert_text_encoders(tensors, lambda embedder, mine: type(embedder).from_checkpoint(mine))

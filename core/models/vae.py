@@ -17,6 +17,11 @@ from core.devices import available_memory
 
 @dataclass(frozen=True)
 class VAEConfig:
+    """The autoencoder's shape under ldm's ``ddconfig`` names: level i is ``ch * ch_mult[i]``
+    channels wide with ``num_res_blocks`` resnets; the encoder ends in ``2 * z_channels``
+    channels, which quant_conv maps to the mean and log-variance of an ``embed_dim``-channel
+    latent. Then how sampling scales that latent, and the GroupNorm groups."""
+
     in_channels: int = 3
     out_channels: int = 3
     ch: int = 128

@@ -95,23 +95,24 @@ def masked_region(mask: Image.Image, padding: int, width: int, height: int) -> t
     x1, y1, x2, y2 = max(x1 - padding, 0), max(y1 - padding, 0), min(x2 + padding, W), min(y2 + padding, H)
     ratio = width / height
     w, h = x2 - x1, y2 - y1
-    if w / h < ratio:  # too narrow: widen, keeping the centre, clamped to the image
-        grow = min(W, round(h * ratio)) - w
-        x1 -= grow // 2
-        x2 += grow - grow // 2
-        if x1 < 0:
-            x2, x1 = x2 - x1, 0
-        if x2 > W:
-            x1, x2 = max(x1 - (x2 - W), 0), W
+    if w / h < ratio:  # too narrow: widen
+        x1, x2 = _grow_span(x1, x2, round(h * ratio), W)
     else:
-        grow = min(H, round(w / ratio)) - h
-        y1 -= grow // 2
-        y2 += grow - grow // 2
-        if y1 < 0:
-            y2, y1 = y2 - y1, 0
-        if y2 > H:
-            y1, y2 = max(y1 - (y2 - H), 0), H
+        y1, y2 = _grow_span(y1, y2, round(w / ratio), H)
     return x1, y1, x2, y2
+
+
+def _grow_span(start: int, end: int, length: int, limit: int) -> tuple[int, int]:
+    """Grow ``start..end`` to ``length`` (at most ``limit``) keeping its centre, then shift it
+    back inside ``0..limit``."""
+    grow = min(limit, length) - (end - start)
+    start -= grow // 2
+    end += grow - grow // 2
+    if start < 0:
+        end, start = end - start, 0
+    if end > limit:
+        start, end = max(start - (end - limit), 0), limit
+    return start, end
 
 
 def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:

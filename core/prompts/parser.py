@@ -57,6 +57,7 @@ __all__ = [
     "SubPrompt",
     "Text",
     "WeightedPrompt",
+    "WeightedText",
     "extract_extra_networks",
     "get_schedules",
     "parse_attention",
@@ -80,14 +81,23 @@ _ATTENTION_SPECIAL = "\\()[]:"
 _EXPLICIT_WEIGHT = re.compile(r":\s*([+-]?[\d.]+)\s*\)")
 # BREAK as its own word, eating the whitespace around it.
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")
+# The multiplier of each kind of bracket group, and which opening bracket each closing one ends.
+_GROUP_MULTIPLIER = {"(": ROUND_MULTIPLIER, "[": SQUARE_MULTIPLIER}
+_OPENING_BRACKET = {")": "(", "]": "["}
 
 
 @dataclass(frozen=True)
-class Fragment:
-    """A piece of prompt text and its attention weight. BREAK is ``Fragment("BREAK", -1.0)``."""
+class WeightedText:
+    """Text with a weight: what attention brackets and ``AND`` both produce (subclassed per
+    meaning, so that a Fragment never compares equal to a WeightedPrompt)."""
 
     text: str
     weight: float
+
+
+@dataclass(frozen=True)
+class Fragment(WeightedText):
+    """A piece of prompt text and its attention weight. BREAK is ``Fragment("BREAK", -1.0)``."""
 
     @property
     def is_break(self) -> bool:
@@ -105,8 +115,9 @@ def parse_attention(text: str) -> list[Fragment]:
     fragments of equal weight are merged. ``""`` gives ``[Fragment("", 1.0)]``.
     """
     pieces: list[list] = []  # [text, weight], weights multiplied in place as groups close
-    open_round: list[int] = []
-    open_square: list[int] = []
+    # Per kind of bracket, where each group still open starts (an index into pieces).
+    open_groups: dict[str, list[int]] = {bracket: [] for bracket in _GROUP_MULTIPLIER}
+    open_round = open_groups["("]  # the ones an explicit ":weight)" can close
 
     def scale(start: int, factor: float) -> None:
         for piece in pieces[start:]:
@@ -129,11 +140,8 @@ def parse_attention(text: str) -> list[Fragment]:
             else:
                 pieces.append(["", 1.0])  # a lone backslash vanishes
                 i += 1
-        elif c == "(":
-            open_round.append(len(pieces))
-            i += 1
-        elif c == "[":
-            open_square.append(len(pieces))
+        elif c in open_groups:
+            open_groups[c].append(len(pieces))
             i += 1
         elif c == ":":
             m = _EXPLICIT_WEIGHT.match(text, i)
@@ -152,17 +160,12 @@ def parse_attention(text: str) -> list[Fragment]:
                     continue
                 scale(open_round.pop(), factor)
                 i = m.end()
-        elif c == ")":
-            if open_round:
-                scale(open_round.pop(), ROUND_MULTIPLIER)
+        elif c in _OPENING_BRACKET:
+            opening = _OPENING_BRACKET[c]
+            if open_groups[opening]:
+                scale(open_groups[opening].pop(), _GROUP_MULTIPLIER[opening])
             else:
-                add_text(")")
-            i += 1
-        elif c == "]":
-            if open_square:
-                scale(open_square.pop(), SQUARE_MULTIPLIER)
-            else:
-                add_text("]")
+                add_text(c)
             i += 1
         else:
             j = i + 1
@@ -171,10 +174,9 @@ def parse_attention(text: str) -> list[Fragment]:
             add_text(text[i:j])
             i = j
 
-    for start in open_round:
-        scale(start, ROUND_MULTIPLIER)
-    for start in open_square:
-        scale(start, SQUARE_MULTIPLIER)
+    for opening, starts in open_groups.items():  # round groups first, as A1111
+        for start in starts:
+            scale(start, _GROUP_MULTIPLIER[opening])
 
     if not pieces:
         return [Fragment("", 1.0)]
@@ -267,16 +269,18 @@ class _EditingParser:
             elif c == "|":
                 return None
             else:
-                j = self.plain(i)
-                if j is None:
+                run = self.plain(i)
+                if run is None:
                     return None
-                out.append(Text(s[i:j]))
-                i = j
+                out.extend(run[0])
+                i = run[1]
         return _join_text(out)
 
-    def plain(self, i: int) -> int | None:
-        """End of the plain text (escapes included) starting at ``i``; None on a bad escape."""
+    def plain(self, start: int) -> tuple[list, int] | None:
+        """The plain text (escapes included) from ``start``, as ``group`` gives a group: its
+        items and the index after it. None on a bad escape."""
         s, n = self.s, self.n
+        i = start
         while i < n:
             c = s[i]
             if c == "\\":
@@ -287,7 +291,7 @@ class _EditingParser:
                 break
             else:
                 i += 1
-        return i
+        return [Text(s[start:i])], i
 
     def sequence(self, i: int) -> tuple[list, int] | None:
         """Items of a well-formed prompt from ``i`` up to a ``] ) : |`` or the end."""
@@ -297,18 +301,11 @@ class _EditingParser:
             c = s[i]
             if c in "]):|":
                 break
-            if c == "[" or c == "(":
-                group = self.group(i)
-                if group is None:
-                    return None
-                out.extend(group[0])
-                i = group[1]
-            else:
-                j = self.plain(i)
-                if j is None:
-                    return None
-                out.append(Text(s[i:j]))
-                i = j
+            item = self.group(i) if c == "[" or c == "(" else self.plain(i)
+            if item is None:
+                return None
+            out.extend(item[0])
+            i = item[1]
         return out, i
 
     def group(self, i: int) -> tuple[list, int] | None:
@@ -522,9 +519,8 @@ _AND_WEIGHT = re.compile(r"[-+]?(?:\d+\.?|\d*\.\d+)")
 
 
 @dataclass(frozen=True)
-class WeightedPrompt:
-    text: str
-    weight: float
+class WeightedPrompt(WeightedText):
+    """One ``AND`` subprompt and its weight."""
 
 
 def split_and(prompt: str) -> list[WeightedPrompt]:

@@ -22,7 +22,8 @@ import torch
 
 from core.models.vae import AutoencoderKL, VAEConfig
 from core.training import shapes as S
-from core.training.common import DEMO_VAE, EMA, Logger, base_arguments, cosine_lr, load_checkpoint, run_from_arguments, set_threads
+from core.training.common import (DEMO_VAE, EMA, Logger, base_arguments, cosine_lr, load_checkpoint, restore_progress,
+                                  run_from_arguments, set_threads)
 
 SHAPE_WEIGHT = 10.0
 EDGE_WEIGHT = 10.0
@@ -164,14 +165,9 @@ class AutoencoderTrainer:
             self.ema.shadow = state["ema"]
             self.freeze_encoder()
             self.vae.load_state_dict(state["vae"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.ema.shadow = state["ema"]
-        self.step = state["step"]
+        restore_progress(self, state)
         self.outlined_share = state.get("outlined_share", 0.0)
-        self.decay_steps = state.get("decay_steps")
         self.phase_start = state.get("phase_start", 0)
-        self.history = state.get("history", [])
-        self.evals = state.get("evals", [])
 
     def ema_model(self) -> AutoencoderKL:
         model = AutoencoderKL(self.config)

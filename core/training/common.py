@@ -91,6 +91,18 @@ def load_checkpoint(run: Path) -> dict | None:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def restore_progress(trainer, state: dict) -> None:
+    """What every trainer takes back from its checkpoint alike (after its own weights): the
+    optimizer's moments, the EMA weights, the step, the learning-rate decay, the logged history
+    and evaluations."""
+    trainer.opt.load_state_dict(state["optimizer"])
+    trainer.ema.shadow = state["ema"]
+    trainer.step = state["step"]
+    trainer.decay_steps = state.get("decay_steps")
+    trainer.history = state.get("history", [])
+    trainer.evals = state.get("evals", [])
+
+
 class Logger:
     def __init__(self, run: Path, quiet: bool = False):
         self.path = Path(run) / "log.txt"

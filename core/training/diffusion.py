@@ -28,7 +28,8 @@ from core.models.stable_diffusion import LatentDiffusion
 from core.text.tokenizer import load_clip_tokenizer
 from core.training import shapes as S
 from core.training.autoencoder import load_autoencoder
-from core.training.common import EMA, RUNS, Logger, base_arguments, cosine_lr, demo_spec, load_checkpoint, run_from_arguments, save_atomic, set_threads
+from core.training.common import (EMA, RUNS, Logger, base_arguments, cosine_lr, demo_spec, load_checkpoint, restore_progress,
+                                  run_from_arguments, save_atomic, set_threads)
 
 CAPTION_DROPOUT = 0.1
 MIN_SNR_GAMMA = 5.0
@@ -146,13 +147,8 @@ class DiffusionTrainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.trainable.load_state_dict(state["trainable"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.ema.shadow = state["ema"]
-        self.step = state["step"]
+        restore_progress(self, state)
         self.high_noise_share = state.get("high_noise_share", 0.0)
-        self.decay_steps = state.get("decay_steps")
-        self.history = state.get("history", [])
-        self.evals = state.get("evals", [])
 
     def train_step(self) -> dict[str, float]:
         g = torch.Generator().manual_seed(self.seed * 7919 + self.step)
