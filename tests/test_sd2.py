@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import tiny_models
+from diffusers_oracle import oracle_scheduler
 from core.conditioning import make_conditioner
 from core.engine import Engine
 from core.errors import EngineError
@@ -19,7 +20,6 @@ from core.pipelines.sampling_run import sample_latents
 from core.text.tokenizer import load_clip_tokenizer
 
 PROMPT, NEGATIVE = "a red circle at the top left, masterpiece", "blurry, low quality"
-BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 LDM_V_YAML = 'model:\n  target: ldm.models.diffusion.ddpm.LatentDiffusion\n  params:\n    parameterization: "v"\n    linear_start: 0.00085\n'
 
 
@@ -134,19 +134,11 @@ def test_zero_terminal_snr_rescale(sd2, tmp_path):
 
 
 def diffusers_sd2(components, prediction, sampler, steps, seeds, width, height, alphas_cumprod):
-    from diffusers import DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
-
-    from core.sampling.schedules import DiscreteSchedule, automatic_sigmas
+    from diffusers import StableDiffusionPipeline
 
     unet, vae, text = (c.double() for c in components)
     kind = "v_prediction" if prediction == "v" else "epsilon"
-    if sampler == "Euler":
-        scheduler = EulerDiscreteScheduler(**BETAS, timestep_spacing="linspace", prediction_type=kind)
-        extra = {"sigmas": automatic_sigmas(DiscreteSchedule(alphas_cumprod), steps).tolist()}
-    else:
-        scheduler = DDIMScheduler(**BETAS, steps_offset=1, timestep_spacing="leading", set_alpha_to_one=False,
-                                  clip_sample=False, prediction_type=kind)
-        extra = {"num_inference_steps": steps}
+    scheduler, extra = oracle_scheduler(sampler, steps, alphas_cumprod, prediction_type=kind)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text, tokenizer=load_clip_tokenizer(pad_with_eos=False).hf, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
