@@ -119,6 +119,8 @@ def test_first_run_offer_downloads_into_the_checkpoint_folder(server, tmp_path):
     assert name == "model.safetensors" and (engine.ckpt_dir / name).read_bytes() == PAYLOAD
     assert seen[-1] == 1.0
     engine.checkpoints.insert(0, name)
+    assert offer.try_load(name) is None and engine.loaded.name == "model"
+    assert offer.try_load("other.safetensors") == "checkpoint: 'other.safetensors' not found in " + str(engine.ckpt_dir)
     assert not offer.needed() and offer.notice() == ""
     assert len(probes) == 1  # the network is asked once per process
 
