@@ -346,7 +346,7 @@ def test_outpainting_grows_the_canvas_and_the_size(studio):
 
 
 def test_infotext_fills_every_field_it_knows(studio):
-    studio.engine.list_checkpoints = lambda: ["sd15.safetensors", "other.ckpt"]
+    studio.engine.checkpoints = ["sd15.safetensors", "other.ckpt"]
     fields, notes = studio.fields_from_infotext(INFOTEXT, "txt2img")
     assert fields == {
         "prompt": "a castle on a hill, (sunset:1.2)", "negative_prompt": "blurry, lowres", "steps": 12,
@@ -387,7 +387,7 @@ def test_png_info_reads_our_and_a1111_files(studio, tmp_path):
     path = png_with(tmp_path, "a.png", parameters=INFOTEXT, extras="something else")
     text, details, items = studio.png_info(str(path))
     assert text == INFOTEXT and "something else" in details and "parameters" in details
-    studio.engine.list_checkpoints = lambda: ["sd15.safetensors"]
+    studio.engine.checkpoints = ["sd15.safetensors"]
     fields, _ = studio.fields_from_infotext(text, "txt2img")
     assert fields["seed"] == 1234 and fields["checkpoint"] == "sd15.safetensors"
 
@@ -900,7 +900,7 @@ def test_first_run_panel_offers_a_download_only_without_a_checkpoint_of_ones_own
 
     def panel(names):
         engine = FakeEngine(tmp_path)
-        engine.list_checkpoints = lambda: names
+        engine.checkpoints = list(names)
         demo = build_ui(engine, settings=Settings(tmp_path / "c.json"), styles=StyleDatabase(tmp_path / "s.csv"))
         blocks = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
         checkpoint = blocks["checkpoint"]
