@@ -7,15 +7,18 @@ the checkpoint list.
 """
 from __future__ import annotations
 
-import contextlib
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import unquote, urlparse
 
 from core.demo import is_demo
 from core.download import DEFAULT_MODEL_SHA256, DEFAULT_MODEL_URL, DownloadProgress, download, network_reachable
 from core.errors import UNAVAILABLE, EngineError
+
+if TYPE_CHECKING:
+    from app.studio import StudioUI
+    from core.engine_protocol import EngineProtocol
 
 SUFFIXES = (".safetensors", ".ckpt")
 
@@ -23,7 +26,7 @@ SUFFIXES = (".safetensors", ".ckpt")
 class ModelOffer:
     """What the page needs to offer a download. ``reachable`` is injectable for tests."""
 
-    def __init__(self, engine: Any, settings: Any = None, reachable: Callable[[str], bool] = network_reachable):
+    def __init__(self, engine: EngineProtocol, settings: Any = None, reachable: Callable[[str], bool] = network_reachable):
         self.engine = engine
         self.settings = settings
         self.reachable = reachable
@@ -89,25 +92,21 @@ class ModelOffer:
     def try_load(self, name: str) -> str | None:
         """Load the downloaded checkpoint (after any running job); None when it loaded, else
         why not. Nothing is selected before this says it loads."""
-        load = getattr(self.engine, "load", None)
-        if load is None:
-            return None
-        lock = self.engine.exclusive() if hasattr(self.engine, "exclusive") else contextlib.nullcontext()
         try:
-            with lock:
-                load(name)
+            with self.engine.exclusive():
+                self.engine.load(name)
         except Exception as exc:  # noqa: BLE001 - any failure is reported, the selection stays
             return f"{type(exc).__name__}: {exc}" if not isinstance(exc, EngineError) else str(exc)
         return None
 
 
-def download_panel(ui: Any, checkpoint: Any) -> tuple[Any, ModelOffer]:
+def download_panel(ui: StudioUI, checkpoint: Any) -> tuple[Any, ModelOffer]:
     """The first-run accordion above the tabs (shown when there is no checkpoint of one's own).
     Returns its notice and the offer: the caller fills the notice on page load (the network
     probe may take seconds, so not while the page is built)."""
     import gradio as gr
 
-    offer = ModelOffer(ui.engine, getattr(ui, "settings", None))
+    offer = ModelOffer(ui.engine, ui.settings)
     needed = offer.needed()
 
     def describe() -> str:

@@ -13,6 +13,7 @@ is one from another site's page that would change something (HostOriginMiddlewar
 """
 from __future__ import annotations
 
+import argparse
 import base64
 import binascii
 import contextlib
@@ -27,13 +28,16 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 # An offline studio must not phone home; set before gradio is (indirectly) imported.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from fastapi import FastAPI  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
+
+if TYPE_CHECKING:
+    from core.engine_protocol import EngineProtocol
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +65,9 @@ def parse_auth(text: str | None) -> dict[str, str]:
     return credentials
 
 
-def listen_problem(args: Any) -> str | None:
-    """Why the server must not start with these arguments, in one line (or None)."""
-    if getattr(args, "listen", False) and not getattr(args, "api_auth", None) and not getattr(args, "insecure", False):
+def listen_problem(args: argparse.Namespace) -> str | None:
+    """Why the server must not start with these arguments (launch.py's), in one line (or None)."""
+    if args.listen and not args.api_auth and not args.insecure:
         return ("--listen would serve on every network interface without a password; give --api-auth USER:PASSWORD "
                 "(or --insecure to serve without one)")
     return None
@@ -356,7 +360,7 @@ class HostOriginMiddleware:
 # ---------------------------------------------------------------------------------------------
 
 
-def startup_checkpoint(engine, settings_path: str | os.PathLike) -> str | None:
+def startup_checkpoint(engine: EngineProtocol, settings_path: str | os.PathLike) -> str | None:
     """The checkpoint to load as the server starts, or None: the setting
     ``sd_checkpoint_load_at_start`` is off, or there is no checkpoint. It is the one the setting
     ``sd_model_checkpoint`` (set through the API) names, when that still resolves, else the
@@ -377,7 +381,7 @@ def startup_checkpoint(engine, settings_path: str | os.PathLike) -> str | None:
     return names[0] if names else None
 
 
-def preload_checkpoint(engine, name: str) -> threading.Thread:
+def preload_checkpoint(engine: EngineProtocol, name: str) -> threading.Thread:
     """Load ``name`` (and its hash, which the first job's infotext needs) in a background
     thread under the engine's job lock: the server answers at once, a job sent meanwhile
     waits for the load instead of starting its own, and the page shows the load's progress
@@ -406,7 +410,7 @@ def preload_checkpoint(engine, name: str) -> threading.Thread:
 
 
 def create_app(
-    engine,
+    engine: EngineProtocol,
     api: bool = True,
     ui: bool = True,
     *,
@@ -442,8 +446,8 @@ def create_app(
     if api:
         from app.api import ApiLimits, SdApi
 
-        limits = limits or ApiLimits()
-        sd_api = SdApi(engine, settings=settings, limits=limits, cmd_flags=cmd_flags, models_root=models_root)
+        sd_api = SdApi(engine, settings=settings, limits=limits or ApiLimits(), cmd_flags=cmd_flags,
+                       models_root=models_root)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -467,39 +471,50 @@ def create_app(
     app.state.preload = None
     app.state.page = None
     if sd_api is not None:
-        from app.api import install_error_handlers
-
-        install_error_handlers(app)
-        app.include_router(sd_api.router)
-        if getattr(engine, "extensions", None) is not None:
-            engine.extensions.mount_api_routes(app)  # e.g. the prompt history's /history/...
-        app.add_middleware(BodyLimitMiddleware, limit=sd_api.limits.max_body_bytes)
+        mount_api(app, engine, sd_api)
     if ui:
-        import gradio as gr
-        from gradio.utils import get_cache_folder, get_upload_folder
-
-        from app.settings import data_dir, default_settings_file
-        from app.webui import build_ui
-
-        paths = [str(Path(p).resolve()) for p in (allowed_paths or [getattr(engine, "output_dir", None)]) if p]
-        demo = build_ui(engine, settings=settings, served_roots=[Path(p) for p in paths],
-                        allowed_dirs=[Path(p).resolve() for p in allowed_dirs] if allowed_dirs else None)
-        # Gradio's allow-list also decides which files a callback may hand to the page (Gradio
-        # copies them into its cache folder first): the batch folders' results are among them.
-        # What the file routes serve directly is FileAccessGuard's choice: the outputs only.
-        readable = paths + [str(Path(d).resolve()) for d in (allowed_dirs or ()) if str(Path(d).resolve()) not in paths]
-        # Gradio's own check, behind FileAccessGuard: the settings and styles are never files to serve.
-        blocked = [str(Path(p).resolve()) for p in (options_path, default_settings_file(), data_dir() / "styles.csv")
-                   if p]
-        gr.mount_gradio_app(app, demo, path="/", allowed_paths=readable, blocked_paths=blocked, show_error=True,
-                            ssr_mode=False)
-        app.add_middleware(FileAccessGuard, image_roots=paths, gradio_dirs=[get_upload_folder(), get_cache_folder()])
-        app.state.page = demo
+        app.state.page = mount_page(app, engine, settings, options_path, allowed_paths, allowed_dirs)
     if auth:
         app.add_middleware(BasicAuthMiddleware, credentials=auth)
     # Outermost (added last): another site's request is refused before any login prompt.
     app.add_middleware(HostOriginMiddleware, policy=allowed_hosts or HostPolicy())
     return app
+
+
+def mount_api(app: FastAPI, engine: EngineProtocol, sd_api) -> None:
+    """The REST API's routes, its error shapes, the extensions' routes and the body limit."""
+    from app.api import install_error_handlers
+
+    install_error_handlers(app)
+    app.include_router(sd_api.router)
+    engine.extensions.mount_api_routes(app)  # e.g. the prompt history's /history/...
+    app.add_middleware(BodyLimitMiddleware, limit=sd_api.limits.max_body_bytes)
+
+
+def mount_page(app: FastAPI, engine: EngineProtocol, settings, options_path: str | os.PathLike | None,
+               allowed_paths: Iterable[str | os.PathLike] | None,
+               allowed_dirs: Iterable[str | os.PathLike] | None):
+    """The Gradio page at /, with the files it may serve and read (see create_app); returns it."""
+    import gradio as gr
+    from gradio.utils import get_cache_folder, get_upload_folder
+
+    from app.settings import data_dir, default_settings_file
+    from app.webui import build_ui
+
+    paths = [str(Path(p).resolve()) for p in (allowed_paths or [engine.output_dir]) if p]
+    demo = build_ui(engine, settings=settings, served_roots=[Path(p) for p in paths],
+                    allowed_dirs=[Path(p).resolve() for p in allowed_dirs] if allowed_dirs else None)
+    # Gradio's allow-list also decides which files a callback may hand to the page (Gradio
+    # copies them into its cache folder first): the batch folders' results are among them.
+    # What the file routes serve directly is FileAccessGuard's choice: the outputs only.
+    readable = paths + [str(Path(d).resolve()) for d in (allowed_dirs or ()) if str(Path(d).resolve()) not in paths]
+    # Gradio's own check, behind FileAccessGuard: the settings and styles are never files to serve.
+    blocked = [str(Path(p).resolve()) for p in (options_path, default_settings_file(), data_dir() / "styles.csv")
+               if p]
+    gr.mount_gradio_app(app, demo, path="/", allowed_paths=readable, blocked_paths=blocked, show_error=True,
+                        ssr_mode=False)
+    app.add_middleware(FileAccessGuard, image_roots=paths, gradio_dirs=[get_upload_folder(), get_cache_folder()])
+    return demo
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,20 +538,20 @@ def run_uvicorn(app: FastAPI, host: str, port: int) -> int:
     return 0 if server.started else 1
 
 
-def serve(args: Any) -> int:
-    """Build the engine and serve the page and/or the API until interrupted."""
+def serve(args: argparse.Namespace) -> int:
+    """Build the engine and serve the page and/or the API until interrupted. ``args``: as
+    launch.py's parser makes them (every option there, defaults included)."""
     problem = listen_problem(args)
     if problem:
         _error(problem)
         return 2
     try:
-        credentials = parse_auth(getattr(args, "api_auth", None))
-        hosts = HostPolicy(getattr(args, "allowed_host", None) or (), listen=bool(getattr(args, "listen", False)))
+        credentials = parse_auth(args.api_auth)
+        hosts = HostPolicy(args.allowed_host, listen=args.listen)
     except ValueError as exc:
         _error(str(exc))
         return 2
-    api = bool(getattr(args, "api", False))
-    ui = not getattr(args, "nowebui", False)
+    api, ui = args.api, not args.nowebui
     if not api and not ui:
         print("Nothing to serve (--nowebui without --api).")
         return 0
@@ -549,24 +564,23 @@ def serve(args: Any) -> int:
     try:
         from app.settings import Settings, default_settings_file, disabled_extensions
 
-        settings = getattr(args, "ui_settings_file", None) or default_settings_file()
+        settings = args.ui_settings_file or default_settings_file()
         disabled = disabled_extensions(Settings(settings))
         engine = Engine(device=args.device, precision=args.precision, ckpt_dir=Path(args.ckpt_dir),
-                        output_dir=Path(args.outdir), lora_dir=getattr(args, "lora_dir", None),
+                        output_dir=Path(args.outdir), lora_dir=args.lora_dir,
                         disabled_extensions=disabled)
     except EngineError as exc:
         _error(str(exc))
         return 1
 
-    flags = {k: v for k, v in vars(args).items()} if hasattr(args, "__dict__") else {}
+    flags = dict(vars(args))
     from app.settings import default_allowed_dirs
 
-    allowed_dirs = [Path(d).expanduser().resolve() for d in (getattr(args, "allowed_dir", None)
-                                                              or default_allowed_dirs(args.outdir))]
+    allowed_dirs = [Path(d).expanduser().resolve() for d in args.allowed_dir or default_allowed_dirs(args.outdir)]
     app = create_app(engine, api=api, ui=ui, auth=credentials or None, options_path=settings, cmd_flags=flags,
                      allowed_paths=[Path(args.outdir)], load_checkpoint=startup_checkpoint(engine, settings),
                      allowed_hosts=hosts, allowed_dirs=allowed_dirs)
-    host = "0.0.0.0" if getattr(args, "listen", False) else "127.0.0.1"
+    host = "0.0.0.0" if args.listen else "127.0.0.1"
     port = int(args.port)
     parts = (["page: /"] if ui else []) + (["API: /sdapi/v1, docs: /docs"] if api else [])
     print(f"Serving on http://{host}:{port} ({', '.join(parts)})" + (" with HTTP Basic auth" if credentials else ""),

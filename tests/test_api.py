@@ -733,18 +733,16 @@ def test_bad_api_auth_is_refused(tmp_path):
 
 
 def test_serve_builds_one_engine_and_binds_loopback(monkeypatch, models_dir, tmp_path):
-    import types
-
     import app.server as server
+    from launch_args import launch_args
 
     calls = []
     monkeypatch.setattr(server, "run_uvicorn", lambda app, host, port: calls.append((app, host, port)) or 0)
 
     def args(**kw):
         base = dict(device="cpu", precision="fp32", ckpt_dir=models_dir / "Stable-diffusion", outdir=tmp_path / "out",
-                    listen=False, port=7901, api=True, nowebui=True, api_auth=None, insecure=False,
-                    ui_settings_file=tmp_path / "config.json")
-        return types.SimpleNamespace(**{**base, **kw})
+                    port=7901, api=True, nowebui=True, ui_settings_file=tmp_path / "config.json")
+        return launch_args(**{**base, **kw})
 
     assert server.serve(args()) == 0
     assert server.serve(args(listen=True, api_auth="u:p", port=7902)) == 0

@@ -107,7 +107,7 @@ def test_a_wrong_value_for_one_key_drops_nothing(tmp_path):
 def test_apply_on_the_page_says_the_file_was_set_aside(tmp_path):
     pytest.importorskip("gradio")
     from app.studio import StudioUI
-    from test_webui import FakeEngine
+    from fake_engine import FakeEngine
 
     path = tmp_path / "config.json"
     ui = StudioUI(FakeEngine(tmp_path), settings=Settings(path), styles=StyleDatabase(tmp_path / "styles.csv"))
@@ -325,7 +325,8 @@ def test_page_shows_the_image_and_warns_when_it_cannot_save(tmp_path):
     from PIL import Image
 
     from app.studio import StudioUI
-    from test_webui import FakeEngine, run_stream
+    from fake_engine import FakeEngine
+    from test_webui import run_stream
 
     engine = FakeEngine(tmp_path)
     engine.output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -364,7 +365,7 @@ def test_page_shows_an_image_the_engine_could_not_save(engine, tmp_path, monkeyp
 def test_the_page_says_at_load_what_it_could_not_read(tmp_path):
     gr = pytest.importorskip("gradio")
     from app.webui import build_ui
-    from test_webui import FakeEngine
+    from fake_engine import FakeEngine
 
     (tmp_path / "config.json").write_text('["not", "an", "object"]')
     (tmp_path / "styles.csv").write_text('name,prompt\nHuge,"' + "x" * 200_000 + '"\n')
@@ -384,7 +385,7 @@ def test_page_super_resolution_keeps_the_picture_when_it_cannot_save(tmp_path):
     from PIL import Image
 
     from app.studio import StudioUI
-    from test_webui import FakeEngine
+    from fake_engine import FakeEngine
 
     engine = FakeEngine(tmp_path)
     ui = StudioUI(engine, settings=Settings(tmp_path / "config.json"), styles=StyleDatabase(tmp_path / "styles.csv"))

@@ -98,18 +98,12 @@ def test_offline_is_detected_quickly():
 
 # --- first run: the page's offer and the demo model ------------------------------------------
 
-class _Engine:
-    """Just what ModelOffer reads: a checkpoint folder and its listing (the demo always in it)."""
+def first_run_engine(root):
+    """An engine whose only checkpoint is the bundled demo (the first run's case)."""
+    from core.demo import DEMO_NAME
+    from fake_engine import FakeEngine
 
-    def __init__(self, ckpt_dir, own=()):
-        from core.demo import DEMO_NAME
-
-        self.ckpt_dir = ckpt_dir
-        self.own = list(own)
-        self.demo = DEMO_NAME
-
-    def list_checkpoints(self):
-        return [*self.own, self.demo]
+    return FakeEngine(root, checkpoints=[DEMO_NAME])
 
 
 def test_first_run_offer_downloads_into_the_checkpoint_folder(server, tmp_path):
@@ -117,14 +111,16 @@ def test_first_run_offer_downloads_into_the_checkpoint_folder(server, tmp_path):
 
     probes = []
     settings = {"model_download_url": server, "model_download_sha256": hashlib.sha256(PAYLOAD).hexdigest()}
-    engine = _Engine(tmp_path / "Stable-diffusion")
+    engine = first_run_engine(tmp_path)
     offer = ModelOffer(engine, settings, reachable=lambda url: probes.append(url) or True)
     assert offer.needed() and "No checkpoint yet" in offer.notice()
     seen = []
     name = offer.fetch(progress=lambda p: seen.append(p.fraction))
-    assert name == "model.safetensors" and (tmp_path / "Stable-diffusion" / name).read_bytes() == PAYLOAD
+    assert name == "model.safetensors" and (engine.ckpt_dir / name).read_bytes() == PAYLOAD
     assert seen[-1] == 1.0
-    engine.own.append(name)
+    engine.checkpoints.insert(0, name)
+    assert offer.try_load(name) is None and engine.loaded.name == "model"
+    assert offer.try_load("other.safetensors") == "checkpoint: 'other.safetensors' not found in " + str(engine.ckpt_dir)
     assert not offer.needed() and offer.notice() == ""
     assert len(probes) == 1  # the network is asked once per process
 
@@ -133,7 +129,7 @@ def test_first_run_offline_says_so_once_and_keeps_the_demo(tmp_path):
     from app.first_run import ModelOffer
 
     probes = []
-    offer = ModelOffer(_Engine(tmp_path), {}, reachable=lambda url: probes.append(url) or False)
+    offer = ModelOffer(first_run_engine(tmp_path), {}, reachable=lambda url: probes.append(url) or False)
     first = offer.notice()
     assert first.startswith("Offline:") and "demo model" in first
     assert offer.notice() == first and len(probes) == 1
@@ -150,12 +146,13 @@ def test_first_run_offline_says_so_once_and_keeps_the_demo(tmp_path):
 def test_first_run_refuses_odd_urls(tmp_path, url, why):
     from app.first_run import ModelOffer
 
-    offer = ModelOffer(_Engine(tmp_path), {"model_download_url": url}, reachable=lambda url: True)
+    engine = first_run_engine(tmp_path)
+    offer = ModelOffer(engine, {"model_download_url": url}, reachable=lambda url: True)
     with pytest.raises(EngineError, match=why):
         offer.fetch()
     assert not list(tmp_path.iterdir())
     # An encoded path in the URL never leaves the checkpoint folder: only the last name counts.
-    assert offer.target("http://h/..%2F..%2Fevil.safetensors") == tmp_path / "evil.safetensors"
+    assert offer.target("http://h/..%2F..%2Fevil.safetensors") == engine.ckpt_dir / "evil.safetensors"
 
 
 def test_demo_is_listed_last_labelled_and_default_only_alone(tmp_path):

@@ -109,7 +109,7 @@ def test_the_api_answers_bad_hires_names_with_their_own_field():
     from fastapi.testclient import TestClient
 
     from app.server import create_app
-    from test_webui import FakeEngine
+    from fake_engine import FakeEngine
 
     import tempfile
     from pathlib import Path

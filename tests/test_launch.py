@@ -8,6 +8,7 @@ directory, and pip runs with PIP_NO_INDEX=1.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -378,40 +379,13 @@ def test_ci_run_calls_run_tests_and_propagates_failure(tmp_path: Path):
 
 # The engine's own error type (a tiny module, no torch): the page tells it apart by class.
 from core.errors import EngineError  # noqa: E402
+from fake_engine import FakeEngine  # noqa: E402
+from launch_args import launch_args  # noqa: E402
 
 
 class FakeParams:
     def __init__(self, **kwargs):
         self.__dict__.update(kwargs)
-
-
-class FakeEngine:
-    def __init__(self, tmp_path: Path, fail: Exception | None = None):
-        self.tmp_path = tmp_path
-        self.output_dir = tmp_path  # the engine saves (the page's default settings)
-        self.fail = fail
-        self.calls = []
-
-    def list_checkpoints(self):
-        return ["sd15.safetensors", "sub/other.ckpt"]
-
-    def txt2img(self, params, progress=None, save=True):
-        self.calls.append(params)
-        if self.fail is not None:
-            raise self.fail
-        from PIL import Image
-
-        # Same shape as core.engine.Progress.
-        progress(types.SimpleNamespace(step=1, steps=params.steps, batch=0, batches=params.batch_count,
-                                       fraction=1 / (params.steps * params.batch_count), eta_seconds=None,
-                                       latent=None))
-        results = []
-        for i in range(params.batch_size * params.batch_count):
-            image = Image.new("RGB", (params.width, params.height), (i * 40, 0, 0))
-            path = self.tmp_path / f"{i:05d}.png"
-            image.save(path)
-            results.append(types.SimpleNamespace(image=image, infotext=f"{params.prompt} #{i}", path=path, seed=i))
-        return results
 
 
 @pytest.fixture(scope="module")
@@ -452,13 +426,16 @@ def test_generate_builds_params_and_returns_saved_pngs(webui, tmp_path: Path):
     ui = studio(webui, engine, tmp_path, FakeParams)
     *_, last = ui.stream("txt2img", ("a cat", "blurry", [], "sd15.safetensors", "DDIM", "Karras", 12.0, 6.5,
                                          64.0, 96.0, 2.0, 1.0, 42.0))
-    (params,) = engine.calls
-    assert vars(params) == dict(prompt="a cat", negative_prompt="blurry", steps=12, cfg_scale=6.5, seed=42,
-                                width=64, height=96, sampler="DDIM", scheduler="Karras", batch_size=1, batch_count=2,
-                                checkpoint="sd15.safetensors")
+    (call,) = engine.calls
+    assert vars(call.params) == dict(prompt="a cat", negative_prompt="blurry", steps=12, cfg_scale=6.5, seed=42,
+                                     width=64, height=96, sampler="DDIM", scheduler="Karras", batch_size=1,
+                                     batch_count=2, checkpoint="sd15.safetensors")
     gallery, info, log, progress, items = last
-    assert [path for path, _ in gallery] == [str(tmp_path / "00000.png"), str(tmp_path / "00001.png")]
-    assert info == "a cat #0" and [item["infotext"] for item in items] == ["a cat #0", "a cat #1"]
+    saved = engine.output_dir / "txt2img-images" / dt.date.today().isoformat()
+    assert [path for path, _ in gallery] == [str(saved / "00000-42.png"), str(saved / "00001-43.png")]
+    infotexts = [item["infotext"] for item in items]
+    assert info == infotexts[0] and [text.split("\n")[0] for text in infotexts] == ["a cat", "a cat"]
+    assert ["Seed: 42," in infotexts[0], "Seed: 43," in infotexts[1]] == [True, True]
 
 
 def test_page_uses_the_real_generation_params(webui, tmp_path: Path):
@@ -467,7 +444,8 @@ def test_page_uses_the_real_generation_params(webui, tmp_path: Path):
     engine = FakeEngine(tmp_path)
     list(studio(webui, engine, tmp_path).stream("txt2img", dict(prompt="a dog", checkpoint="sd15.safetensors",
                                                                 seed=5)))
-    (params,) = engine.calls
+    (call,) = engine.calls
+    params = call.params
     assert isinstance(params, GenerationParams)
     params.validate()  # what the page sends passes the engine's own checks
 
@@ -476,8 +454,9 @@ def test_generate_empty_seed_and_checkpoint_mean_defaults(webui, tmp_path: Path)
     engine = FakeEngine(tmp_path)
     list(studio(webui, engine, tmp_path, FakeParams).stream("txt2img", dict(prompt="x", negative_prompt=None,
                                                                             checkpoint="", seed=None, steps=1)))
-    assert engine.calls[0].seed == -1 and engine.calls[0].checkpoint is None
-    assert engine.calls[0].negative_prompt == ""
+    params = engine.calls[0].params
+    assert params.seed == -1 and params.checkpoint is None
+    assert params.negative_prompt == ""
 
 
 @pytest.mark.parametrize("error, message", [
@@ -501,26 +480,23 @@ def test_server_serve_binds_host_and_port_and_reports_engine_errors(monkeypatch,
     class StubEngineError(Exception):
         pass
 
-    class StubEngine:
+    class BuiltEngine(FakeEngine):
+        """Built as serve() builds core.engine.Engine: its arguments are kept; "mps" is missing."""
+
         def __init__(self, **kwargs):
             made.append(kwargs)
             if kwargs["device"] == "mps":
                 raise StubEngineError("MPS is not available on this machine")
+            super().__init__(tmp_path, checkpoints=["first.safetensors", "second.safetensors"])
 
-        def list_checkpoints(self):
-            return ["first.safetensors", "second.safetensors"]
-
-    monkeypatch.setitem(sys.modules, "core.engine", types.SimpleNamespace(Engine=StubEngine))
+    monkeypatch.setitem(sys.modules, "core.engine", types.SimpleNamespace(Engine=BuiltEngine))
     monkeypatch.setitem(sys.modules, "core.errors", types.SimpleNamespace(EngineError=StubEngineError))
     monkeypatch.setattr(server, "create_app", lambda engine, **kw: ("app", engine, kw))
     monkeypatch.setattr(server, "run_uvicorn", lambda app, host, port: served.append((app, host, port)) or 0)
 
     def args(**kw):
-        base = dict(device="cpu", precision="fp32", ckpt_dir=tmp_path / "ck", outdir=tmp_path / "out",
-                    listen=False, port=7999, api=False, nowebui=False, api_auth=None, insecure=False,
-                    ui_settings_file=tmp_path / "config.json")
-        base.update(kw)
-        return types.SimpleNamespace(**base)
+        return launch_args(**{**dict(device="cpu", precision="fp32", ckpt_dir=tmp_path / "ck", outdir=tmp_path / "out",
+                                     port=7999, ui_settings_file=tmp_path / "config.json"), **kw})
 
     assert server.serve(args()) == 0
     assert server.serve(args(listen=True, insecure=True, port=8123)) == 0

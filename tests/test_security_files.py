@@ -272,6 +272,8 @@ def test_allowed_dirs_go_from_launch_py_to_the_page(site, monkeypatch, tmp_path)
     import launch
 
     import app.server as server
+    from fake_engine import engine_class
+    from launch_args import launch_args
 
     args = launch.build_parser().parse_args(["--allowed-dir", str(tmp_path / "a"), "--allowed-dir", "~/b"])
     assert args.allowed_dir == [tmp_path / "a", Path("~/b")]
@@ -280,13 +282,12 @@ def test_allowed_dirs_go_from_launch_py_to_the_page(site, monkeypatch, tmp_path)
     made = []
     monkeypatch.setattr(server, "create_app", lambda engine, **kw: made.append(kw) or "app")
     monkeypatch.setattr(server, "run_uvicorn", lambda app, host, port: 0)
-    monkeypatch.setattr("core.engine.Engine", lambda **kw: types.SimpleNamespace(list_checkpoints=lambda: []))
-    base = dict(device="cpu", precision="fp32", ckpt_dir=tmp_path / "ck", outdir=tmp_path / "out", listen=False,
-                port=7999, api=False, nowebui=False, api_auth=None, insecure=False,
+    monkeypatch.setattr("core.engine.Engine", engine_class(tmp_path, [], checkpoints=[]))
+    base = dict(device="cpu", precision="fp32", ckpt_dir=tmp_path / "ck", outdir=tmp_path / "out", port=7999,
                 ui_settings_file=tmp_path / "config.json")
-    assert server.serve(types.SimpleNamespace(**base, allowed_dir=args.allowed_dir)) == 0
+    assert server.serve(launch_args(**base, allowed_dir=args.allowed_dir)) == 0
     assert made[-1]["allowed_dirs"] == [tmp_path / "a", Path.home() / "b"]
-    assert server.serve(types.SimpleNamespace(**base, allowed_dir=None)) == 0
+    assert server.serve(launch_args(**base, allowed_dir=None)) == 0
     assert made[-1]["allowed_dirs"] == [(tmp_path / "out").resolve(), ROOT / "inputs"]
 
     monkeypatch.undo()

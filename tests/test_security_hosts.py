@@ -13,10 +13,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import shutil
 import threading
 import time
-import types
 
 import pytest
 import requests
@@ -26,21 +24,19 @@ from PIL import Image
 from test_api import LiveServer, serve, tiny  # noqa: F401 - serve is a fixture (over this module's engine)
 
 from app.server import HostPolicy, create_app
+from launch_args import launch_args
 
 ATTACKER = "attacker.example"
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_checkpoints, tmp_path_factory):
-    from core.engine import Engine
+    from tiny_models import engine_on_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("hosts")
-    ckpts = root / "models" / "Stable-diffusion"
-    ckpts.mkdir(parents=True)
-    shutil.copy(tiny_checkpoints["safetensors"], ckpts / "tiny.safetensors")
     (root / "no-extensions").mkdir()
-    return Engine(device="cpu", ckpt_dir=ckpts, output_dir=root / "outputs", hash_cache=root / "hashes.json",
-                  models_dir=root / "models", extensions_dir=root / "no-extensions")
+    return engine_on_tiny_checkpoint(root, tiny_checkpoints["safetensors"], models_dir=root / "models",
+                                     extensions_dir=root / "no-extensions")
 
 
 def get(server: LiveServer, path: str, host: str | None = None, **kwargs) -> requests.Response:
@@ -278,10 +274,9 @@ def test_allowed_host_flag_reaches_the_app(monkeypatch, engine, tmp_path):
     import core.engine
 
     monkeypatch.setattr(core.engine, "Engine", OneEngine)
-    namespace = types.SimpleNamespace(device="cpu", precision="fp32", ckpt_dir=engine.ckpt_dir, outdir=tmp_path / "out",
-                                      listen=False, port=7901, api=True, nowebui=True, api_auth=None, insecure=False,
-                                      ui_settings_file=tmp_path / "config.json", lora_dir=None,
-                                      allowed_host=["studio.lan"])
+    namespace = launch_args(device="cpu", precision="fp32", ckpt_dir=engine.ckpt_dir, outdir=tmp_path / "out",
+                            port=7901, api=True, nowebui=True, ui_settings_file=tmp_path / "config.json",
+                            allowed_host=["studio.lan"])
     assert server.serve(namespace) == 0
     from fastapi.testclient import TestClient
 
@@ -291,6 +286,6 @@ def test_allowed_host_flag_reaches_the_app(monkeypatch, engine, tmp_path):
     assert (status("http://studio.lan:7901"), status("http://127.0.0.1:7901"), status("http://render-box")) == \
         (200, 200, 400)
     assert status("http://192.168.1.20:7901") == 400  # not listening on the network: no LAN address
-    assert server.serve(types.SimpleNamespace(**{**vars(namespace), "listen": True, "insecure": True})) == 0
+    assert server.serve(launch_args(**{**vars(namespace), "listen": True, "insecure": True})) == 0
     assert (status("http://192.168.1.20:7901"), status("http://studio.lan"), status(f"http://{ATTACKER}")) == \
         (200, 200, 400)

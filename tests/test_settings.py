@@ -9,13 +9,13 @@ hold, as a browser would send them.
 from __future__ import annotations
 
 import json
-import types
 from pathlib import Path
 
 import pytest
 
 from app.server import create_app
 from app.settings import MAX_KEPT_KEYS, OPTIONS, Settings
+from launch_args import launch_args
 from test_api import LIMITS, LiveServer, engine, models_dir, serve, tiny  # noqa: F401 - fixtures: tiny models
 
 gr = pytest.importorskip("gradio")
@@ -237,9 +237,8 @@ def test_ui_settings_file_reaches_the_page(models_dir, tmp_path, monkeypatch):
                                   "sd_checkpoint_load_at_start": False}))
     served = []
     monkeypatch.setattr(server, "run_uvicorn", lambda app, host, port: served.append(app) or 0)
-    args = types.SimpleNamespace(device="cpu", precision="fp32", ckpt_dir=models_dir / "Stable-diffusion",
-                                 outdir=tmp_path / "out", listen=False, port=7911, api=True, nowebui=False,
-                                 api_auth=None, insecure=False, ui_settings_file=config, lora_dir=None)
+    args = launch_args(device="cpu", precision="fp32", ckpt_dir=models_dir / "Stable-diffusion",
+                       outdir=tmp_path / "out", port=7911, api=True, ui_settings_file=config)
     assert server.serve(args) == 0
     (app,) = served
     studio = app.state.page.studio

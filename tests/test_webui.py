@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
 import threading
 import time
 import types
@@ -36,77 +35,8 @@ INFOTEXT = ("a castle on a hill, (sunset:1.2)\nNegative prompt: blurry, lowres\n
 
 # The engine's own error type (a tiny module, no torch): the page tells it apart by class.
 from core.errors import EngineError  # noqa: E402
-
-
-class FakeEngine:
-    """Records calls; makes flat images; reports progress with a latent like the engine's."""
-
-    def __init__(self, root: Path, fail: BaseException | None = None, steps_delay: float = 0.01):
-        self.output_dir = root / "outputs"
-        self.ckpt_dir = root / "models" / "Stable-diffusion"
-        self.device = "cpu"
-        self.fail = fail
-        self.delay = steps_delay
-        self.calls: list[tuple] = []
-        self.flags = types.SimpleNamespace(interrupted=False, skipped=False)
-        self.interrupts = 0
-        from core.upscaling import ModelCache
-
-        self.upscaler_cache = ModelCache()
-
-    def list_checkpoints(self):
-        return ["sd15.safetensors", "sub/other.ckpt"]
-
-    def extras(self, image, job, progress=None, source_infotext=None):
-        """The engine's own upscale job (no checkpoint involved), recorded."""
-        from core.upscaling.extras import run_extras
-
-        self.calls.append(("extras", job, image, None, True))
-        return run_extras(image, job, models_root=self.ckpt_dir.parent, device="cpu", cache=self.upscaler_cache,
-                          progress=progress, source_infotext=source_infotext)
-
-    def interrupt(self):
-        self.interrupts += 1
-        self.flags.interrupted = True
-
-    def skip(self):
-        self.flags.skipped = True
-
-    def _make(self, kind, params, progress, save, image=None, mask=None):
-        self.calls.append((kind, params, image, mask, save))
-        self.flags = types.SimpleNamespace(interrupted=False, skipped=False)
-        if self.fail is not None:
-            raise self.fail
-        results = []
-        started = time.monotonic()
-        for batch in range(params.batch_count):
-            for step in range(params.steps):
-                if self.flags.interrupted:
-                    return results
-                time.sleep(self.delay)
-                if progress:
-                    progress(types.SimpleNamespace(
-                        step=step + 1, steps=params.steps, batch=batch, batches=params.batch_count, started=started,
-                        fraction=(batch + (step + 1) / params.steps) / params.batch_count, eta_seconds=1.0,
-                        latent=np.full((params.batch_size, 4, params.height // 8, params.width // 8), 0.5, np.float32),
-                        latent_format=None))
-            for i in range(params.batch_size):
-                seed = (params.seed if params.seed >= 0 else 7) + batch * params.batch_size + i
-                picture = Image.new("RGB", (params.width, params.height), (40 * i, 90, 160))
-                text = f"{params.prompt}\nSteps: {params.steps}, Sampler: {params.sampler}, CFG scale: 7, Seed: {seed}, Size: {params.width}x{params.height}"
-                path = None
-                if save:
-                    folder = self.output_dir / f"{kind}-images" / dt.date.today().isoformat()
-                    path = save_image(picture, folder, name=str(seed), infotext=text)
-                results.append(types.SimpleNamespace(image=picture, seed=seed, infotext=text, path=path,
-                                                     notes=["a note from the engine"] if kind == "img2img" else []))
-        return results
-
-    def txt2img(self, params, progress=None, save=True):
-        return self._make("txt2img", params, progress, save)
-
-    def img2img(self, params, image, mask=None, progress=None, save=True):
-        return self._make("img2img", params, progress, save, image, mask)
+from fake_engine import FakeEngine, engine_class  # noqa: E402
+from launch_args import launch_args  # noqa: E402
 
 
 @pytest.fixture
@@ -416,7 +346,7 @@ def test_outpainting_grows_the_canvas_and_the_size(studio):
 
 
 def test_infotext_fills_every_field_it_knows(studio):
-    studio.engine.list_checkpoints = lambda: ["sd15.safetensors", "other.ckpt"]
+    studio.engine.checkpoints = ["sd15.safetensors", "other.ckpt"]
     fields, notes = studio.fields_from_infotext(INFOTEXT, "txt2img")
     assert fields == {
         "prompt": "a castle on a hill, (sunset:1.2)", "negative_prompt": "blurry, lowres", "steps": 12,
@@ -457,7 +387,7 @@ def test_png_info_reads_our_and_a1111_files(studio, tmp_path):
     path = png_with(tmp_path, "a.png", parameters=INFOTEXT, extras="something else")
     text, details, items = studio.png_info(str(path))
     assert text == INFOTEXT and "something else" in details and "parameters" in details
-    studio.engine.list_checkpoints = lambda: ["sd15.safetensors"]
+    studio.engine.checkpoints = ["sd15.safetensors"]
     fields, _ = studio.fields_from_infotext(text, "txt2img")
     assert fields["seed"] == 1234 and fields["checkpoint"] == "sd15.safetensors"
 
@@ -653,13 +583,10 @@ def test_upscale_single_image_and_folder(studio, tmp_path):
 
 @pytest.fixture(scope="module")
 def real_studio(tiny_checkpoints, tmp_path_factory):
-    from core.engine import Engine
+    from tiny_models import engine_on_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("webui-real")
-    ckpts = root / "models" / "Stable-diffusion"
-    ckpts.mkdir(parents=True)
-    shutil.copy(tiny_checkpoints["safetensors"], ckpts / "tiny.safetensors")
-    engine = Engine(device="cpu", ckpt_dir=ckpts, output_dir=root / "outputs", hash_cache=root / "hashes.json")
+    engine = engine_on_tiny_checkpoint(root, tiny_checkpoints["safetensors"])
     settings = Settings(root / "config.json")
     settings.update({"preview_every": 1})
     return StudioUI(engine, settings=settings, styles=StyleDatabase(root / "styles.csv"))
@@ -770,32 +697,22 @@ def test_lora_cards_search_preview_and_insert(tmp_path):
 
 
 def test_disabled_extensions_setting_reaches_the_engine(tmp_path, monkeypatch):
-    import types as _types
-
     import app.server as server
     from app.settings import Settings as S, disabled_extensions
 
     settings = S(tmp_path / "config.json")
     settings.update({"disabled_extensions": " prompt_history, lora ,"})
     assert disabled_extensions(S(tmp_path / "config.json")) == {"prompt_history", "lora"}
-    made = {}
-
-    class StubEngine:
-        def __init__(self, **kwargs):
-            made.update(kwargs)
-
-        def list_checkpoints(self):
-            return []
+    made = []
 
     import core.engine
-    monkeypatch.setattr(core.engine, "Engine", StubEngine)
+    monkeypatch.setattr(core.engine, "Engine", engine_class(tmp_path, made, checkpoints=[]))
     monkeypatch.setattr(server, "run_uvicorn", lambda app, host, port: 0)
     monkeypatch.setattr(server, "create_app", lambda *a, **k: None)
-    args = _types.SimpleNamespace(device="cpu", precision="fp32", ckpt_dir=tmp_path, outdir=tmp_path, listen=False,
-                                  port=7860, nowebui=False, api=False, api_auth=None, insecure=False,
-                                  ui_settings_file=tmp_path / "config.json", lora_dir=None)
+    args = launch_args(device="cpu", precision="fp32", ckpt_dir=tmp_path, outdir=tmp_path,
+                       ui_settings_file=tmp_path / "config.json")
     assert server.serve(args) == 0
-    assert made["disabled_extensions"] == {"prompt_history", "lora"}
+    assert made[0]["disabled_extensions"] == {"prompt_history", "lora"}
 
 
 # ------------------------------------------------------------------ model families: refiner, native size, settings
@@ -881,48 +798,8 @@ def test_real_native_size_is_read_from_the_file(real_studio):
 # ------------------------------------------------------------------ loading checkpoints
 
 
-class LoadingEngine(FakeEngine):
-    """A FakeEngine whose checkpoints take a while to load and say so as core's Engine does:
-    ``loading`` (name, path, fraction) while it reads, ``loaded`` after, one job lock."""
-
-    def __init__(self, root: Path, load_steps: int = 5):
-        super().__init__(root)
-        self.loading = None
-        self.loaded = None
-        self.load_steps = load_steps
-        self.lock = threading.Lock()
-
-    def exclusive(self):
-        return self.lock
-
-    def resolve_checkpoint(self, name, allow_paths=False):
-        if name not in self.list_checkpoints():
-            raise EngineError(f"checkpoint: {name!r} not found in {self.ckpt_dir}")
-        return self.ckpt_dir / name
-
-    def load(self, name, allow_paths=False):
-        path = self.resolve_checkpoint(name)
-        if self.loaded is not None and self.loaded.path == path:
-            return self.loaded
-        self.loaded = None
-        self.loading = types.SimpleNamespace(name=Path(name).stem, path=path, fraction=0.0)
-        try:
-            for step in range(1, self.load_steps + 1):
-                time.sleep(0.12)
-                self.loading.fraction = step / self.load_steps
-        finally:
-            self.loading = None
-        self.loaded = types.SimpleNamespace(name=Path(name).stem, path=path)
-        return self.loaded
-
-    def _make(self, kind, params, progress, save, image=None, mask=None):
-        with self.lock:
-            self.load(params.checkpoint or self.list_checkpoints()[0])
-            return super()._make(kind, params, progress, save, image, mask)
-
-
 def loading_studio(tmp_path) -> StudioUI:
-    return StudioUI(LoadingEngine(tmp_path), settings=Settings(tmp_path / "config.json"),
+    return StudioUI(FakeEngine(tmp_path, load_seconds=0.6), settings=Settings(tmp_path / "config.json"),
                     styles=StyleDatabase(tmp_path / "styles.csv"))
 
 
@@ -994,7 +871,7 @@ def test_the_page_follows_a_load_started_elsewhere(tmp_path):
 def test_page_wires_the_checkpoint_status_and_the_load_at_start_setting(tmp_path):
     from app.webui import build_ui
 
-    demo = build_ui(LoadingEngine(tmp_path), settings=Settings(tmp_path / "c.json"),
+    demo = build_ui(FakeEngine(tmp_path, load_seconds=0.6), settings=Settings(tmp_path / "c.json"),
                     styles=StyleDatabase(tmp_path / "s.csv"))
     status = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "checkpoint_status")
     checkpoint = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "checkpoint")
@@ -1023,7 +900,7 @@ def test_first_run_panel_offers_a_download_only_without_a_checkpoint_of_ones_own
 
     def panel(names):
         engine = FakeEngine(tmp_path)
-        engine.list_checkpoints = lambda: names
+        engine.checkpoints = list(names)
         demo = build_ui(engine, settings=Settings(tmp_path / "c.json"), styles=StyleDatabase(tmp_path / "s.csv"))
         blocks = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
         checkpoint = blocks["checkpoint"]

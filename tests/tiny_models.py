@@ -322,3 +322,17 @@ def save_sdxl(root: Path, name: str = "tiny-sdxl", seed: int = 0, refiner: bool 
     paths = _write(_single_file(folder, {logit: torch.tensor(4.6052)}), root, name)
     paths["diffusers"] = folder
     return paths
+
+
+def engine_on_tiny_checkpoint(root: Path, checkpoint: Path, **options):
+    """A real Engine on the CPU over a copy of ``checkpoint`` (as tiny.safetensors) in
+    <root>/models/Stable-diffusion, saving in <root>/outputs; ``options``: more of Engine's
+    arguments (models_dir, extensions_dir, ...)."""
+    import shutil
+
+    from core.engine import Engine
+
+    ckpts = root / "models" / "Stable-diffusion"
+    ckpts.mkdir(parents=True)
+    shutil.copy(checkpoint, ckpts / "tiny.safetensors")
+    return Engine(device="cpu", ckpt_dir=ckpts, output_dir=root / "outputs", hash_cache=root / "hashes.json", **options)
