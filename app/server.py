@@ -440,7 +440,8 @@ def create_app(
     settings = Settings(options_path)  # one store for the page and the API: neither writes over the other
     sd_api = None
     if api:
-        from app.api import ApiLimits, SdApi
+        from app.api.limits import ApiLimits
+        from app.api.service import SdApi
 
         limits = limits or ApiLimits()
         sd_api = SdApi(engine, settings=settings, limits=limits, cmd_flags=cmd_flags, models_root=models_root)
@@ -467,7 +468,7 @@ def create_app(
     app.state.preload = None
     app.state.page = None
     if sd_api is not None:
-        from app.api import install_error_handlers
+        from app.api.errors import install_error_handlers
 
         install_error_handlers(app)
         app.include_router(sd_api.router)

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 webuiapi = pytest.importorskip("webuiapi")
 
-from app.api import ApiLimits  # noqa: E402
+from app.api.limits import ApiLimits  # noqa: E402
 from app.server import create_app  # noqa: E402
 
 LIMITS = ApiLimits(max_steps=400, max_size=256, max_images=8, max_upscale_pixels=512 * 512,
