@@ -4,21 +4,18 @@ work; the pictures are upscaled on the device queue, stopping when the client le
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 
 from app.api.errors import ApiError, engine_error, error_responses
+from app.api.group import RouteGroup
 from app.api.images import decode_image, encode_png, html_info
 from app.api.jobs import ClientGone
 from app.api.schemas import (ExtrasBaseRequest, ExtrasBatchImagesRequest, ExtrasBatchImagesResponse,
                              ExtrasSingleImageRequest, ExtrasSingleImageResponse)
 from core.errors import EngineError
-
-if TYPE_CHECKING:
-    from app.api.service import SdApi
 
 
 def find_upscaler(name: str, field: str, models_root):
@@ -31,16 +28,8 @@ def find_upscaler(name: str, field: str, models_root):
         raise engine_error(exc, 422, field) from None
 
 
-class ExtrasRoutes:
+class ExtrasRoutes(RouteGroup):
     """POST /extra-single-image and /extra-batch-images."""
-
-    def __init__(self, api: SdApi):
-        self.engine = api.engine
-        self.settings = api.options
-        self.limits = api.limits
-        self.models_root = api.models_root
-        self.queue = api.queue
-        self.state = api.state
 
     def register(self, router: APIRouter) -> None:
         job = error_responses(400, 404, 413, 422)

@@ -13,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from app.api.errors import ApiError, engine_error, error_responses
 from app.api.extras import find_upscaler
+from app.api.group import RouteGroup
 from app.api.images import decode_image, encode_png
 from app.api.jobs import engine_lock
 from app.api.schemas import (GenerationRequest, ImageToImageResponse, StableDiffusionProcessingImg2Img,
@@ -28,18 +29,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class GenerationRoutes:
+class GenerationRoutes(RouteGroup):
     """POST /txt2img and /img2img."""
 
     def __init__(self, api: SdApi):
-        self.engine = api.engine
-        self.settings = api.options
-        self.limits = api.limits
-        self.models_root = api.models_root
-        self.queue = api.queue
-        self.state = api.state
-        self.checkpoints = api.checkpoints
-        self.options = api.options_routes
+        super().__init__(api)
+        self.options = api.options_routes  # override_settings are checked and saved as /options does
 
     def register(self, router: APIRouter) -> None:
         # The errors each route can answer are declared, so /openapi.json matches what is returned.

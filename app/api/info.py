@@ -4,26 +4,18 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import APIRouter
 
 from app.api.errors import error_responses
+from app.api.group import RouteGroup
 from app.api.images import decode_image
 from app.api.schemas import MemoryResponse, PNGInfoRequest, PNGInfoResponse, ProgressResponse, ScriptsList
 
-if TYPE_CHECKING:
-    from app.api.service import SdApi
 
-
-class InfoRoutes:
+class InfoRoutes(RouteGroup):
     """Progress and control of the running job, what a picture holds, memory, the empty lists."""
-
-    def __init__(self, api: SdApi):
-        self.engine = api.engine
-        self.settings = api.options
-        self.limits = api.limits
-        self.state = api.state
 
     def register(self, router: APIRouter) -> None:
         r = router

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import APIRouter
 
 from app.api.checkpoints import load_checkpoint
 from app.api.errors import ApiError, error_responses
+from app.api.group import RouteGroup
 from app.api.jobs import engine_lock
 from app.api.schemas import (EmbeddingsResponse, LatentUpscalerModeItem, LoraItem, SamplerItem, SchedulerItem,
                              SDModelItem, SDVaeItem, UpscalerItem)
 from core.errors import EngineError
-
-if TYPE_CHECKING:
-    from app.api.service import SdApi
 
 _LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
 _VAE_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
@@ -30,15 +28,9 @@ _SCHEDULER_TRAITS = {
 }
 
 
-class ModelRoutes:
+class ModelRoutes(RouteGroup):
     """/samplers, /schedulers, /upscalers, /latent-upscale-modes, /sd-models, /sd-vae, /loras,
     /embeddings and the checkpoint routes (refresh, unload, reload)."""
-
-    def __init__(self, api: SdApi):
-        self.engine = api.engine
-        self.models_root = api.models_root
-        self.queue = api.queue
-        self.checkpoints = api.checkpoints
 
     def register(self, router: APIRouter) -> None:
         r = router

@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from app.api.checkpoints import load_checkpoint
 from app.api.errors import ApiError, check_unicode, engine_error, error_responses
+from app.api.group import RouteGroup
 from app.api.jobs import engine_lock
 from app.api.schemas import OptionsModel
 from app.api.translate import MODEL_OVERRIDES
@@ -23,15 +24,12 @@ if TYPE_CHECKING:
 _SECRET_FLAGS = ("api_auth",)
 
 
-class OptionRoutes:
+class OptionRoutes(RouteGroup):
     """GET and POST /options, GET /cmd-flags; ``option_changes`` and ``save_settings`` also
     serve a generation's override_settings."""
 
     def __init__(self, api: SdApi):
-        self.engine = api.engine
-        self.settings = api.options
-        self.queue = api.queue
-        self.checkpoints = api.checkpoints
+        super().__init__(api)
         self.cmd_flags = api.cmd_flags  # passwords already hidden (public_flags)
 
     def register(self, router: APIRouter) -> None:
