@@ -18,11 +18,14 @@ The rooms:
   ``install_error_handlers`` and ``engine_error`` (an ``EngineError``'s kind -> a status).
 - ``schemas``: the pydantic request and response models (the options model from the registry).
 - ``images``: base64 pictures in and out, ``html_info``, the live preview of a latent.
-- ``jobs``: ``JobState`` (what /progress reports), ``DeviceQueue`` (the one worker thread)
-  and ``ClientGone`` (a job whose client left).
+- ``jobs``: ``JobState`` (what /progress reports), ``DeviceQueue`` (the one worker thread),
+  ``ClientGone`` (a job whose client left) and ``engine_lock``.
+- ``checkpoints``: the engine's checkpoints under A1111's titles and hashes, a client's name
+  for one resolved, the current one, loading one.
 - ``translate``: a request -> ``GenerationParams`` and what the job sets up around it, as pure
   functions over a ``RequestContext``; ``processed_info`` for the answer.
-- One module per route group, each with a class whose ``register(router)`` adds its routes:
+- One module per route group, each a ``RouteGroup`` (``group``) whose ``register(router)``
+  adds its routes:
   ``generation`` (txt2img, img2img), ``extras`` (upscaling), ``models`` (checkpoints, VAEs,
   LoRAs, embeddings, samplers, schedulers, upscalers), ``options`` (options, cmd-flags),
   ``info`` (progress, interrupt, skip, png-info, memory, scripts).

@@ -206,7 +206,7 @@ def common_values(req: GenerationRequest, settings: dict[str, Any], checkpoint: 
     resize_w, resize_h = value_or_default(req, "seed_resize_from_w"), value_or_default(req, "seed_resize_from_h")
     if resize_w <= 0 or resize_h <= 0:
         resize_w = resize_h = 0
-    values: dict[str, Any] = dict(
+    return dict(
         prompt=value_or_default(req, "prompt"),
         negative_prompt=value_or_default(req, "negative_prompt"),
         steps=value_or_default(req, "steps"),
@@ -226,7 +226,6 @@ def common_values(req: GenerationRequest, settings: dict[str, Any], checkpoint: 
         denoising_strength=value_or_default(req, "denoising_strength"),
         checkpoint=checkpoint,
     )
-    return values
 
 
 def inpainting_values(req: GenerationRequest) -> dict[str, Any]:
