@@ -52,7 +52,8 @@ def test_txt2img_hires_fields_become_the_params_hires_values():
     req = txt2img(prompt="a lighthouse", width=64, height=96, steps=4, enable_hr=True, hr_scale=1.5,
                   hr_upscaler="Lanczos", hr_second_pass_steps=3, hr_sampler_name="DPM++ 2M", hr_prompt="sharper")
     params, restore, model = generation_params(req, False, context())
-    assert (params.enable_hr, params.hr_scale, params.hr_upscaler, params.hr_second_pass_steps) == (True, 1.5, "Lanczos", 3)
+    assert (params.enable_hr, params.hr_scale, params.hr_upscaler, params.hr_second_pass_steps) == (
+        True, 1.5, "Lanczos", 3)
     assert (params.hr_resize_x, params.hr_resize_y) == (0, 0)
     # "" is "as the first pass" for the second pass's sampler, scheduler and negative prompt
     assert (params.hr_sampler_name, params.hr_scheduler, params.hr_prompt, params.hr_negative_prompt) == (

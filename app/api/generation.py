@@ -34,7 +34,7 @@ class GenerationRoutes(RouteGroup):
 
     def __init__(self, api: SdApi):
         super().__init__(api)
-        self.options = api.options_routes  # override_settings are checked and saved as /options does
+        self.options_routes = api.options_routes  # override_settings are checked and saved as /options does
 
     def register(self, router: APIRouter) -> None:
         # The errors each route can answer are declared, so /openapi.json matches what is returned.
@@ -50,13 +50,14 @@ class GenerationRoutes(RouteGroup):
             settings=self.settings.values(),
             limits=self.limits,
             find_checkpoint=self.checkpoints.find,
-            option_changes=lambda changes, where: self.options.option_changes(changes, where, keep_unknown=False),
+            option_changes=lambda changes, where: self.options_routes.option_changes(changes, where,
+                                                                                     keep_unknown=False),
             find_upscaler=lambda name, field: find_upscaler(name, field, self.models_root),
         )
 
     async def txt2img(self, req: StableDiffusionProcessingTxt2Img, request: Request) -> TextToImageResponse:
         """Text to image (with optional hires fix)."""
-        params, restore, model = generation_params(req, False, self.context())
+        params, restore, model = generation_params(req, img2img=False, context=self.context())
         return await self._generate("txt2img", req, params, restore, model=model, client=request)
 
     async def img2img(self, req: StableDiffusionProcessingImg2Img, request: Request) -> ImageToImageResponse:
@@ -65,7 +66,7 @@ class GenerationRoutes(RouteGroup):
             raise ApiError(422, "init_images: give one base64 picture")
         if len(req.init_images) > 1:
             raise ApiError(422, f"init_images: one picture per request is supported, got {len(req.init_images)}")
-        params, restore, model = generation_params(req, True, self.context())
+        params, restore, model = generation_params(req, img2img=True, context=self.context())
         image = await run_in_threadpool(decode_image, req.init_images[0], "init_images[0]", self.limits)
         mask = await run_in_threadpool(decode_image, req.mask, "mask", self.limits) if req.mask else None
         return await self._generate("img2img", req, params, restore, image, mask, model=model, client=request)
@@ -116,7 +117,7 @@ class GenerationRoutes(RouteGroup):
             kind, lambda: self._run_job(kind, params, restore, image, mask, model, save, gone),
             params.batch_count, params.steps, client=client, gone=gone)
         if restore:
-            await run_in_threadpool(self.options.save_settings, restore)
+            await run_in_threadpool(self.options_routes.save_settings, restore)
         pnginfo = self.settings.get("enable_pnginfo")
         unsaved = [index for index, r in enumerate(results) if getattr(r, "save_error", None)]
         # a picture the folder could not take exists only in this answer: sent whatever send_images says
