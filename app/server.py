@@ -4,7 +4,7 @@ app, served by uvicorn.
     create_app(engine, api=True, ui=True, ...) -> FastAPI    (tests build servers with this)
     serve(args) -> exit code                                  (launch.py calls this)
 
-``/sdapi/v1/...`` is the API (``app/api.py``), ``/docs`` its OpenAPI page, ``/`` the Gradio
+``/sdapi/v1/...`` is the API (the ``app/api/`` package), ``/docs`` its OpenAPI page, ``/`` the Gradio
 page. With credentials (``--api-auth user:pass[,user2:pass2]``) HTTP Basic auth guards
 everything the server serves. The server listens on 127.0.0.1; ``--listen`` (every interface)
 is refused without credentials unless ``--insecure`` says that is intended. Whatever the auth,
@@ -74,7 +74,7 @@ def listen_problem(args: argparse.Namespace) -> str | None:
 
 
 def refusal(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """A request refused before it reaches a route, in the API's error shape (app.api.error_body)."""
+    """A request refused before it reaches a route, in the API's error shape (app.api.errors.error_body)."""
     return JSONResponse({"error": "HTTPException", "detail": message, "body": "", "errors": message},
                         status_code=status, headers=headers)
 
@@ -429,7 +429,7 @@ def create_app(
 
     ``options_path``: the settings file (config.json) of the page and the API, which share one
     ``app.settings.Settings`` over it (None: kept in memory);
-    ``limits``: an ``app.api.ApiLimits``; ``cmd_flags``: what /cmd-flags reports;
+    ``limits``: an ``app.api.limits.ApiLimits``; ``cmd_flags``: what /cmd-flags reports;
     ``load_checkpoint``: a checkpoint to load in the background once the app has started
     (``app.state.preload`` is its thread); ``allowed_hosts``: the Host names served (None:
     the loopback names), checked with the Origin of what changes state (HostOriginMiddleware);
@@ -444,7 +444,8 @@ def create_app(
     settings = Settings(options_path)  # one store for the page and the API: neither writes over the other
     sd_api = None
     if api:
-        from app.api import ApiLimits, SdApi
+        from app.api.limits import ApiLimits
+        from app.api.service import SdApi
 
         sd_api = SdApi(engine, settings=settings, limits=limits or ApiLimits(), cmd_flags=cmd_flags,
                        models_root=models_root)
@@ -483,7 +484,7 @@ def create_app(
 
 def mount_api(app: FastAPI, engine: EngineProtocol, sd_api) -> None:
     """The REST API's routes, its error shapes, the extensions' routes and the body limit."""
-    from app.api import install_error_handlers
+    from app.api.errors import install_error_handlers
 
     install_error_handlers(app)
     app.include_router(sd_api.router)

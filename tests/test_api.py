@@ -1,4 +1,4 @@
-"""The A1111-compatible REST API (app/api.py) and the server around it (app/server.py).
+"""The A1111-compatible REST API (the app/api/ package) and the server around it (app/server.py).
 
 Real servers (uvicorn in a thread, on 127.0.0.1 only) over tiny generated checkpoints, driven
 by the ``webuiapi`` client that talks to AUTOMATIC1111, by plain HTTP for bad input, and by
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 webuiapi = pytest.importorskip("webuiapi")
 
-from app.api import ApiLimits  # noqa: E402
+from app.api.limits import ApiLimits  # noqa: E402
 from app.server import create_app  # noqa: E402
 
 LIMITS = ApiLimits(max_steps=400, max_size=256, max_images=8, max_upscale_pixels=512 * 512,

@@ -99,7 +99,7 @@ def test_a_renamed_error_keeps_its_reason_and_kind():
     (EngineError("schedule type: unknown 'x'"), 400, None, 400, "schedule type: unknown 'x'"),  # no field: as is
 ])
 def test_api_status_follows_the_kind_and_names_the_request_field(error, status, field, expected_status, expected):
-    from app.api import engine_error
+    from app.api.errors import engine_error
 
     answer = engine_error(error, status, field)
     assert (answer.status, answer.message) == (expected_status, expected)

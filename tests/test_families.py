@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import tiny_models
-from app import api
+from app.api.images import latent_preview as api_latent_preview
 from app.preview import latent_preview, latent_rgb
 from core.conditioning import TextConditioner, make_conditioner
 from core.engine import Engine
@@ -80,7 +80,7 @@ def test_a_latent_encoding_a_colour_previews_as_that_colour_for_its_own_family(c
 def test_the_page_and_the_api_preview_through_the_same_running_model_factors():
     latent = latent_showing((250, 230, 40), SDXL_LATENT)
     page = latent_preview(latent, SDXL_LATENT, scale=1)
-    answer = api.latent_preview((latent, SDXL_LATENT))
+    answer = api_latent_preview((latent, SDXL_LATENT))
     assert np.array_equal(np.asarray(page), np.asarray(answer))
     assert np.abs(np.asarray(answer)[0, 0].astype(int) - (250, 230, 40)).max() <= 2
     assert latent_preview(torch.zeros(1, 5, 4, 4), SDXL_LATENT) is None  # channels that do not fit

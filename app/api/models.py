@@ -1,0 +1,187 @@
+"""Routes of what the server has: checkpoints (listed, refreshed, unloaded, reloaded), VAEs, LoRAs,
+embeddings, samplers, schedulers, upscalers and latent upscale modes. Lists are read from the
+folders on every request: the refresh routes have nothing to do."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+
+from app.api.checkpoints import load_checkpoint
+from app.api.errors import ApiError, error_responses
+from app.api.group import RouteGroup
+from app.api.jobs import engine_lock
+from app.api.schemas import (EmbeddingsResponse, LatentUpscalerModeItem, LoraItem, SamplerItem, SchedulerItem,
+                             SDModelItem, SDVaeItem, UpscalerItem)
+from core.errors import EngineError
+
+_LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
+_VAE_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
+
+# Schedule type -> (default rho, needs the model's own sigmas), as A1111 describes them.
+_SCHEDULER_TRAITS = {
+    "Automatic": (None, False), "Uniform": (None, True), "Karras": (7.0, False), "Exponential": (None, False),
+    "Polyexponential": (1.0, False), "SGM Uniform": (None, True), "Simple": (None, True), "Normal": (None, True),
+    "DDIM": (None, True), "Beta": (None, True), "Align Your Steps": (None, False),
+}
+
+
+class ModelRoutes(RouteGroup):
+    """/samplers, /schedulers, /upscalers, /latent-upscale-modes, /sd-models, /sd-vae, /loras,
+    /embeddings and the checkpoint routes (refresh, unload, reload)."""
+
+    def register(self, router: APIRouter) -> None:
+        r = router
+        r.add_api_route("/samplers", self.get_samplers, methods=["GET"], response_model=list[SamplerItem])
+        r.add_api_route("/schedulers", self.get_schedulers, methods=["GET"], response_model=list[SchedulerItem])
+        r.add_api_route("/upscalers", self.get_upscalers, methods=["GET"], response_model=list[UpscalerItem])
+        r.add_api_route("/latent-upscale-modes", self.get_latent_upscale_modes, methods=["GET"],
+                        response_model=list[LatentUpscalerModeItem])
+        r.add_api_route("/sd-models", self.get_sd_models, methods=["GET"], response_model=list[SDModelItem])
+        r.add_api_route("/sd-vae", self.get_sd_vae, methods=["GET"], response_model=list[SDVaeItem])
+        r.add_api_route("/loras", self.get_loras, methods=["GET"], response_model=list[LoraItem])
+        r.add_api_route("/embeddings", self.get_embeddings, methods=["GET"], response_model=EmbeddingsResponse)
+        r.add_api_route("/refresh-checkpoints", self.refresh_checkpoints, methods=["POST"])
+        r.add_api_route("/refresh-vae", self.refresh_vae, methods=["POST"])
+        r.add_api_route("/refresh-loras", self.refresh_loras, methods=["POST"])
+        r.add_api_route("/unload-checkpoint", self.unload_checkpoint, methods=["POST"])
+        r.add_api_route("/reload-checkpoint", self.reload_checkpoint, methods=["POST"],
+                        responses=error_responses(400, 404))
+
+    def get_samplers(self) -> list[dict]:
+        from core.sampling.samplers import SAMPLERS
+
+        items = []
+        for sampler in SAMPLERS.values():
+            options: dict[str, Any] = dict(sampler.defaults)
+            if sampler.default_schedule not in (None, "Uniform"):
+                options["scheduler"] = _scheduler_name(sampler.default_schedule)
+            if sampler.discard_penultimate_sigma:
+                options["discard_next_to_last_sigma"] = True
+            items.append({"name": sampler.name, "aliases": list(sampler.aliases), "options": options})
+        return items
+
+    def get_schedulers(self) -> list[dict]:
+        from core.sampling.schedules import AUTOMATIC, SCHEDULE_SPELLINGS, SCHEDULES
+
+        items = []
+        for label in (AUTOMATIC, *SCHEDULES):
+            name = _scheduler_name(label)
+            aliases = sorted({s for s, lab in SCHEDULE_SPELLINGS.items() if lab == label} - {name, label.lower()})
+            rho, inner = _SCHEDULER_TRAITS.get(label, (None, None))
+            items.append({"name": name, "label": label, "aliases": aliases or None, "default_rho": rho,
+                          "need_inner_model": inner})
+        return items
+
+    def get_upscalers(self) -> list[dict]:
+        from core.upscaling import list_upscalers
+
+        return [{"name": u.name, "model_name": None if u.path is None else u.kind,
+                 "model_path": str(u.path) if u.path else None, "model_url": None,
+                 "scale": _upscaler_scale(u.name) if u.path else None}
+                for u in list_upscalers(self.models_root)]
+
+    def get_latent_upscale_modes(self) -> list[dict]:
+        from core.pipelines.hires import LATENT_UPSCALE_MODES
+
+        return [{"name": name} for name in LATENT_UPSCALE_MODES]
+
+    def get_sd_models(self) -> list[dict]:
+        return [{"title": e.title, "model_name": e.model_name, "hash": e.short_hash, "sha256": e.sha256,
+                 "filename": str(e.path), "config": None} for e in self.checkpoints.entries()]
+
+    def get_sd_vae(self) -> list[dict]:
+        folder = self.models_root / "VAE"
+        return [{"model_name": p.relative_to(folder).as_posix(), "filename": str(p)}
+                for p in _files(folder, _VAE_SUFFIXES)]
+
+    def get_loras(self) -> list[dict]:
+        items = []
+        for path in _files(getattr(self.engine, "lora_dir", None) or self.models_root / "Lora", _LORA_SUFFIXES):
+            metadata = safetensors_metadata(path)
+            alias = metadata.get("ss_output_name") if isinstance(metadata.get("ss_output_name"), str) else path.stem
+            items.append({"name": path.stem, "alias": alias, "path": str(path), "metadata": metadata})
+        return items
+
+    def get_embeddings(self) -> dict:
+        loaded = getattr(self.engine, "loaded", None)
+        database = getattr(loaded, "embeddings", None)
+        if database is None:
+            return {"loaded": {}, "skipped": {}}
+        found = {name: {"shape": int(e.vectors.shape[-1]), "vectors": int(e.vectors.shape[0])}
+                 for name, e in database.by_name.items()}
+        skipped = {}
+        folder = Path(getattr(self.engine, "embeddings_dir", self.models_root / "embeddings"))
+        for name in database.skipped:
+            vectors = _embedding_shape(folder, name)
+            if vectors is not None:
+                skipped[name] = {"shape": vectors[1], "vectors": vectors[0]}
+        return {"loaded": found, "skipped": skipped}
+
+    def refresh_checkpoints(self) -> None:
+        """Checkpoints are listed from the folder on every request: nothing is cached."""
+        return None
+
+    def refresh_vae(self) -> None:
+        return None
+
+    def refresh_loras(self) -> None:
+        return None
+
+    async def unload_checkpoint(self) -> dict:
+        """Free the loaded checkpoint (the next job loads it again)."""
+        def unload():
+            with engine_lock(self.engine):
+                self.engine.unload()
+
+        await self.queue.run("unload checkpoint", unload)
+        return {}
+
+    async def reload_checkpoint(self) -> dict:
+        """Load the current checkpoint (the settings' one, or the first) if it is not loaded."""
+        entry = self.checkpoints.current()
+        if entry is None:
+            raise ApiError(404, f"sd_model_checkpoint: no checkpoint found in {self.engine.ckpt_dir}")
+        await self.queue.run("load checkpoint", lambda: load_checkpoint(self.engine, entry.name))
+        return {}
+
+
+def _files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    from core.modelfiles import model_files  # linked files and folders followed, suffixes in any case
+
+    return sorted(model_files(folder, suffixes), key=lambda p: p.as_posix().lower())
+
+
+def safetensors_metadata(path: Path) -> dict:
+    """The ``__metadata__`` of a .safetensors header (read without loading any tensor; {} when
+    the file is not a valid safetensors file)."""
+    from core.loading import safetensors_header
+
+    metadata = safetensors_header(path).get("__metadata__")
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _scheduler_name(label: str) -> str:
+    return label.lower().replace(" ", "_")
+
+
+def _upscaler_scale(name: str) -> float | None:
+    match = re.search(r"(?<![0-9])([1-8])x(?![0-9a-z])|(?<![0-9a-z])x([1-8])(?![0-9])", name.lower())
+    if not match:
+        return None
+    return float(match.group(1) or match.group(2))
+
+
+def _embedding_shape(folder: Path, name: str) -> tuple[int, int] | None:
+    from core.embeddings import SUFFIXES, read_embedding_vectors
+
+    for path in _files(folder, SUFFIXES):
+        if path.stem == name:
+            try:
+                vectors = read_embedding_vectors(path)
+            except EngineError:
+                return None
+            return int(vectors.shape[0]), int(vectors.shape[-1])
+    return None
