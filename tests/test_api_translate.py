@@ -235,12 +235,15 @@ def test_processed_info_reports_the_finished_job_as_a1111_does():
                                                           f"Seed: {5 + i}, Size: 64x64, Variation seed: {9 + i}, "
                                                           f"Tiling: none")
                for i in range(2)]
-    loaded = types.SimpleNamespace(name="sd15", hash="abcdef1234", model=None)
+    inpainting_unet = types.SimpleNamespace(in_channels=9)  # what an inpainting checkpoint's UNet takes
+    loaded = types.SimpleNamespace(name="sd15", hash="abcdef1234",
+                                   model=types.SimpleNamespace(spec=types.SimpleNamespace(unet=inpainting_unet)))
     info = processed_info(params, results, loaded, "20260101120000", img2img=False)
     assert (info["all_seeds"], info["all_subseeds"]) == ([5, 6], [9, 10])
     assert (info["sampler_name"], info["scheduler"]) == ("DPM++ 2M", "Karras")
     assert info["extra_generation_params"] == {"Schedule type": "Karras", "Tiling": "none"}
     assert info["denoising_strength"] is None  # txt2img without hires
+    assert info["is_using_inpainting_conditioning"] is True
     assert (info["sd_model_name"], info["job_timestamp"], info["all_prompts"]) == ("sd15", "20260101120000",
                                                                                    ["a fox", "a fox"])
-    assert info["seed_resize_from_w"] == -1 and info["is_using_inpainting_conditioning"] is False
+    assert info["seed_resize_from_w"] == -1

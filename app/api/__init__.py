@@ -19,7 +19,7 @@ The rooms:
 - ``schemas``: the pydantic request and response models (the options model from the registry).
 - ``images``: base64 pictures in and out, ``html_info``, the live preview of a latent.
 - ``jobs``: ``JobState`` (what /progress reports), ``DeviceQueue`` (the one worker thread),
-  ``ClientGone`` (a job whose client left) and ``engine_lock``.
+  ``ClientGone`` (a job whose client left).
 - ``checkpoints``: the engine's checkpoints under A1111's titles and hashes, a client's name
   for one resolved, the current one, loading one.
 - ``translate``: a request -> ``GenerationParams`` and what the job sets up around it, as pure

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from app.api.errors import ApiError, engine_error
-from app.api.jobs import engine_lock
 from app.api.schemas import API_PREFIX
 from app.settings import Settings
 from core.errors import EngineError
@@ -47,7 +46,7 @@ def _cached_sha256(engine, path: Path) -> str | None:
 
         target = model_file(path).resolve()
         stat = target.stat()
-        entry = getattr(getattr(engine, "hashes", None), "entries", {}).get(str(target))
+        entry = engine.hashes.entries.get(str(target))
     except (OSError, ImportError):
         return None
     if isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime") == stat.st_mtime:
@@ -99,7 +98,7 @@ class Checkpoints:
             for entry in entries:
                 if entry.name == chosen:
                     return entry
-        loaded = getattr(self.engine, "loaded", None)
+        loaded = self.engine.loaded
         if loaded is not None:
             for entry in entries:
                 with contextlib.suppress(OSError):
@@ -111,7 +110,7 @@ class Checkpoints:
 def load_checkpoint(engine, name: str) -> None:
     """Load ``name`` under the engine's job lock; a failure as a client error."""
     try:
-        with engine_lock(engine):
+        with engine.exclusive():
             engine.load(name)
     except EngineError as exc:
         raise engine_error(exc) from None

@@ -15,7 +15,6 @@ from app.api.errors import ApiError, engine_error, error_responses
 from app.api.extras import find_upscaler
 from app.api.group import RouteGroup
 from app.api.images import decode_image, encode_png
-from app.api.jobs import engine_lock
 from app.api.schemas import (GenerationRequest, ImageToImageResponse, StableDiffusionProcessingImg2Img,
                              StableDiffusionProcessingTxt2Img, TextToImageResponse, value_or_default)
 from app.api.translate import (MODEL_OVERRIDES, JobModel, RequestContext, apply_native_size, generation_params,
@@ -74,7 +73,7 @@ class GenerationRoutes(RouteGroup):
     def _native_size(self, params: GenerationParams, names: tuple[str, ...]) -> None:
         """Set ``names`` (width, height) of ``params`` to the job's checkpoint's native size
         (loading it, as the job would), checked against this server's limits."""
-        with engine_lock(self.engine):
+        with self.engine.exclusive():
             loaded = self.engine.job_model(params.checkpoint)
         apply_native_size(params, names, loaded.model.spec.default_size, self.limits)
 
@@ -91,7 +90,7 @@ class GenerationRoutes(RouteGroup):
             latent = (p.latent, p.latent_format) if self.settings.get("live_previews_enable") and p.latent is not None else None
             state.step(p.step, p.steps, p.batch, p.batches, latent)
 
-        kept = (getattr(engine, "prediction", "auto"), getattr(engine, "zero_terminal_snr", None))
+        kept = (engine.prediction, engine.zero_terminal_snr)
         if model.overrides is not None:  # override_settings for this request
             engine.prediction, engine.zero_terminal_snr = model.overrides
         try:
@@ -119,7 +118,7 @@ class GenerationRoutes(RouteGroup):
         if restore:
             await run_in_threadpool(self.options_routes.save_settings, restore)
         pnginfo = self.settings.get("enable_pnginfo")
-        unsaved = [index for index, r in enumerate(results) if getattr(r, "save_error", None)]
+        unsaved = [index for index, r in enumerate(results) if r.save_error]
         # a picture the folder could not take exists only in this answer: sent whatever send_images says
         send = value_or_default(req, "send_images") or bool(unsaved)
 

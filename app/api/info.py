@@ -52,7 +52,7 @@ class InfoRoutes(RouteGroup):
         if state["job_count"] and not skip_current_image and self.settings.get("live_previews_enable"):
             image = self.state.preview()
         textinfo = self.state.textinfo
-        loading = getattr(self.engine, "loading", None)
+        loading = self.engine.loading
         if loading is not None:  # a checkpoint being read (at start, on a switch, or for this job)
             textinfo = f"Loading {loading.name}: {loading.fraction:.0%}"
         return ProgressResponse(progress=done, eta_relative=eta, state=state, current_image=image, textinfo=textinfo)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import datetime as dt
 import logging
 import threading
@@ -165,9 +164,3 @@ class DeviceQueue:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def engine_lock(engine):
-    """The engine's job lock (held while a checkpoint is loaded or unloaded outside a job)."""
-    lock = engine.exclusive() if hasattr(engine, "exclusive") else None
-    return lock if lock is not None else contextlib.nullcontext()

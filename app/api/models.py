@@ -12,7 +12,6 @@ from fastapi import APIRouter
 from app.api.checkpoints import load_checkpoint
 from app.api.errors import ApiError, error_responses
 from app.api.group import RouteGroup
-from app.api.jobs import engine_lock
 from app.api.schemas import (EmbeddingsResponse, LatentUpscalerModeItem, LoraItem, SamplerItem, SchedulerItem,
                              SDModelItem, SDVaeItem, UpscalerItem)
 from core.errors import EngineError
@@ -99,21 +98,21 @@ class ModelRoutes(RouteGroup):
 
     def get_loras(self) -> list[dict]:
         items = []
-        for path in _files(getattr(self.engine, "lora_dir", None) or self.models_root / "Lora", _LORA_SUFFIXES):
+        for path in _files(self.engine.lora_dir, _LORA_SUFFIXES):
             metadata = safetensors_metadata(path)
             alias = metadata.get("ss_output_name") if isinstance(metadata.get("ss_output_name"), str) else path.stem
             items.append({"name": path.stem, "alias": alias, "path": str(path), "metadata": metadata})
         return items
 
     def get_embeddings(self) -> dict:
-        loaded = getattr(self.engine, "loaded", None)
-        database = getattr(loaded, "embeddings", None)
+        loaded = self.engine.loaded
+        database = loaded.embeddings if loaded is not None else None
         if database is None:
             return {"loaded": {}, "skipped": {}}
         found = {name: {"shape": int(e.vectors.shape[-1]), "vectors": int(e.vectors.shape[0])}
                  for name, e in database.by_name.items()}
         skipped = {}
-        folder = Path(getattr(self.engine, "embeddings_dir", self.models_root / "embeddings"))
+        folder = Path(self.engine.embeddings_dir)
         for name in database.skipped:
             vectors = _embedding_shape(folder, name)
             if vectors is not None:
@@ -133,7 +132,7 @@ class ModelRoutes(RouteGroup):
     async def unload_checkpoint(self) -> dict:
         """Free the loaded checkpoint (the next job loads it again)."""
         def unload():
-            with engine_lock(self.engine):
+            with self.engine.exclusive():
                 self.engine.unload()
 
         await self.queue.run("unload checkpoint", unload)

@@ -12,7 +12,6 @@ from fastapi.concurrency import run_in_threadpool
 from app.api.checkpoints import load_checkpoint
 from app.api.errors import ApiError, check_unicode, engine_error, error_responses
 from app.api.group import RouteGroup
-from app.api.jobs import engine_lock
 from app.api.schemas import OptionsModel
 from app.api.translate import MODEL_OVERRIDES
 from app.settings import API_OPTIONS, MAX_KEPT_KEYS, OPTION_BY_KEY, SettingsError, check_kept, engine_overrides
@@ -95,7 +94,7 @@ class OptionRoutes(RouteGroup):
             current = self.checkpoints.current()
             if current is None or sent != current.title:  # the title GET reported, sent back, is no new choice
                 changes["sd_model_checkpoint"] = checkpoint
-        if MODEL_OVERRIDES & set(changes) and hasattr(self.engine, "prediction"):
+        if MODEL_OVERRIDES & set(changes):
             wanted = engine_overrides({**self.settings.values(), **changes})
             reload = checkpoint is None  # else the load below applies them
             await self.queue.run("load checkpoint", lambda: self._set_model_overrides(*wanted, reload=reload))
@@ -110,7 +109,7 @@ class OptionRoutes(RouteGroup):
         """The engine's overrides; the loaded checkpoint is loaded again at once if they changed it."""
         engine = self.engine
         try:
-            with engine_lock(engine):
+            with engine.exclusive():
                 engine.prediction, engine.zero_terminal_snr = prediction, zero_terminal_snr
                 if reload and engine.loaded is not None:
                     engine.load(str(engine.loaded.path), allow_paths=True)

@@ -38,7 +38,7 @@ class SdApi:
         self.options = settings if settings is not None else Settings(None)  # the page's store when served together
         self.cmd_flags = public_flags(cmd_flags or {})
         if models_root is None:
-            models_root = getattr(engine, "models_dir", None) or Path(engine.ckpt_dir).parent
+            models_root = engine.models_dir
         self.models_root = Path(models_root)
         self.state = JobState()
         self.queue = DeviceQueue(self.state)
@@ -52,8 +52,8 @@ class SdApi:
         for group in (self.generation_routes, self.extras_routes, self.info_routes, self.options_routes,
                       self.models_routes):
             group.register(self.router)
-        if hasattr(engine, "prediction"):  # the saved choice of what checkpoints predict, for the next load
-            engine.prediction, engine.zero_terminal_snr = engine_overrides(self.options.values())
+        # The saved choice of what checkpoints predict, for the next load.
+        engine.prediction, engine.zero_terminal_snr = engine_overrides(self.options.values())
 
     def shutdown(self) -> None:
         with contextlib.suppress(Exception):

@@ -352,7 +352,7 @@ def processed_info(params: GenerationParams, results: list, loaded, job_timestam
              "Model", "Batch size", "Batch pos", "Clip skip", "Denoising strength", "Variation seed",
              "Variation seed strength"}
     extra = {k: v for k, v in (fields[0] if fields else {}).items() if k not in basic}
-    spec = getattr(getattr(getattr(loaded, "model", None), "spec", None), "unet", None)
+    unet = loaded.model.spec.unet if loaded is not None else None
     count = len(results)
     return {
         "prompt": params.prompt,
@@ -373,8 +373,8 @@ def processed_info(params: GenerationParams, results: list, loaded, job_timestam
         "batch_size": params.batch_size,
         "restore_faces": False,
         "face_restoration_model": None,
-        "sd_model_name": getattr(loaded, "name", None),
-        "sd_model_hash": getattr(loaded, "hash", None),
+        "sd_model_name": loaded.name if loaded is not None else None,
+        "sd_model_hash": loaded.hash if loaded is not None else None,
         "sd_vae_name": None,
         "sd_vae_hash": None,
         "seed_resize_from_w": params.seed_resize_from_w or -1,
@@ -386,7 +386,7 @@ def processed_info(params: GenerationParams, results: list, loaded, job_timestam
         "styles": [],
         "job_timestamp": job_timestamp,
         "clip_skip": params.clip_skip,
-        "is_using_inpainting_conditioning": getattr(spec, "in_channels", 4) == 9,
+        "is_using_inpainting_conditioning": unet is not None and unet.in_channels == 9,
         "version": VERSION,
     }
 
