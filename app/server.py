@@ -479,7 +479,7 @@ def create_app(
         from gradio.utils import get_cache_folder, get_upload_folder
 
         from app.settings import data_dir, default_settings_file
-        from app.webui import build_ui
+        from app.page.build import build_ui
 
         paths = [str(Path(p).resolve()) for p in (allowed_paths or [getattr(engine, "output_dir", None)]) if p]
         demo = build_ui(engine, settings=settings, served_roots=[Path(p) for p in paths],
