@@ -216,7 +216,8 @@ NO_PARAMETERS = "no generation parameters in this image"
 # Inpainting fields A1111 writes that core.infotext does not read: key -> attribute. The
 # numbers are read here; the labels become their index (or, for the area, a bool).
 _INPAINT_NUMBERS = {"Mask blur": "mask_blur", "Masked area padding": "inpaint_full_res_padding"}
-_INPAINT_LABELS = {"Mask mode": ("inpainting_mask_invert", MASK_MODES), "Masked content": ("inpainting_fill", FILL_MODES)}
+_INPAINT_LABELS = {"Mask mode": ("inpainting_mask_invert", MASK_MODES),
+                   "Masked content": ("inpainting_fill", FILL_MODES)}
 _HIRES_KEYS = ("Hires upscale", "Hires resize-1", "Hires upscaler")
 _TITLE_HASH = re.compile(r" \[[0-9a-fA-F]{8,64}\]$")
 

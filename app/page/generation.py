@@ -60,17 +60,15 @@ class _Live:
             self.version += 1
 
 
+@dataclass
 class Generation:
-    """``params_cls`` builds the job's parameters (default core.params.GenerationParams)."""
-
-    def __init__(self, engine: Any, settings: Settings, styles: StyleDatabase, outputs: Outputs, models: Models,
-                 params_cls: Callable[..., Any] | None = None):
-        self.engine = engine
-        self.settings = settings
-        self.styles = styles
-        self.outputs = outputs
-        self.models = models
-        self.params_cls = params_cls
+    """The generation tabs' behaviour, over what they share with the rest of the page."""
+    engine: Any  # a core.engine.Engine or anything with its methods
+    settings: Settings
+    styles: StyleDatabase
+    outputs: Outputs
+    models: Models
+    params_cls: Callable[..., Any] | None = None  # builds a job's parameters; None: core's GenerationParams
 
     # ------------------------------------------------------------------ parameters
 

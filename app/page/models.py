@@ -243,7 +243,8 @@ class Models:
             name = path.relative_to(folder).with_suffix("").as_posix()
             if query.strip().lower() not in name.lower():
                 continue
-            preview = next((path.with_name(path.stem + s) for s in PREVIEW_SUFFIXES if path.with_name(path.stem + s).is_file()), None)
+            preview = next((path.with_name(path.stem + s) for s in PREVIEW_SUFFIXES
+                            if path.with_name(path.stem + s).is_file()), None)
             found.append((name, preview))
         return found
 

@@ -136,7 +136,8 @@ class SuperResolution:
         total = len(batch.sources)
 
         def on_tile(done: int, tiles: int) -> None:
-            batch.tell((number + done / max(tiles, 1)) / total, f"{source.name} ({number + 1}/{total}): tile {done}/{tiles}")
+            batch.tell((number + done / max(tiles, 1)) / total,
+                       f"{source.name} ({number + 1}/{total}): tile {done}/{tiles}")
 
         upscaled = self.engine.extras(picture, job, progress=on_tile, source_infotext=original)
         return upscaled.image, upscaled.infotext, self._save(batch, "extras", source.stem, upscaled.image,

@@ -6,7 +6,7 @@ from typing import Any
 
 import gradio as gr
 
-from app.forms import FILL_MODES, FORM_FIELDS, INPAINT_AREAS, INPAINT_SOURCES, MASK_MODES, NO_REFINER, \
+from app.forms import FILL_MODES, FORM_DEFAULTS as DEFAULT, FORM_FIELDS, INPAINT_AREAS, INPAINT_SOURCES, MASK_MODES, \
     OUTPAINT_DIRECTIONS, RESIZE_MODES, SAME
 from app.page.studio import StudioUI
 from app.page.uploads import mask_source_groups, size_from_image
@@ -101,7 +101,7 @@ def _settings_column(ui: StudioUI, tab: GenerationTab, samplers: list[str], sche
     if name == "img2img":
         f["init_image"] = gr.Image(label="Input image", type="pil", image_mode=None, height=360,
                                    sources=["upload", "clipboard"], elem_id="img2img_image")
-        f["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode",
+        f["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=DEFAULT["resize_mode"], label="Resize mode",
                                     elem_id="img2img_resize_mode")
     if name == "inpaint":
         _inpaint_inputs(f)
@@ -118,7 +118,8 @@ def _settings_column(ui: StudioUI, tab: GenerationTab, samplers: list[str], sche
         f["denoising_strength"] = gr.Slider(0.0, 1.0, value=defaults["denoising_strength"], step=0.01,
                                             label="Denoising strength", elem_id=f"{name}_denoising_strength")
     _seed_rows(tab)
-    f["clip_skip"] = gr.Slider(1, 12, value=1, step=1, label="Clip skip", elem_id=f"{name}_clip_skip")
+    f["clip_skip"] = gr.Slider(1, 12, value=DEFAULT["clip_skip"], step=1, label="Clip skip",
+                               elem_id=f"{name}_clip_skip")
     if name == "txt2img":
         _hires_inputs(ui, f, samplers, schedules)
     _refiner_inputs(ui, f, name)
@@ -138,20 +139,25 @@ def _size_rows(tab: GenerationTab, defaults: dict[str, Any]) -> None:
             if name != "txt2img":
                 tab.tools["from_image"] = tool_button("⤢", f"{name}_size_from_image")
         with gr.Column(scale=3, min_width=120):
-            f["batch_count"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{name}_batch_count")
-            f["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{name}_batch_size")
+            f["batch_count"] = gr.Slider(1, 100, value=DEFAULT["batch_count"], step=1, label="Batch count",
+                                         elem_id=f"{name}_batch_count")
+            f["batch_size"] = gr.Slider(1, 8, value=DEFAULT["batch_size"], step=1, label="Batch size",
+                                        elem_id=f"{name}_batch_size")
 
 
 def _seed_rows(tab: GenerationTab) -> None:
     name, f = tab.name, tab.fields
     with gr.Row(equal_height=True):
-        f["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", elem_id=f"{name}_seed", scale=6)
+        f["seed"] = gr.Number(value=DEFAULT["seed"], precision=0, label="Seed (-1 = random)", elem_id=f"{name}_seed",
+                              scale=6)
         tab.tools["dice"] = tool_button("Random", f"{name}_random_seed")
         tab.tools["reuse"] = tool_button("Reuse", f"{name}_reuse_seed")
     with gr.Accordion("Variation seed", open=False, elem_id=f"{name}_variation"):
         with gr.Row():
-            f["subseed"] = gr.Number(value=-1, precision=0, label="Variation seed", elem_id=f"{name}_subseed")
-            f["subseed_strength"] = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Variation strength",
+            f["subseed"] = gr.Number(value=DEFAULT["subseed"], precision=0, label="Variation seed",
+                                     elem_id=f"{name}_subseed")
+            f["subseed_strength"] = gr.Slider(0.0, 1.0, value=DEFAULT["subseed_strength"], step=0.01,
+                                              label="Variation strength",
                                               elem_id=f"{name}_subseed_strength")
 
 
@@ -184,7 +190,7 @@ def _wire(ui: StudioUI, tab: GenerationTab) -> None:
     tools["skip"].click(generation.skip, api_name=f"{name}_skip", **quick)
     tools["swap"].click(lambda w, h: (h, w), inputs=[f["width"], f["height"]], outputs=[f["width"], f["height"]],
                         **quick)
-    tools["dice"].click(lambda: -1, outputs=[f["seed"]], **quick)
+    tools["dice"].click(lambda: DEFAULT["seed"], outputs=[f["seed"]], **quick)  # -1: a random seed
     tools["reuse"].click(generation.reuse_seed, inputs=[tab.items, tab.selected], outputs=[f["seed"]], **quick)
     tools["apply_styles"].click(ui.styles_settings.apply_styles_to_prompt,
                                 inputs=[f["styles"], f["prompt"], f["negative_prompt"]],
@@ -197,24 +203,32 @@ def _wire(ui: StudioUI, tab: GenerationTab) -> None:
 
 def _hires_inputs(ui: StudioUI, f: dict[str, Any], samplers: list[str], schedules: list[str]) -> None:
     with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hires"):
-        f["enable_hr"] = gr.Checkbox(False, label="Enable hires. fix", elem_id="txt2img_enable_hr")
+        f["enable_hr"] = gr.Checkbox(DEFAULT["enable_hr"], label="Enable hires. fix", elem_id="txt2img_enable_hr")
         with gr.Row():
-            f["hr_upscaler"] = gr.Dropdown(choices=ui.models.hires_upscalers(), value="Latent", label="Upscaler",
+            f["hr_upscaler"] = gr.Dropdown(choices=ui.models.hires_upscalers(), value=DEFAULT["hr_upscaler"],
+                                           label="Upscaler",
                                            elem_id="txt2img_hr_upscaler")
-            f["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps (0 = same)",
+            f["hr_second_pass_steps"] = gr.Slider(0, 150, value=DEFAULT["hr_second_pass_steps"], step=1,
+                                                  label="Hires steps (0 = same)",
                                                   elem_id="txt2img_hires_steps")
-            f["hr_denoising_strength"] = gr.Slider(0.0, 1.0, value=0.7, step=0.01, label="Denoising strength",
+            f["hr_denoising_strength"] = gr.Slider(0.0, 1.0, value=DEFAULT["hr_denoising_strength"], step=0.01,
+                                                   label="Denoising strength",
                                                    elem_id="txt2img_hr_denoising_strength")
         with gr.Row():
-            f["hr_scale"] = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Upscale by", elem_id="txt2img_hr_scale")
-            f["hr_resize_x"] = gr.Slider(0, 4096, value=0, step=8, label="Resize width to (0 = by scale)",
+            f["hr_scale"] = gr.Slider(1.0, 4.0, value=DEFAULT["hr_scale"], step=0.05, label="Upscale by",
+                                      elem_id="txt2img_hr_scale")
+            f["hr_resize_x"] = gr.Slider(0, 4096, value=DEFAULT["hr_resize_x"], step=8,
+                                         label="Resize width to (0 = by scale)",
                                          elem_id="txt2img_hr_resize_x")
-            f["hr_resize_y"] = gr.Slider(0, 4096, value=0, step=8, label="Resize height to (0 = by scale)",
+            f["hr_resize_y"] = gr.Slider(0, 4096, value=DEFAULT["hr_resize_y"], step=8,
+                                         label="Resize height to (0 = by scale)",
                                          elem_id="txt2img_hr_resize_y")
         with gr.Row():
-            f["hr_sampler_name"] = gr.Dropdown(choices=[SAME, *samplers], value=SAME, label="Hires sampler",
+            f["hr_sampler_name"] = gr.Dropdown(choices=[SAME, *samplers], value=DEFAULT["hr_sampler_name"],
+                                               label="Hires sampler",
                                                elem_id="txt2img_hr_sampler")
-            f["hr_scheduler"] = gr.Dropdown(choices=[SAME, *schedules], value=SAME, label="Hires schedule type",
+            f["hr_scheduler"] = gr.Dropdown(choices=[SAME, *schedules], value=DEFAULT["hr_scheduler"],
+                                            label="Hires schedule type",
                                             elem_id="txt2img_hr_scheduler")
         f["hr_prompt"] = gr.Textbox(label="Hires prompt (empty = the same)", lines=1, elem_id="txt2img_hr_prompt")
         f["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt (empty = the same)", lines=1,
@@ -225,16 +239,17 @@ def _refiner_inputs(ui: StudioUI, f: dict[str, Any], name: str) -> None:
     with gr.Accordion("Refiner", open=False, elem_id=f"{name}_refiner"):
         with gr.Row():
             f["refiner_checkpoint"] = gr.Dropdown(
-                choices=ui.models.refiner_choices(), value=NO_REFINER, label="Refiner checkpoint",
+                choices=ui.models.refiner_choices(), value=DEFAULT["refiner_checkpoint"], label="Refiner checkpoint",
                 info="takes over for the last steps (SDXL: the refiner); None: no refiner",
                 elem_id=f"{name}_refiner_checkpoint", scale=3)
-            f["refiner_switch_at"] = gr.Slider(0.01, 1.0, value=0.8, step=0.01, label="Switch at",
+            f["refiner_switch_at"] = gr.Slider(0.01, 1.0, value=DEFAULT["refiner_switch_at"], step=0.01,
+                                               label="Switch at",
                                                info="fraction of the denoising done before it takes over; 1: never",
                                                elem_id=f"{name}_refiner_switch_at", scale=2)
 
 
 def _inpaint_inputs(f: dict[str, Any]) -> None:
-    f["inpaint_source"] = gr.Radio(list(INPAINT_SOURCES), value=INPAINT_SOURCES[0], label="Mask",
+    f["inpaint_source"] = gr.Radio(list(INPAINT_SOURCES), value=DEFAULT["inpaint_source"], label="Mask",
                                    elem_id="inpaint_source")
     with gr.Group(visible=True) as paint_group:
         f["editor"] = gr.ImageEditor(
@@ -251,26 +266,29 @@ def _inpaint_inputs(f: dict[str, Any]) -> None:
                                          sources=["upload", "clipboard"], elem_id="inpaint_mask", height=300)
     f["inpaint_source"].change(mask_source_groups, inputs=[f["inpaint_source"]], outputs=[paint_group, upload_group],
                                concurrency_limit=None, show_progress="hidden")
-    f["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode",
+    f["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=DEFAULT["resize_mode"], label="Resize mode",
                                 elem_id="inpaint_resize_mode")
 
 
 def _inpaint_options(f: dict[str, Any]) -> None:
     with gr.Accordion("Inpainting", open=True, elem_id="inpaint_options"):
         with gr.Row():
-            f["mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="inpaint_mask_blur")
-            f["mask_mode"] = gr.Radio(list(MASK_MODES), value=MASK_MODES[0], label="Mask mode",
+            f["mask_blur"] = gr.Slider(0, 64, value=DEFAULT["mask_blur"], step=1, label="Mask blur",
+                                       elem_id="inpaint_mask_blur")
+            f["mask_mode"] = gr.Radio(list(MASK_MODES), value=DEFAULT["mask_mode"], label="Mask mode",
                                       elem_id="inpaint_mask_mode")
-        f["inpainting_fill"] = gr.Radio(list(FILL_MODES), value="original", label="Masked content",
+        f["inpainting_fill"] = gr.Radio(list(FILL_MODES), value=DEFAULT["inpainting_fill"], label="Masked content",
                                         elem_id="inpaint_fill")
         with gr.Row():
-            f["inpaint_full_res"] = gr.Radio(list(INPAINT_AREAS), value=INPAINT_AREAS[0], label="Inpaint area",
+            f["inpaint_full_res"] = gr.Radio(list(INPAINT_AREAS), value=DEFAULT["inpaint_full_res"],
+                                             label="Inpaint area",
                                              elem_id="inpaint_area")
-            f["inpaint_full_res_padding"] = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels",
+            f["inpaint_full_res_padding"] = gr.Slider(0, 256, value=DEFAULT["inpaint_full_res_padding"], step=4,
+                                                      label="Only masked padding, pixels",
                                                       elem_id="inpaint_padding")
     with gr.Accordion("Outpainting", open=False, elem_id="outpaint_options"):
         with gr.Row():
-            f["outpaint_directions"] = gr.CheckboxGroup(list(OUTPAINT_DIRECTIONS), value=[],
+            f["outpaint_directions"] = gr.CheckboxGroup(list(OUTPAINT_DIRECTIONS), value=DEFAULT["outpaint_directions"],
                                                         label="Grow the canvas towards", elem_id="outpaint_directions")
-            f["outpaint_pixels"] = gr.Slider(8, 512, value=128, step=8, label="Pixels to expand",
+            f["outpaint_pixels"] = gr.Slider(8, 512, value=DEFAULT["outpaint_pixels"], step=8, label="Pixels to expand",
                                              elem_id="outpaint_pixels")
