@@ -273,6 +273,17 @@ class Generation:
         fields, notes = self.fields_from_infotext(text, tab)
         return [fields[name] if name in fields else gr.skip() for name in names], notes
 
+    @staticmethod
+    def check_sendable(path: Any, infotext: str | None) -> None:
+        """A gr.Error when a send-to button has nothing to send."""
+        if not path and not infotext:
+            raise gr.Error("Nothing to send: make or pick an image first", print_exception=False)
+
+    @staticmethod
+    def send_to_extras(path: Any, infotext: str) -> list[Any]:
+        """The updates "send to Super-resolution" makes: select it, with the picture as its single image."""
+        return [gr.Tabs(selected="extras"), path if path else gr.skip(), "Single image"]
+
     def send_to(self, tab: str, path: str | None, infotext: str, names: Sequence[str]) -> list[Any]:
         """The updates "send to ``tab``" makes: select the tab, put the picture (at ``path``)
         into its image fields (img2img: the input; inpaint: the editor and the upload), and the

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import gradio as gr
-
 from app.page.generation import PICTURE_FIELDS, text_fields
 from app.page.studio import StudioUI
 
@@ -23,14 +21,10 @@ class SendTo:
             names = text_fields(name)
             components = [tab_bar, *(tab.fields[p] for p in PICTURE_FIELDS[name]), *(tab.fields[f] for f in names)]
             self.targets[name] = (components, self._filler(name, names))
-        self.targets["extras"] = ([tab_bar, extras["image"], extras["mode"]], self._to_extras)
+        self.targets["extras"] = ([tab_bar, extras["image"], extras["mode"]], ui.generation.send_to_extras)
 
     def _filler(self, name: str, names: list[str]) -> Callable[[Any, str], list[Any]]:
         return lambda path, infotext: self.ui.generation.send_to(name, path, infotext, names)
-
-    @staticmethod
-    def _to_extras(path: Any, infotext: str) -> list[Any]:
-        return [gr.Tabs(selected="extras"), path if path else gr.skip(), "Single image"]
 
     def wire(self, button: Any, target: str, inputs: list[Any], resolve: Resolve) -> None:
         """``button`` sends what ``resolve(*inputs)`` gives to ``target``."""
@@ -38,8 +32,7 @@ class SendTo:
 
         def handler(*values):
             path, infotext = resolve(*values)
-            if not path and not infotext:
-                raise gr.Error("Nothing to send: make or pick an image first", print_exception=False)
+            self.ui.generation.check_sendable(path, infotext)
             return fill(path, infotext or "")
 
         button.click(handler, inputs=inputs, outputs=outputs, concurrency_limit=None, show_progress="hidden")
