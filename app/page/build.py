@@ -100,7 +100,7 @@ def build_ui(engine: Any, params_cls: Callable[..., Any] | None = None, settings
             extensions = extension_tabs(ui)
         _wire_send_to(ui, SendTo(ui, tab_bar, tabs, extras), tabs, extras, browse, pnginfo, extensions)
         wire_styles(ui, list(tabs.values()), style_editor)
-        _wire_page_load(demo, ui, header, tabs, extras, style_editor)
+        _wire_page_load(demo, ui, header, tabs, extras)
     demo.studio = ui  # handy for tests and scripting
     demo.studio_tabs = tabs
     demo.studio_settings_components = settings_components
@@ -143,12 +143,12 @@ def _wire_send_to(ui: StudioUI, send: SendTo, tabs: dict[str, GenerationTab], ex
 
 
 def _wire_page_load(demo: gr.Blocks, ui: StudioUI, header: dict[str, Any], tabs: dict[str, GenerationTab],
-                    extras: dict[str, Any], style_editor: dict[str, Any]) -> None:
+                    extras: dict[str, Any]) -> None:
     """On every page load: the current defaults, models and styles; and width and height
     follow the checkpoint's native size while the user leaves them."""
     checkpoint = header["checkpoint"]
     defaulted = [(tab.fields[name], name) for tab in tabs.values() for name in SETTING_DEFAULTS if name in tab.fields]
-    pickers = [*(tab.fields["styles"] for tab in tabs.values()), style_editor["pick"]]
+    pickers = [tab.fields["styles"] for tab in tabs.values()]
     refiners = [tab.fields["refiner_checkpoint"] for tab in tabs.values()]
     for refiner in refiners:
         header["refreshed"].then(ui.models.refresh_refiners, inputs=[refiner], outputs=[refiner],

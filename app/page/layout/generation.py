@@ -95,6 +95,12 @@ def _lora_panel(ui: StudioUI, tab: GenerationTab) -> None:
                  show_progress="hidden")
 
 
+def _slider(f: dict[str, Any], name: str, low: float, high: float, step: float, label: str, elem_id: str,
+            **options: Any) -> None:
+    """The slider of form field ``name``, at its default."""
+    f[name] = gr.Slider(low, high, value=DEFAULT[name], step=step, label=label, elem_id=elem_id, **options)
+
+
 def _settings_column(ui: StudioUI, tab: GenerationTab, samplers: list[str], schedules: list[str],
                      defaults: dict[str, Any]) -> None:
     name, f = tab.name, tab.fields
@@ -118,8 +124,7 @@ def _settings_column(ui: StudioUI, tab: GenerationTab, samplers: list[str], sche
         f["denoising_strength"] = gr.Slider(0.0, 1.0, value=defaults["denoising_strength"], step=0.01,
                                             label="Denoising strength", elem_id=f"{name}_denoising_strength")
     _seed_rows(tab)
-    f["clip_skip"] = gr.Slider(1, 12, value=DEFAULT["clip_skip"], step=1, label="Clip skip",
-                               elem_id=f"{name}_clip_skip")
+    _slider(f, "clip_skip", 1, 12, 1, "Clip skip", f"{name}_clip_skip")
     if name == "txt2img":
         _hires_inputs(ui, f, samplers, schedules)
     _refiner_inputs(ui, f, name)
@@ -139,10 +144,8 @@ def _size_rows(tab: GenerationTab, defaults: dict[str, Any]) -> None:
             if name != "txt2img":
                 tab.tools["from_image"] = tool_button("⤢", f"{name}_size_from_image")
         with gr.Column(scale=3, min_width=120):
-            f["batch_count"] = gr.Slider(1, 100, value=DEFAULT["batch_count"], step=1, label="Batch count",
-                                         elem_id=f"{name}_batch_count")
-            f["batch_size"] = gr.Slider(1, 8, value=DEFAULT["batch_size"], step=1, label="Batch size",
-                                        elem_id=f"{name}_batch_size")
+            _slider(f, "batch_count", 1, 100, 1, "Batch count", f"{name}_batch_count")
+            _slider(f, "batch_size", 1, 8, 1, "Batch size", f"{name}_batch_size")
 
 
 def _seed_rows(tab: GenerationTab) -> None:
@@ -156,9 +159,7 @@ def _seed_rows(tab: GenerationTab) -> None:
         with gr.Row():
             f["subseed"] = gr.Number(value=DEFAULT["subseed"], precision=0, label="Variation seed",
                                      elem_id=f"{name}_subseed")
-            f["subseed_strength"] = gr.Slider(0.0, 1.0, value=DEFAULT["subseed_strength"], step=0.01,
-                                              label="Variation strength",
-                                              elem_id=f"{name}_subseed_strength")
+            _slider(f, "subseed_strength", 0.0, 1.0, 0.01, "Variation strength", f"{name}_subseed_strength")
 
 
 def _results_column(tab: GenerationTab) -> None:
@@ -206,30 +207,18 @@ def _hires_inputs(ui: StudioUI, f: dict[str, Any], samplers: list[str], schedule
         f["enable_hr"] = gr.Checkbox(DEFAULT["enable_hr"], label="Enable hires. fix", elem_id="txt2img_enable_hr")
         with gr.Row():
             f["hr_upscaler"] = gr.Dropdown(choices=ui.models.hires_upscalers(), value=DEFAULT["hr_upscaler"],
-                                           label="Upscaler",
-                                           elem_id="txt2img_hr_upscaler")
-            f["hr_second_pass_steps"] = gr.Slider(0, 150, value=DEFAULT["hr_second_pass_steps"], step=1,
-                                                  label="Hires steps (0 = same)",
-                                                  elem_id="txt2img_hires_steps")
-            f["hr_denoising_strength"] = gr.Slider(0.0, 1.0, value=DEFAULT["hr_denoising_strength"], step=0.01,
-                                                   label="Denoising strength",
-                                                   elem_id="txt2img_hr_denoising_strength")
+                                           label="Upscaler", elem_id="txt2img_hr_upscaler")
+            _slider(f, "hr_second_pass_steps", 0, 150, 1, "Hires steps (0 = same)", "txt2img_hires_steps")
+            _slider(f, "hr_denoising_strength", 0.0, 1.0, 0.01, "Denoising strength", "txt2img_hr_denoising_strength")
         with gr.Row():
-            f["hr_scale"] = gr.Slider(1.0, 4.0, value=DEFAULT["hr_scale"], step=0.05, label="Upscale by",
-                                      elem_id="txt2img_hr_scale")
-            f["hr_resize_x"] = gr.Slider(0, 4096, value=DEFAULT["hr_resize_x"], step=8,
-                                         label="Resize width to (0 = by scale)",
-                                         elem_id="txt2img_hr_resize_x")
-            f["hr_resize_y"] = gr.Slider(0, 4096, value=DEFAULT["hr_resize_y"], step=8,
-                                         label="Resize height to (0 = by scale)",
-                                         elem_id="txt2img_hr_resize_y")
+            _slider(f, "hr_scale", 1.0, 4.0, 0.05, "Upscale by", "txt2img_hr_scale")
+            _slider(f, "hr_resize_x", 0, 4096, 8, "Resize width to (0 = by scale)", "txt2img_hr_resize_x")
+            _slider(f, "hr_resize_y", 0, 4096, 8, "Resize height to (0 = by scale)", "txt2img_hr_resize_y")
         with gr.Row():
             f["hr_sampler_name"] = gr.Dropdown(choices=[SAME, *samplers], value=DEFAULT["hr_sampler_name"],
-                                               label="Hires sampler",
-                                               elem_id="txt2img_hr_sampler")
+                                               label="Hires sampler", elem_id="txt2img_hr_sampler")
             f["hr_scheduler"] = gr.Dropdown(choices=[SAME, *schedules], value=DEFAULT["hr_scheduler"],
-                                            label="Hires schedule type",
-                                            elem_id="txt2img_hr_scheduler")
+                                            label="Hires schedule type", elem_id="txt2img_hr_scheduler")
         f["hr_prompt"] = gr.Textbox(label="Hires prompt (empty = the same)", lines=1, elem_id="txt2img_hr_prompt")
         f["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt (empty = the same)", lines=1,
                                              elem_id="txt2img_hr_neg_prompt")
@@ -242,10 +231,8 @@ def _refiner_inputs(ui: StudioUI, f: dict[str, Any], name: str) -> None:
                 choices=ui.models.refiner_choices(), value=DEFAULT["refiner_checkpoint"], label="Refiner checkpoint",
                 info="takes over for the last steps (SDXL: the refiner); None: no refiner",
                 elem_id=f"{name}_refiner_checkpoint", scale=3)
-            f["refiner_switch_at"] = gr.Slider(0.01, 1.0, value=DEFAULT["refiner_switch_at"], step=0.01,
-                                               label="Switch at",
-                                               info="fraction of the denoising done before it takes over; 1: never",
-                                               elem_id=f"{name}_refiner_switch_at", scale=2)
+            _slider(f, "refiner_switch_at", 0.01, 1.0, 0.01, "Switch at", f"{name}_refiner_switch_at", scale=2,
+                    info="fraction of the denoising done before it takes over; 1: never")
 
 
 def _inpaint_inputs(f: dict[str, Any]) -> None:
@@ -273,8 +260,7 @@ def _inpaint_inputs(f: dict[str, Any]) -> None:
 def _inpaint_options(f: dict[str, Any]) -> None:
     with gr.Accordion("Inpainting", open=True, elem_id="inpaint_options"):
         with gr.Row():
-            f["mask_blur"] = gr.Slider(0, 64, value=DEFAULT["mask_blur"], step=1, label="Mask blur",
-                                       elem_id="inpaint_mask_blur")
+            _slider(f, "mask_blur", 0, 64, 1, "Mask blur", "inpaint_mask_blur")
             f["mask_mode"] = gr.Radio(list(MASK_MODES), value=DEFAULT["mask_mode"], label="Mask mode",
                                       elem_id="inpaint_mask_mode")
         f["inpainting_fill"] = gr.Radio(list(FILL_MODES), value=DEFAULT["inpainting_fill"], label="Masked content",
@@ -283,12 +269,9 @@ def _inpaint_options(f: dict[str, Any]) -> None:
             f["inpaint_full_res"] = gr.Radio(list(INPAINT_AREAS), value=DEFAULT["inpaint_full_res"],
                                              label="Inpaint area",
                                              elem_id="inpaint_area")
-            f["inpaint_full_res_padding"] = gr.Slider(0, 256, value=DEFAULT["inpaint_full_res_padding"], step=4,
-                                                      label="Only masked padding, pixels",
-                                                      elem_id="inpaint_padding")
+            _slider(f, "inpaint_full_res_padding", 0, 256, 4, "Only masked padding, pixels", "inpaint_padding")
     with gr.Accordion("Outpainting", open=False, elem_id="outpaint_options"):
         with gr.Row():
             f["outpaint_directions"] = gr.CheckboxGroup(list(OUTPAINT_DIRECTIONS), value=DEFAULT["outpaint_directions"],
                                                         label="Grow the canvas towards", elem_id="outpaint_directions")
-            f["outpaint_pixels"] = gr.Slider(8, 512, value=DEFAULT["outpaint_pixels"], step=8, label="Pixels to expand",
-                                             elem_id="outpaint_pixels")
+            _slider(f, "outpaint_pixels", 8, 512, 8, "Pixels to expand", "outpaint_pixels")
