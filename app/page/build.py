@@ -9,7 +9,6 @@ methods as the engine.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -33,8 +32,6 @@ from app.page.models import sampler_choices  # noqa: E402
 from app.page.studio import StudioUI  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.styles import StyleDatabase  # noqa: E402
-
-log = logging.getLogger(__name__)
 
 TITLE = "Stable Diffusion Studio"
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -70,10 +67,7 @@ def build_ui(engine: Any, params_cls: Callable[..., Any] | None = None, settings
     StudioUI)."""
     ui = StudioUI(engine, params_cls, settings=settings, styles=styles, served_roots=served_roots,
                   allowed_dirs=allowed_dirs)
-    try:
-        ui.outputs.output_root().mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # saving says so at the first job; the page still comes up
-        log.warning("cannot create the output folder %s: %s", ui.outputs.output_root(), exc)
+    ui.outputs.create_root()
     samplers, schedules = sampler_choices()
     defaults = ui.styles_settings.page_defaults()
     demo = gr.Blocks(title=TITLE, analytics_enabled=False)

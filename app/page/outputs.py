@@ -3,6 +3,7 @@ folders the server serves), saving in the format and with the names the settings
 and whether the engine's own saving already gives that."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -10,6 +11,8 @@ from PIL import Image
 
 from app.imagefiles import IMAGE_SUFFIXES, expand_pattern, inside_folders, save_image
 from app.settings import DEFAULT_DIR_PATTERN, DEFAULT_FOLDERS, DEFAULT_NAME_PATTERN, ROOT, Settings
+
+log = logging.getLogger(__name__)
 
 TAB_FOLDER = {"txt2img": "txt2img", "img2img": "img2img", "inpaint": "img2img", "extras": "extras"}
 
@@ -26,6 +29,14 @@ class Outputs:
     def engine_output_root(self) -> Path:
         """The output folder launch.py was given (--outdir)."""
         return Path(getattr(self.engine, "output_dir", None) or ROOT / "outputs")
+
+    def create_root(self) -> None:
+        """Create the output folder; when it cannot be, saving says so at the first job and the
+        page still comes up."""
+        try:
+            self.output_root().mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("cannot create the output folder %s: %s", self.output_root(), exc)
 
     def output_root(self) -> Path:
         """The "Output folder" setting when it lies inside the served folders, else --outdir's:
