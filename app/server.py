@@ -500,7 +500,7 @@ def mount_page(app: FastAPI, engine: EngineProtocol, settings, options_path: str
     from gradio.utils import get_cache_folder, get_upload_folder
 
     from app.settings import data_dir, default_settings_file
-    from app.webui import build_ui
+    from app.page.build import build_ui
 
     paths = [str(Path(p).resolve()) for p in (allowed_paths or [engine.output_dir]) if p]
     demo = build_ui(engine, settings=settings, served_roots=[Path(p) for p in paths],

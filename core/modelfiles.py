@@ -15,6 +15,9 @@ from typing import Iterator
 
 from core.errors import NOT_FOUND, EngineError
 
+# The files a LoRA can come in (the page's cards, the API's listing, the LoRA extension).
+LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
+
 
 def has_suffix(path: str | os.PathLike, suffixes: tuple[str, ...] | set[str] | frozenset[str]) -> bool:
     """Whether ``path`` ends in one of ``suffixes`` (given in lower case), in any case."""

@@ -106,14 +106,14 @@ def test_a_wrong_value_for_one_key_drops_nothing(tmp_path):
 
 def test_apply_on_the_page_says_the_file_was_set_aside(tmp_path):
     pytest.importorskip("gradio")
-    from app.studio import StudioUI
+    from app.page.studio import StudioUI
     from fake_engine import FakeEngine
 
     path = tmp_path / "config.json"
     ui = StudioUI(FakeEngine(tmp_path), settings=Settings(path), styles=StyleDatabase(tmp_path / "styles.csv"))
     path.write_text("{oops")
     with pytest.warns(UserWarning, match=r"config\.json\.bad-"):  # gr.Warning outside an event: a Python warning
-        message = ui.apply_settings(["default_steps"], [12])
+        message = ui.styles_settings.apply_settings(["default_steps"], [12])
     kept = bad_files(tmp_path, "config.json")
     assert len(kept) == 1 and kept[0].read_text() == "{oops" and kept[0].name in message
     assert json.loads(path.read_text()) == {"default_steps": 12}
@@ -324,7 +324,7 @@ def test_page_shows_the_image_and_warns_when_it_cannot_save(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from app.studio import StudioUI
+    from app.page.studio import StudioUI
     from fake_engine import FakeEngine
     from test_webui import run_stream
 
@@ -349,7 +349,7 @@ def test_page_shows_an_image_the_engine_could_not_save(engine, tmp_path, monkeyp
     pytest.importorskip("gradio")
     import numpy as np
 
-    from app.studio import StudioUI
+    from app.page.studio import StudioUI
     from test_webui import run_stream
 
     monkeypatch.setattr(engine, "output_dir", blocked_folder(tmp_path))
@@ -364,7 +364,7 @@ def test_page_shows_an_image_the_engine_could_not_save(engine, tmp_path, monkeyp
 
 def test_the_page_says_at_load_what_it_could_not_read(tmp_path):
     gr = pytest.importorskip("gradio")
-    from app.webui import build_ui
+    from app.page.build import build_ui
     from fake_engine import FakeEngine
 
     (tmp_path / "config.json").write_text('["not", "an", "object"]')
@@ -384,7 +384,7 @@ def test_page_super_resolution_keeps_the_picture_when_it_cannot_save(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from app.studio import StudioUI
+    from app.page.studio import StudioUI
     from fake_engine import FakeEngine
 
     engine = FakeEngine(tmp_path)
@@ -392,11 +392,11 @@ def test_page_super_resolution_keeps_the_picture_when_it_cannot_save(tmp_path):
     source = tmp_path / "src.png"
     Image.fromarray(np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3)).save(source)
     expected = Image.open(source).convert("RGB").resize((32, 32), Image.LANCZOS)
-    blocked = ui.folder("extras")
+    blocked = ui.outputs.folder("extras")
     blocked.parent.mkdir(parents=True, exist_ok=True)
     blocked.write_bytes(b"a file where the extras folder should be")
     with pytest.warns(UserWarning, match=r"1 of 1 image\(s\) not saved in .*only on this page"):
-        gallery, info, log, items = ui.upscale("Single image", str(source), "", "", "Lanczos", "Scale by", 2, 0, 0)
+        gallery, info, log, items = ui.superres.upscale("Single image", str(source), "", "", "Lanczos", "Scale by", 2, 0, 0)
     (picture, caption), = gallery
     assert isinstance(picture, Image.Image) and items[0]["path"] is None and "16x16 → 32x32" in caption
     assert np.abs(np.asarray(picture, dtype=int) - np.asarray(expected, dtype=int)).max() <= 1
@@ -409,7 +409,7 @@ def test_page_super_resolution_keeps_the_picture_when_it_cannot_save(tmp_path):
     out = tmp_path / "outputs" / "batch-out"
     out.write_bytes(b"a file where the batch's output folder should be")
     with pytest.warns(UserWarning, match=r"2 of 2 image\(s\) not saved in"):
-        gallery, info, log, items = ui.upscale("Batch from folder", None, str(batch), str(out), "Lanczos",
+        gallery, info, log, items = ui.superres.upscale("Batch from folder", None, str(batch), str(out), "Lanczos",
                                                "Scale by", 2, 0, 0)
     assert [item["path"] for item in items] == [None, None]
     assert all(isinstance(picture, Image.Image) and picture.size == (32, 32) for picture, _ in gallery)

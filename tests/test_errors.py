@@ -127,7 +127,7 @@ def test_the_api_answers_bad_hires_names_with_their_own_field():
 
 
 def test_the_page_tells_engine_errors_by_class_not_by_name():
-    from app.studio import error_message
+    from app.page.messages import error_message
 
     class EngineError(Exception):  # noqa: N818 - a stranger with the same name is not the engine's error
         pass
@@ -141,6 +141,6 @@ def test_the_page_tells_engine_errors_by_class_not_by_name():
 def test_the_page_recognises_torch_out_of_memory():
     import torch
 
-    from app.studio import error_message
+    from app.page.messages import error_message
 
     assert error_message(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")).startswith("Out of memory:")

@@ -40,7 +40,7 @@ def site(tmp_path_factory):
 
 def page(site):
     from app.settings import Settings
-    from app.studio import StudioUI
+    from app.page.studio import StudioUI
     from app.styles import StyleDatabase
 
     root, engine, _, config = site
@@ -71,7 +71,7 @@ def test_the_command_line_the_api_and_the_page_give_the_same_pixels(site, tmp_pa
     assert answer.status_code == 200, answer.text
     by_api = pixels(Image.open(io.BytesIO(base64.b64decode(answer.json()["image"]))))
 
-    _, _, _, items = page(site).upscale("Single image", str(source), "", "", "compact-x2", "Scale by", 2, 0, 0)
+    _, _, _, items = page(site).superres.upscale("Single image", str(source), "", "", "compact-x2", "Scale by", 2, 0, 0)
     with Image.open(items[0]["path"]) as saved:
         by_page = pixels(saved)
 
@@ -87,7 +87,7 @@ def test_the_page_upscales_in_the_settings_tiles_and_keeps_the_model(site):
     engine.upscaler_cache.clear()
     ui = page(site)
     seen: list[str] = []
-    ui.upscale("Single image", str(source), "", "", "compact-x2", "Scale by", 2, 0, 0,
+    ui.superres.upscale("Single image", str(source), "", "", "compact-x2", "Scale by", 2, 0, 0,
                progress=lambda fraction, text: seen.append(text))
     tiles = [text for text in seen if ": tile " in text]
     # 24x20 input pixels in tiles of 8 with an overlap of 4: 5 x 4 tiles, not the one a 256-px tile makes
@@ -102,7 +102,7 @@ def test_the_page_upscales_in_the_settings_tiles_and_keeps_the_model(site):
     real_load = kind.load
     kind.load = lambda info, device, dtype: loads.append(info.name) or real_load(info, device, dtype)
     try:
-        ui.upscale("Single image", str(source), "", "", "compact-x2", "Scale by", 2, 0, 0)
+        ui.superres.upscale("Single image", str(source), "", "", "compact-x2", "Scale by", 2, 0, 0)
     finally:
         del kind.load
     assert loads == [] and engine.upscaler_cache.loaded is loaded  # the second upscale did not load it again

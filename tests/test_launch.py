@@ -1,5 +1,5 @@
 """Tests of the one-command set-up: bootstrap.py, launch.py, run_tests.py,
-.ci/run and the Gradio page in app/webui.py (with a stand-in engine).
+.ci/run and the Gradio page in app/page/ (build.py) (with a stand-in engine).
 
 Nothing here downloads anything or touches the real venv/: every
 environment that bootstrap might create or install into is a temporary
@@ -374,7 +374,7 @@ def test_ci_run_calls_run_tests_and_propagates_failure(tmp_path: Path):
         (fake_root / "called").unlink()
 
 
-# ---------------------------------------------------------------- app/webui.py (stand-in engine)
+# ---------------------------------------------------------------- app/page/ (stand-in engine)
 
 
 # The engine's own error type (a tiny module, no torch): the page tells it apart by class.
@@ -390,7 +390,7 @@ class FakeParams:
 
 @pytest.fixture(scope="module")
 def webui():
-    import app.webui as module
+    import app.page.build as module
 
     return module
 
@@ -424,7 +424,7 @@ def test_page_builds_with_checkpoints_and_samplers(webui, tmp_path: Path):
 def test_generate_builds_params_and_returns_saved_pngs(webui, tmp_path: Path):
     engine = FakeEngine(tmp_path)
     ui = studio(webui, engine, tmp_path, FakeParams)
-    *_, last = ui.stream("txt2img", ("a cat", "blurry", [], "sd15.safetensors", "DDIM", "Karras", 12.0, 6.5,
+    *_, last = ui.generation.stream("txt2img", ("a cat", "blurry", [], "sd15.safetensors", "DDIM", "Karras", 12.0, 6.5,
                                          64.0, 96.0, 2.0, 1.0, 42.0))
     (call,) = engine.calls
     assert vars(call.params) == dict(prompt="a cat", negative_prompt="blurry", steps=12, cfg_scale=6.5, seed=42,
@@ -442,7 +442,7 @@ def test_page_uses_the_real_generation_params(webui, tmp_path: Path):
     from core.params import GenerationParams
 
     engine = FakeEngine(tmp_path)
-    list(studio(webui, engine, tmp_path).stream("txt2img", dict(prompt="a dog", checkpoint="sd15.safetensors",
+    list(studio(webui, engine, tmp_path).generation.stream("txt2img", dict(prompt="a dog", checkpoint="sd15.safetensors",
                                                                 seed=5)))
     (call,) = engine.calls
     params = call.params
@@ -452,7 +452,7 @@ def test_page_uses_the_real_generation_params(webui, tmp_path: Path):
 
 def test_generate_empty_seed_and_checkpoint_mean_defaults(webui, tmp_path: Path):
     engine = FakeEngine(tmp_path)
-    list(studio(webui, engine, tmp_path, FakeParams).stream("txt2img", dict(prompt="x", negative_prompt=None,
+    list(studio(webui, engine, tmp_path, FakeParams).generation.stream("txt2img", dict(prompt="x", negative_prompt=None,
                                                                             checkpoint="", seed=None, steps=1)))
     params = engine.calls[0].params
     assert params.seed == -1 and params.checkpoint is None
@@ -468,7 +468,7 @@ def test_generate_errors_become_messages_in_the_page(webui, tmp_path: Path, erro
 
     ui = studio(webui, FakeEngine(tmp_path, fail=error), tmp_path, FakeParams)
     with pytest.raises(gr.Error) as info:
-        list(ui.stream("txt2img", dict(prompt="x", steps=1)))
+        list(ui.generation.stream("txt2img", dict(prompt="x", steps=1)))
     assert info.value.message == message
 
 

@@ -83,34 +83,34 @@ def test_output_folder_setting_does_not_widen_what_is_served(site):
     """Settings -> Output folder "/" -> Apply used to open /gradio_api/file=/etc/passwd for good."""
     studio, server = site.studio, site.server
     with pytest.raises(gr.Error) as refused:
-        studio.apply_settings(["outdir"], ["/"])
+        studio.styles_settings.apply_settings(["outdir"], ["/"])
     message = refused.value.message
     assert message.startswith("Settings not saved") and "Output folder /" in message and "--outdir" in message
-    assert studio.settings["outdir"] == "" and studio.output_root() == site.outputs
+    assert studio.settings["outdir"] == "" and studio.outputs.output_root() == site.outputs
     for target in ("/gradio_api/file=/etc/passwd", "/gradio_api/file=/etc/hostname"):
         status, body, _ = raw_get(server, target)
         assert status == 403 and b"root:" not in body
-    studio.apply_settings(["outdir"], [""])  # "reverting" changes nothing either
+    studio.styles_settings.apply_settings(["outdir"], [""])  # "reverting" changes nothing either
     assert raw_get(server, "/gradio_api/file=/etc/passwd")[0] == 403
 
     # a tab folder that leads out (absolute, or up and out) is refused the same way
     for key, value in (("outdir_txt2img", str(site.outside)), ("outdir_extras", "../../outside")):
         with pytest.raises(gr.Error, match="outside the output folder"):
-            studio.apply_settings([key], [value])
+            studio.styles_settings.apply_settings([key], [value])
     # a folder inside the outputs is fine, and is where the page then saves
     inside = site.outputs / "project-a"
-    studio.apply_settings(["outdir"], [str(inside)])
+    studio.styles_settings.apply_settings(["outdir"], [str(inside)])
     try:
-        assert studio.output_root() == inside and studio.folder("txt2img") == inside / "txt2img-images"
+        assert studio.outputs.output_root() == inside and studio.outputs.folder("txt2img") == inside / "txt2img-images"
     finally:
-        studio.apply_settings(["outdir"], [""])
+        studio.styles_settings.apply_settings(["outdir"], [""])
 
     # a config.json written before this check (or by hand) is ignored, and the page says why
     studio.settings.update({"outdir": str(site.outside), "outdir_img2img": str(site.outside / "i2i")})
     try:
-        assert studio.output_root() == site.outputs
-        assert studio.folder("img2img") == site.outputs / "img2img-images"
-        problems = studio.folder_problems({})
+        assert studio.outputs.output_root() == site.outputs
+        assert studio.outputs.folder("img2img") == site.outputs / "img2img-images"
+        problems = studio.outputs.folder_problems({})
         assert len(problems) == 2 and str(site.outside) in problems[0] and "--outdir" in problems[0]
         assert str(site.outside / "i2i") in problems[1]
         assert raw_get(server, f"/gradio_api/file={png(site.outside / 'x.png')}")[0] == 403
@@ -240,9 +240,9 @@ def test_history_import_refuses_paths_outside_the_outputs(site):
     assert tab.thumb(fine["images"][0]["path"]).getpixel((1, 1)) == (0, 0, 250)
     assert store.send_to(fine["id"])["image"] == str(inside)
     # the page's send-to takes a picture path from a hidden text box: only served images pass
-    assert site.studio.served_image(str(secret)) is None
-    assert site.studio.served_image(str(site.outputs / "history.sqlite3")) is None
-    assert site.studio.served_image(str(inside)) == str(inside)
+    assert site.studio.outputs.served_image(str(secret)) is None
+    assert site.studio.outputs.served_image(str(site.outputs / "history.sqlite3")) is None
+    assert site.studio.outputs.served_image(str(inside)) == str(inside)
 
 
 # ---------------------------------------------------------------- super-resolution batch folders
@@ -257,12 +257,12 @@ def test_upscale_batch_reads_and_writes_only_allowed_folders(site):
                                          (str(batch_in), str(site.outside / "written"), site.outside / "written"),
                                          (f"{batch_in}/../../outside/private-pictures", "", "private-pictures")]:
         with pytest.raises(gr.Error) as refused:
-            studio.upscale("Batch from folder", None, input_dir, output_dir, "Lanczos", "Scale by", 2, 0, 0)
+            studio.superres.upscale("Batch from folder", None, input_dir, output_dir, "Lanczos", "Scale by", 2, 0, 0)
         message = refused.value.message
         assert str(named) in message and "outside the allowed folders" in message
         assert str(site.outputs) in message and "--allowed-dir" in message
     assert not (site.outside / "written").exists()
-    _, _, _, items = studio.upscale("Batch from folder", None, str(batch_in), str(site.outputs / "batch-out"),
+    _, _, _, items = studio.superres.upscale("Batch from folder", None, str(batch_in), str(site.outputs / "batch-out"),
                                     "Lanczos", "Scale by", 2, 0, 0)
     with Image.open(items[0]["path"]) as image:
         assert image.size == (16, 12) and Path(items[0]["path"]).parent == site.outputs / "batch-out"
@@ -296,9 +296,9 @@ def test_allowed_dirs_go_from_launch_py_to_the_page(site, monkeypatch, tmp_path)
     app = create_app(site.engine, api=False, ui=True, options_path=site.data / "config.json",
                      allowed_paths=[site.outputs], allowed_dirs=[folder])
     studio = app.state.page.studio
-    assert studio.allowed_dirs == [folder]
+    assert studio.superres.allowed_dirs == [folder]
     with pytest.raises(gr.Error, match="outside the allowed folders"):
-        studio.upscale("Batch from folder", None, str(site.outputs / "batch-in"), "", "Lanczos", "Scale by", 2, 0, 0)
+        studio.superres.upscale("Batch from folder", None, str(site.outputs / "batch-in"), "", "Lanczos", "Scale by", 2, 0, 0)
     with LiveServer(app) as server:
         # through the page's Upscale button: the results reach the browser (as Gradio's copies),
         # while the allowed folder itself is not served

@@ -307,15 +307,15 @@ def test_a_5_mb_prompt_is_refused_fast_by_the_api(shared):
 
 def test_a_styled_prompt_over_the_limit_is_refused_by_the_page(engine, tmp_path):
     from app.settings import Settings
-    from app.studio import StudioUI
+    from app.page.studio import StudioUI
     from app.styles import StyleDatabase
 
     ui = StudioUI(engine, settings=Settings(tmp_path / "config.json"), styles=StyleDatabase(tmp_path / "styles.csv"))
     ui.styles.save_style("long", "{prompt}, " + "detailed, " * 3300, "")  # 33 KB of style
-    form = ui.form("txt2img", dict(prompt="fox, " * 7000, styles=["long"], steps=1, width=64, height=64))  # + 35 KB
+    form = ui.generation.form("txt2img", dict(prompt="fox, " * 7000, styles=["long"], steps=1, width=64, height=64))  # + 35 KB
     started = time.monotonic()
     with pytest.raises(EngineError, match=r"^prompt: 68\d\d\d bytes long, over the limit of 65536 bytes"):
-        ui.run_job("txt2img", form)
+        ui.generation.run_job("txt2img", form)
     assert time.monotonic() - started < 2
 
 

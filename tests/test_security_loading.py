@@ -284,13 +284,13 @@ def test_the_page_names_a_damaged_checkpoint(damaged, tmp_path):
     import gradio as gr
 
     from app.settings import Settings
-    from app.studio import StudioUI
+    from app.page.studio import StudioUI
     from app.styles import StyleDatabase
 
     ui = StudioUI(damaged, settings=Settings(tmp_path / "config.json"), styles=StyleDatabase(tmp_path / "styles.csv"))
     updates = []
     with pytest.raises(gr.Error, match=r"negative\.safetensors: corrupt safetensors file \(tensor .*shape \[-1, -4\]"):
-        for update in ui.load_checkpoint("negative.safetensors"):
+        for update in ui.models.load_checkpoint("negative.safetensors"):
             updates.append(update)
     assert "studio-error" in updates[-1] and "negative.safetensors: corrupt safetensors file" in updates[-1]
     assert damaged.loaded is None

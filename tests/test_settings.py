@@ -146,7 +146,7 @@ def test_page_and_api_writing_in_turn_both_see_both(fresh_engine, tmp_path):
         page.load()
         assert (page.value("default_steps"), page.value("preview_every"), page.value("jpeg_quality"),
                 page.value("sd_noise_schedule")) == (30, 3, 60, "Zero Terminal SNR")
-        assert app.state.page.studio.page_defaults()["steps"] == 30
+        assert app.state.page.studio.styles_settings.page_defaults()["steps"] == 30
     assert stored(config) == {"CLIP_stop_at_last_layers": 2, "default_steps": 30, "emphasis": "No norm",
                               "jpeg_quality": 60, "preview_every": 3, "sd_noise_schedule": "Zero Terminal SNR"}
 
@@ -243,7 +243,7 @@ def test_ui_settings_file_reaches_the_page(models_dir, tmp_path, monkeypatch):
     (app,) = served
     studio = app.state.page.studio
     assert studio.settings.path == config and studio.settings is app.state.sdapi.options
-    assert studio.page_defaults()["steps"] == 27
+    assert studio.styles_settings.page_defaults()["steps"] == 27
     assert Page(app.state.page).value("default_steps") == 27
     with local_client(app) as client:
         assert client.get(f"{API}/options").json()["CLIP_stop_at_last_layers"] == 2

@@ -1,4 +1,4 @@
-"""The page's callbacks (app/studio.py through app/webui.py), without a browser.
+"""The page's callbacks (app/page/: its area objects, through the layout), without a browser.
 
 Most tests use a stand-in engine; the last group drives the real engine on the tiny
 checkpoint and reads the saved files back with sd-parsers.
@@ -24,7 +24,10 @@ from app.comfy import infotext_from_comfy
 from app.imagefiles import decode_user_comment, read_metadata, save_image, user_comment
 from app.preview import latent_preview
 from app.settings import Settings
-from app.studio import FORM_FIELDS, INPAINT_SOURCES, StudioUI, editor_image_and_mask, progress_html
+from app.forms import FORM_FIELDS, INPAINT_SOURCES
+from app.page.messages import progress_html
+from app.page.studio import StudioUI
+from app.page.uploads import editor_image_and_mask
 from app.styles import StyleDatabase, merge
 
 INFOTEXT = ("a castle on a hill, (sunset:1.2)\nNegative prompt: blurry, lowres\n"
@@ -49,7 +52,7 @@ def studio(tmp_path):
 
 
 def run_stream(ui, tab, form):
-    return list(ui.stream(tab, form))
+    return list(ui.generation.stream(tab, form))
 
 
 def picture(width=64, height=64):
@@ -62,7 +65,7 @@ def picture(width=64, height=64):
 
 
 def test_page_has_every_tab_and_control(tmp_path):
-    from app.webui import build_ui, page_assets
+    from app.page.build import build_ui, page_assets
 
     engine = FakeEngine(tmp_path)
     demo = build_ui(engine, settings=Settings(tmp_path / "c.json"), styles=StyleDatabase(tmp_path / "s.csv"))
@@ -103,7 +106,7 @@ def test_page_has_every_tab_and_control(tmp_path):
 
 
 def test_form_fields_match_the_page(tmp_path):
-    from app.webui import build_ui
+    from app.page.build import build_ui
 
     demo = build_ui(FakeEngine(tmp_path), settings=Settings(tmp_path / "c.json"),
                     styles=StyleDatabase(tmp_path / "s.csv"))
@@ -118,12 +121,12 @@ def test_form_fields_match_the_page(tmp_path):
 def test_txt2img_form_becomes_generation_params(studio):
     from core.params import GenerationParams
 
-    form = studio.form("txt2img", dict(
+    form = studio.generation.form("txt2img", dict(
         prompt="a cat", negative_prompt="blurry", checkpoint="sd15.safetensors", sampler="DDIM", scheduler="Karras",
         steps=12.0, cfg_scale=6.5, seed=42.0, width=64.0, height=96.0, batch_count=2.0, batch_size=1.0,
         clip_skip=2.0, subseed=5, subseed_strength=0.3, enable_hr=True, hr_upscaler="Lanczos", hr_scale=1.5,
         hr_second_pass_steps=3, hr_denoising_strength=0.4, hr_sampler_name="Euler a"))
-    params = studio.make_params("txt2img", form)
+    params = studio.generation.make_params("txt2img", form)
     assert isinstance(params, GenerationParams)
     assert (params.prompt, params.negative_prompt, params.steps, params.cfg_scale, params.seed) == (
         "a cat", "blurry", 12, 6.5, 42)
@@ -137,15 +140,15 @@ def test_txt2img_form_becomes_generation_params(studio):
 
 
 def test_empty_seed_and_checkpoint_mean_defaults(studio):
-    params = studio.make_params("txt2img", studio.form("txt2img", dict(seed=None, checkpoint="")))
+    params = studio.generation.make_params("txt2img", studio.generation.form("txt2img", dict(seed=None, checkpoint="")))
     assert params.seed == -1 and params.checkpoint is None and not params.enable_hr
 
 
 def test_inpaint_options_map_to_a1111_params(studio):
-    form = studio.form("inpaint", dict(mask_blur=8, mask_mode="Inpaint not masked", inpainting_fill="latent noise",
+    form = studio.generation.form("inpaint", dict(mask_blur=8, mask_mode="Inpaint not masked", inpainting_fill="latent noise",
                                        inpaint_full_res="Only masked", inpaint_full_res_padding=48,
                                        resize_mode="Crop and resize", denoising_strength=0.6))
-    params = studio.make_params("inpaint", form)
+    params = studio.generation.make_params("inpaint", form)
     assert (params.mask_blur, params.inpainting_mask_invert, params.inpainting_fill, params.inpaint_full_res,
             params.inpaint_full_res_padding, params.resize_mode, params.denoising_strength) == (8, 1, 2, True, 48, 1, 0.6)
     params.validate()
@@ -154,12 +157,12 @@ def test_inpaint_options_map_to_a1111_params(studio):
 def test_styles_are_applied_to_the_prompts(studio):
     studio.styles.save_style("cinema", "{prompt}, cinematic lighting", "cartoon")
     studio.styles.save_style("plain", "high detail", "")
-    params = studio.make_params("txt2img", studio.form("txt2img", dict(
+    params = studio.generation.make_params("txt2img", studio.generation.form("txt2img", dict(
         prompt="a fox", negative_prompt="blurry", styles=["cinema", "plain"])))
     assert params.prompt == "a fox, cinematic lighting, high detail"
     assert params.negative_prompt == "blurry, cartoon"
     with pytest.raises(gr.Error, match="no style named 'gone'"):
-        studio.make_params("txt2img", studio.form("txt2img", dict(styles=["gone"])))
+        studio.generation.make_params("txt2img", studio.generation.form("txt2img", dict(styles=["gone"])))
 
 
 # ------------------------------------------------------------------ jobs
@@ -220,7 +223,7 @@ def test_errors_become_messages_and_the_page_stays_usable(tmp_path, error, messa
     ui = StudioUI(engine, settings=Settings(tmp_path / "c.json"), styles=StyleDatabase(tmp_path / "s.csv"))
     updates = []
     with pytest.raises(gr.Error) as info:
-        for update in ui.stream("txt2img", dict(prompt="x", steps=1)):
+        for update in ui.generation.stream("txt2img", dict(prompt="x", steps=1)):
             updates.append(update)
     assert info.value.message.startswith(message)
     import html
@@ -241,23 +244,23 @@ def test_bad_parameters_are_named(studio):
 def test_interrupt_stops_the_job_and_says_so(tmp_path):
     engine = FakeEngine(tmp_path, steps_delay=0.02)
     ui = StudioUI(engine, settings=Settings(tmp_path / "c.json"), styles=StyleDatabase(tmp_path / "s.csv"))
-    threading.Timer(0.3, ui.interrupt).start()
+    threading.Timer(0.3, ui.generation.interrupt).start()
     *_, (gallery_value, info, log, progress, items) = run_stream(ui, "txt2img",
                                                                 dict(prompt="x", steps=20, batch_count=50))
     assert engine.interrupts == 1 and len(items) < 50 and "Interrupted" in log
 
 
 def test_skip_and_interrupt_reach_the_engine(studio):
-    studio.skip()
+    studio.generation.skip()
     assert studio.engine.flags.skipped
-    studio.interrupt()
+    studio.generation.interrupt()
     assert studio.engine.interrupts == 1
 
 
 def test_closing_the_stream_interrupts_the_engine(tmp_path):
     engine = FakeEngine(tmp_path, steps_delay=0.05)
     ui = StudioUI(engine, settings=Settings(tmp_path / "c.json"), styles=StyleDatabase(tmp_path / "s.csv"))
-    stream = ui.stream("txt2img", dict(prompt="x", steps=50))
+    stream = ui.generation.stream("txt2img", dict(prompt="x", steps=50))
     next(stream)
     next(stream)  # a progress update: the job is running
     stream.close()
@@ -267,9 +270,9 @@ def test_closing_the_stream_interrupts_the_engine(tmp_path):
 def test_reuse_seed_and_selection(studio):
     *_, (_, _, _, _, items) = run_stream(studio, "txt2img", dict(prompt="x", seed=100, batch_size=2, steps=1))
     assert [i["seed"] for i in items] == [100, 101]
-    assert studio.reuse_seed(items, 1) == 101 and studio.reuse_seed(items, None) == 100
-    assert studio.select_result(items, 1) == items[1]["infotext"]
-    assert isinstance(studio.reuse_seed([], 0), type(gr.skip()))
+    assert studio.generation.reuse_seed(items, 1) == 101 and studio.generation.reuse_seed(items, None) == 100
+    assert studio.generation.select_result(items, 1) == items[1]["infotext"]
+    assert isinstance(studio.generation.reuse_seed([], 0), type(gr.skip()))
 
 
 def test_progress_html_reads_well():
@@ -347,7 +350,7 @@ def test_outpainting_grows_the_canvas_and_the_size(studio):
 
 def test_infotext_fills_every_field_it_knows(studio):
     studio.engine.checkpoints = ["sd15.safetensors", "other.ckpt"]
-    fields, notes = studio.fields_from_infotext(INFOTEXT, "txt2img")
+    fields, notes = studio.generation.fields_from_infotext(INFOTEXT, "txt2img")
     assert fields == {
         "prompt": "a castle on a hill, (sunset:1.2)", "negative_prompt": "blurry, lowres", "steps": 12,
         "sampler": "DPM++ 2M", "scheduler": "Karras", "cfg_scale": 6.5, "seed": 1234, "width": 512, "height": 768,
@@ -355,19 +358,19 @@ def test_infotext_fills_every_field_it_knows(studio):
         "hr_second_pass_steps": 5, "hr_upscaler": "Latent (bicubic)", "enable_hr": True,
     }
     assert notes == []
-    fields, _ = studio.fields_from_infotext(INFOTEXT, "img2img")
+    fields, _ = studio.generation.fields_from_infotext(INFOTEXT, "img2img")
     assert fields["denoising_strength"] == 0.45 and "enable_hr" not in fields and "hr_scale" not in fields
 
 
 def test_infotext_old_sampler_names_unknown_model_and_inpaint_fields(studio):
     text = ("x\nSteps: 5, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1, Size: 64x64, Model: nowhere, "
             "Mask blur: 9, Masked content: latent nothing, Inpaint area: Only masked, Masked area padding: 40")
-    fields, notes = studio.fields_from_infotext(text, "inpaint")
+    fields, notes = studio.generation.fields_from_infotext(text, "inpaint")
     assert (fields["sampler"], fields["scheduler"]) == ("DPM++ 2M", "Karras")
     assert "checkpoint" not in fields and any("nowhere" in n for n in notes)
     assert (fields["mask_blur"], fields["inpainting_fill"], fields["inpaint_full_res"],
             fields["inpaint_full_res_padding"]) == (9, "latent nothing", "Only masked", 40)
-    values, _ = studio.field_updates("txt2img", "just a prompt", ["prompt", "steps"])
+    values, _ = studio.generation.field_updates("txt2img", "just a prompt", ["prompt", "steps"])
     assert values[0] == "just a prompt" and isinstance(values[1], type(gr.skip()))
 
 
@@ -385,10 +388,10 @@ def png_with(tmp_path, name, **chunks):
 
 def test_png_info_reads_our_and_a1111_files(studio, tmp_path):
     path = png_with(tmp_path, "a.png", parameters=INFOTEXT, extras="something else")
-    text, details, items = studio.png_info(str(path))
+    text, details, items = studio.gallery.png_info(str(path))
     assert text == INFOTEXT and "something else" in details and "parameters" in details
     studio.engine.checkpoints = ["sd15.safetensors"]
-    fields, _ = studio.fields_from_infotext(text, "txt2img")
+    fields, _ = studio.generation.fields_from_infotext(text, "txt2img")
     assert fields["seed"] == 1234 and fields["checkpoint"] == "sd15.safetensors"
 
 
@@ -420,7 +423,7 @@ COMFY_WORKFLOW = {
 
 def test_png_info_reads_comfyui_prompt_and_workflow(studio, tmp_path):
     path = png_with(tmp_path, "c.png", prompt=json.dumps(COMFY_PROMPT), workflow=json.dumps(COMFY_WORKFLOW))
-    text, details, items = studio.png_info(str(path))
+    text, details, items = studio.gallery.png_info(str(path))
     assert text == ("beautiful scenery, purple galaxy bottle\nNegative prompt: text, watermark\n"
                     "Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 8, Seed: 156680208700286, "
                     "Size: 512x640, Model: v1-5-pruned-emaonly, Clip skip: 2")
@@ -428,19 +431,19 @@ def test_png_info_reads_comfyui_prompt_and_workflow(studio, tmp_path):
     only_workflow = infotext_from_comfy(None, json.dumps(COMFY_WORKFLOW))
     assert only_workflow == ("a lighthouse\nNegative prompt: fog\nSteps: 25, Sampler: Euler a, CFG scale: 6.5, "
                              "Seed: 42, Size: 768x512, Model: dreamy")
-    fields, notes = studio.fields_from_infotext(text, "txt2img")
+    fields, notes = studio.generation.fields_from_infotext(text, "txt2img")
     assert (fields["sampler"], fields["scheduler"], fields["seed"], fields["clip_skip"]) == (
         "DPM++ 2M", "Karras", 156680208700286, 2)
 
 
 def test_png_info_without_parameters_and_unreadable(studio, tmp_path):
-    text, details, _ = studio.png_info(str(png_with(tmp_path, "plain.png")))
+    text, details, _ = studio.gallery.png_info(str(png_with(tmp_path, "plain.png")))
     assert text == "" and "No generation parameters" in details
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG garbage")
     with pytest.raises(gr.Error, match="not a readable image"):
-        studio.png_info(str(bad))
-    assert studio.png_info(None) == ("", "", {})
+        studio.gallery.png_info(str(bad))
+    assert studio.gallery.png_info(None) == ("", "", {})
 
 
 def test_user_comment_round_trip_both_byte_orders():
@@ -473,11 +476,11 @@ def test_settings_are_saved_atomically_and_checked(tmp_path, monkeypatch):
 
 
 def test_apply_settings_from_the_page(studio):
-    message = studio.apply_settings(["default_steps", "image_format"], [30, "webp"])
+    message = studio.styles_settings.apply_settings(["default_steps", "image_format"], [30, "webp"])
     assert "Saved 2 setting(s)" in message and "reloaded" in message
-    assert studio.page_defaults()["steps"] == 30 and studio.settings["image_format"] == "webp"
+    assert studio.styles_settings.page_defaults()["steps"] == 30 and studio.settings["image_format"] == "webp"
     with pytest.raises(gr.Error, match="Settings not saved: Default sampling steps"):
-        studio.apply_settings(["default_steps"], [0])
+        studio.styles_settings.apply_settings(["default_steps"], [0])
 
 
 def test_styles_csv_is_a1111_compatible(tmp_path):
@@ -497,40 +500,40 @@ def test_styles_csv_is_a1111_compatible(tmp_path):
 
 
 def test_save_style_from_the_current_prompt(studio):
-    assert "saved" in studio.save_style("mine", "a {prompt} b", "neg")
-    assert studio.apply_styles_to_prompt(["mine"], "cat", "") == ("a cat b", "neg", [])
+    assert "saved" in studio.styles_settings.save_style("mine", "a {prompt} b", "neg")
+    assert studio.styles_settings.apply_styles_to_prompt(["mine"], "cat", "") == ("a cat b", "neg", [])
     with pytest.raises(gr.Error, match="give the style a name"):
-        studio.save_style(" ", "x", "")
+        studio.styles_settings.save_style(" ", "x", "")
 
 
 # ------------------------------------------------------------------ gallery
 
 
 def test_gallery_lists_deletes_to_trash_and_restores(studio):
-    root = studio.output_root()
+    root = studio.outputs.output_root()
     old = save_image(picture(), root / "txt2img-images" / "2020-01-02", name="1", infotext="old\nSteps: 1, Seed: 1, Size: 1x1")
     os.utime(old, (1577923200, 1577923200))
     new = save_image(picture(), root / "txt2img-images" / dt.date.today().isoformat(), name="2", infotext="new\nSteps: 2, Seed: 2, Size: 64x64")
     extra = save_image(picture(), root / "extras-images" / dt.date.today().isoformat(), name="")
-    items, dates, paths, note = studio.gallery("All", "All")
+    items, dates, paths, note = studio.gallery.images("All", "All")
     assert paths == [str(extra), str(new), str(old)] or paths == [str(new), str(extra), str(old)]
     assert dates == ["All", dt.date.today().isoformat(), "2020-01-02"]
-    assert studio.gallery("txt2img", "2020-01-02")[2] == [str(old)]
-    info, link, picked = studio.gallery_select(paths, paths.index(str(new)))
+    assert studio.gallery.images("txt2img", "2020-01-02")[2] == [str(old)]
+    info, link, picked = studio.gallery.select(paths, paths.index(str(new)))
     assert info.startswith("new") and picked == str(new) and "/gradio_api/file=" in link
-    message = studio.gallery_delete(str(new))
+    message = studio.gallery.delete(str(new))
     trashed = root / "trash" / new.relative_to(root)
     assert "trash" in message and trashed.is_file() and not new.exists()
-    assert str(new) not in studio.gallery("All", "All")[2]
-    assert studio.trash()[1] == [str(trashed)]
+    assert str(new) not in studio.gallery.images("All", "All")[2]
+    assert studio.gallery.trash()[1] == [str(trashed)]
     save_image(picture(), new.parent, name="2")  # the same name is taken again meanwhile
     assert new.exists()
-    restored = Path(studio.restore(str(trashed)).split(": ", 1)[1])
+    restored = Path(studio.gallery.restore(str(trashed)).split(": ", 1)[1])
     assert restored == new.with_name(new.stem + "-restored-1.png") and restored.is_file()
     with pytest.raises(gr.Error, match="not an image in the output folders"):
-        outside = studio.output_root().parent / "outside.png"
+        outside = studio.outputs.output_root().parent / "outside.png"
         picture().save(outside)
-        studio.gallery_delete(str(outside))
+        studio.gallery.delete(str(outside))
     assert outside.exists()
 
 
@@ -551,7 +554,7 @@ def test_latent_preview_is_a_small_rgb_picture():
 
 def test_upscale_single_image_and_folder(studio, tmp_path):
     source = png_with(tmp_path, "src.png", parameters="a dog\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 8, Size: 64x64")
-    gallery_value, info, log, items = studio.upscale("Single image", str(source), "", "", "Lanczos", "Scale by",
+    gallery_value, info, log, items = studio.superres.upscale("Single image", str(source), "", "", "Lanczos", "Scale by",
                                                      2, 0, 0)
     path = Path(items[0]["path"])
     assert path.parent.parent.name == "extras-images"
@@ -566,16 +569,16 @@ def test_upscale_single_image_and_folder(studio, tmp_path):
     (folder / "notes.txt").write_text("skip me")
     (folder / "broken.png").write_bytes(b"nope")
     out = tmp_path / "outputs" / "batch-out"
-    gallery_value, info, log, items = studio.upscale("Batch from folder", None, str(folder), str(out), "Lanczos",
+    gallery_value, info, log, items = studio.superres.upscale("Batch from folder", None, str(folder), str(out), "Lanczos",
                                                      "Scale to", 0, 96, 0)
     assert sorted(Path(i["path"]).name for i in items) == ["00000-p0.png", "00001-p1.png"]
     assert "broken.png" in log and "2 of 3 image(s)" in log
     with Image.open(items[0]["path"]) as image:
         assert image.size == (96, 48)
     with pytest.raises(gr.Error, match="unknown upscaler"):
-        studio.upscale("Single image", str(source), "", "", "NoSuchModel", "Scale by", 2, 0, 0)
+        studio.superres.upscale("Single image", str(source), "", "", "NoSuchModel", "Scale by", 2, 0, 0)
     with pytest.raises(gr.Error, match="upload an image first"):
-        studio.upscale("Single image", None, "", "", "Lanczos", "Scale by", 2, 0, 0)
+        studio.superres.upscale("Single image", None, "", "", "Lanczos", "Scale by", 2, 0, 0)
 
 
 # ------------------------------------------------------------------ the real engine on the tiny checkpoint
@@ -638,7 +641,7 @@ def test_real_sd_upscale_redraws_in_tiles(real_studio, tmp_path):
     sd = dict(enabled=True, prompt="sharp", negative_prompt="", denoising_strength=0.3, steps=2, cfg_scale=7,
               sampler="Euler", seed=12, tile=48, overlap=0)  # one tile: the engine's tiling has its own tests
     seen = []
-    gallery_value, info, log, items = real_studio.upscale("Single image", str(source), "", "", "Lanczos", "Scale by",
+    gallery_value, info, log, items = real_studio.superres.upscale("Single image", str(source), "", "", "Lanczos", "Scale by",
                                                           2, 0, 0, progress=lambda f, d: seen.append(d), sd=sd)
     path = Path(items[0]["path"])
     with Image.open(path) as image:
@@ -648,7 +651,7 @@ def test_real_sd_upscale_redraws_in_tiles(real_studio, tmp_path):
 
 
 def test_extension_tabs_are_shown_and_a_broken_one_is_contained(tmp_path):
-    from app.webui import build_ui
+    from app.page.build import build_ui
     from core.extensions import ExtensionRegistry
 
     engine = FakeEngine(tmp_path)
@@ -688,12 +691,12 @@ def test_lora_cards_search_preview_and_insert(tmp_path):
     engine = FakeEngine(tmp_path)
     engine.lora_dir = lora
     ui = StudioUI(engine, settings=S(tmp_path / "c.json"), styles=StyleDatabase(tmp_path / "s.csv"))
-    assert [name for name, _ in ui.lora_entries()] == ["pastel", "styles/ink-outline"]
-    assert ui.lora_entries("INK") == [("styles/ink-outline", None)]
-    cards = ui.lora_cards("")
+    assert [name for name, _ in ui.models.lora_entries()] == ["pastel", "styles/ink-outline"]
+    assert ui.models.lora_entries("INK") == [("styles/ink-outline", None)]
+    cards = ui.models.lora_cards("")
     assert cards[0] == (str(lora / "pastel.png"), "pastel") and isinstance(cards[1][0], Image.Image)
-    assert ui.insert_lora("a cat", "pastel", 0.8) == "a cat <lora:pastel:0.8>"
-    assert ui.insert_lora("a cat <lora:pastel:0.8>", "pastel") == "a cat <lora:pastel:0.8>"
+    assert ui.models.insert_lora("a cat", "pastel", 0.8) == "a cat <lora:pastel:0.8>"
+    assert ui.models.insert_lora("a cat <lora:pastel:0.8>", "pastel") == "a cat <lora:pastel:0.8>"
 
 
 def test_disabled_extensions_setting_reaches_the_engine(tmp_path, monkeypatch):
@@ -719,28 +722,28 @@ def test_disabled_extensions_setting_reaches_the_engine(tmp_path, monkeypatch):
 
 
 def test_refiner_fields_become_params_and_come_back_from_infotext(tmp_path, studio):
-    from app.webui import build_ui
+    from app.page.build import build_ui
 
     demo = build_ui(FakeEngine(tmp_path), settings=Settings(tmp_path / "c.json"), styles=StyleDatabase(tmp_path / "s.csv"))
     blocks = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
     assert [c[1] for c in blocks["txt2img_refiner_checkpoint"].choices] == ["None", "sd15.safetensors", "sub/other.ckpt"]
     assert blocks["txt2img_refiner_checkpoint"].value == "None" and blocks["txt2img_refiner_switch_at"].value == 0.8
 
-    off = studio.make_params("txt2img", studio.form("txt2img", {}))
+    off = studio.generation.make_params("txt2img", studio.generation.form("txt2img", {}))
     assert off.refiner_checkpoint is None
-    on = studio.make_params("txt2img", studio.form("txt2img", dict(refiner_checkpoint="sub/other.ckpt",
+    on = studio.generation.make_params("txt2img", studio.generation.form("txt2img", dict(refiner_checkpoint="sub/other.ckpt",
                                                                    refiner_switch_at=0.6)))
     assert (on.refiner_checkpoint, on.refiner_switch_at) == ("sub/other.ckpt", 0.6)
-    assert studio.make_params("img2img", studio.form("img2img", {})).refiner_checkpoint is None
+    assert studio.generation.make_params("img2img", studio.generation.form("img2img", {})).refiner_checkpoint is None
     for tab in ("img2img", "inpaint"):  # every generation tab has its own refiner fields
         assert blocks[f"{tab}_refiner_checkpoint"].value == "None"
-        made = studio.make_params(tab, studio.form(tab, dict(refiner_checkpoint="sd15.safetensors", refiner_switch_at=0.3)))
+        made = studio.generation.make_params(tab, studio.generation.form(tab, dict(refiner_checkpoint="sd15.safetensors", refiner_switch_at=0.3)))
         assert (made.refiner_checkpoint, made.refiner_switch_at) == ("sd15.safetensors", 0.3)
 
     text = INFOTEXT + ", Refiner: other [0123456789], Refiner switch at: 0.7"
-    fields, notes = studio.fields_from_infotext(text, "txt2img")
+    fields, notes = studio.generation.fields_from_infotext(text, "txt2img")
     assert (fields["refiner_checkpoint"], fields["refiner_switch_at"], notes) == ("sub/other.ckpt", 0.7, [])
-    fields, notes = studio.fields_from_infotext(INFOTEXT + ", Refiner: gone [0123456789]", "txt2img")
+    fields, notes = studio.generation.fields_from_infotext(INFOTEXT + ", Refiner: gone [0123456789]", "txt2img")
     assert "refiner_checkpoint" not in fields and notes == ["Refiner: 'gone [0123456789]' is not in the checkpoint folder"]
 
 
@@ -749,36 +752,36 @@ def test_size_follows_the_checkpoint_until_the_user_changes_it(studio):
     studio.engine.default_size = native.get
     skip = gr.skip()
     # three tabs' (width, height); the second tab's size was changed by the user
-    out = studio.follow_checkpoint_size("sub/other.ckpt", None, 512, 512, 640, 512, 512, 512)
+    out = studio.models.follow_checkpoint_size("sub/other.ckpt", None, 512, 512, 640, 512, 512, 512)
     assert out[0] == [1024, 1024] and out[1:3] == [1024, 1024] and out[5:] == [1024, 1024]
     assert all(isinstance(v, type(skip)) for v in out[3:5])
-    out = studio.follow_checkpoint_size("sd15.safetensors", [1024, 1024], 1024.0, 1024.0, 640, 512, 1024, 768)
+    out = studio.models.follow_checkpoint_size("sd15.safetensors", [1024, 1024], 1024.0, 1024.0, 640, 512, 1024, 768)
     assert out[0] == [512, 512] and out[1:3] == [512, 512]
     assert all(isinstance(v, type(skip)) for v in out[3:])
     # a size that cannot be read from the file: nothing changes
-    out = studio.follow_checkpoint_size("v2.safetensors", [512, 512], 512, 512, 512, 512, 512, 512)
+    out = studio.models.follow_checkpoint_size("v2.safetensors", [512, 512], 512, 512, 512, 512, 512, 512)
     assert out[0] == [512, 512] and all(isinstance(v, type(skip)) for v in out[1:])
     # on page load only while the Settings' default size is the stock 512x512
-    assert studio.follow_checkpoint_size("sub/other.ckpt", None, 512, 512, page_load=True)[:3] == [[1024, 1024], 1024, 1024]
+    assert studio.models.follow_checkpoint_size("sub/other.ckpt", None, 512, 512, page_load=True)[:3] == [[1024, 1024], 1024, 1024]
     studio.settings.update({"default_width": 640})
-    out = studio.follow_checkpoint_size("sub/other.ckpt", None, 640, 512, page_load=True)
+    out = studio.models.follow_checkpoint_size("sub/other.ckpt", None, 640, 512, page_load=True)
     assert out[0] is None and all(isinstance(v, type(skip)) for v in out[1:])
 
 
 def test_model_settings_reach_the_engine_and_are_saved(tmp_path):
-    from app.webui import build_ui
+    from app.page.build import build_ui
 
     engine = FakeEngine(tmp_path)
     engine.prediction, engine.zero_terminal_snr = "auto", None
     settings = Settings(tmp_path / "config.json")
     ui = StudioUI(engine, settings=settings, styles=StyleDatabase(tmp_path / "s.csv"))
-    message = ui.apply_settings(["sd_model_prediction", "sd_noise_schedule"], ["v", "Zero Terminal SNR"])
+    message = ui.styles_settings.apply_settings(["sd_model_prediction", "sd_noise_schedule"], ["v", "Zero Terminal SNR"])
     assert "Saved 2 setting(s)" in message and "loads the checkpoint again" in message
     assert (engine.prediction, engine.zero_terminal_snr) == ("v", True)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert (saved["sd_model_prediction"], saved["sd_noise_schedule"]) == ("v", "Zero Terminal SNR")
     with pytest.raises(gr.Error, match="What the checkpoint predicts: must be one of auto, eps, v"):
-        ui.apply_settings(["sd_model_prediction"], ["x0"])
+        ui.styles_settings.apply_settings(["sd_model_prediction"], ["x0"])
     # the next start hands the saved values to the engine
     fresh = FakeEngine(tmp_path)
     fresh.prediction, fresh.zero_terminal_snr = "auto", None
@@ -791,8 +794,8 @@ def test_model_settings_reach_the_engine_and_are_saved(tmp_path):
 
 
 def test_real_native_size_is_read_from_the_file(real_studio):
-    assert real_studio.native_size("tiny.safetensors") == 512
-    assert real_studio.native_size("nope.safetensors") is None  # an unknown name leaves the size alone
+    assert real_studio.models.native_size("tiny.safetensors") == 512
+    assert real_studio.models.native_size("nope.safetensors") is None  # an unknown name leaves the size alone
 
 
 # ------------------------------------------------------------------ loading checkpoints
@@ -810,7 +813,7 @@ def percents(texts) -> list[int]:
 
 
 def test_loading_bar_reads_well():
-    from app.studio import loading_html
+    from app.page.messages import loading_html
 
     bar = loading_html("sd15 <b>", 0.426)
     assert "Loading sd15 &lt;b&gt;… 43%" in bar and 'data-fraction="0.426"' in bar and "width:42.6%" in bar
@@ -819,23 +822,23 @@ def test_loading_bar_reads_well():
 
 def test_choosing_a_checkpoint_loads_it_with_a_progress_bar(tmp_path):
     ui = loading_studio(tmp_path)
-    assert "No checkpoint loaded yet" in ui.model_status() and ui.current_checkpoint() is None
-    updates = list(ui.load_checkpoint("sub/other.ckpt"))
+    assert "No checkpoint loaded yet" in ui.models.model_status() and ui.models.current_checkpoint() is None
+    updates = list(ui.models.load_checkpoint("sub/other.ckpt"))
     shown = percents(updates)
     assert len(shown) >= 2 and shown == sorted(shown) and shown[-1] >= 60  # the bar rose while it loaded
     assert all("studio-progress-bar" in u for u in updates if "Loading" in u)
     assert "Loaded: other" in updates[-1]
-    assert ui.engine.loaded.name == "other" and ui.current_checkpoint() == "sub/other.ckpt"
+    assert ui.engine.loaded.name == "other" and ui.models.current_checkpoint() == "sub/other.ckpt"
     # switching back: the other one is let go, the first is loaded
-    *_, last = ui.load_checkpoint("sd15.safetensors")
-    assert "Loaded: sd15" in last and ui.current_checkpoint() == "sd15.safetensors"
+    *_, last = ui.models.load_checkpoint("sd15.safetensors")
+    assert "Loaded: sd15" in last and ui.models.current_checkpoint() == "sd15.safetensors"
     # the same again: nothing to load, the status at once
-    assert list(ui.load_checkpoint("sd15.safetensors"))[-1] == last
+    assert list(ui.models.load_checkpoint("sd15.safetensors"))[-1] == last
 
 
 def test_a_checkpoint_that_cannot_load_is_a_message(tmp_path):
     ui = loading_studio(tmp_path)
-    run = ui.load_checkpoint("gone.safetensors")
+    run = ui.models.load_checkpoint("gone.safetensors")
     updates = []
     with pytest.raises(gr.Error, match="'gone.safetensors' not found"):
         for update in run:
@@ -846,7 +849,7 @@ def test_a_checkpoint_that_cannot_load_is_a_message(tmp_path):
 
 def test_a_job_shows_the_loading_bar_before_its_steps(tmp_path):
     ui = loading_studio(tmp_path)
-    updates = list(ui.stream("txt2img", dict(prompt="a cat", checkpoint="sub/other.ckpt", steps=3, width=64,
+    updates = list(ui.generation.stream("txt2img", dict(prompt="a cat", checkpoint="sub/other.ckpt", steps=3, width=64,
                                              height=64, seed=5)))
     texts = [u[3] for u in updates if isinstance(u[3], str)]
     loading = [i for i, t in enumerate(texts) if "Loading other…" in t]
@@ -862,14 +865,14 @@ def test_the_page_follows_a_load_started_elsewhere(tmp_path):
     loader.start()
     while ui.engine.loading is None and loader.is_alive():
         time.sleep(0.01)
-    assert ui.current_checkpoint() == "sd15.safetensors"  # what on_load puts in the dropdown
-    updates = list(ui.watch_model())
+    assert ui.models.current_checkpoint() == "sd15.safetensors"  # what on_load puts in the dropdown
+    updates = list(ui.models.watch_model())
     loader.join()
     assert percents(updates) and "Loaded: sd15" in updates[-1]
 
 
 def test_page_wires_the_checkpoint_status_and_the_load_at_start_setting(tmp_path):
-    from app.webui import build_ui
+    from app.page.build import build_ui
 
     demo = build_ui(FakeEngine(tmp_path, load_seconds=0.6), settings=Settings(tmp_path / "c.json"),
                     styles=StyleDatabase(tmp_path / "s.csv"))
@@ -888,14 +891,14 @@ def test_page_wires_the_checkpoint_status_and_the_load_at_start_setting(tmp_path
 def test_real_checkpoint_switch_through_the_page(real_studio):
     engine = real_studio.engine
     engine.unload()
-    assert "No checkpoint loaded yet" in real_studio.model_status()
-    *_, last = real_studio.load_checkpoint("tiny.safetensors")
+    assert "No checkpoint loaded yet" in real_studio.models.model_status()
+    *_, last = real_studio.models.load_checkpoint("tiny.safetensors")
     assert "Loaded: tiny" in last and engine.loaded.name == "tiny" and engine.loading is None
-    assert real_studio.current_checkpoint() == "tiny.safetensors"
+    assert real_studio.models.current_checkpoint() == "tiny.safetensors"
 
 
 def test_first_run_panel_offers_a_download_only_without_a_checkpoint_of_ones_own(tmp_path):
-    from app.webui import build_ui
+    from app.page.build import build_ui
     from core.demo import DEMO_NAME
 
     def panel(names):

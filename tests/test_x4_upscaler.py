@@ -159,7 +159,7 @@ def test_page_and_api_list_it_and_the_api_upscales_through_it(root, upscaler, tm
 
     from app.server import create_app
     from app.settings import Settings
-    from app.studio import StudioUI
+    from app.page.studio import StudioUI
     from app.styles import StyleDatabase
     from core.engine import Engine
 
@@ -167,7 +167,7 @@ def test_page_and_api_list_it_and_the_api_upscales_through_it(root, upscaler, tm
     engine = Engine(device="cpu", ckpt_dir=root / "Stable-diffusion", output_dir=tmp_path / "outputs",
                     hash_cache=tmp_path / "hashes.json", models_dir=root, extensions_dir=tmp_path / "no-extensions")
     ui = StudioUI(engine, settings=Settings(tmp_path / "config.json"), styles=StyleDatabase(tmp_path / "styles.csv"))
-    assert {"tiny-x4", "tiny-x4-ckpt", "tiny-x4-folder"} <= set(ui.upscalers())
+    assert {"tiny-x4", "tiny-x4-ckpt", "tiny-x4-folder"} <= set(ui.models.upscalers())
 
     with LiveServer(create_app(engine, api=True, ui=False, options_path=tmp_path / "api.json")) as server:
         listed = {u["name"]: u for u in server.get("/sdapi/v1/upscalers").json()}

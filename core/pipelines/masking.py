@@ -15,6 +15,9 @@ from core.errors import NOT_FOUND, EngineError
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
 # A1111's "masked content" options (inpainting_fill).
 FILL_MODES = ("fill", "original", "latent noise", "latent nothing")
+# A1111's "mask mode" (inpainting_mask_invert) and "inpaint area" (inpaint_full_res) options.
+MASK_MODES = ("Inpaint masked", "Inpaint not masked")
+INPAINT_AREAS = ("Whole picture", "Only masked")
 
 
 def resize_image(image: Image.Image, width: int, height: int, mode: int = 0, resample=Image.LANCZOS) -> Image.Image:

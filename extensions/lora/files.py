@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 
 from core.loading import read_pickle_checkpoint, read_safetensors, safetensors_header
-from core.modelfiles import is_safetensors, model_files
+from core.modelfiles import LORA_SUFFIXES, is_safetensors, model_files
 
-LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
 PREVIEW_SUFFIXES = (".preview.png", ".preview.jpg", ".preview.jpeg", ".preview.webp", ".png", ".jpg", ".jpeg", ".webp")
 
 

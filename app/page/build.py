@@ -1,0 +1,166 @@
+"""The Gradio page: txt2img, img2img, Inpaint, Super-resolution, Gallery, PNG Info, Styles and
+Settings tabs. ``build_ui(engine)`` is the entry point servers import.
+
+The tabs are laid out by app/page/layout/; what their events do is in the area objects of
+:class:`app.page.studio.StudioUI`, and the engine (``core``) does the image work. ``core`` is
+imported lazily so the page can be built (and tested) with any object that offers the same
+methods as the engine.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+# An offline studio must not phone home; set before gradio is imported.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+
+from app.first_run import download_panel  # noqa: E402
+from app.forms import SETTING_DEFAULTS, TABS  # noqa: E402
+from app.page.layout.extensions import extension_tabs  # noqa: E402
+from app.page.layout.gallery import gallery_tab  # noqa: E402
+from app.page.layout.generation import JOB, GenerationTab, generation_tab  # noqa: E402
+from app.page.layout.pnginfo import pnginfo_tab  # noqa: E402
+from app.page.layout.send import SendTo, picture_and_text  # noqa: E402
+from app.page.layout.settings import settings_tab  # noqa: E402
+from app.page.layout.styles import styles_tab, wire_styles  # noqa: E402
+from app.page.layout.superres import superres_tab  # noqa: E402
+from app.page.models import sampler_choices  # noqa: E402
+from app.page.studio import StudioUI  # noqa: E402
+from app.settings import Settings  # noqa: E402
+from app.styles import StyleDatabase  # noqa: E402
+
+TITLE = "Stable Diffusion Studio"
+STATIC = Path(__file__).resolve().parent.parent / "static"
+TAB_LABELS = {"txt2img": "txt2img", "img2img": "img2img", "inpaint": "Inpaint"}
+
+
+def page_assets() -> dict[str, str]:
+    """The page's CSS, its keyboard script, and ``load_js``: both as one function the browser
+    runs when the page loads. They travel with the Blocks this way, however it is served
+    (``launch()``, or ``gr.mount_gradio_app`` which drops css/head given to Blocks)."""
+    css = (STATIC / "studio.css").read_text(encoding="utf-8")
+    script = (STATIC / "studio.js").read_text(encoding="utf-8")
+    load_js = (
+        "() => {\n"
+        f"  const css = {json.dumps(css)};\n"
+        "  if (!document.getElementById('studio-style')) {\n"
+        "    const style = document.createElement('style');\n"
+        "    style.id = 'studio-style';\n"
+        "    style.textContent = css;\n"
+        "    document.head.appendChild(style);\n"
+        "  }\n"
+        f"{script}\n"
+        "}"
+    )
+    return {"css": css, "script": script, "load_js": load_js}
+
+
+def build_ui(engine: Any, params_cls: Callable[..., Any] | None = None, settings: Settings | None = None,
+             styles: StyleDatabase | None = None, served_roots: list[Path] | None = None,
+             allowed_dirs: list[Path] | None = None) -> gr.Blocks:
+    """The page. ``served_roots``: the folders the server serves images from (the page saves
+    only inside them); ``allowed_dirs``: the folders super-resolution batches may use (see
+    StudioUI)."""
+    ui = StudioUI(engine, params_cls, settings=settings, styles=styles, served_roots=served_roots,
+                  allowed_dirs=allowed_dirs)
+    ui.outputs.create_root()
+    samplers, schedules = sampler_choices()
+    defaults = ui.styles_settings.page_defaults()
+    demo = gr.Blocks(title=TITLE, analytics_enabled=False)
+    tabs = {name: GenerationTab(name) for name in TABS}
+    with demo:
+        header = _model_header(demo, ui)
+        with gr.Tabs(elem_id="tabs") as tab_bar:
+            for name, tab in tabs.items():
+                with gr.Tab(TAB_LABELS[name], id=name, elem_id=f"tab_{name}"):
+                    generation_tab(ui, tab, header["checkpoint"], samplers, schedules, defaults)
+            with gr.Tab("Super-resolution", id="extras", elem_id="tab_extras"):
+                extras = superres_tab(ui, ui.models.upscalers())
+            with gr.Tab("Gallery", id="gallery", elem_id="tab_gallery") as gallery_page:
+                browse = gallery_tab(ui)
+            open_gallery, open_inputs, open_outputs = browse["open"]
+            gallery_page.select(open_gallery, inputs=open_inputs, outputs=open_outputs, concurrency_limit=None,
+                                show_progress="hidden")
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+                pnginfo = pnginfo_tab(ui)
+            with gr.Tab("Styles", id="styles", elem_id="tab_styles"):
+                style_editor = styles_tab(ui)
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
+                settings_components = settings_tab(demo, ui, samplers, schedules)
+            extensions = extension_tabs(ui)
+        _wire_send_to(ui, SendTo(ui, tab_bar, tabs, extras), tabs, extras, browse, pnginfo, extensions)
+        wire_styles(ui, list(tabs.values()), style_editor)
+        _wire_page_load(demo, ui, header, tabs, extras)
+    demo.studio = ui  # handy for tests and scripting
+    demo.studio_tabs = tabs
+    demo.studio_settings_components = settings_components
+    return demo
+
+
+def _model_header(demo: gr.Blocks, ui: StudioUI) -> dict[str, Any]:
+    """The checkpoint dropdown, its refresh button and status line, and the download offer;
+    -> "checkpoint", "status" and "refreshed" (the refresh event, for what follows it)."""
+    checkpoints = ui.models.checkpoints()
+    with gr.Row(equal_height=True):
+        checkpoint = gr.Dropdown(
+            choices=ui.models.checkpoint_choices(), value=checkpoints[0] if checkpoints else None,
+            label="Checkpoint",
+            info=None if checkpoints else "No checkpoints found: put .safetensors files in models/Stable-diffusion",
+            scale=6, elem_id="checkpoint",
+        )
+        refresh = gr.Button("↻", scale=0, elem_classes="studio-tool", elem_id="refresh_checkpoints")
+    status = gr.HTML(ui.models.model_status(), elem_id="checkpoint_status")
+    # Choosing a checkpoint loads it at once (after a running job), with its progress.
+    checkpoint.change(ui.models.load_checkpoint, inputs=[checkpoint], outputs=[status], concurrency_id=JOB,
+                      concurrency_limit=1, show_progress="hidden")
+    refreshed = refresh.click(ui.models.refresh_checkpoints, inputs=[checkpoint], outputs=[checkpoint],
+                              api_name="refresh_checkpoints", concurrency_limit=None, show_progress="hidden")
+    download_notice, model_offer = download_panel(ui.models, checkpoint)
+    demo.load(model_offer.notice, outputs=[download_notice])
+    return {"checkpoint": checkpoint, "status": status, "refreshed": refreshed}
+
+
+def _wire_send_to(ui: StudioUI, send: SendTo, tabs: dict[str, GenerationTab], extras: dict[str, Any],
+                  browse: dict[str, Any], pnginfo: dict[str, Any], extensions: list[dict[str, Any]]) -> None:
+    """Every send-to button: extension tabs', each results gallery's, the Gallery's and PNG Info's."""
+    for components in extensions:
+        send.wire_extension(components)
+    for tab in tabs.values():
+        send.wire_all(tab.send, [tab.items, tab.selected], ui.generation.sent_result)
+    send.wire_all(extras["send"], [extras["items"], extras["selected"]], ui.generation.sent_result)
+    send.wire_all(browse["send"], [browse["path"], browse["info"]], picture_and_text)
+    send.wire_all(pnginfo["send"], [pnginfo["image"], pnginfo["parameters"]], picture_and_text)
+
+
+def _wire_page_load(demo: gr.Blocks, ui: StudioUI, header: dict[str, Any], tabs: dict[str, GenerationTab],
+                    extras: dict[str, Any]) -> None:
+    """On every page load: the current defaults, models and styles; and width and height
+    follow the checkpoint's native size while the user leaves them."""
+    checkpoint = header["checkpoint"]
+    defaulted = [(tab.fields[name], name) for tab in tabs.values() for name in SETTING_DEFAULTS if name in tab.fields]
+    pickers = [tab.fields["styles"] for tab in tabs.values()]
+    refiners = [tab.fields["refiner_checkpoint"] for tab in tabs.values()]
+    for refiner in refiners:
+        header["refreshed"].then(ui.models.refresh_refiners, inputs=[refiner], outputs=[refiner],
+                                 show_progress="hidden")
+    sizes = [tab.fields[key] for tab in tabs.values() for key in ("width", "height")]
+    page_size = gr.State(None)  # the native size the page last put into the size fields
+    checkpoint.change(ui.models.follow_checkpoint_size, inputs=[checkpoint, page_size, *sizes],
+                      outputs=[page_size, *sizes], concurrency_limit=None, show_progress="hidden")
+
+    def follow_on_load(name, page_set, *values):
+        return ui.models.follow_checkpoint_size(name, page_set, *values, page_load=True)
+
+    demo.load(None, js=page_assets()["load_js"])
+    demo.load(ui.models.watch_model, outputs=[header["status"]], concurrency_limit=None, show_progress="hidden")
+    demo.load(lambda: ui.page_load([key for _, key in defaulted], len(pickers), len(refiners)),
+              outputs=[*(c for c, _ in defaulted), checkpoint, *pickers, tabs["txt2img"].fields["hr_upscaler"],
+                       extras["upscaler"], *refiners],
+              concurrency_limit=None, show_progress="hidden").then(
+        follow_on_load, inputs=[checkpoint, page_size, *sizes], outputs=[page_size, *sizes],
+        show_progress="hidden").then(
+        None, js="() => { window.studioPageReady = true; }")
