@@ -17,7 +17,7 @@ from core.download import DEFAULT_MODEL_SHA256, DEFAULT_MODEL_URL, DownloadProgr
 from core.errors import UNAVAILABLE, EngineError
 
 if TYPE_CHECKING:
-    from app.studio import StudioUI
+    from app.page.models import Models
     from core.engine_protocol import EngineProtocol
 
 SUFFIXES = (".safetensors", ".ckpt")
@@ -100,13 +100,13 @@ class ModelOffer:
         return None
 
 
-def download_panel(ui: StudioUI, checkpoint: Any) -> tuple[Any, ModelOffer]:
+def download_panel(models: Models, checkpoint: Any) -> tuple[Any, ModelOffer]:
     """The first-run accordion above the tabs (shown when there is no checkpoint of one's own).
     Returns its notice and the offer: the caller fills the notice on page load (the network
     probe may take seconds, so not while the page is built)."""
     import gradio as gr
 
-    offer = ModelOffer(ui.engine, ui.settings)
+    offer = ModelOffer(models.engine, models.settings)
     needed = offer.needed()
 
     def describe() -> str:
@@ -135,8 +135,8 @@ def download_panel(ui: StudioUI, checkpoint: Any) -> tuple[Any, ModelOffer]:
         if problem is not None:
             kept = f"**{current}** stays selected" if current else "nothing is selected"
             return (f"**Downloaded {name}, but it does not load: {problem}**; {kept}.",
-                    gr.Dropdown(choices=ui.checkpoint_choices(), value=current))
-        return f"Downloaded and loaded **{name}**; it is now selected.", ui.refresh_checkpoints(name)
+                    gr.Dropdown(choices=models.checkpoint_choices(), value=current))
+        return f"Downloaded and loaded **{name}**; it is now selected.", models.refresh_checkpoints(name)
 
     button.click(run, inputs=[checkpoint], outputs=[notice, checkpoint], api_name="download_model")
     return notice, offer

@@ -189,9 +189,9 @@ def _inpaint(read: _Reader) -> dict[str, Any]:
     )
 
 
-def params_from_form(tab: str, form: dict[str, Any], apply_styles: Callable[[list, str, str], tuple[str, str]],
-                     params_cls: Callable[..., Any] = GenerationParams) -> Any:
-    """GenerationParams (or ``params_cls``) from a complete form of ``tab``. ``apply_styles``
+def params_from_form(tab: str, form: dict[str, Any],
+                     apply_styles: Callable[[list, str, str], tuple[str, str]]) -> GenerationParams:
+    """GenerationParams from a complete form of ``tab``. ``apply_styles``
     (StyleDatabase.apply) puts the chosen styles into the prompts here, so the infotext records
     what the model was given (as A1111). Raises FormError for a value that cannot be used."""
     read = _Reader(form)
@@ -207,7 +207,7 @@ def params_from_form(tab: str, form: dict[str, Any], apply_styles: Callable[[lis
         kwargs["resize_mode"] = label_index(form.get("resize_mode"), RESIZE_MODES)
     if tab == "inpaint":
         kwargs.update(_inpaint(read))
-    return params_cls(**kwargs)
+    return GenerationParams(**kwargs)
 
 
 # ---------------------------------------------------------------------- infotext -> values

@@ -6,7 +6,6 @@ import gc
 import json
 import shutil
 import weakref
-from pathlib import Path
 
 import pytest
 

@@ -3,7 +3,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from core.engine import Engine
 from core.params import GenerationParams

@@ -379,13 +379,9 @@ def test_ci_run_calls_run_tests_and_propagates_failure(tmp_path: Path):
 
 # The engine's own error type (a tiny module, no torch): the page tells it apart by class.
 from core.errors import EngineError  # noqa: E402
+from core.params import GenerationParams  # noqa: E402
 from fake_engine import FakeEngine  # noqa: E402
 from launch_args import launch_args  # noqa: E402
-
-
-class FakeParams:
-    def __init__(self, **kwargs):
-        self.__dict__.update(kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -395,18 +391,18 @@ def webui():
     return module
 
 
-def studio(webui, engine, tmp_path, params_cls=None):
+def studio(webui, engine, tmp_path):
     from app.settings import Settings
     from app.styles import StyleDatabase
 
-    return webui.StudioUI(engine, params_cls=params_cls, settings=Settings(tmp_path / "config.json"),
+    return webui.StudioUI(engine, settings=Settings(tmp_path / "config.json"),
                           styles=StyleDatabase(tmp_path / "styles.csv"))
 
 
 def test_page_builds_with_checkpoints_and_samplers(webui, tmp_path: Path):
     import gradio as gr
 
-    demo = webui.build_ui(FakeEngine(tmp_path), params_cls=FakeParams)
+    demo = webui.build_ui(FakeEngine(tmp_path))
     assert isinstance(demo, gr.Blocks)
     blocks = list(demo.blocks.values())
     dropdowns = {b.label: b for b in blocks if isinstance(b, gr.Dropdown)}
@@ -423,13 +419,13 @@ def test_page_builds_with_checkpoints_and_samplers(webui, tmp_path: Path):
 
 def test_generate_builds_params_and_returns_saved_pngs(webui, tmp_path: Path):
     engine = FakeEngine(tmp_path)
-    ui = studio(webui, engine, tmp_path, FakeParams)
+    ui = studio(webui, engine, tmp_path)
     *_, last = ui.generation.stream("txt2img", ("a cat", "blurry", [], "sd15.safetensors", "DDIM", "Karras", 12.0, 6.5,
                                          64.0, 96.0, 2.0, 1.0, 42.0))
     (call,) = engine.calls
-    assert vars(call.params) == dict(prompt="a cat", negative_prompt="blurry", steps=12, cfg_scale=6.5, seed=42,
-                                     width=64, height=96, sampler="DDIM", scheduler="Karras", batch_size=1,
-                                     batch_count=2, checkpoint="sd15.safetensors")
+    assert call.params == GenerationParams(prompt="a cat", negative_prompt="blurry", steps=12, cfg_scale=6.5, seed=42,
+                                           width=64, height=96, sampler="DDIM", scheduler="Karras", batch_size=1,
+                                           batch_count=2, checkpoint="sd15.safetensors")
     gallery, info, log, progress, items = last
     saved = engine.output_dir / "txt2img-images" / dt.date.today().isoformat()
     assert [path for path, _ in gallery] == [str(saved / "00000-42.png"), str(saved / "00001-43.png")]
@@ -439,8 +435,6 @@ def test_generate_builds_params_and_returns_saved_pngs(webui, tmp_path: Path):
 
 
 def test_page_uses_the_real_generation_params(webui, tmp_path: Path):
-    from core.params import GenerationParams
-
     engine = FakeEngine(tmp_path)
     list(studio(webui, engine, tmp_path).generation.stream("txt2img", dict(prompt="a dog", checkpoint="sd15.safetensors",
                                                                 seed=5)))
@@ -452,7 +446,7 @@ def test_page_uses_the_real_generation_params(webui, tmp_path: Path):
 
 def test_generate_empty_seed_and_checkpoint_mean_defaults(webui, tmp_path: Path):
     engine = FakeEngine(tmp_path)
-    list(studio(webui, engine, tmp_path, FakeParams).generation.stream("txt2img", dict(prompt="x", negative_prompt=None,
+    list(studio(webui, engine, tmp_path).generation.stream("txt2img", dict(prompt="x", negative_prompt=None,
                                                                             checkpoint="", seed=None, steps=1)))
     params = engine.calls[0].params
     assert params.seed == -1 and params.checkpoint is None
@@ -466,7 +460,7 @@ def test_generate_empty_seed_and_checkpoint_mean_defaults(webui, tmp_path: Path)
 def test_generate_errors_become_messages_in_the_page(webui, tmp_path: Path, error, message):
     import gradio as gr
 
-    ui = studio(webui, FakeEngine(tmp_path, fail=error), tmp_path, FakeParams)
+    ui = studio(webui, FakeEngine(tmp_path, fail=error), tmp_path)
     with pytest.raises(gr.Error) as info:
         list(ui.generation.stream("txt2img", dict(prompt="x", steps=1)))
     assert info.value.message == message

@@ -1,6 +1,5 @@
 """Our models built at full size (on the meta device) have exactly the reference files' keys and shapes."""
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -19,7 +19,6 @@ import pytest
 from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 
-from app import gallery as gallery_files
 from app.comfy import infotext_from_comfy
 from app.imagefiles import decode_user_comment, read_metadata, save_image, user_comment
 from app.preview import latent_preview

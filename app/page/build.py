@@ -2,16 +2,16 @@
 Settings tabs. ``build_ui(engine)`` is the entry point servers import.
 
 The tabs are laid out by app/page/layout/; what their events do is in the area objects of
-:class:`app.page.studio.StudioUI`, and the engine (``core``) does the image work. ``core`` is
-imported lazily so the page can be built (and tested) with any object that offers the same
-methods as the engine.
+:class:`app.page.studio.StudioUI`, and the engine (``core``) does the image work. The page uses
+only what ``core.engine_protocol.EngineProtocol`` lists, so it can be built (and tested) over
+the tests' fake engine.
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # An offline studio must not phone home; set before gradio is imported.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -28,6 +28,7 @@ from app.page.layout.send import SendTo, picture_and_text  # noqa: E402
 from app.page.layout.settings import settings_tab  # noqa: E402
 from app.page.layout.styles import styles_tab, wire_styles  # noqa: E402
 from app.page.layout.superres import superres_tab  # noqa: E402
+from core.engine_protocol import EngineProtocol  # noqa: E402
 from app.page.models import sampler_choices  # noqa: E402
 from app.page.studio import StudioUI  # noqa: E402
 from app.settings import Settings  # noqa: E402
@@ -59,13 +60,13 @@ def page_assets() -> dict[str, str]:
     return {"css": css, "script": script, "load_js": load_js}
 
 
-def build_ui(engine: Any, params_cls: Callable[..., Any] | None = None, settings: Settings | None = None,
+def build_ui(engine: EngineProtocol, settings: Settings | None = None,
              styles: StyleDatabase | None = None, served_roots: list[Path] | None = None,
              allowed_dirs: list[Path] | None = None) -> gr.Blocks:
     """The page. ``served_roots``: the folders the server serves images from (the page saves
     only inside them); ``allowed_dirs``: the folders super-resolution batches may use (see
     StudioUI)."""
-    ui = StudioUI(engine, params_cls, settings=settings, styles=styles, served_roots=served_roots,
+    ui = StudioUI(engine, settings=settings, styles=styles, served_roots=served_roots,
                   allowed_dirs=allowed_dirs)
     ui.outputs.create_root()
     samplers, schedules = sampler_choices()

@@ -23,7 +23,9 @@ from app.page.uploads import job_pictures
 from app.preview import latent_preview
 from app.settings import Settings
 from app.styles import StyleDatabase, StyleError
+from core.engine_protocol import EngineProtocol
 from core.errors import EngineError
+from core.params import GenerationParams
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +49,9 @@ class _Live:
     def record(self, progress: Any, preview_every: int) -> None:
         """The engine's progress callback: a preview every ``preview_every`` steps and at the last."""
         preview = None
-        step = getattr(progress, "step", 0)
-        if preview_every > 0 and (step % preview_every == 0 or step == getattr(progress, "steps", -1)):
+        if preview_every > 0 and (progress.step % preview_every == 0 or progress.step == progress.steps):
             try:
-                preview = latent_preview(getattr(progress, "latent", None), progress.latent_format)
+                preview = latent_preview(progress.latent, progress.latent_format)
             except Exception:  # a preview never breaks a job
                 log.debug("preview failed", exc_info=True)
         with self.lock:
@@ -63,12 +64,11 @@ class _Live:
 @dataclass
 class Generation:
     """The generation tabs' behaviour, over what they share with the rest of the page."""
-    engine: Any  # a core.engine.Engine or anything with its methods
+    engine: EngineProtocol
     settings: Settings
     styles: StyleDatabase
     outputs: Outputs
     models: Models
-    params_cls: Callable[..., Any] | None = None  # builds a job's parameters; None: core's GenerationParams
 
     # ------------------------------------------------------------------ parameters
 
@@ -78,11 +78,10 @@ class Generation:
         dict, -> a complete form."""
         return complete_form(tab, values)
 
-    def make_params(self, tab: str, form: dict[str, Any]) -> Any:
+    def make_params(self, tab: str, form: dict[str, Any]) -> GenerationParams:
         """GenerationParams from a form, the styles applied to the prompts."""
-        extra = {"params_cls": self.params_cls} if self.params_cls is not None else {}
         try:
-            return params_from_form(tab, form, self.styles.apply, **extra)
+            return params_from_form(tab, form, self.styles.apply)
         except (FormError, StyleError) as exc:
             raise gr.Error(str(exc), print_exception=False) from None
 
@@ -99,8 +98,7 @@ class Generation:
             image, mask, notes = job_pictures(tab, form, params)
             results = self.engine.img2img(params, image, mask, progress=progress, save=engine_saves)
         job = JobResult(notes=list(notes))
-        flags = getattr(self.engine, "flags", None)
-        job.interrupted = bool(getattr(flags, "interrupted", False))
+        job.interrupted = self.engine.flags.interrupted
         for result in results:
             self._keep(tab, job, result, params, engine_saves)
         expected = params.batch_count * params.batch_size
@@ -112,8 +110,7 @@ class Generation:
 
     def _keep(self, tab: str, job: JobResult, result: Any, params: Any, engine_saves: bool) -> None:
         """Add one of the engine's results to ``job``, saved by the page unless the engine did."""
-        path = getattr(result, "path", None)
-        save_error = getattr(result, "save_error", None)
+        path, save_error = result.path, result.save_error
         if save_error is not None:
             job.save_errors.append(save_error)
         elif path is None or not engine_saves:
@@ -123,7 +120,7 @@ class Generation:
         # "image": the picture itself when no file holds it, so the page can still show it
         job.items.append({"path": str(path) if path is not None else None, "infotext": result.infotext,
                           "seed": result.seed, "image": result.image if path is None else None})
-        for note in getattr(result, "notes", None) or []:
+        for note in result.notes:
             if note not in job.notes:
                 job.notes.append(note)
 

@@ -55,13 +55,12 @@ def progress_html(progress: Any | None, started: float | None = None, text: str 
         return ""
     if progress is None:
         return f'<div class="studio-progress"><div class="studio-progress-text">{html.escape(text or "")}</div></div>'
-    fraction = float(getattr(progress, "fraction", 0.0))
+    fraction = float(progress.fraction)
     parts = [f"Step {progress.step}/{progress.steps}"]
-    if getattr(progress, "batches", 1) > 1:
+    if progress.batches > 1:
         parts.append(f"batch {progress.batch + 1}/{progress.batches}")
     parts.append(f"{fraction * 100:.0f}%")
-    eta = getattr(progress, "eta_seconds", None)
-    parts.append(f"ETA {format_eta(eta)}")
+    parts.append(f"ETA {format_eta(progress.eta_seconds)}")
     label = " · ".join(parts)
     return (f'<div class="studio-progress" data-fraction="{fraction:.3f}">'
             f'<div class="studio-progress-bar" style="width:{fraction * 100:.1f}%"></div>'

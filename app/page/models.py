@@ -3,7 +3,6 @@ choices, the size that follows the checkpoint, upscalers, the model settings han
 engine, and the LoRA cards."""
 from __future__ import annotations
 
-import contextlib
 import html
 import logging
 import threading
@@ -17,9 +16,10 @@ from PIL import Image, ImageDraw
 
 from app.forms import FORM_DEFAULTS, NO_REFINER, page_defaults
 from app.page.messages import error_message, loading_html
-from app.settings import ROOT, Settings, engine_overrides
+from app.settings import Settings, engine_overrides
 from core.errors import EngineError
 from core.modelfiles import LORA_SUFFIXES
+from core.engine_protocol import EngineProtocol
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def latent_upscale_modes() -> list[str]:
 class Models:
     """``engine`` is a core.engine.Engine or anything with its methods."""
 
-    def __init__(self, engine: Any, settings: Settings):
+    def __init__(self, engine: EngineProtocol, settings: Settings):
         self.engine = engine
         self.settings = settings
 
@@ -79,11 +79,10 @@ class Models:
     def native_size(self, checkpoint: str | None) -> int | None:
         """The checkpoint's own picture size (Engine.default_size: 512 SD 1.x, 768 SD 2.x v,
         1024 SDXL, or its metadata's), None when it cannot tell without loading it."""
-        find = getattr(self.engine, "default_size", None)
-        if find is None or not checkpoint:
+        if not checkpoint:
             return None
         try:
-            return find(checkpoint)
+            return self.engine.default_size(checkpoint)
         except Exception as exc:  # an unreadable file: the size stays as it is
             log.warning("could not read the size of %s: %s", checkpoint, exc)
             return None
@@ -108,8 +107,7 @@ class Models:
         return out
 
     def models_root(self) -> Path:
-        ckpt_dir = getattr(self.engine, "ckpt_dir", None)
-        return Path(ckpt_dir).parent if ckpt_dir else Path("models")
+        return Path(self.engine.models_dir)
 
     def upscalers(self) -> list[str]:
         """Upscaler names from core.upscaling (built-in resamplers and model files)."""
@@ -140,7 +138,7 @@ class Models:
 
     def loading_bar(self) -> str:
         """The loading bar while the engine loads a checkpoint (for whatever reason), else ""."""
-        loading = getattr(self.engine, "loading", None)
+        loading = self.engine.loading
         return loading_html(loading.name, loading.fraction) if loading is not None else ""
 
     def model_status(self) -> str:
@@ -149,7 +147,7 @@ class Models:
         bar = self.loading_bar()
         if bar:
             return bar
-        loaded = getattr(self.engine, "loaded", None)
+        loaded = self.engine.loaded
         if loaded is not None:
             return f'<div class="studio-note studio-model">Loaded: {html.escape(str(loaded.name))}</div>'
         return '<div class="studio-note studio-model">No checkpoint loaded yet: it loads on first use</div>'
@@ -157,13 +155,12 @@ class Models:
     def current_checkpoint(self) -> str | None:
         """The dropdown's name of the checkpoint loading (or else loaded), None when none is or
         it is not in the list."""
-        current = getattr(self.engine, "loading", None) or getattr(self.engine, "loaded", None)
-        resolve = getattr(self.engine, "resolve_checkpoint", None)
-        if current is None or resolve is None:
+        current = self.engine.loading or self.engine.loaded
+        if current is None:
             return None
         for name in self.checkpoints():
             try:
-                if Path(resolve(name)).resolve() == Path(current.path).resolve():
+                if Path(self.engine.resolve_checkpoint(name)).resolve() == Path(current.path).resolve():
                     return name
             except Exception:  # noqa: BLE001 - a name that no longer resolves is not the loaded one
                 continue
@@ -178,7 +175,7 @@ class Models:
             if status != shown:
                 shown = status
                 yield status
-            if getattr(self.engine, "loading", None) is None:
+            if self.engine.loading is None:
                 return
             time.sleep(0.25)
 
@@ -186,17 +183,15 @@ class Models:
         """Load ``name`` now (the dropdown was changed), letting the previous model go, while
         yielding the status with the loading bar. Waits for a running job (the engine's job
         lock); a failure ends as the status and an error toast."""
-        load = getattr(self.engine, "load", None)
-        if not name or load is None:
+        if not name:
             yield self.model_status()
             return
         outcome: dict[str, BaseException] = {}
 
         def work() -> None:
-            lock = self.engine.exclusive() if hasattr(self.engine, "exclusive") else contextlib.nullcontext()
             try:
-                with lock:
-                    load(name)
+                with self.engine.exclusive():
+                    self.engine.load(name)
             except BaseException as exc:  # reported below
                 outcome["error"] = exc
 
@@ -221,8 +216,6 @@ class Models:
         """Hand the settings' sd_model_prediction and sd_noise_schedule to the engine; True when
         that changes them (the engine loads the checkpoint again at the next job). The values
         saved last, here or through the API, are the engine's."""
-        if not hasattr(self.engine, "prediction"):
-            return False
         wanted = engine_overrides(self.settings.values())
         if (self.engine.prediction, self.engine.zero_terminal_snr) == wanted:
             return False
@@ -237,7 +230,7 @@ class Models:
         (case-insensitive): the name is the path below the LoRA folder without its suffix."""
         from core.modelfiles import model_files  # linked files and folders followed
 
-        folder = Path(getattr(self.engine, "lora_dir", None) or ROOT / "models" / "Lora")
+        folder = Path(self.engine.lora_dir)
         found = []
         for path in sorted(model_files(folder, LORA_SUFFIXES)):
             name = path.relative_to(folder).with_suffix("").as_posix()

@@ -10,7 +10,9 @@ from typing import Any, Callable, Sequence
 from PIL import Image
 
 from app.imagefiles import IMAGE_SUFFIXES, expand_pattern, inside_folders, save_image
-from app.settings import DEFAULT_DIR_PATTERN, DEFAULT_FOLDERS, DEFAULT_NAME_PATTERN, ROOT, Settings
+from app.settings import DEFAULT_DIR_PATTERN, DEFAULT_FOLDERS, DEFAULT_NAME_PATTERN, Settings
+from core.engine_protocol import EngineProtocol
+from core.params import GenerationParams
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +23,14 @@ class Outputs:
     """The page's output folders. ``served_roots``: the folders the server serves images from,
     fixed at its start (default: the engine's output folder); the page saves only inside them."""
 
-    def __init__(self, engine: Any, settings: Settings, served_roots: Sequence[str | Path] | None = None):
+    def __init__(self, engine: EngineProtocol, settings: Settings, served_roots: Sequence[str | Path] | None = None):
         self.engine = engine
         self.settings = settings
         self.served_roots = [Path(p) for p in served_roots] if served_roots else [self.engine_output_root()]
 
     def engine_output_root(self) -> Path:
         """The output folder launch.py was given (--outdir)."""
-        return Path(getattr(self.engine, "output_dir", None) or ROOT / "outputs")
+        return Path(self.engine.output_dir)
 
     def create_root(self) -> None:
         """Create the output folder; when it cannot be, saving says so at the first job and the
@@ -93,13 +95,10 @@ class Outputs:
     def engine_saves(self, tab: str) -> bool:
         """Whether the engine's own saving gives what the settings ask for (the default)."""
         s = self.settings
-        engine_root = getattr(self.engine, "output_dir", None)
-        if engine_root is None:
-            return False
         key = TAB_FOLDER[tab]
         return (s["image_format"] == "png" and s["filename_pattern"] == DEFAULT_NAME_PATTERN
                 and s["directory_pattern"] == DEFAULT_DIR_PATTERN and s[f"outdir_{key}"] == DEFAULT_FOLDERS[key]
-                and Path(self.output_root()).resolve() == Path(engine_root).resolve())
+                and Path(self.output_root()).resolve() == self.engine_output_root().resolve())
 
     def save(self, tab: str, image: Image.Image, infotext: str | None, params: Any = None,
              seed: int | None = None, chunks: dict[str, str] | None = None) -> Path:
@@ -107,12 +106,7 @@ class Outputs:
         s = self.settings
         fields = {
             "seed": seed if seed is not None else "",
-            "prompt": getattr(params, "prompt", "") if params is not None else "",
-            "model_name": Path(str(getattr(params, "checkpoint", "") or "")).stem if params is not None else "",
-            "sampler": getattr(params, "sampler", "") if params is not None else "",
-            "scheduler": getattr(params, "scheduler", "") if params is not None else "",
-            "steps": getattr(params, "steps", "") if params is not None else "",
-            "cfg": getattr(params, "cfg_scale", "") if params is not None else "",
+            **_pattern_fields(params),
             "width": image.width, "height": image.height,
         }
         directory = self.folder(tab)
@@ -137,3 +131,12 @@ class Outputs:
         except OSError as exc:
             unsaved.append(f"not saved in {folder}: {exc.strerror or exc}")
             return None
+
+
+def _pattern_fields(params: GenerationParams | None) -> dict[str, Any]:
+    """What a job's parameters give the file and folder name patterns ([prompt], [model_name], ...);
+    empty for a picture no job made (an upscaled upload)."""
+    if params is None:
+        return dict.fromkeys(("prompt", "model_name", "sampler", "scheduler", "steps", "cfg"), "")
+    return {"prompt": params.prompt, "model_name": Path(params.checkpoint or "").stem, "sampler": params.sampler,
+            "scheduler": params.scheduler, "steps": params.steps, "cfg": params.cfg_scale}

@@ -16,18 +16,17 @@ from app.page.styles_settings import StylesSettings
 from app.page.superres import SuperResolution, default_upscaler
 from app.settings import Settings, default_settings_file
 from app.styles import StyleDatabase
+from core.engine_protocol import EngineProtocol
 
 
 class StudioUI:
-    """The page's behaviour. ``engine`` is a core.engine.Engine or anything with its methods;
-    ``params_cls`` builds a job's parameters (default core.params.GenerationParams).
+    """The page's behaviour over an engine (core.engine.Engine, or any EngineProtocol).
     ``served_roots``: the folders the server serves images from, fixed at its start (default:
     the engine's output folder); the page saves only inside them. ``allowed_dirs``: the folders
     super-resolution batches may read and write (default: the output folder and inputs/ beside
     launch.py)."""
 
-    def __init__(self, engine: Any, params_cls: Callable[..., Any] | None = None,
-                 settings: Settings | None = None, styles: StyleDatabase | None = None,
+    def __init__(self, engine: EngineProtocol, settings: Settings | None = None, styles: StyleDatabase | None = None,
                  served_roots: Sequence[str | Path] | None = None,
                  allowed_dirs: Sequence[str | Path] | None = None):
         self.engine = engine
@@ -35,7 +34,7 @@ class StudioUI:
         self.styles = styles if styles is not None else StyleDatabase()
         self.outputs = Outputs(engine, self.settings, served_roots)
         self.models = Models(engine, self.settings)
-        self.generation = Generation(engine, self.settings, self.styles, self.outputs, self.models, params_cls)
+        self.generation = Generation(engine, self.settings, self.styles, self.outputs, self.models)
         self.superres = SuperResolution(engine, self.settings, self.outputs, self.generation, allowed_dirs)
         self.gallery = Gallery(self.outputs)
         self.styles_settings = StylesSettings(self.settings, self.styles, self.outputs, self.models)
@@ -44,9 +43,8 @@ class StudioUI:
     def extension_tabs(self) -> list[tuple[str, str, Callable[[Any], Any]]]:
         """(extension name, tab title, build function) for every UI tab an enabled extension
         registered (``api.add_ui_tab``); a build function takes the engine."""
-        registry = getattr(self.engine, "extensions", None)
-        return [(extension.name, getattr(build, "title", extension.name), build)
-                for extension in (registry.enabled() if registry is not None else []) for build in extension.ui_tabs]
+        return [(extension.name, getattr(build, "title", extension.name), build)  # a title is optional
+                for extension in self.engine.extensions.enabled() for build in extension.ui_tabs]
 
     def page_load(self, default_keys: list[str], style_pickers: int, refiners: int) -> list[Any]:
         """What every page load shows anew: the Settings' defaults for the fields

@@ -15,6 +15,7 @@ from app.page.generation import Generation
 from app.page.messages import error_message, log_html
 from app.page.outputs import Outputs
 from app.settings import Settings, default_allowed_dirs
+from core.engine_protocol import EngineProtocol
 
 BATCH = "Batch from folder"
 BATCH_SUFFIXES = IMAGE_SUFFIXES + (".bmp", ".tif", ".tiff")
@@ -45,7 +46,7 @@ class SuperResolution:
     """``allowed_dirs``: the folders batches may read and write (default: the output folder and
     inputs/ beside launch.py)."""
 
-    def __init__(self, engine: Any, settings: Settings, outputs: Outputs, generation: Generation,
+    def __init__(self, engine: EngineProtocol, settings: Settings, outputs: Outputs, generation: Generation,
                  allowed_dirs: Sequence[str | Path] | None = None):
         self.engine = engine
         self.settings = settings
@@ -179,8 +180,6 @@ class SuperResolution:
 
     def _sd_upscale(self, picture: Image.Image, upscaler: str, factor: float | None, size: tuple[int, int] | None,
                     sd: dict[str, Any], batch: _Batch, number: int, stem: str) -> tuple[Image.Image, str, Path | None]:
-        if not hasattr(self.engine, "sd_upscale"):
-            raise gr.Error("SD upscale is not available in this engine", print_exception=False)
         if factor is None:  # SD upscale takes a factor: the one that reaches the asked width (or height)
             factor = size[0] / picture.width if size[0] else size[1] / picture.height
         tile = int(float(sd.get("tile") or 512))
@@ -190,7 +189,7 @@ class SuperResolution:
         total = len(batch.sources)
 
         def on_step(p: Any) -> None:
-            batch.tell((number + getattr(p, "fraction", 0.0)) / total,
+            batch.tell((number + p.fraction) / total,
                        f"SD upscale {number + 1}/{total}: step {p.step}/{p.steps}")
 
         saves = self.outputs.engine_saves("img2img") and batch.out_dir is None
@@ -199,7 +198,7 @@ class SuperResolution:
         if not results:
             raise gr.Error("SD upscale was interrupted", print_exception=False)
         result = results[0]
-        if saves and getattr(result, "save_error", None):
+        if saves and result.save_error:
             batch.unsaved.append(result.save_error)
             return result.image, result.infotext, None
         if saves and result.path is not None:
