@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from core.errors import EngineError
+from core.pipelines.masking import FILL_MODES
 
 
 def add_generation_arguments(p: argparse.ArgumentParser, default_out: str) -> None:
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     inp.add_argument("--mask", required=True, help="mask picture: white is repainted")
     inp.add_argument("--mask-blur", type=int, default=4)
     inp.add_argument("--invert-mask", action="store_true", help="repaint what is NOT masked")
-    inp.add_argument("--masked-content", default="original", choices=("fill", "original", "latent noise", "latent nothing"))
+    inp.add_argument("--masked-content", default="original", choices=FILL_MODES)
     inp.add_argument("--only-masked", action="store_true", help="work on the masked area only, at full resolution")
     inp.add_argument("--only-masked-padding", type=int, default=32)
     inp.add_argument("--mask-weight", type=float, default=1.0, help="inpainting checkpoints: conditional mask weight")
@@ -95,7 +96,7 @@ def params_from_args(args, native_size: int | None = None):
         params.denoising_strength, params.resize_mode = args.denoising_strength, args.resize_mode
     if args.command == "inpaint":
         params.mask_blur, params.inpainting_mask_invert = args.mask_blur, int(args.invert_mask)
-        params.inpainting_fill = ("fill", "original", "latent noise", "latent nothing").index(args.masked_content)
+        params.inpainting_fill = FILL_MODES.index(args.masked_content)
         params.inpaint_full_res, params.inpaint_full_res_padding = args.only_masked, args.only_masked_padding
         params.inpainting_mask_weight = args.mask_weight
     params.validate()

@@ -32,7 +32,7 @@ from core.params import MAX_SIZE, GenerationParams
 from core.pipelines.common import resolve_seed, to_pil
 from core.pipelines.hires import hires_fields, hires_fix
 from core.pipelines.img2img import img2img, prepare_input
-from core.pipelines.masking import flatten, open_image
+from core.pipelines.masking import FILL_MODES, flatten, open_image
 from core.pipelines.sampling_run import Refiner
 from core.pipelines.txt2img import txt2img
 from core.prompts.parser import extract_extra_networks
@@ -577,7 +577,7 @@ def inpaint_fields(params: GenerationParams) -> dict:
     fields: dict = {"Mask blur": params.mask_blur}
     if params.inpainting_mask_invert:
         fields["Mask mode"] = "Inpaint not masked"
-    fields["Masked content"] = ("fill", "original", "latent noise", "latent nothing")[params.inpainting_fill]
+    fields["Masked content"] = FILL_MODES[params.inpainting_fill]
     if params.inpaint_full_res:
         fields["Inpaint area"] = "Only masked"
         fields["Masked area padding"] = params.inpaint_full_res_padding

@@ -17,6 +17,18 @@ from core.errors import NOT_FOUND, EngineError
 
 # The files a LoRA can come in (the page's cards, the API's listing, the LoRA extension).
 LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
+# A model's preview picture beside it, A1111's names first: name.preview.png, then name.png, ...
+PREVIEW_SUFFIXES = (".preview.png", ".preview.jpg", ".preview.jpeg", ".preview.webp", ".png", ".jpg", ".jpeg", ".webp")
+
+
+def preview_picture(path: Path) -> Path | None:
+    """The preview picture of the model file ``path``, None when it has none."""
+    base = path.with_suffix("")
+    for suffix in PREVIEW_SUFFIXES:
+        candidate = base.with_name(base.name + suffix)
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def has_suffix(path: str | os.PathLike, suffixes: tuple[str, ...] | set[str] | frozenset[str]) -> bool:

@@ -100,6 +100,22 @@ def test_an_infotext_with_hires_fields_turns_hires_on_unless_the_client_said_oth
     assert params.enable_hr is False
 
 
+def test_the_api_reads_an_infotext_as_the_page_does():
+    """One reader (app/forms.values_from_infotext) for both: an old combined sampler name is
+    split into sampler and schedule, and the inpaint fields fill an img2img request."""
+    from app.forms import tab_fields, values_from_infotext
+
+    infotext = ("x\nSteps: 5, Sampler: DPM++ 2M Karras, Seed: 1, Size: 64x64, Denoising strength: 0.4, "
+                "Mask blur: 8, Masked content: latent noise, Inpaint area: Only masked")
+    req = StableDiffusionProcessingImg2Img(init_images=[], infotext=infotext)
+    params, _, _ = generation_params(req, True, context())
+    page, _ = tab_fields("inpaint", *values_from_infotext(infotext))
+    assert (params.sampler, params.scheduler) == (page["sampler"], page["scheduler"]) == ("DPM++ 2M", "Karras")
+    assert params.mask_blur == page["mask_blur"] == 8 and params.denoising_strength == 0.4
+    assert params.inpainting_fill == 2 and page["inpainting_fill"] == "latent noise"
+    assert params.inpaint_full_res is True and page["inpaint_full_res"] == "Only masked"
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("tiling", True, "tiling: seamless tiling is not supported"),
     ("restore_faces", True, "restore_faces: face restoration is not available on this server"),

@@ -15,8 +15,8 @@ from app.api.group import RouteGroup
 from app.api.schemas import (EmbeddingsResponse, LatentUpscalerModeItem, LoraItem, SamplerItem, SchedulerItem,
                              SDModelItem, SDVaeItem, UpscalerItem)
 from core.errors import EngineError
+from core.modelfiles import LORA_SUFFIXES
 
-_LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
 _VAE_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
 
 # Schedule type -> (default rho, needs the model's own sigmas), as A1111 describes them.
@@ -98,7 +98,7 @@ class ModelRoutes(RouteGroup):
 
     def get_loras(self) -> list[dict]:
         items = []
-        for path in _files(self.engine.lora_dir, _LORA_SUFFIXES):
+        for path in _files(self.engine.lora_dir, LORA_SUFFIXES):
             metadata = safetensors_metadata(path)
             alias = metadata.get("ss_output_name") if isinstance(metadata.get("ss_output_name"), str) else path.stem
             items.append({"name": path.stem, "alias": alias, "path": str(path), "metadata": metadata})

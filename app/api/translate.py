@@ -14,6 +14,7 @@ from typing import Any, Callable
 from app.api.errors import ApiError, engine_error
 from app.api.limits import ApiLimits
 from app.api.schemas import GenerationRequest, StableDiffusionProcessingTxt2Img, value_or_default
+from app.forms import values_from_infotext
 from app.settings import OPTION_BY_KEY, engine_overrides
 from core.errors import EngineError
 from core.params import MAX_PROMPT_BYTES, PROMPT_FIELDS, GenerationParams, check_prompt_length
@@ -83,51 +84,30 @@ def check_prompt_sizes(req: GenerationRequest) -> None:
             raise engine_error(exc, 422) from None
 
 
+# GenerationParams attributes whose A1111 request field has another name.
+_REQUEST_FIELD = {"sampler": "sampler_name"}
+
+
 def apply_infotext(req: GenerationRequest) -> None:
-    """Fields of ``req.infotext`` fill the request fields the client did not set."""
-    from core.infotext import params_from_infotext
-
-    parsed, _ = params_from_infotext(req.infotext)
-    given = req.model_fields_set
-    names = {"prompt": "prompt", "negative_prompt": "negative_prompt", "steps": "steps", "sampler": "sampler_name",
-             "scheduler": "scheduler", "cfg_scale": "cfg_scale", "seed": "seed", "width": "width",
-             "height": "height", "subseed": "subseed", "subseed_strength": "subseed_strength",
-             "seed_resize_from_w": "seed_resize_from_w", "seed_resize_from_h": "seed_resize_from_h",
-             "denoising_strength": "denoising_strength", "eta": "eta", "s_noise": "s_noise"}
-    if isinstance(req, StableDiffusionProcessingTxt2Img):
-        names.update({n: n for n in ("hr_scale", "hr_second_pass_steps", "hr_upscaler", "hr_resize_x",
-                                     "hr_resize_y", "hr_sampler_name", "hr_scheduler", "hr_prompt",
-                                     "hr_negative_prompt", "refiner_checkpoint", "refiner_switch_at")})
-    fields = _infotext_fields(req.infotext)
-    for attr, name in names.items():
-        if name in given or name not in type(req).model_fields:
-            continue
-        if attr in ("prompt", "negative_prompt") or _infotext_has(fields, attr):
-            setattr(req, name, getattr(parsed, attr))
-    if isinstance(req, StableDiffusionProcessingTxt2Img) and "enable_hr" not in given and (
-            "Hires upscale" in fields or "Hires resize-1" in fields):
-        req.enable_hr = True
-    if "Clip skip" in fields:
-        overrides = dict(req.override_settings or {})
-        overrides.setdefault("CLIP_stop_at_last_layers", parsed.clip_skip)
-        req.override_settings = overrides
-    if fields.get("Noise Schedule") in OPTION_BY_KEY["sd_noise_schedule"].choices:
-        overrides = dict(req.override_settings or {})
-        overrides.setdefault("sd_noise_schedule", fields["Noise Schedule"])
-        req.override_settings = overrides
-
-
-def _infotext_fields(text: str) -> dict:
+    """Fields of ``req.infotext`` fill the request fields the client did not set. The infotext is
+    read by app/forms.py's ``values_from_infotext``, as the page reads it; its clip skip and
+    noise schedule become override_settings, as in A1111."""
     from core.infotext import parse_infotext
 
-    return parse_infotext(text)
-
-
-def _infotext_has(fields: dict, attr: str) -> bool:
-    from core.infotext import FIELDS
-
-    keys = [key for key, (name, _) in FIELDS.items() if name == attr]
-    return any(key in fields for key in keys)
+    values, _ = values_from_infotext(req.infotext)
+    given = req.model_fields_set
+    for attr, value in values.items():
+        name = _REQUEST_FIELD.get(attr, attr)
+        if name in type(req).model_fields and name not in given:
+            setattr(req, name, value)
+    overrides = dict(req.override_settings or {})
+    if "clip_skip" in values:
+        overrides.setdefault("CLIP_stop_at_last_layers", values["clip_skip"])
+    schedule = parse_infotext(req.infotext).get("Noise Schedule")
+    if schedule in OPTION_BY_KEY["sd_noise_schedule"].choices:
+        overrides.setdefault("sd_noise_schedule", schedule)
+    if overrides:
+        req.override_settings = overrides
 
 
 def refuse_unsupported(req: GenerationRequest, img2img: bool) -> None:

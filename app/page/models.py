@@ -18,13 +18,10 @@ from app.forms import FORM_DEFAULTS, NO_REFINER, page_defaults
 from app.page.messages import error_message, loading_html
 from app.settings import Settings, engine_overrides
 from core.errors import EngineError
-from core.modelfiles import LORA_SUFFIXES
+from core.modelfiles import LORA_SUFFIXES, preview_picture
 from core.engine_protocol import EngineProtocol
 
 log = logging.getLogger(__name__)
-
-PREVIEW_SUFFIXES = (".preview.png", ".png", ".jpg", ".jpeg", ".webp")
-
 
 def sampler_choices() -> tuple[list[str], list[str]]:
     """Sampler names and schedule types, as the engine knows them."""
@@ -236,9 +233,7 @@ class Models:
             name = path.relative_to(folder).with_suffix("").as_posix()
             if query.strip().lower() not in name.lower():
                 continue
-            preview = next((path.with_name(path.stem + s) for s in PREVIEW_SUFFIXES
-                            if path.with_name(path.stem + s).is_file()), None)
-            found.append((name, preview))
+            found.append((name, preview_picture(path)))
         return found
 
     def lora_cards(self, query: str = "") -> list[tuple[Any, str]]:

@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 
 from core.loading import read_pickle_checkpoint, read_safetensors, safetensors_header
-from core.modelfiles import LORA_SUFFIXES, is_safetensors, model_files
+from core.modelfiles import LORA_SUFFIXES, is_safetensors, model_files, preview_picture
 
-PREVIEW_SUFFIXES = (".preview.png", ".preview.jpg", ".preview.jpeg", ".preview.webp", ".png", ".jpg", ".jpeg", ".webp")
 
 
 def lora_files(folder: Path) -> list[Path]:
@@ -87,15 +86,6 @@ class HashCache:
         return self.get(path)[:12]
 
 
-def preview_of(path: Path) -> Path | None:
-    base = path.with_suffix("")
-    for suffix in PREVIEW_SUFFIXES:
-        candidate = base.with_name(base.name + suffix)
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def list_loras(models_dir: str | Path, with_hash: bool = False, hashes: HashCache | None = None) -> list[dict]:
     """Every LoRA under ``models_dir/Lora``, for the UI and the REST API.
 
@@ -113,7 +103,7 @@ def list_loras(models_dir: str | Path, with_hash: bool = False, hashes: HashCach
     for path in files:
         relative = relative_name(path, folder)
         metadata = read_metadata(path)
-        preview = preview_of(path)
+        preview = preview_picture(path)
         item = {
             "name": path.stem if stems[path.stem] == 1 else relative,
             "path": str(path),
