@@ -172,19 +172,22 @@ def _extras(upscaler: str, **x4):
     return run
 
 
+# Bounds: twice the worst of seeds 1..8 as measured on the development machine (mean rounded up
+# to 0.5, max to an even number): bf16 kernels differ between processors (AMX accumulates in
+# other orders than AVX2's emulation), and a shape's edge moving by one pixel makes the max.
 CASES = {
     # The command line's crash (GroupNorm32: "mixed dtype (CPU)") on the demo model.
-    "demo txt2img": Case(_txt2img("demo.safetensors"), 1.0, 48),
-    "demo txt2img + LoRA": Case(_txt2img("demo.safetensors", prompt=PROMPT + " <lora:demo-outlined:1>"), 1.0, 48),
+    "demo txt2img": Case(_txt2img("demo.safetensors"), 2.5, 22),
+    "demo txt2img + LoRA": Case(_txt2img("demo.safetensors", prompt=PROMPT + " <lora:demo-outlined:1>"), 3.0, 46),
     # Inpainting with a plain checkpoint: the picture encoded (img2img), the mask applied per step.
-    "demo inpaint": Case(_inpaint("demo.safetensors", denoising_strength=0.8), 1.5, 48),
-    "SD 1.x inpainting checkpoint": Case(_inpaint("sd1-inpainting.safetensors"), 2.0, 32),
+    "demo inpaint": Case(_inpaint("demo.safetensors", denoising_strength=0.8), 1.5, 134),
+    "SD 1.x inpainting checkpoint": Case(_inpaint("sd1-inpainting.safetensors"), 1.0, 28),
     "SD 1.x hires fix, ESRGAN": Case(_txt2img("sd1-inpainting.safetensors", width=32, height=32, enable_hr=True,
-                                              hr_upscaler="esrgan", denoising_strength=0.5), 3.0, 40),
-    "SD 2.x v-prediction": Case(_txt2img("sd2.safetensors"), 3.0, 32),
+                                              hr_upscaler="esrgan", denoising_strength=0.5), 5.5, 42),
+    "SD 2.x v-prediction": Case(_txt2img("sd2.safetensors"), 4.0, 40),
     "SDXL + refiner": Case(_txt2img("sdxl.safetensors", refiner_checkpoint="refiner.safetensors",
-                                    refiner_switch_at=0.5), 3.0, 32),
-    "x4 upscaler": Case(_extras("x4", steps=3, noise_level=20), 3.0, 32),
+                                    refiner_switch_at=0.5), 3.5, 30),
+    "x4 upscaler": Case(_extras("x4", steps=3, noise_level=20), 2.0, 14),
 }
 
 
@@ -245,10 +248,12 @@ def test_bf16_picture_is_close_to_the_float32_one(engines, name):
     assert diff.mean() <= case.mean and diff.max() <= case.max, (name, float(diff.mean()), int(diff.max()))
 
 
-def test_bf16_engine_loaded_its_models_in_bf16(engines):
+@pytest.mark.parametrize("upscaler", ["esrgan", "x4"])
+def test_bf16_engine_runs_upscaler_models_in_bf16(engines, upscaler):
     engine = engines["bf16"]
-    assert engine.dtype == torch.bfloat16 and engine.upscaler_dtype == torch.bfloat16
-    assert engine.loaded is not None and engine.loaded.model.unet.dtype == torch.bfloat16
+    assert engine.dtype == engine.upscaler_dtype == torch.bfloat16
+    engine.extras(input_picture(8), ExtrasJob(upscaler=upscaler, scale=4, tile=0, x4={"steps": 1}))
+    assert engine.upscaler_cache.loaded.dtype == torch.bfloat16
 
 
 # --- measuring ----------------------------------------------------------------------------
