@@ -62,6 +62,14 @@ def test_auto_precision_elsewhere_and_asked_for_precisions_ignore_the_cpu():
     assert resolve_dtype("bf16", torch.device("cpu"), lambda: set()) == torch.bfloat16
 
 
+def test_the_auto_choice_is_logged_once(caplog):
+    flags = {"avx512_bf16", "a-flag-only-this-test-uses"}
+    with caplog.at_level("INFO", logger="core.devices"):
+        for _ in range(3):
+            assert resolve_dtype("auto", torch.device("cpu"), lambda: flags) == torch.bfloat16
+    assert [r.getMessage() for r in caplog.records] == ["precision auto on the CPU: bf16 (the processor has avx512_bf16)"]
+
+
 def test_this_machines_auto_choice_matches_its_flags():
     from core.devices import cpu_flags
 
