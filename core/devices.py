@@ -1,13 +1,22 @@
 """Choosing the device and the number format: the only place that asks what hardware exists."""
 from __future__ import annotations
 
+import functools
+import logging
 import os
+from typing import Callable, Iterable
 
 import torch
 
 from core.errors import UNAVAILABLE, EngineError
 
+log = logging.getLogger(__name__)
+
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# /proc/cpuinfo flags of the x86 units that multiply bf16 natively (Intel AMX on Sapphire Rapids
+# and later, AVX512-BF16 on Cooper Lake, Zen 4 and later). Without them torch still runs bf16,
+# converting to float32 around every multiply: slower than float32 itself.
+NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -26,14 +35,45 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """auto: half precision on GPUs (twice as fast, half the memory), fp32 on the CPU, where
-    fp16 matmuls are slow or missing."""
+def resolve_dtype(precision: str, device: torch.device,
+                  cpu_flags_source: Callable[[], Iterable[str]] | None = None) -> torch.dtype:
+    """auto: half precision on GPUs (twice as fast, half the memory); on the CPU bf16 where the
+    processor multiplies it natively (about 5x the float32 rate on AMX), else float32, as fp16
+    matmuls are slow or missing there. ``cpu_flags_source`` (default: ``cpu_flags``) tells the
+    processor's flags, for tests."""
     if precision == "auto":
-        return torch.float32 if device.type == "cpu" else torch.float16
+        if device.type != "cpu":
+            return torch.float16
+        return auto_cpu_dtype(frozenset((cpu_flags_source or cpu_flags)()))
     if precision not in PRECISIONS:
         raise EngineError(f"unknown precision {precision!r} (use auto, fp32, fp16 or bf16)", "precision")
     return PRECISIONS[precision]
+
+
+@functools.lru_cache(maxsize=None)
+def auto_cpu_dtype(flags: frozenset[str]) -> torch.dtype:
+    """The auto precision for a CPU with these flags; logged once per answer (cached)."""
+    native = sorted(NATIVE_BF16_FLAGS.intersection(flags))
+    if native:
+        log.info("precision auto on the CPU: bf16 (the processor has %s)", ", ".join(native))
+        return torch.bfloat16
+    log.info("precision auto on the CPU: fp32 (no native bf16: neither %s)", " nor ".join(sorted(NATIVE_BF16_FLAGS)))
+    return torch.float32
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The processor's feature flags as /proc/cpuinfo names them; where there is no
+    /proc/cpuinfo (Windows, macOS), the native-bf16 flags torch's own CPU probes find."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    probes = {"avx512_bf16": "_is_avx512_bf16_supported", "amx_bf16": "_is_amx_tile_supported"}
+    return frozenset(flag for flag, probe in probes.items() if getattr(torch.cpu, probe, lambda: False)())
 
 
 def available_memory(device: torch.device) -> int:

@@ -120,6 +120,9 @@ class Engine:
     ):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(precision, self.device)
+        # Upscaler models follow a precision that was asked for; under auto each kind picks the
+        # device's auto precision where its models support it (fp16 or else bf16 on GPUs).
+        self.upscaler_dtype = None if precision == "auto" else self.dtype
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else ROOT / "models" / "Stable-diffusion"
         self.output_dir = Path(output_dir) if output_dir else ROOT / "outputs"
         self.models_dir = Path(models_dir) if models_dir else ROOT / "models"
@@ -446,14 +449,15 @@ class Engine:
         again). ``progress(done, total)`` hears every tile and may raise to stop the job."""
         from core.upscaling.extras import run_extras
 
-        return run_extras(image, job, models_root=self.models_dir, device=self.device, cache=self.upscaler_cache,
-                          progress=progress, source_infotext=source_infotext)
+        return run_extras(image, job, models_root=self.models_dir, device=self.device, dtype=self.upscaler_dtype,
+                          cache=self.upscaler_cache, progress=progress, source_infotext=source_infotext)
 
     def upscale_pixels(self, image, upscaler: str, size: tuple[int, int]):
         """Pixel upscaling for hires fix and SD upscale, by resampler or upscaler model."""
         from core.upscaling import upscale_image
 
-        return upscale_image(image, upscaler, size=size, models_root=self.models_dir, device=str(self.device), cache=self.upscaler_cache)
+        return upscale_image(image, upscaler, size=size, models_root=self.models_dir, device=str(self.device),
+                             dtype=self.upscaler_dtype, cache=self.upscaler_cache)
 
     def _run(self, params, make_images, kind: str, fields: dict, progress, save: bool, allow_paths: bool,
              refiner: bool = False) -> list[GeneratedImage]:

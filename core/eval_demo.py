@@ -21,7 +21,7 @@ import torch
 from core.training.common import DEMO_CHECKPOINT, DEMO_LORA, set_threads
 
 
-def engine_smoke_test(checkpoint: Path, prompt: str, steps: int = 20) -> dict:
+def engine_smoke_test(checkpoint: Path, prompt: str, steps: int = 20, precision: str = "fp32") -> dict:
     import tempfile
 
     from core.engine import Engine
@@ -29,7 +29,7 @@ def engine_smoke_test(checkpoint: Path, prompt: str, steps: int = 20) -> dict:
     from core.training.analyser import analyse
 
     with tempfile.TemporaryDirectory() as tmp:
-        engine = Engine(device="cpu", precision="fp32", ckpt_dir=checkpoint.parent, output_dir=tmp,
+        engine = Engine(device="cpu", precision=precision, ckpt_dir=checkpoint.parent, output_dir=tmp,
                         hash_cache=Path(tmp) / "hashes.json", extensions_dir=Path(tmp) / "no-extensions")
         params = GenerationParams(prompt=prompt, width=64, height=64, steps=steps, cfg_scale=7.0, seed=1,
                                   checkpoint=checkpoint.name)
@@ -45,6 +45,8 @@ def main(argv=None) -> None:
     p.add_argument("--heldout", type=int, default=256, help="held-out pictures for the autoencoder PSNR")
     p.add_argument("--lora", type=Path, default=None, help=f"also measure a style LoRA (e.g. {DEMO_LORA})")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                   help="the weights' and computation's number format (auto: as the studio picks it for this CPU)")
     p.add_argument("--examples", type=int, default=16, help="inpainting and img2img examples through the Engine (0: none)")
     p.add_argument("--guidance", type=str, default="7,1",
                    help="CFG scales to measure, comma-separated; each is compared with the first one picture by picture")
@@ -52,6 +54,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     set_threads(args.threads)
 
+    from core.devices import resolve_dtype
     from core.loading import load_model
     from core.training import shapes as S
     from core.training.analyser import format_scores, judge, score
@@ -60,9 +63,9 @@ def main(argv=None) -> None:
     from core.training.sampling import generate
 
     started = time.monotonic()
-    model = load_model(args.checkpoint, device="cpu", dtype=torch.float32)
+    model = load_model(args.checkpoint, device="cpu", dtype=resolve_dtype(args.precision, torch.device("cpu")))
     size_mb = args.checkpoint.stat().st_size / 1e6
-    print(f"{args.checkpoint.name}: {size_mb:.1f} MB; UNet {sum(p.numel() for p in model.unet.parameters()) / 1e6:.2f}M, "
+    print(f"{args.checkpoint.name} in {args.precision} ({model.unet.dtype}): {size_mb:.1f} MB; UNet {sum(p.numel() for p in model.unet.parameters()) / 1e6:.2f}M, "
           f"autoencoder {sum(p.numel() for p in model.vae.parameters()) / 1e6:.2f}M (f={model.vae.config.downsample_factor}), "
           f"text encoder {sum(p.numel() for p in model.text_encoder.parameters()) / 1e6:.2f}M params")
     ae = evaluate_autoencoder(model.vae, args.heldout)
@@ -93,15 +96,15 @@ def main(argv=None) -> None:
     for cfg, r in rows.items():
         print(f"| CFG {cfg:g} / {args.steps} steps | " + " | ".join(f"{100 * r[k]:.1f}%" for k in
               ("colour", "shape", "size", "position", "background", "all")) + " |")
-    print(f"engine smoke test ({prompts[0]!r}): {engine_smoke_test(args.checkpoint, prompts[0], args.steps)}")
+    print(f"engine smoke test ({prompts[0]!r}): {engine_smoke_test(args.checkpoint, prompts[0], args.steps, args.precision)}")
     sheets = {}
     if args.examples:
         from core.training.examples import img2img_examples, inpaint_examples
 
-        inpaint = inpaint_examples(args.checkpoint, args.examples, args.steps)
+        inpaint = inpaint_examples(args.checkpoint, args.examples, args.steps, precision=args.precision)
         print(f"inpainting a shape into a masked cell of a plain picture: colour, shape and position right in "
               f"{100 * inpaint['rate']:.0f}% of {inpaint['count']}")
-        edit = img2img_examples(args.checkpoint, args.examples, args.steps)
+        edit = img2img_examples(args.checkpoint, args.examples, args.steps, precision=args.precision)
         print(f"img2img recolouring a shape (strength {edit['strength']}): new colour with shape and position kept in "
               f"{100 * edit['rate']:.0f}% of {edit['count']}")
         sheets["inpaint.png"] = [list(r[:3]) for r in inpaint["rows"][:6]]

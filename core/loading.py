@@ -38,6 +38,7 @@ from core.modelfiles import has_suffix, is_safetensors
 from core.models import diffusers_names
 from core.models.clip import FrozenOpenCLIPEmbedder
 from core.models.detection import SDXL_EMBEDDER, TEXT, UNET, VAE, ModelSpec, detect
+from core.models.normalization import LOW_PRECISION, float32_parameter_names
 from core.models.stable_diffusion import LatentDiffusion, linear_alphas_cumprod
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -403,10 +404,12 @@ def build_model(
     total = sum(value.numel() * value.element_size() for _, value in wanted) or 1
     done = 0
     state = {}
+    keep_float32 = float32_parameter_names(model) if dtype in LOW_PRECISION else set()
     for key, value in wanted:
         if tuple(value.shape) != tuple(expected[key].shape):
             raise EngineError(f"{key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}", label=name)
-        state[key] = value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
+        target = (torch.float32 if key in keep_float32 else dtype) if value.is_floating_point() else value.dtype
+        state[key] = value.to(device=device, dtype=target)
         if progress is not None:
             done += value.numel() * value.element_size()
             progress(min(1.0, done / total))

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
+from core.devices import resolve_dtype
 from core.errors import EngineError
 from core.images import read_infotext
 from core.upscaling import (
@@ -506,7 +507,7 @@ def test_precision_choice_and_fallback_to_fp32(models):
     half_ok = SimpleNamespace(supports_half=True, supports_bfloat16=True)
     no_half = SimpleNamespace(supports_half=False, supports_bfloat16=True)
     fp32_only = SimpleNamespace(supports_half=False, supports_bfloat16=False)
-    assert choose_dtype(half_ok, cpu, None) == torch.float32
+    assert choose_dtype(half_ok, cpu, None) == resolve_dtype("auto", cpu)  # bf16 where the CPU has it natively
     assert choose_dtype(half_ok, cuda, None) == torch.float16
     assert choose_dtype(no_half, cuda, None) == torch.bfloat16  # SwinIR, DAT, ...
     assert choose_dtype(no_half, cuda, torch.float16) == torch.float32

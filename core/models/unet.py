@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.models.normalization import GroupNorm32
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -59,15 +61,6 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     if dim % 2:
         emb = F.pad(emb, (0, 1))
     return emb
-
-
-class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in at least float32: fp16 statistics over large maps overflow."""
-
-    def forward(self, x):
-        if x.dtype in (torch.float16, torch.bfloat16):
-            return super().forward(x.float()).to(x.dtype)
-        return super().forward(x)
 
 
 def normalization(channels: int, eps: float = 1e-5, groups: int = 32) -> nn.GroupNorm:

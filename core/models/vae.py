@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.devices import available_memory
+from core.models.normalization import GroupNorm32
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class VAEConfig:
 
 
 def normalization(channels: int, groups: int = 32) -> nn.GroupNorm:
-    return nn.GroupNorm(groups, channels, eps=1e-6)
+    return GroupNorm32(groups, channels, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):

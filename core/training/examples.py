@@ -22,10 +22,10 @@ EXAMPLE_SEED = 3_000_017
 MASK_HALF = 15  # pixels around the cell centre: a 30 px square holds a medium (16 px) shape with jitter
 
 
-def demo_engine(checkpoint: Path, tmp: str):
+def demo_engine(checkpoint: Path, tmp: str, precision: str = "fp32"):
     from core.engine import Engine
 
-    return Engine(device="cpu", precision="fp32", ckpt_dir=Path(checkpoint).parent, output_dir=tmp,
+    return Engine(device="cpu", precision=precision, ckpt_dir=Path(checkpoint).parent, output_dir=tmp,
                   hash_cache=Path(tmp) / "hashes.json", extensions_dir=Path(tmp) / "no-extensions")
 
 
@@ -36,12 +36,12 @@ def _params(prompt: str, checkpoint: Path, seed: int, steps: int, **extra):
                             checkpoint=Path(checkpoint).name, **extra)
 
 
-def inpaint_examples(checkpoint: Path, count: int = 16, steps: int = 20) -> dict:
+def inpaint_examples(checkpoint: Path, count: int = 16, steps: int = 20, precision: str = "fp32") -> dict:
     rng = np.random.default_rng(EXAMPLE_SEED)
     names = list(S.COLOURS)
     hits, rows = 0, []
     with tempfile.TemporaryDirectory() as tmp:
-        engine = demo_engine(checkpoint, tmp)
+        engine = demo_engine(checkpoint, tmp, precision)
         for i in range(count):
             background = names[rng.integers(len(names))]
             colour = [c for c in names if c != background][rng.integers(len(names) - 1)]
@@ -64,12 +64,13 @@ def inpaint_examples(checkpoint: Path, count: int = 16, steps: int = 20) -> dict
     return {"rate": hits / count, "count": count, "rows": rows}
 
 
-def img2img_examples(checkpoint: Path, count: int = 16, steps: int = 20, strength: float = 0.75) -> dict:
+def img2img_examples(checkpoint: Path, count: int = 16, steps: int = 20, strength: float = 0.75,
+                     precision: str = "fp32") -> dict:
     rng = np.random.default_rng(EXAMPLE_SEED + 1)
     names = list(S.COLOURS)
     hits, rows = 0, []
     with tempfile.TemporaryDirectory() as tmp:
-        engine = demo_engine(checkpoint, tmp)
+        engine = demo_engine(checkpoint, tmp, precision)
         for i in range(count):
             scene = S.random_scene(rng)
             source = Image.fromarray(S.render(scene))

@@ -259,6 +259,7 @@ def merge_kohya(model, path: Path, multiplier: float = 1.0) -> int:
         up = tensors[f"{kname}.lora_up.weight"].float().flatten(1)
         alpha = float(tensors[f"{kname}.alpha"]) if f"{kname}.alpha" in tensors else down.shape[0]
         delta = (up @ down) * (alpha / down.shape[0]) * multiplier
-        module.weight.add_(delta.reshape(module.weight.shape).to(module.weight.dtype))
+        # Summed in float32, rounded once: a bf16 weight plus a bf16-rounded delta rounds twice.
+        module.weight.copy_(module.weight.float() + delta.reshape(module.weight.shape))
         merged += 1
     return merged

@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models-dir", default=None, help="models folder holding ESRGAN/, RealESRGAN/, SwinIR/, ... (default models/)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
-                        help="auto: fp32 on the CPU, half precision on GPUs where the model supports it")
+                        help="auto: bf16 on CPUs with native bf16 (AMX, AVX512-BF16), else fp32; half precision on GPUs; "
+                             "each where the model supports it")
     x4 = parser.add_argument_group("x4 upscaler", "sampling settings of the SD x4 upscaler (checkpoints in "
                                    "models/Stable-diffusion or models/LDSR); refused for other upscalers")
     x4.add_argument("--prompt", default=None, help="what the picture shows (default: none)")

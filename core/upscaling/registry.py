@@ -226,8 +226,8 @@ def load_upscaler(
     dtype: torch.dtype | None = None,
     cache: ModelCache | None = None,
 ) -> Upscaler:
-    """Load ``info`` on ``device``; ``dtype=None`` lets the kind choose (fp32 on the CPU, half
-    precision on GPUs where the model supports it). The last loaded model is reused from
+    """Load ``info`` on ``device``; ``dtype=None`` lets the kind choose (the device's auto
+    precision, core.devices.resolve_dtype, where the model supports it). The last loaded model is reused from
     ``cache`` (default :data:`DEFAULT_CACHE`)."""
     from core.devices import resolve_device
 

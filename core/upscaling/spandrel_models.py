@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core.devices import resolve_dtype
 from core.errors import NOT_FOUND, EngineError
 from core.modelfiles import is_safetensors, walk
 from core.upscaling.passes import upscale_in_passes
@@ -107,9 +108,10 @@ def describe(path: Path, state_dict: dict[str, torch.Tensor]):
 
 
 def choose_dtype(descriptor, device: torch.device, requested: torch.dtype | None) -> torch.dtype:
-    """The requested dtype if the model supports it; by default fp32 on the CPU and fp16 (else
-    bf16, else fp32) on GPUs."""
-    wanted = requested or (torch.float32 if device.type == "cpu" else torch.float16)
+    """The requested dtype if the model supports it; by default the device's auto precision
+    (core.devices.resolve_dtype: bf16 on CPUs with native bf16, else fp32; fp16 on GPUs), a GPU
+    falling back to bf16, then fp32, when the model does not run in fp16."""
+    wanted = requested or resolve_dtype("auto", device)
     if wanted == torch.float16 and not descriptor.supports_half:
         wanted = torch.bfloat16 if device.type == "cuda" and requested is None else torch.float32
     if wanted == torch.bfloat16 and not descriptor.supports_bfloat16:

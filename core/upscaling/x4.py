@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from core.devices import resolve_dtype
 from core.errors import NOT_FOUND, EngineError
 from core.modelfiles import walk
 from core.upscaling.passes import upscale_in_passes
@@ -186,7 +187,7 @@ class X4Kind:
 
         if info.path is None or not Path(info.path).exists():
             raise EngineError(f"checkpoint {info.path} not found", kind=NOT_FOUND, label=f"upscaler {info.name}")
-        chosen = dtype or (torch.float32 if device.type == "cpu" else torch.float16)
+        chosen = dtype or resolve_dtype("auto", device)
         model = load_model(info.path, device=device, dtype=chosen)
         if not model.spec.is_upscaler:
             raise EngineError(f"upscaler {info.name}: {Path(info.path).name} is a {model.spec.label} checkpoint, "
