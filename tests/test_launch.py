@@ -88,7 +88,7 @@ def test_help_lists_all_flags():
     done = run_py(["launch.py", "--help"], timeout=30)
     assert done.returncode == 0, done.stderr
     for flag in ("--skip-install", "--device", "--precision", "--ckpt-dir", "--outdir",
-                 "--listen", "--port", "--nowebui", "--api", "--api-auth", "--insecure", "--ui-settings-file",
+                 "--listen", "--port", "--nowebui", "--api", "--api-auth", "--insecure", "--ui-settings-file", "--compile",
                  "--allowed-dir"):
         assert flag in done.stdout
     for choice in ("auto,cpu,cuda,mps", "auto,fp32,fp16,bf16"):
