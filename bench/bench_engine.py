@@ -1,24 +1,37 @@
 """Speed and memory of the engine against diffusers, measured in the same run on this machine.
 
-    python bench/bench_engine.py            # everything below
-    python bench/bench_engine.py --quick    # smaller latent, one repeat (a smoke run)
+    python bench/bench_engine.py            # everything below but the flag-gated parts
+    python bench/bench_engine.py --quick    # a few minutes: steps at 256x256, a 4-step 256x256 txt2img, nothing else
+
+First line: torch, threads, the CPU's name and whether it has native bf16 (AMX or AVX512-BF16).
 
 1. One CFG step of the full-size SD 1.5 UNet (random weights, batch 2 = cond + uncond,
-   512x512 image = 64x64 latent): seconds per step and peak RSS, ours vs diffusers.
-2. Loading a full-size SD 1.5 single-file checkpoint (random weights, written once to a temp
+   512x512 image = 64x64 latent), best of 3 after a warm-up call: ours (channels-last, as the
+   engine runs it on a CPU) and diffusers in float32 and bfloat16, and diffusers float32
+   channels-last; with --compile also both compiled by torch.compile (inductor; the warm-up,
+   which compiles, is printed). Seconds per step, the speed-up over diffusers float32, peak RSS.
+2. A whole 20-step 512x512 txt2img (--txt2img-steps): full-size SD 1.5 layout with random
+   weights, prompt and negative prompt encoded, Euler, CFG 7, VAE decode, PIL picture; ours
+   (with a live preview made at every step, as the page shows them) against diffusers'
+   StableDiffusionPipeline, each in the precision that was faster for it in 1 (each one's best
+   setting on this machine); compiled too with --compile (a first untimed job compiles).
+   Best of --txt2img-repeats (2) fresh processes per side. --skip-txt2img leaves it out.
+   --txt2img-sdxl (and nothing else): the same at 1024x1024 with the SDXL base layout against
+   StableDiffusionXLPipeline, both in bfloat16 (slow: about an hour per side on 2 cores).
+3. Loading a full-size SD 1.5 single-file checkpoint (random weights, written once to a temp
    folder) and reading every weight once: peak RSS growth, as a ratio of the file size.
-
-3. A 4096x4096 decode through the SD 1.5-size VAE (random weights), tiled automatically:
+   Skipped with --skip-load.
+4. A 4096x4096 decode through the SD 1.5-size VAE (random weights), tiled automatically:
    seconds and peak RSS (must fit in this machine's 24 GiB). Skipped with --skip-vae4k.
    Then a 2048x2048 decode through the same VAE in a process whose address space is limited
    to 12 GB (RLIMIT_AS; its whole-picture attention alone would be 16 GiB): seconds, peak RSS
    and the tiles/attention blocks chosen from that limit. Skipped with --skip-vae2k;
    --vae2k-only runs only this one.
-4. With --sdxl: one CFG step (batch 2) of the full-size SDXL base UNet (2.57B parameters, random
+5. With --sdxl: one CFG step (batch 2) of the full-size SDXL base UNet (2.57B parameters, random
    weights, shapes from sdxl_base.json) at 1024x1024 (128x128 latent), ours vs diffusers, with
    the added size/pooled vector: seconds and peak RSS. --sdxl-dtype bfloat16 halves the memory
-   (about 10.3 GB of float32 weights per process otherwise). --sdxl-only skips 1-3.
-5. With --sdxl-txt2img (and nothing else): one whole SDXL txt2img at 1024x1024 through our
+   (about 10.3 GB of float32 weights per process otherwise). --sdxl-only skips the rest.
+6. With --sdxl-txt2img (and nothing else): one whole SDXL txt2img at 1024x1024 through our
    pipeline: the full-size base model (UNet, VAE, CLIP-L and OpenCLIP bigG text encoders; random
    weights in the real shapes of sdxl_base.json, built by the loader's build_model), prompt and
    negative prompt encoded, 2 Euler steps with CFG (--sdxl-txt2img-steps), VAE decode (tiled
@@ -28,8 +41,11 @@
    the same code on another manifest (a tiny one, as tests/test_bench.py does).
 
 Each measurement runs in a fresh subprocess so that peak RSS belongs to that measurement alone.
-Prints ratios (ours / diffusers, load RSS / file size); targets: both speed and memory ratios
-<= 1.0, load ratio < 1.5.
+Prints ratios against the reference measured in the same run (diffusers float32; ours / diffusers
+in each precision; load RSS / file size). Targets: the whole txt2img at least 1.2x as fast as
+diffusers float32 on a CPU without native bf16 (3x on one with it); memory ratios <= 1.0, load
+ratio < 1.5. The machine's load average is printed with each part: timings on a busy machine
+are not comparable.
 """
 from __future__ import annotations
 

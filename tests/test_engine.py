@@ -203,3 +203,24 @@ def test_compile_that_fails_falls_back_with_a_warning(monkeypatch, caplog):
         assert core.speed.compile_module(layer, torch.device("cpu")) is False
     assert "inductor exploded" in caplog.text
     assert layer(torch.ones(1, 2)).shape == (1, 2)
+
+
+def test_channels_last_unet_computes_the_same_as_channels_first(tiny_checkpoints):
+    """The layout the engine runs the UNet in on a CPU changes the speed, not the numbers."""
+    import copy
+
+    import torch
+
+    from core.loading import load_model
+
+    unet = load_model(tiny_checkpoints["safetensors"]).unet
+    channels_last = copy.deepcopy(unet).use_memory_format(torch.channels_last)
+    assert channels_last.memory_format == torch.channels_last and unet.memory_format == torch.contiguous_format
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 8, 6, generator=generator)
+    context = torch.randn(2, 77, unet.config.context_dim, generator=generator)
+    with torch.no_grad():
+        expected = unet(x, torch.tensor([500.0, 20.0]), context)
+        got = channels_last(x, torch.tensor([500.0, 20.0]), context)
+    assert got.is_contiguous()
+    assert (got - expected).abs().max() < 1e-5
