@@ -519,13 +519,15 @@ def variant_name(which: str, dtype_name: str, compiled: bool, channels_last: boo
     return f"{which} {dtype_name}{', compiled' if compiled else ''}{layout}"
 
 
-def report_unet_steps(latent: int, repeats: int, compiled: bool) -> dict:
+def report_unet_steps(latent: int, repeats: int, compiled: bool, skip: tuple[str, ...] = ()) -> dict:
     """Each variant in a fresh process; ratios against diffusers float32 measured in this run."""
     print(f"UNet step: SD 1.5 size, batch 2 (CFG), latent {latent}x{latent} ({latent * 8}x{latent * 8} image), "
           f"best of {repeats} after a warm-up call, each in a fresh process; load {os.getloadavg()[0]:.1f}")
     results = {}
     for variant in STEP_VARIANTS + (COMPILED_VARIANTS if compiled else []):
         which, dtype_name, compile_it, channels_last = variant
+        if dtype_name in skip:
+            continue
         try:
             results[variant] = in_subprocess("--_step", which, str(latent), str(repeats), dtype_name, str(int(compile_it)),
                                              str(int(channels_last)))
@@ -584,6 +586,8 @@ def main() -> None:
                         help="also time the UNet step compiled with torch.compile (inductor), ours and diffusers, and run "
                              "the whole txt2img compiled (a first untimed job compiles)")
     parser.add_argument("--skip-txt2img", action="store_true", help="no whole 512x512 txt2img comparison")
+    parser.add_argument("--skip-bf16", action="store_true",
+                        help="no bfloat16 UNet steps (on a CPU without native bf16 each takes many minutes)")
     parser.add_argument("--txt2img-steps", type=int, default=20)
     parser.add_argument("--txt2img-repeats", type=int, default=2, help="fresh processes per side for the txt2img (best of)")
     parser.add_argument("--txt2img-sdxl", action="store_true",
@@ -661,7 +665,12 @@ def main() -> None:
         if args.sdxl_only:
             return
 
-    steps = report_unet_steps(32 if args.quick else 64, 1 if args.quick else 3, args.compile)
+    # Without native bf16 a bf16 step is emulated: minutes each, far beyond a quick run.
+    skip_bf16 = args.skip_bf16 or (args.quick and not cpu["bf16_flags"])
+    if skip_bf16:
+        print("bfloat16 UNet steps skipped" + ("" if args.skip_bf16 else " (--quick on a CPU without native bf16)"))
+    steps = report_unet_steps(32 if args.quick else 64, 1 if args.quick else 3, args.compile,
+                              ("bfloat16",) if skip_bf16 else ())
     if not args.skip_txt2img:
         size, count = (256, 4) if args.quick else (512, args.txt2img_steps)
         report_txt2img("sd15", size, count, best_dtypes(steps), args.compile, 1 if args.quick else args.txt2img_repeats)
