@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight/compute precision (default: auto, chosen for the device)",
     )
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the UNet with torch.compile (inductor; a C++ compiler on the CPU, triton on CUDA): "
+        "the first steps at each new size are slow, the rest faster; without a working compiler the "
+        "model runs uncompiled, with a warning in the log",
+    )
+    parser.add_argument(
         "--ckpt-dir",
         type=Path,
         default=DEFAULT_CKPT_DIR,

@@ -569,7 +569,7 @@ def serve(args: argparse.Namespace) -> int:
         disabled = disabled_extensions(Settings(settings))
         engine = Engine(device=args.device, precision=args.precision, ckpt_dir=Path(args.ckpt_dir),
                         output_dir=Path(args.outdir), lora_dir=args.lora_dir,
-                        disabled_extensions=disabled)
+                        disabled_extensions=disabled, compile=args.compile)
     except EngineError as exc:
         _error(str(exc))
         return 1

@@ -1,24 +1,37 @@
 """Speed and memory of the engine against diffusers, measured in the same run on this machine.
 
-    python bench/bench_engine.py            # everything below
-    python bench/bench_engine.py --quick    # smaller latent, one repeat (a smoke run)
+    python bench/bench_engine.py            # everything below but the flag-gated parts
+    python bench/bench_engine.py --quick    # a few minutes: steps at 256x256, a 4-step 256x256 txt2img, nothing else
+
+First line: torch, threads, the CPU's name and whether it has native bf16 (AMX or AVX512-BF16).
 
 1. One CFG step of the full-size SD 1.5 UNet (random weights, batch 2 = cond + uncond,
-   512x512 image = 64x64 latent): seconds per step and peak RSS, ours vs diffusers.
-2. Loading a full-size SD 1.5 single-file checkpoint (random weights, written once to a temp
+   512x512 image = 64x64 latent), best of 3 after a warm-up call: ours (channels-last, as the
+   engine runs it on a CPU) and diffusers in float32 and bfloat16, and diffusers float32
+   channels-last; with --compile also both compiled by torch.compile (inductor; the warm-up,
+   which compiles, is printed). Seconds per step, the speed-up over diffusers float32, peak RSS.
+2. A whole 20-step 512x512 txt2img (--txt2img-steps): full-size SD 1.5 layout with random
+   weights, prompt and negative prompt encoded, Euler, CFG 7, VAE decode, PIL picture; ours
+   (with a live preview made at every step, as the page shows them) against diffusers'
+   StableDiffusionPipeline, each in the precision that was faster for it in 1 (each one's best
+   setting on this machine); compiled too with --compile (a first untimed job compiles).
+   Best of --txt2img-repeats (2) fresh processes per side. --skip-txt2img leaves it out.
+   --txt2img-sdxl (and nothing else): the same at 1024x1024 with the SDXL base layout against
+   StableDiffusionXLPipeline, both in bfloat16 (slow: about an hour per side on 2 cores).
+3. Loading a full-size SD 1.5 single-file checkpoint (random weights, written once to a temp
    folder) and reading every weight once: peak RSS growth, as a ratio of the file size.
-
-3. A 4096x4096 decode through the SD 1.5-size VAE (random weights), tiled automatically:
+   Skipped with --skip-load.
+4. A 4096x4096 decode through the SD 1.5-size VAE (random weights), tiled automatically:
    seconds and peak RSS (must fit in this machine's 24 GiB). Skipped with --skip-vae4k.
    Then a 2048x2048 decode through the same VAE in a process whose address space is limited
    to 12 GB (RLIMIT_AS; its whole-picture attention alone would be 16 GiB): seconds, peak RSS
    and the tiles/attention blocks chosen from that limit. Skipped with --skip-vae2k;
    --vae2k-only runs only this one.
-4. With --sdxl: one CFG step (batch 2) of the full-size SDXL base UNet (2.57B parameters, random
+5. With --sdxl: one CFG step (batch 2) of the full-size SDXL base UNet (2.57B parameters, random
    weights, shapes from sdxl_base.json) at 1024x1024 (128x128 latent), ours vs diffusers, with
    the added size/pooled vector: seconds and peak RSS. --sdxl-dtype bfloat16 halves the memory
-   (about 10.3 GB of float32 weights per process otherwise). --sdxl-only skips 1-3.
-5. With --sdxl-txt2img (and nothing else): one whole SDXL txt2img at 1024x1024 through our
+   (about 10.3 GB of float32 weights per process otherwise). --sdxl-only skips the rest.
+6. With --sdxl-txt2img (and nothing else): one whole SDXL txt2img at 1024x1024 through our
    pipeline: the full-size base model (UNet, VAE, CLIP-L and OpenCLIP bigG text encoders; random
    weights in the real shapes of sdxl_base.json, built by the loader's build_model), prompt and
    negative prompt encoded, 2 Euler steps with CFG (--sdxl-txt2img-steps), VAE decode (tiled
@@ -28,8 +41,11 @@
    the same code on another manifest (a tiny one, as tests/test_bench.py does).
 
 Each measurement runs in a fresh subprocess so that peak RSS belongs to that measurement alone.
-Prints ratios (ours / diffusers, load RSS / file size); targets: both speed and memory ratios
-<= 1.0, load ratio < 1.5.
+Prints ratios against the reference measured in the same run (diffusers float32; ours / diffusers
+in each precision; load RSS / file size). Targets: the whole txt2img at least 1.2x as fast as
+diffusers float32 on a CPU without native bf16 (3x on one with it); memory ratios <= 1.0, load
+ratio < 1.5. The machine's load average is printed with each part: timings on a busy machine
+are not comparable.
 """
 from __future__ import annotations
 
@@ -143,22 +159,68 @@ def measure_sdxl_step(which: str, latent: int, dtype_name: str) -> dict:
     return {"seconds": seconds, "build_seconds": built, "peak_rss_mb": peak_rss_mb(), "finite": bool(torch.isfinite(out).all())}
 
 
-def measure_step(which: str, latent: int, repeats: int) -> dict:
+def cpu_description() -> dict:
+    """The processor's name and whether it has native bf16 arithmetic (AMX or AVX512-BF16)."""
+    import torch
+
+    name, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and name == "unknown CPU":
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    native = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    return {"name": name, "bf16_flags": native, "threads": torch.get_num_threads(),
+            "onednn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
+
+
+def prepare_unet(unet, which: str, compiled: bool, channels_last: bool):
+    """Our UNet as the engine runs it (core.speed.prepare_for_speed's layout), or diffusers'
+    with channels_last when asked; compiled with torch.compile (inductor) when asked."""
+    import torch
+
+    if which == "ours":
+        if channels_last:
+            unet.use_memory_format(torch.channels_last)
+    elif channels_last:
+        unet = unet.to(memory_format=torch.channels_last)
+    if compiled:
+        from core.speed import compile_module
+
+        if not compile_module(unet, torch.device("cpu")):
+            raise SystemExit("no compiler works here")
+    return unet
+
+
+def measure_step(which: str, latent: int, repeats: int, dtype_name: str = "float32", compiled: bool = False,
+                 channels_last: bool = True) -> dict:
+    """One CFG step (batch 2) of the SD 1.5-size UNet: best of ``repeats`` timed calls after a
+    warm-up call (which, compiled, includes the compile: reported as warmup_seconds)."""
     import torch
 
     torch.set_grad_enabled(False)
+    dtype = getattr(torch, dtype_name)
     unet, context_dim = build_ours() if which == "ours" else build_diffusers()
-    x = torch.randn(2, 4, latent, latent)
+    unet = prepare_unet(unet.to(dtype), which, compiled, channels_last)
+    x = torch.randn(2, 4, latent, latent, dtype=dtype)
+    if channels_last and which == "diffusers":
+        x = x.to(memory_format=torch.channels_last)
     t = torch.tensor([500.0, 500.0])
-    context = torch.randn(2, 77, context_dim)
+    context = torch.randn(2, 77, context_dim, dtype=dtype)
     call = (lambda: unet(x, t, context)) if which == "ours" else (lambda: unet(x, t, encoder_hidden_states=context).sample)
-    call()  # warm-up: allocator, kernels
+    start = time.perf_counter()
+    call()  # warm-up: allocator, kernels (and the compile)
+    warmup = time.perf_counter() - start
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-    return {"seconds": min(times), "peak_rss_mb": peak_rss_mb()}
+    return {"seconds": min(times), "warmup_seconds": warmup, "peak_rss_mb": peak_rss_mb()}
 
 
 def write_checkpoint(path: Path, dtype_name: str) -> None:
@@ -308,16 +370,230 @@ def report_sdxl_txt2img(shapes_file: str, size: int, steps: int, dtype_name: str
     return r
 
 
+PROMPT = "a photograph of an astronaut riding a horse on the moon, detailed"
+NEGATIVE = "blurry, low quality"
+
+
+def build_ours_txt2img(family: str, dtype, compiled: bool):
+    """Our model of the full-size layout (random weights), as the engine prepares it."""
+    import torch
+
+    from core.speed import prepare_for_speed
+    from core.conditioning import make_conditioner
+    from core.loading import build_model, normalise_keys
+    from core.models.detection import detect
+    from core.text.tokenizer import load_clip_tokenizer
+
+    reference = REFERENCE if family == "sd15" else SDXL_REFERENCE
+    shapes = normalise_keys({k: tuple(v) for k, v in json.loads(reference.read_text())["tensors"].items()})
+    model = build_model(normalise_keys(random_weights(shapes, dtype)), detect(shapes), dtype=dtype, name=reference.name)
+    prepare_for_speed(model, torch.device("cpu"), compiled)
+    return model, make_conditioner(model, load_clip_tokenizer())
+
+
+def run_ours_txt2img(model, conditioner, size: int, steps: int, previews: bool) -> tuple[object, int]:
+    """One whole job as the engine runs it: prompts encoded, Euler with CFG 7, VAE decode, PIL
+    picture; with ``previews`` a live preview picture is made at every step, as the page's."""
+    from app.preview import latent_preview
+    from core.params import GenerationParams
+    from core.pipelines.common import decode_latents, to_pil
+    from core.pipelines.sampling_run import sample_latents
+
+    params = GenerationParams(prompt=PROMPT, negative_prompt=NEGATIVE, steps=steps, cfg_scale=7.0, width=size,
+                              height=size, sampler="Euler", seed=1)
+    made = []
+
+    def on_step(step, sigma, x, denoised):
+        made.append(latent_preview(denoised, model.spec.latent_format))
+
+    latents = sample_latents(model, conditioner, params, [1], on_step if previews else None)
+    return to_pil(decode_latents(model.vae, latents))[0], len(made)
+
+
+def diffusers_vae(size: int, scaling_factor: float):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=size,
+        scaling_factor=scaling_factor,
+    )
+
+
+def clip_config(hidden: int, layers: int, heads: int, activation: str):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
+                          num_attention_heads=heads, max_position_embeddings=77, hidden_act=activation, projection_dim=hidden,
+                          bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+
+
+def build_diffusers_txt2img(family: str, dtype, compiled: bool):
+    """diffusers' pipeline of the same size (its own random initialisation), Euler as ours."""
+    import torch
+    from diffusers import EulerDiscreteScheduler
+    from transformers import CLIPTextModel
+
+    from core.text.tokenizer import load_clip_tokenizer
+
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       timestep_spacing="linspace")
+    torch.manual_seed(0)
+    text = CLIPTextModel(clip_config(768, 12, 12, "quick_gelu"))
+    tokenizer = load_clip_tokenizer().hf
+    if family == "sd15":
+        from diffusers import StableDiffusionPipeline
+
+        unet, _ = build_diffusers()
+        pipe = StableDiffusionPipeline(vae=diffusers_vae(512, 0.18215), text_encoder=text, tokenizer=tokenizer, unet=unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    else:
+        from diffusers import StableDiffusionXLPipeline
+        from transformers import CLIPTextModelWithProjection
+
+        unet, _ = build_diffusers_sdxl()
+        text_2 = CLIPTextModelWithProjection(clip_config(1280, 32, 20, "gelu"))
+        pipe = StableDiffusionXLPipeline(vae=diffusers_vae(1024, 0.13025), text_encoder=text, text_encoder_2=text_2,
+                                         tokenizer=tokenizer, tokenizer_2=load_clip_tokenizer(pad_with_eos=False).hf,
+                                         unet=unet, scheduler=scheduler)
+    pipe = pipe.to(dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    if compiled:
+        from core.speed import compile_module
+
+        if not compile_module(pipe.unet, torch.device("cpu")):
+            raise SystemExit("no compiler works here")
+    return pipe
+
+
+def measure_txt2img(which: str, family: str, size: int, steps: int, dtype_name: str, compiled: bool, previews: bool) -> dict:
+    """A whole ``size`` x ``size`` txt2img (prompt and negative prompt encoded, ``steps`` Euler
+    steps with CFG 7, VAE decode, PIL picture) with a full-size model of random weights. With
+    ``compiled`` a first job of the same shape runs untimed (it compiles); the build is not timed."""
+    import torch
+
+    torch.set_grad_enabled(False)
+    dtype = getattr(torch, dtype_name)
+    start = time.perf_counter()
+    if which == "ours":
+        model, conditioner = build_ours_txt2img(family, dtype, compiled)
+
+        def job():
+            conditioner.cache.clear()  # the text encoding belongs to the timed job
+            return run_ours_txt2img(model, conditioner, size, steps, previews)
+    else:
+        pipe = build_diffusers_txt2img(family, dtype, compiled)
+
+        def job():
+            out = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=7.0, width=size,
+                       height=size, generator=torch.Generator().manual_seed(1), output_type="pil")
+            return out.images[0], 0
+    built = time.perf_counter() - start
+    warmup = None
+    if compiled:
+        start = time.perf_counter()
+        job()
+        warmup = time.perf_counter() - start
+    start = time.perf_counter()
+    image, previews_made = job()
+    return {"seconds": time.perf_counter() - start, "build_seconds": built, "warmup_seconds": warmup,
+            "peak_rss_mb": peak_rss_mb(), "size": list(image.size), "previews": previews_made}
+
+
 def in_subprocess(*args: str) -> dict:
     out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# (which, dtype, compiled, channels_last) of the UNet step variants; ours runs as the engine runs it
+# on a CPU (channels-last), diffusers as it comes (channels-first) and, for comparison, channels-last.
+STEP_VARIANTS = [("ours", "float32", False, True), ("diffusers", "float32", False, False),
+                 ("ours", "bfloat16", False, True), ("diffusers", "bfloat16", False, False),
+                 ("diffusers", "float32", False, True)]
+COMPILED_VARIANTS = [("ours", "float32", True, True), ("diffusers", "float32", True, False)]
+
+
+def variant_name(which: str, dtype_name: str, compiled: bool, channels_last: bool) -> str:
+    layout = ", channels_last" if channels_last and which == "diffusers" else ""
+    return f"{which} {dtype_name}{', compiled' if compiled else ''}{layout}"
+
+
+def report_unet_steps(latent: int, repeats: int, compiled: bool, skip: tuple[str, ...] = ()) -> dict:
+    """Each variant in a fresh process; ratios against diffusers float32 measured in this run."""
+    print(f"UNet step: SD 1.5 size, batch 2 (CFG), latent {latent}x{latent} ({latent * 8}x{latent * 8} image), "
+          f"best of {repeats} after a warm-up call, each in a fresh process; load {os.getloadavg()[0]:.1f}")
+    results = {}
+    for variant in STEP_VARIANTS + (COMPILED_VARIANTS if compiled else []):
+        which, dtype_name, compile_it, channels_last = variant
+        if dtype_name in skip:
+            continue
+        try:
+            results[variant] = in_subprocess("--_step", which, str(latent), str(repeats), dtype_name, str(int(compile_it)),
+                                             str(int(channels_last)))
+        except subprocess.CalledProcessError as exc:
+            print(f"  {variant_name(*variant):40s} failed: {exc.stderr.strip().splitlines()[-1] if exc.stderr else exc}")
+    reference = results[("diffusers", "float32", False, False)]["seconds"]
+    for variant, r in results.items():
+        warmup = f", warm-up {r['warmup_seconds']:.0f} s (compile)" if variant[2] else ""
+        print(f"  {variant_name(*variant):40s} {r['seconds']:7.2f} s/step  {reference / r['seconds']:5.2f}x diffusers float32"
+              f"   peak RSS {r['peak_rss_mb']:6.0f} MB{warmup}")
+    for dtype_name in ("float32", "bfloat16"):
+        ours, theirs = (results.get((w, dtype_name, False, w == "ours")) for w in ("ours", "diffusers"))
+        if ours and theirs:
+            print(f"  ratio ours/diffusers in {dtype_name}: time {ours['seconds'] / theirs['seconds']:.3f}, "
+                  f"peak RSS {ours['peak_rss_mb'] / theirs['peak_rss_mb']:.3f}")
+    return results
+
+
+def best_dtypes(results: dict) -> dict:
+    """Each side's faster precision (uncompiled, each side's default layout) in these step results."""
+    best = {}
+    for which in ("ours", "diffusers"):
+        timed = {v[1]: r["seconds"] for v, r in results.items() if v[0] == which and not v[2] and v[3] == (which == "ours")}
+        best[which] = min(timed, key=timed.get)
+    return best
+
+
+def report_txt2img(family: str, size: int, steps: int, dtypes: dict, compiled: bool, repeats: int) -> dict:
+    """Ours (live previews on) against diffusers' pipeline (no previews), each at ``dtypes``,
+    best of ``repeats`` fresh processes each, alternating so that a change of load hits both."""
+    label = "SD 1.5" if family == "sd15" else "SDXL base"
+    print(f"txt2img {size}x{size}, {label} size (random weights), {steps} Euler steps, CFG 7, VAE decode included; "
+          f"best of {repeats} fresh processes; ours with a live preview every step; load {os.getloadavg()[0]:.1f}")
+    results: dict[str, list] = {"ours": [], "diffusers": []}
+    for _ in range(repeats):
+        for which in results:
+            results[which].append(in_subprocess("--_txt2img", which, family, str(size), str(steps), dtypes[which],
+                                                str(int(compiled)), str(int(which == "ours"))))
+    best = {which: min(runs, key=lambda r: r["seconds"]) for which, runs in results.items()}
+    for which, r in best.items():
+        others = ", ".join(f"{x['seconds']:.1f}" for x in results[which])
+        print(f"  {which:10s} {dtypes[which]:9s}{' compiled' if compiled else ''} {r['seconds']:7.1f} s (runs: {others})  "
+              f"peak RSS {r['peak_rss_mb']:6.0f} MB  previews {r['previews']}")
+    ratio = best["diffusers"]["seconds"] / best["ours"]["seconds"]
+    print(f"  ours is {ratio:.2f}x as fast as diffusers ({'faster' if ratio > 1 else 'slower'}); "
+          f"load now {os.getloadavg()[0]:.1f}")
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-load", action="store_true")
-    parser.add_argument("--_step", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--_step", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the UNet step compiled with torch.compile (inductor), ours and diffusers, and run "
+                             "the whole txt2img compiled (a first untimed job compiles)")
+    parser.add_argument("--skip-txt2img", action="store_true", help="no whole 512x512 txt2img comparison")
+    parser.add_argument("--skip-bf16", action="store_true",
+                        help="no bfloat16 UNet steps (on a CPU without native bf16 each takes many minutes)")
+    parser.add_argument("--txt2img-steps", type=int, default=20)
+    parser.add_argument("--txt2img-repeats", type=int, default=2, help="fresh processes per side for the txt2img (best of)")
+    parser.add_argument("--txt2img-sdxl", action="store_true",
+                        help="only: a whole SDXL 1024x1024 txt2img, ours vs diffusers' StableDiffusionXLPipeline, in "
+                             "bfloat16 (--txt2img-steps, one process each; about an hour per side on 2 cores)")
+    parser.add_argument("--_txt2img", nargs=7, help=argparse.SUPPRESS)
     parser.add_argument("--skip-vae4k", action="store_true")
     parser.add_argument("--_load", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--_vae", type=int, help=argparse.SUPPRESS)
@@ -344,7 +620,12 @@ def main() -> None:
         print(json.dumps(measure_sdxl_step(args._sdxl[0], int(args._sdxl[1]), args._sdxl[2])))
         return
     if args._step:
-        print(json.dumps(measure_step(args._step[0], int(args._step[1]), int(args._step[2]))))
+        which, latent, repeats, dtype_name, compiled, channels_last = args._step
+        print(json.dumps(measure_step(which, int(latent), int(repeats), dtype_name, compiled == "1", channels_last == "1")))
+        return
+    if args._txt2img:
+        which, family, size, steps, dtype_name, compiled, previews = args._txt2img
+        print(json.dumps(measure_txt2img(which, family, int(size), int(steps), dtype_name, compiled == "1", previews == "1")))
         return
     if args._load:
         print(json.dumps(measure_load(*args._load)))
@@ -358,7 +639,13 @@ def main() -> None:
 
     import torch
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    cpu = cpu_description()
+    native = f"native bf16 ({', '.join(cpu['bf16_flags'])})" if cpu["bf16_flags"] else "no native bf16 (no AMX or AVX512-BF16)"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: {cpu['name']}, {native}; "
+          f"oneDNN bf16 kernels: {cpu['onednn_bf16']}; load {os.getloadavg()[0]:.1f}")
+    if args.txt2img_sdxl:
+        report_txt2img("sdxl", 1024, args.txt2img_steps, {"ours": "bfloat16", "diffusers": "bfloat16"}, args.compile, 1)
+        return
     if args.vae2k_only:
         report_vae_limited()
         return
@@ -378,13 +665,17 @@ def main() -> None:
         if args.sdxl_only:
             return
 
-    latent, repeats = (32, 1) if args.quick else (64, 3)
-    print(f"UNet step: SD 1.5 size, batch 2 (CFG), latent {latent}x{latent} ({latent * 8}x{latent * 8} image), best of {repeats}")
-    results = {which: in_subprocess("--_step", which, str(latent), str(repeats)) for which in ("ours", "diffusers")}
-    for which, r in results.items():
-        print(f"  {which:10s} {r['seconds']:7.2f} s/step   peak RSS {r['peak_rss_mb']:8.0f} MB")
-    print(f"  ratio ours/diffusers: time {results['ours']['seconds'] / results['diffusers']['seconds']:.3f}, "
-          f"peak RSS {results['ours']['peak_rss_mb'] / results['diffusers']['peak_rss_mb']:.3f}")
+    # Without native bf16 a bf16 step is emulated: minutes each, far beyond a quick run.
+    skip_bf16 = args.skip_bf16 or (args.quick and not cpu["bf16_flags"])
+    if skip_bf16:
+        print("bfloat16 UNet steps skipped" + ("" if args.skip_bf16 else " (--quick on a CPU without native bf16)"))
+    steps = report_unet_steps(32 if args.quick else 64, 1 if args.quick else 3, args.compile,
+                              ("bfloat16",) if skip_bf16 else ())
+    if not args.skip_txt2img:
+        size, count = (256, 4) if args.quick else (512, args.txt2img_steps)
+        report_txt2img("sd15", size, count, best_dtypes(steps), args.compile, 1 if args.quick else args.txt2img_repeats)
+    if args.quick:
+        return
 
     if not args.skip_vae4k:
         size = 1024 if args.quick else 4096

@@ -22,6 +22,7 @@
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -117,7 +118,8 @@ class TextConditioner:
         config = getattr(text_encoder, "config", None)
         # The encoder's convention wins over the tokenizer's: OpenCLIP towers pad with 0.
         self.pad_id = tokenizer.eos_id if getattr(config, "pad_with_eos", True) else 0
-        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        # Encoded prompts by text; the engine shares one between jobs (EncodedPromptCache).
+        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def chunk_ids(self, chunk: PromptChunk) -> list[int]:
         tokens = list(chunk.tokens)
@@ -175,9 +177,9 @@ class TextConditioner:
         return self.encode_chunks_with_pooled(chunks)[0]
 
     def encode_with_pooled(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if text not in self._cache:
-            self._cache[text] = self.encode_chunks_with_pooled(tokenize_prompt(self.tokenizer, text, self.embeddings))
-        return self._cache[text]
+        if text not in self.cache:
+            self.cache[text] = self.encode_chunks_with_pooled(tokenize_prompt(self.tokenizer, text, self.embeddings))
+        return self.cache[text]
 
     def encode(self, text: str) -> torch.Tensor:
         return self.encode_with_pooled(text)[0]
@@ -256,18 +258,19 @@ class SDXLConditioner:
         self.crop = crop  # (top, left), A1111's sdxl_crop_top / sdxl_crop_left
         self.aesthetic_score = aesthetic_score  # refiner; A1111's defaults 6.0 and 2.5
         self.negative_aesthetic_score = negative_aesthetic_score
-        self._cache: dict[str, PooledText] = {}
+        # Encoded prompts by text (both encoders'); the engine shares one between jobs.
+        self.cache: dict[str, PooledText] = {}
 
     @property
     def text_encoder(self):
         return self.parts[0].text_encoder
 
     def encode(self, text: str) -> PooledText:
-        if text not in self._cache:
+        if text not in self.cache:
             encoded = [part.encode_with_pooled(text) for part in self.parts]
             context = torch.cat([z for z, _ in encoded], dim=-1)
-            self._cache[text] = PooledText(context, encoded[self.pooled_part][1])
-        return self._cache[text]
+            self.cache[text] = PooledText(context, encoded[self.pooled_part][1])
+        return self.cache[text]
 
     def zeros_like(self, encoded: PooledText) -> PooledText:
         return PooledText(torch.zeros_like(encoded.context), torch.zeros_like(encoded.pooled))
@@ -299,9 +302,59 @@ class SDXLConditioner:
 
 
 def make_conditioner(model, tokenizer: ClipTokenizer, embeddings=None, clip_skip: int = 1, emphasis: str = "Original",
-                     check_stop: Callable[[], None] | None = None):
+                     check_stop: Callable[[], None] | None = None, cache: dict | None = None):
     """The prompt encoder a model needs, as its family says (core/models/families.py):
     ``TextConditioner`` for one text encoder (SD 1.x/2.x, x4 upscaler), ``SDXLConditioner``
     for SDXL base and refiner. ``check_stop`` is called between groups of chunks and may raise
-    to end the encoding (a job's interrupt)."""
-    return model.spec.family_info.conditioner(model, tokenizer, embeddings, clip_skip, emphasis, check_stop)
+    to end the encoding (a job's interrupt). ``cache``: encoded prompts by text to use and fill
+    (EncodedPromptCache.entries_for), instead of a cache of this conditioner's own."""
+    conditioner = model.spec.family_info.conditioner(model, tokenizer, embeddings, clip_skip, emphasis, check_stop)
+    if cache is not None:
+        conditioner.cache = cache
+    return conditioner
+
+
+def text_weights_signature(model) -> tuple:
+    """Where each text-encoder weight lives and how often it was changed in place: a merged LoRA
+    either swaps a weight for a new tensor (another address) or writes into it (a new version)."""
+    return tuple((p.data_ptr(), p._version) for encoder in model.text_encoders for p in encoder.parameters())
+
+
+class EncodedPromptCache:
+    """Encoded prompts kept from job to job: a batch count of N, or the same prompt generated
+    again, encodes each text once. The entries hold only while everything else that shapes an
+    encoding is unchanged: the model object, its text-encoder weights (LoRA merges), its
+    embeddings, clip skip, emphasis and the job's extra-network tags; any change starts afresh.
+    At most ``limit`` texts are kept (the oldest go first)."""
+
+    def __init__(self, limit: int = 32):
+        self.limit = limit
+        self._model = None  # weakref: the cache must not keep an unloaded model alive
+        self._state: tuple | None = None
+        self._entries: dict = {}
+        self._embeddings = None
+
+    def entries_for(self, model, embeddings, clip_skip: int, emphasis: str, extra_networks=()) -> dict:
+        """The encoded prompts valid for a job with these settings (empty after any change)."""
+        vectors = tuple((name, id(e.vectors)) for name, e in sorted(embeddings.by_name.items())) if embeddings is not None else ()
+        state = (id(embeddings), vectors, clip_skip, emphasis, repr(list(extra_networks)), text_weights_signature(model))
+        same_model = self._model is not None and self._model() is model
+        if not same_model or state != self._state:
+            self._model, self._state, self._entries = weakref.ref(model), state, BoundedDict(self.limit)
+            # Holding the embeddings keeps their ids (and their vectors') from being reused while
+            # they are in the key.
+            self._embeddings = embeddings
+        return self._entries
+
+
+class BoundedDict(dict):
+    """A dict that forgets its oldest entries beyond ``limit``."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        while len(self) > self.limit:
+            del self[next(iter(self))]

@@ -19,7 +19,8 @@ import torch
 from core.devices import resolve_device, resolve_dtype
 from core.errors import NOT_FOUND, TOO_LARGE, UNAVAILABLE, EngineError
 from core.hashing import HashCache
-from core.conditioning import make_conditioner
+from core.speed import prepare_for_speed
+from core.conditioning import EncodedPromptCache, make_conditioner
 from core.demo import DEMO_CHECKPOINT, is_demo, with_demo
 from core.embeddings import EmbeddingDatabase
 from core.extensions import ExtensionRegistry, Job
@@ -117,8 +118,12 @@ class Engine:
         disabled_extensions: set[str] | frozenset = frozenset(),
         models_dir: str | Path | None = None,
         lora_dir: str | Path | None = None,
+        compile: bool = False,
     ):
+        """``compile``: compile each loaded UNet with torch.compile (inductor), falling back to
+        eager execution with a logged warning where no compiler works (core/speed.py)."""
         self.device = resolve_device(device)
+        self.compile = compile
         self.dtype = resolve_dtype(precision, self.device)
         # Upscaler models follow a precision that was asked for; under auto each kind picks the
         # device's auto precision where its models support it (fp16 or else bf16 on GPUs).
@@ -150,6 +155,7 @@ class Engine:
         from core.upscaling import ModelCache
 
         self.upscaler_cache = ModelCache()  # the last upscaler model, kept between jobs
+        self.encoded_prompts = EncodedPromptCache()  # prompts encoded by earlier batches and jobs
         self.extensions = ExtensionRegistry(self)
         self.extensions.load_folder(Path(extensions_dir) if extensions_dir else ROOT / "extensions", set(disabled_extensions))
 
@@ -232,6 +238,7 @@ class Engine:
             self.extensions.run("before_model_load", path)
             model = load_model(path, device=self.device, dtype=self.dtype, prediction=overrides[0],
                                zero_terminal_snr=overrides[1], progress=report)
+            prepare_for_speed(model, self.device, self.compile)
             self.loaded = LoadedModel(path=path, name=_model_name(path), model=model, embeddings=self._embeddings(model),
                                       overrides=overrides)
             self.extensions.run("after_model_load", self.loaded)
@@ -296,6 +303,7 @@ class Engine:
             return self.refiner
         self.free_refiner()
         model = load_model(path, device="cpu" if self.refiner_offload else self.device, dtype=self.dtype)
+        prepare_for_speed(model, self.device, self.compile)
         spec = model.spec
         if spec.is_upscaler or model.unet.config.in_channels != model.vae.config.embed_dim:
             raise EngineError(f"{path.name} is {spec.label} ({'an upscaler' if spec.is_upscaler else 'an inpainting model'}); "
@@ -487,8 +495,10 @@ class Engine:
                 params = job.params
                 first_seed = resolve_seed(params.seed)
                 first_subseed = resolve_seed(params.subseed) if params.subseed_strength > 0 else None
+                encoded = self.encoded_prompts.entries_for(loaded.model, loaded.embeddings, params.clip_skip, params.emphasis,
+                                                           tags)
                 conditioner = make_conditioner(loaded.model, self.tokenizer, loaded.embeddings, params.clip_skip, params.emphasis,
-                                               self._check_stop)
+                                               self._check_stop, cache=encoded)
                 model_hash = self.model_hash()
                 out_dir = self.output_dir / f"{kind}-images" / dt.date.today().isoformat()
                 started = time.monotonic()

@@ -112,3 +112,115 @@ def test_jobs_from_threads_run_one_at_a_time(engine):
         t.join()
     assert sorted(results) == [11, 12, 13]
     assert np.array_equal(pixels(results[12]), pixels(make(engine, seed=12, steps=3)[0]))
+
+
+def count_encodings(monkeypatch) -> list[int]:
+    """The chunk count of every prompt the text encoders encode from now on."""
+    from core.conditioning import TextConditioner
+
+    calls: list[int] = []
+    original = TextConditioner.encode_chunks_with_pooled
+
+    def counted(self, chunks):
+        calls.append(len(chunks))
+        return original(self, chunks)
+
+    monkeypatch.setattr(TextConditioner, "encode_chunks_with_pooled", counted)
+    return calls
+
+
+def test_a_batch_count_of_three_encodes_each_prompt_once(tiny_checkpoints, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    engine = Engine(device="cpu", ckpt_dir=tiny_checkpoints["safetensors"].parent, output_dir=out, hash_cache=out / "h.json")
+    calls = count_encodings(monkeypatch)
+    first = make(engine, prompt="a cached prompt", batch_count=3)
+    assert len(first) == 3
+    assert len(calls) == 2  # the prompt and the negative prompt, once for all three batches
+    again = make(engine, prompt="a cached prompt", batch_count=1)
+    assert len(calls) == 2  # the next job with the same prompts encodes nothing
+    assert np.array_equal(pixels(again[0]), pixels(first[0]))
+    make(engine, prompt="another prompt")
+    assert len(calls) == 3  # a new prompt is encoded; the negative prompt still comes from the cache
+
+
+def test_changed_text_encoder_weights_or_embeddings_encode_again(tiny_checkpoints, tmp_path, monkeypatch):
+    """What a LoRA merge does to the text encoder (a weight written in place, or swapped for a
+    new tensor) and a new embedding each make the cached encodings invalid."""
+    import torch
+
+    from core.embeddings import Embedding
+
+    out = tmp_path / "out"
+    engine = Engine(device="cpu", ckpt_dir=tiny_checkpoints["safetensors"].parent, output_dir=out, hash_cache=out / "h.json")
+    calls = count_encodings(monkeypatch)
+    before = make(engine, prompt="a red circle")
+    assert len(calls) == 2
+    weight = engine.loaded.model.text_encoder.transformer.embeddings.token_embedding.weight
+    original = weight.detach().clone()
+    with torch.no_grad():
+        weight.mul_(1.5)  # as LoRA's "copy" merge
+    changed = make(engine, prompt="a red circle")
+    assert len(calls) == 4
+    assert not np.array_equal(pixels(changed[0]), pixels(before[0]))
+    weight.data = original  # as LoRA's "swap" restore: another tensor
+    restored = make(engine, prompt="a red circle")
+    assert len(calls) == 6
+    assert np.array_equal(pixels(restored[0]), pixels(before[0]))
+    hidden = engine.loaded.model.spec.text.hidden_size
+    engine.loaded.embeddings.add(Embedding("newthing", torch.zeros(1, hidden), None), engine.tokenizer)
+    make(engine, prompt="a red circle")
+    assert len(calls) == 8
+
+
+def test_compile_without_a_compiler_runs_uncompiled_with_a_warning(tiny_checkpoints, tmp_path, monkeypatch, caplog):
+    import core.speed
+
+    monkeypatch.setattr(core.speed.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    out = tmp_path / "out"
+    engine = Engine(device="cpu", ckpt_dir=tiny_checkpoints["safetensors"].parent, output_dir=out, hash_cache=out / "h.json",
+                    compile=True)
+    plain = Engine(device="cpu", ckpt_dir=tiny_checkpoints["safetensors"].parent, output_dir=out, hash_cache=out / "h.json")
+    with caplog.at_level("WARNING", logger="core.speed"):
+        image = make(engine)[0]
+    assert "no C++ compiler found" in caplog.text and "running without compiling" in caplog.text
+    assert engine.loaded.model.unet._compiled_call_impl is None
+    assert np.array_equal(pixels(image), pixels(make(plain)[0]))
+
+
+def test_compile_that_fails_falls_back_with_a_warning(monkeypatch, caplog):
+    import torch
+
+    import core.speed
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("inductor exploded")
+
+    monkeypatch.setattr(core.speed, "compiler_problem", lambda device: None)
+    monkeypatch.setattr(torch.nn.Module, "compile", broken)
+    layer = torch.nn.Linear(2, 2)
+    with caplog.at_level("WARNING", logger="core.speed"):
+        assert core.speed.compile_module(layer, torch.device("cpu")) is False
+    assert "inductor exploded" in caplog.text
+    assert layer(torch.ones(1, 2)).shape == (1, 2)
+
+
+def test_channels_last_unet_computes_the_same_as_channels_first(tiny_checkpoints):
+    """The layout the engine runs the UNet in on a CPU changes the speed, not the numbers."""
+    import copy
+
+    import torch
+
+    from core.loading import load_model
+
+    unet = load_model(tiny_checkpoints["safetensors"]).unet
+    channels_last = copy.deepcopy(unet).use_memory_format(torch.channels_last)
+    assert channels_last.memory_format == torch.channels_last and unet.memory_format == torch.contiguous_format
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 8, 6, generator=generator)
+    context = torch.randn(2, 77, unet.config.context_dim, generator=generator)
+    with torch.no_grad():
+        expected = unet(x, torch.tensor([500.0, 20.0]), context)
+        got = channels_last(x, torch.tensor([500.0, 20.0]), context)
+    assert got.is_contiguous()
+    assert (got - expected).abs().max() < 1e-5

@@ -88,7 +88,7 @@ def test_help_lists_all_flags():
     done = run_py(["launch.py", "--help"], timeout=30)
     assert done.returncode == 0, done.stderr
     for flag in ("--skip-install", "--device", "--precision", "--ckpt-dir", "--outdir",
-                 "--listen", "--port", "--nowebui", "--api", "--api-auth", "--insecure", "--ui-settings-file",
+                 "--listen", "--port", "--nowebui", "--api", "--api-auth", "--insecure", "--ui-settings-file", "--compile",
                  "--allowed-dir"):
         assert flag in done.stdout
     for choice in ("auto,cpu,cuda,mps", "auto,fp32,fp16,bf16"):
@@ -495,7 +495,7 @@ def test_server_serve_binds_host_and_port_and_reports_engine_errors(monkeypatch,
     assert server.serve(args()) == 0
     assert server.serve(args(listen=True, insecure=True, port=8123)) == 0
     assert made[0] == dict(device="cpu", precision="fp32", ckpt_dir=tmp_path / "ck", output_dir=tmp_path / "out", lora_dir=None,
-                           disabled_extensions=set())
+                           disabled_extensions=set(), compile=False)
     assert [(host, port) for _, host, port in served] == [("127.0.0.1", 7999), ("0.0.0.0", 8123)]
     _, _, options = served[0][0]
     assert (options["api"], options["ui"]) == (False, True)
@@ -504,6 +504,8 @@ def test_server_serve_binds_host_and_port_and_reports_engine_errors(monkeypatch,
     (tmp_path / "config.json").write_text('{"sd_checkpoint_load_at_start": false}')
     assert server.serve(args()) == 0
     assert served[-1][0][2]["load_checkpoint"] is None
+    assert server.serve(args(compile=True)) == 0
+    assert made[-1]["compile"] is True  # launch.py --compile reaches the engine
     served.pop()
 
     assert server.serve(args(device="mps")) == 1

@@ -63,6 +63,14 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     return emb
 
 
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """channels_last for a 4-D map stored that way (and not also channels-first, as a 1x1 map
+    or a single channel is), else contiguous_format."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def normalization(channels: int, eps: float = 1e-5, groups: int = 32) -> nn.GroupNorm:
     return GroupNorm32(groups, channels, eps=eps)
 
@@ -170,9 +178,10 @@ class SpatialTransformer(nn.Module):
             x = block(x, context)
         if self.use_linear:
             x = self.proj_out(x)
-        # contiguous(): a permuted map would reach the conv as channels-last and drag the rest of
-        # the network into format conversions (a third slower on CPU).
-        x = x.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
+        # Back in the input's memory format: a permuted (channels-last) map reaching the convs of
+        # a channels-first network drags it into format conversions (a third slower on CPU);
+        # in a channels-last network the permuted map already is the layout the convs want.
+        x = x.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous(memory_format=memory_format_of(x_in))
         if not self.use_linear:
             x = self.proj_out(x)
         return x + x_in
@@ -277,6 +286,16 @@ class UNetModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.out[2].weight.dtype
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The layout of the convolution weights, which inputs are converted to (channels_last
+        after ``use_memory_format(torch.channels_last)``: faster with oneDNN on a CPU)."""
+        return memory_format_of(self.input_blocks[0][0].weight)
+
+    def use_memory_format(self, memory_format: torch.memory_format) -> "UNetModel":
+        """Store every convolution weight in ``memory_format``; inputs follow in ``forward``."""
+        return self.to(memory_format=memory_format)
+
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None = None):
         """x: noisy latent (B, C, H, W); timesteps: (B,) possibly fractional; context: (B, T, D);
         y: SDXL's added conditioning vector (B, adm_in_channels), or the x4 upscaler's integer
@@ -290,7 +309,7 @@ class UNetModel(nn.Module):
                 emb = emb + self.label_emb(y.to(emb.device).long())
             else:
                 emb = emb + self.label_emb(y.to(dtype))
-        h = x.to(dtype)
+        h = x.to(dtype, memory_format=self.memory_format)
         context = context.to(dtype)
         skips = []
         for block in self.input_blocks:
@@ -302,4 +321,4 @@ class UNetModel(nn.Module):
             h = torch.cat([h, skip], dim=1)
             # Odd latent sizes: upsample to the size of the skip connection waiting one stage up.
             h = block(h, emb, context, upsample_size=skips[-1].shape[-2:] if skips else None)
-        return self.out(h).to(x.dtype)
+        return self.out(h).to(x.dtype, memory_format=torch.contiguous_format)

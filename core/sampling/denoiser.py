@@ -82,6 +82,28 @@ class CFGDenoiser:
         self.keep_mask: torch.Tensor | None = None
         # Per-image class labels for the UNet (the x4 upscaler's noise level), (n,).
         self.class_labels: torch.Tensor | None = None
+        # (contexts, n, device, (context batch, kwargs)) of the last call, see _batched_contexts.
+        self._batch: tuple | None = None
+
+    def _batched_contexts(self, contexts: list, n: int, device) -> tuple[torch.Tensor, dict]:
+        """The UNet's context batch (and SDXL's added vectors) for these contexts, each repeated
+        for the ``n`` images: built once and reused while the scheduled prompts stay the same
+        (every step but those where prompt editing switches text)."""
+        if self._batch is not None:
+            previous, previous_n, previous_device, batch = self._batch
+            if previous_n == n and previous_device == device and len(previous) == len(contexts) \
+                    and all(a is b for a, b in zip(previous, contexts)):
+                return batch[0], dict(batch[1])  # a copy: the caller adds its own arguments
+        kwargs = {}
+        plain = contexts
+        if isinstance(contexts[0], Conditioning):
+            if contexts[0].vector is not None:
+                kwargs["y"] = torch.cat([c.vector[None].expand(n, -1) for c in contexts]).to(device)
+            plain = [c.context for c in contexts]
+        # Contexts are (tokens, hidden), all padded to one length when the guidance was built.
+        context = torch.cat([c[None].expand(n, -1, -1) for c in plain])
+        self._batch = (contexts, n, device, (context, kwargs))
+        return context, dict(kwargs)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
@@ -89,13 +111,7 @@ class CFGDenoiser:
         use_uncond = not (self.cfg_scale == 1.0 and len(self.conds) == 1 and self.conds[0][1] == 1.0)
         if use_uncond:
             contexts.insert(0, self.uncond.at(self.step))
-        # Contexts are (tokens, hidden), all padded to one length when the guidance was built.
-        kwargs = {}
-        if isinstance(contexts[0], Conditioning):
-            if contexts[0].vector is not None:
-                kwargs["y"] = torch.cat([c.vector[None].expand(n, -1) for c in contexts]).to(x.device)
-            contexts = [c.context for c in contexts]
-        context = torch.cat([c[None].expand(n, -1, -1) for c in contexts])
+        context, kwargs = self._batched_contexts(contexts, n, x.device)
         x_in = x.repeat(len(contexts), 1, 1, 1)
         if self.class_labels is not None:
             kwargs["y"] = self.class_labels.to(x.device).repeat(len(contexts))
@@ -106,7 +122,7 @@ class CFGDenoiser:
             guided = out[0]
         else:
             uncond, conds = out[0], out[1:]
-            guided = uncond.clone()
+            guided = uncond  # each sum below is a new tensor: uncond itself is never written
             for (_, weight), cond in zip(self.conds, conds):
                 guided = guided + (cond - uncond) * (self.cfg_scale * weight)
         if self.keep_mask is not None:
