@@ -504,6 +504,7 @@ def test_server_serve_binds_host_and_port_and_reports_engine_errors(monkeypatch,
     (tmp_path / "config.json").write_text('{"sd_checkpoint_load_at_start": false}')
     assert server.serve(args()) == 0
     assert served[-1][0][2]["load_checkpoint"] is None
+    served.pop()
     assert server.serve(args(compile=True)) == 0
     assert made[-1]["compile"] is True  # launch.py --compile reaches the engine
     served.pop()
