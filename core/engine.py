@@ -303,7 +303,6 @@ class Engine:
             return self.refiner
         self.free_refiner()
         model = load_model(path, device="cpu" if self.refiner_offload else self.device, dtype=self.dtype)
-        prepare_for_speed(model, self.device, self.compile)
         spec = model.spec
         if spec.is_upscaler or model.unet.config.in_channels != model.vae.config.embed_dim:
             raise EngineError(f"{path.name} is {spec.label} ({'an upscaler' if spec.is_upscaler else 'an inpainting model'}); "
@@ -311,6 +310,7 @@ class Engine:
         if self.loaded is not None and model.vae.config.embed_dim != self.loaded.model.vae.config.embed_dim:
             raise EngineError(f"{path.name} ({spec.label}) works in another latent space than "
                               f"{self.loaded.name} ({self.loaded.model.spec.label})", "refiner_checkpoint")
+        prepare_for_speed(model, self.device, self.compile)  # once it is known to be a usable refiner
         self.refiner = LoadedModel(path=path, name=_model_name(path), model=model, embeddings=self._embeddings(model))
         return self.refiner
 
