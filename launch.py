@@ -150,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"launch.py: error: {problem}", file=sys.stderr)
         return 2
 
+    # Before anything imports torch: large tensors on huge pages (core/allocation.py says why).
+    from core.allocation import use_huge_pages
+
+    use_huge_pages()
     bootstrap.ensure_environment(["requirements.txt"], extra_no_deps="requirements-nodeps.txt",
                                  skip_install=args.skip_install)
 

@@ -8,6 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from core.allocation import use_huge_pages
 from core.errors import EngineError
 from core.pipelines.masking import FILL_MODES
 
@@ -145,6 +146,7 @@ def run_generation(args) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    use_huge_pages()  # before torch is imported, which the parser's choices do (core/allocation.py says why)
     args = build_parser().parse_args(argv)
     try:
         if args.command == "upscale":
