@@ -7,14 +7,17 @@ First line: torch, threads, the CPU's name and whether it has native bf16 (AMX o
 
 1. One CFG step of the full-size SD 1.5 UNet (random weights, batch 2 = cond + uncond,
    512x512 image = 64x64 latent), best of 3 after a warm-up call: ours (channels-last, as the
-   engine runs it on a CPU) and diffusers in float32 and bfloat16, and diffusers float32
-   channels-last; with --compile also both compiled by torch.compile (inductor; the warm-up,
+   engine runs it on a CPU, in a process with huge pages for large tensors as launch.py sets
+   up: core/allocation.py) and diffusers as it comes in float32 and bfloat16, and diffusers
+   float32 channels-last with huge pages; with --compile also both compiled by torch.compile (inductor; the warm-up,
    which compiles, is printed). Seconds per step, the speed-up over diffusers float32, peak RSS.
 2. A whole 20-step 512x512 txt2img (--txt2img-steps): full-size SD 1.5 layout with random
    weights, prompt and negative prompt encoded, Euler, CFG 7, VAE decode, PIL picture; ours
    (with a live preview made at every step, as the page shows them) against diffusers'
    StableDiffusionPipeline, each in the precision that was faster for it in 1 (each one's best
    setting on this machine); compiled too with --compile (a first untimed job compiles).
+   A third run gives diffusers what ours has, by hand: its UNet and VAE channels-last, in a
+   process with huge pages for large tensors (--skip-tuned-diffusers leaves it out).
    Best of --txt2img-repeats (2) fresh processes per side. --skip-txt2img leaves it out.
    --txt2img-sdxl (and nothing else): the same at 1024x1024 with the SDXL base layout against
    StableDiffusionXLPipeline, both in bfloat16 (slow: about an hour per side on 2 cores).
@@ -61,6 +64,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from core.allocation import HUGE_PAGES_VARIABLE  # noqa: E402  (standard library only)
 REFERENCE = ROOT / "tests" / "reference" / "sd15.json"
 SDXL_REFERENCE = ROOT / "tests" / "reference" / "sdxl_base.json"
 
@@ -428,8 +432,9 @@ def clip_config(hidden: int, layers: int, heads: int, activation: str):
                           bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
 
 
-def build_diffusers_txt2img(family: str, dtype, compiled: bool):
-    """diffusers' pipeline of the same size (its own random initialisation), Euler as ours."""
+def build_diffusers_txt2img(family: str, dtype, compiled: bool, channels_last: bool = False):
+    """diffusers' pipeline of the same size (its own random initialisation), Euler as ours;
+    with ``channels_last`` its UNet and VAE made channels-last by hand (diffusers' own advice)."""
     import torch
     from diffusers import EulerDiscreteScheduler
     from transformers import CLIPTextModel
@@ -458,6 +463,9 @@ def build_diffusers_txt2img(family: str, dtype, compiled: bool):
                                          tokenizer=tokenizer, tokenizer_2=load_clip_tokenizer(pad_with_eos=False).hf,
                                          unet=unet, scheduler=scheduler)
     pipe = pipe.to(dtype=dtype)
+    if channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
     pipe.set_progress_bar_config(disable=True)
     if compiled:
         from core.speed import compile_module
@@ -470,7 +478,8 @@ def build_diffusers_txt2img(family: str, dtype, compiled: bool):
 def measure_txt2img(which: str, family: str, size: int, steps: int, dtype_name: str, compiled: bool, previews: bool) -> dict:
     """A whole ``size`` x ``size`` txt2img (prompt and negative prompt encoded, ``steps`` Euler
     steps with CFG 7, VAE decode, PIL picture) with a full-size model of random weights. With
-    ``compiled`` a first job of the same shape runs untimed (it compiles); the build is not timed."""
+    ``compiled`` a first job of the same shape runs untimed (it compiles); the build is not timed.
+    ``which``: "ours", "diffusers" (as it comes) or "diffusers-tuned" (channels-last)."""
     import torch
 
     torch.set_grad_enabled(False)
@@ -483,7 +492,7 @@ def measure_txt2img(which: str, family: str, size: int, steps: int, dtype_name: 
             conditioner.cache.clear()  # the text encoding belongs to the timed job
             return run_ours_txt2img(model, conditioner, size, steps, previews)
     else:
-        pipe = build_diffusers_txt2img(family, dtype, compiled)
+        pipe = build_diffusers_txt2img(family, dtype, compiled, channels_last=which == "diffusers-tuned")
 
         def job():
             out = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=7.0, width=size,
@@ -501,13 +510,18 @@ def measure_txt2img(which: str, family: str, size: int, steps: int, dtype_name: 
             "peak_rss_mb": peak_rss_mb(), "size": list(image.size), "previews": previews_made}
 
 
-def in_subprocess(*args: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
+def in_subprocess(*args: str, huge_pages: bool = True) -> dict:
+    """Run this script with ``args`` in a fresh process -> the JSON of its last line. The process
+    gets the engine's allocation setting (launch.py's: core/allocation.py) with ``huge_pages``,
+    and torch's default without, whatever this process's environment says."""
+    env = {**os.environ, HUGE_PAGES_VARIABLE: "1" if huge_pages else "0"}
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # (which, dtype, compiled, channels_last) of the UNet step variants; ours runs as the engine runs it
-# on a CPU (channels-last), diffusers as it comes (channels-first) and, for comparison, channels-last.
+# on a CPU (channels-last, huge pages), diffusers as it comes (channels-first, torch's default
+# allocation) and, for comparison, tuned as ours is: channels-last in a process with huge pages.
 STEP_VARIANTS = [("ours", "float32", False, True), ("diffusers", "float32", False, False),
                  ("ours", "bfloat16", False, True), ("diffusers", "bfloat16", False, False),
                  ("diffusers", "float32", False, True)]
@@ -515,7 +529,7 @@ COMPILED_VARIANTS = [("ours", "float32", True, True), ("diffusers", "float32", T
 
 
 def variant_name(which: str, dtype_name: str, compiled: bool, channels_last: bool) -> str:
-    layout = ", channels_last" if channels_last and which == "diffusers" else ""
+    layout = ", channels_last + huge pages" if channels_last and which == "diffusers" else ""
     return f"{which} {dtype_name}{', compiled' if compiled else ''}{layout}"
 
 
@@ -530,7 +544,7 @@ def report_unet_steps(latent: int, repeats: int, compiled: bool, skip: tuple[str
             continue
         try:
             results[variant] = in_subprocess("--_step", which, str(latent), str(repeats), dtype_name, str(int(compile_it)),
-                                             str(int(channels_last)))
+                                             str(int(channels_last)), huge_pages=channels_last)
         except subprocess.CalledProcessError as exc:
             print(f"  {variant_name(*variant):40s} failed: {exc.stderr.strip().splitlines()[-1] if exc.stderr else exc}")
     reference = results[("diffusers", "float32", False, False)]["seconds"]
@@ -555,25 +569,32 @@ def best_dtypes(results: dict) -> dict:
     return best
 
 
-def report_txt2img(family: str, size: int, steps: int, dtypes: dict, compiled: bool, repeats: int) -> dict:
-    """Ours (live previews on) against diffusers' pipeline (no previews), each at ``dtypes``,
-    best of ``repeats`` fresh processes each, alternating so that a change of load hits both."""
+def report_txt2img(family: str, size: int, steps: int, dtypes: dict, compiled: bool, repeats: int,
+                   tuned: bool = False) -> dict:
+    """Ours (live previews on, the engine's process settings) against diffusers' pipeline (no
+    previews) as it comes and, with ``tuned``, also channels-last in a process with huge pages
+    (what ours does, done by hand), each at ``dtypes``; best of ``repeats`` fresh processes
+    each, alternating so that a change of load hits all of them."""
     label = "SD 1.5" if family == "sd15" else "SDXL base"
     print(f"txt2img {size}x{size}, {label} size (random weights), {steps} Euler steps, CFG 7, VAE decode included; "
           f"best of {repeats} fresh processes; ours with a live preview every step; load {os.getloadavg()[0]:.1f}")
-    results: dict[str, list] = {"ours": [], "diffusers": []}
+    results: dict[str, list] = {"ours": [], "diffusers": []} | ({"diffusers-tuned": []} if tuned else {})
     for _ in range(repeats):
         for which in results:
-            results[which].append(in_subprocess("--_txt2img", which, family, str(size), str(steps), dtypes[which],
-                                                str(int(compiled)), str(int(which == "ours"))))
+            dtype_name = dtypes["ours" if which == "ours" else "diffusers"]
+            results[which].append(in_subprocess("--_txt2img", which, family, str(size), str(steps), dtype_name,
+                                                str(int(compiled)), str(int(which == "ours")),
+                                                huge_pages=which != "diffusers"))
     best = {which: min(runs, key=lambda r: r["seconds"]) for which, runs in results.items()}
     for which, r in best.items():
         others = ", ".join(f"{x['seconds']:.1f}" for x in results[which])
-        print(f"  {which:10s} {dtypes[which]:9s}{' compiled' if compiled else ''} {r['seconds']:7.1f} s (runs: {others})  "
-              f"peak RSS {r['peak_rss_mb']:6.0f} MB  previews {r['previews']}")
-    ratio = best["diffusers"]["seconds"] / best["ours"]["seconds"]
-    print(f"  ours is {ratio:.2f}x as fast as diffusers ({'faster' if ratio > 1 else 'slower'}); "
-          f"load now {os.getloadavg()[0]:.1f}")
+        print(f"  {which:16s} {dtypes['ours' if which == 'ours' else 'diffusers']:9s}{' compiled' if compiled else ''} "
+              f"{r['seconds']:7.1f} s (runs: {others})  peak RSS {r['peak_rss_mb']:6.0f} MB  previews {r['previews']}")
+    for which in best:
+        if which != "ours":
+            ratio = best[which]["seconds"] / best["ours"]["seconds"]
+            print(f"  ours is {ratio:.2f}x as fast as {which} ({'faster' if ratio > 1 else 'slower'})")
+    print(f"  load now {os.getloadavg()[0]:.1f}")
     return best
 
 
@@ -589,6 +610,8 @@ def main() -> None:
     parser.add_argument("--skip-bf16", action="store_true",
                         help="no bfloat16 UNet steps (on a CPU without native bf16 each takes many minutes)")
     parser.add_argument("--txt2img-steps", type=int, default=20)
+    parser.add_argument("--skip-tuned-diffusers", action="store_true",
+                        help="no third txt2img run of diffusers made channels-last in a process with huge pages")
     parser.add_argument("--txt2img-repeats", type=int, default=2, help="fresh processes per side for the txt2img (best of)")
     parser.add_argument("--txt2img-sdxl", action="store_true",
                         help="only: a whole SDXL 1024x1024 txt2img, ours vs diffusers' StableDiffusionXLPipeline, in "
@@ -656,7 +679,8 @@ def main() -> None:
         latent = 64 if args.quick else 128
         print(f"UNet step: SDXL base size, batch 2 (CFG), latent {latent}x{latent} ({latent * 8}x{latent * 8} image), "
               f"{args.sdxl_dtype}, one timed call each")
-        results = {which: in_subprocess("--_sdxl", which, str(latent), args.sdxl_dtype) for which in ("ours", "diffusers")}
+        results = {which: in_subprocess("--_sdxl", which, str(latent), args.sdxl_dtype, huge_pages=which == "ours")
+                   for which in ("ours", "diffusers")}
         for which, r in results.items():
             print(f"  {which:10s} {r['seconds']:7.1f} s/step   peak RSS {r['peak_rss_mb']:8.0f} MB   "
                   f"(built in {r['build_seconds']:.0f} s, finite output: {r['finite']})")
@@ -673,7 +697,8 @@ def main() -> None:
                               ("bfloat16",) if skip_bf16 else ())
     if not args.skip_txt2img:
         size, count = (256, 4) if args.quick else (512, args.txt2img_steps)
-        report_txt2img("sd15", size, count, best_dtypes(steps), args.compile, 1 if args.quick else args.txt2img_repeats)
+        report_txt2img("sd15", size, count, best_dtypes(steps), args.compile, 1 if args.quick else args.txt2img_repeats,
+                       tuned=not args.skip_tuned_diffusers)
     if args.quick:
         return
 
