@@ -20,6 +20,8 @@ import shutil
 
 import torch
 
+from core.models.convolution import release_packed_weights, use_prepacked_convolutions
+
 log = logging.getLogger(__name__)
 
 # The compilers inductor's CPU backend looks for (its cpp_builder), in its order.
@@ -64,10 +66,22 @@ def compile_module(module: torch.nn.Module, device: torch.device) -> bool:
 
 
 def prepare_for_speed(model, device: torch.device, compile: bool = False) -> None:
-    """What the engine does to every model it loads. On a CPU the UNet's convolutions run
-    channels-last (oneDNN's preferred layout: about 8% faster per step); with ``compile`` the
-    UNet is compiled (or, without a working compiler, left as it is)."""
+    """What the engine does to every model it loads. On a CPU the UNet's feature maps run
+    channels-last (oneDNN's preferred layout: about 8% faster per step) and its convolutions
+    keep their weights arranged for oneDNN during a job (``core.models.convolution``: about 5%
+    more); with ``compile`` the UNet is compiled instead (or, without a working compiler, left
+    as it is)."""
     if device.type == "cpu":
         model.unet.use_memory_format(torch.channels_last)
+        # Compiled code arranges weights its own way; the eager path's copies would only cost memory.
+        use_prepacked_convolutions(model.unet, on=not compile)
     if compile:
         compile_module(model.unet, device)
+
+
+def release_job_copies(*models) -> None:
+    """After a job: free the arranged weight copies the job's UNets made (2 GB for SD 1.5 in
+    float32). The next job makes them again, after its extra networks have changed the weights."""
+    for model in models:
+        if model is not None:
+            release_packed_weights(model.unet)

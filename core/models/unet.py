@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.models.convolution import Conv2d
 from core.models.normalization import GroupNorm32
 
 
@@ -78,12 +79,12 @@ def normalization(channels: int, eps: float = 1e-5, groups: int = 32) -> nn.Grou
 class ResBlock(nn.Module):
     def __init__(self, channels: int, emb_channels: int, out_channels: int, groups: int = 32):
         super().__init__()
-        self.in_layers = nn.Sequential(normalization(channels, groups=groups), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(normalization(channels, groups=groups), nn.SiLU(), Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(
-            normalization(out_channels, groups=groups), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+            normalization(out_channels, groups=groups), nn.SiLU(), nn.Dropout(0.0), Conv2d(out_channels, out_channels, 3, padding=1)
         )
-        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+        self.skip_connection = nn.Identity() if out_channels == channels else Conv2d(channels, out_channels, 1)
 
     def forward(self, x, emb):
         h = self.in_layers(x)
@@ -159,11 +160,11 @@ class SpatialTransformer(nn.Module):
         self.use_linear = use_linear
         self.norm = normalization(channels, eps=1e-6, groups=groups)
         inner = heads * head_dim
-        self.proj_in = nn.Linear(channels, inner) if use_linear else nn.Conv2d(channels, inner, 1)
+        self.proj_in = nn.Linear(channels, inner) if use_linear else Conv2d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner, context_dim, heads, head_dim, disable_self_attn) for _ in range(depth)
         )
-        self.proj_out = nn.Linear(inner, channels) if use_linear else nn.Conv2d(inner, channels, 1)
+        self.proj_out = nn.Linear(inner, channels) if use_linear else Conv2d(inner, channels, 1)
 
     def forward(self, x, context):
         b, c, h, w = x.shape
@@ -190,7 +191,7 @@ class SpatialTransformer(nn.Module):
 class Downsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.op = Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x):
         return self.op(x)
@@ -199,7 +200,7 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x, size=None):
         if size is None:
@@ -248,7 +249,7 @@ class UNetModel(nn.Module):
                 no_self = bool(c.disable_self_attn) and c.disable_self_attn[level]
             return SpatialTransformer(channels, depth, c.context_dim, heads, head_dim, c.use_linear_projection, no_self, c.norm_groups)
 
-        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(c.in_channels, ch, 3, padding=1))])
+        self.input_blocks = nn.ModuleList([TimestepSequential(Conv2d(c.in_channels, ch, 3, padding=1))])
         skip_channels = [ch]
         levels = len(c.channel_mult)
         for level, mult in enumerate(c.channel_mult):
@@ -280,21 +281,19 @@ class UNetModel(nn.Module):
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepSequential(*layers))
 
-        self.out = nn.Sequential(normalization(ch, groups=c.norm_groups), nn.SiLU(), nn.Conv2d(ch, c.out_channels, 3, padding=1))
+        self.out = nn.Sequential(normalization(ch, groups=c.norm_groups), nn.SiLU(), Conv2d(ch, c.out_channels, 3, padding=1))
+        self.memory_format = torch.contiguous_format  # of the feature maps: see use_memory_format
 
     @property
     def dtype(self) -> torch.dtype:
         return self.out[2].weight.dtype
 
-    @property
-    def memory_format(self) -> torch.memory_format:
-        """The layout of the convolution weights, which inputs are converted to (channels_last
-        after ``use_memory_format(torch.channels_last)``: faster with oneDNN on a CPU)."""
-        return memory_format_of(self.input_blocks[0][0].weight)
-
     def use_memory_format(self, memory_format: torch.memory_format) -> "UNetModel":
-        """Store every convolution weight in ``memory_format``; inputs follow in ``forward``."""
-        return self.to(memory_format=memory_format)
+        """Run the feature maps in ``memory_format`` (channels_last: oneDNN's fast layout on a
+        CPU). The weights keep the checkpoint's layout: on a CPU the convolutions read arranged
+        copies of them (``core.models.convolution``), elsewhere the kernels adapt."""
+        self.memory_format = memory_format
+        return self
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None = None):
         """x: noisy latent (B, C, H, W); timesteps: (B,) possibly fractional; context: (B, T, D);
