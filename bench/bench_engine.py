@@ -2,6 +2,7 @@
 
     python bench/bench_engine.py            # everything below but the flag-gated parts
     python bench/bench_engine.py --quick    # a few minutes: steps at 256x256, a 4-step 256x256 txt2img, nothing else
+    python bench/bench_engine.py --device cuda [--compile]   # on a GPU: whole txt2img ours vs diffusers (7 below)
 
 First line: torch, threads, the CPU's name and whether it has native bf16 (AMX or AVX512-BF16).
 
@@ -42,6 +43,17 @@ First line: torch, threads, the CPU's name and whether it has native bf16 (AMX o
    whether it fits in 24 GiB. Needs about 15 GB of memory in float32 (--sdxl-dtype bfloat16:
    about half) and many CPU minutes. --sdxl-txt2img-shapes FILE and --sdxl-txt2img-size N run
    the same code on another manifest (a tiny one, as tests/test_bench.py does).
+
+7. With --device cuda (and nothing else): the whole txt2img of 2 (prompt and negative prompt,
+   --txt2img-steps Euler steps, CFG 7, VAE decode, PIL picture), ours against diffusers, SD 1.5
+   at 512x512 and SDXL base at 1024x1024, random weights in the real shapes built directly on
+   the GPU in fp16 (and bf16 where torch.cuda.is_bf16_supported()); with --compile each also
+   compiled (CUDA graphs: core/speed.py). Each variant in a fresh process, timed after one
+   untimed warm-up job. Prints the card's name, torch and CUDA versions, then per variant the
+   total seconds, sampling it/s (steps 2 to N, between CUDA events at the steps' ends), peak GPU
+   memory (torch.cuda.max_memory_allocated) and the ratios ours/diffusers. --device cpu runs
+   the same code on the CPU; --device-sd15-folder / --device-sdxl-folder (diffusers folders),
+   --device-size, --device-dtypes and --device-families make it small enough for tests.
 
 Each measurement runs in a fresh subprocess so that peak RSS belongs to that measurement alone.
 Prints ratios against the reference measured in the same run (diffusers float32; ours / diffusers
@@ -519,8 +531,9 @@ def build_diffusers_txt2img(family: str, dtype, compiled: bool, channels_last: b
         pipe = StableDiffusionXLPipeline(**parts, tokenizer=tokenizer, tokenizer_2=load_clip_tokenizer(pad_with_eos=False).hf,
                                          scheduler=scheduler)
         # Decode in the run's precision, as ours does: diffusers would otherwise copy its VAE to
-        # float32 for every fp16 decode (ours decodes again in float32 only after an overflow,
-        # which random weights never cause; the released SDXL VAE does in fp16, on both sides).
+        # float32 before every fp16 decode. Ours decodes again in float32 only after an overflow,
+        # which these random weights do not cause; the released SDXL VAE's do in fp16, so with
+        # real weights both sides pay a float32 decode (ours after a wasted fp16 one).
         pipe.vae.register_to_config(force_upcast=False)
     pipe = pipe.to(device=device, dtype=dtype)
     if channels_last:
