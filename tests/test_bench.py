@@ -58,3 +58,33 @@ def test_device_txt2img_comparison_runs_on_the_cpu_with_tiny_layouts(tmp_path):
         ratio = re.fullmatch(r"  ratio ours/diffusers: total time ([\d.]+), sampling it/s ([\d.]+), peak RSS ([\d.]+)",
                              lines[first + 2])
         assert ratio and all(float(n) > 0 for n in ratio.groups()), lines[first + 2]
+
+
+def load_bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_engine", ROOT / "bench" / "bench_engine.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_device_precisions_are_fp16_and_bf16_only_where_the_card_has_it(monkeypatch):
+    import torch
+
+    bench = load_bench()
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert bench.device_dtypes(torch.device("cuda")) == ["float16", "bfloat16"]
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert bench.device_dtypes(torch.device("cuda")) == ["float16"]
+    assert bench.device_dtypes(torch.device("cpu")) == ["float16", "bfloat16"]
+
+
+def test_sampling_rate_leaves_the_first_step_out():
+    import torch
+
+    clock = load_bench().StepClock(torch.device("cpu"))
+    clock.marks = [10.0, 12.5, 13.0, 13.5]  # steps 2 to 4 ended 2.5, 3 and 3.5 s after the first
+    assert clock.steps_per_second() == 3 / 3.5
+    clock.marks = [10.0]
+    assert clock.steps_per_second() is None
