@@ -760,6 +760,7 @@ def report_device_txt2img(device_arg: str, families: list[str], dtypes: list[str
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA GPU")
     dtypes = dtypes or device_dtypes(device)
+    sys.stdout.reconfigure(line_buffering=True)  # each variant's lines as it ends, even if a time limit stops the run
     memory = "peak GPU memory (max allocated)" if device.type == "cuda" else "peak RSS"
     print(f"device: {device_name(device)}; torch {torch.__version__}, CUDA {torch.version.cuda or 'none'}")
     print(f"txt2img: prompt and negative prompt encoded, {steps} Euler steps, CFG 7, VAE decode, PIL picture; random "

@@ -1,5 +1,5 @@
-"""Speed settings: channels-last convolutions on the CPU and the opt-in ``torch.compile`` of the UNet (``--compile``), with a fallback to eager
-execution. What each is worth is measured in docs/PERFORMANCE.md.
+"""Speed settings: channels-last convolutions on the CPU and the opt-in ``torch.compile`` of the UNet
+(``--compile``), with a fallback to eager execution. What each is worth is measured in docs/PERFORMANCE.md.
 
 The module is compiled in place (``nn.Module.compile``), so its parameter names stay those of the
 checkpoint and LoRA merging keeps finding them. Weights are not frozen into the compiled code
@@ -9,19 +9,19 @@ would silently ignore it. Compiled code is cached on disk by inductor (its FX gr
 compile time.
 
 On CUDA the mode is "reduce-overhead" (``compile_mode``): inductor's kernels are recorded once
-as a CUDA graph and replayed, so a step costs one launch instead of the UNet's thousand-odd
-kernel launches, which at fp16 on a fast card take as long as the arithmetic of a small
-latent. The UNet suits it: within a job every call has the same shapes (batch, latent size,
-context length). What it costs: each new shape (another picture size, batch, or a longer
-prompt's context) compiles and records again, seconds each time, and every recorded graph keeps
-its memory pool reserved on the card for as long as the process lives. A parameter whose
-storage is swapped (a LoRA restored by assigning another tensor) is a changed static address:
-inductor records that graph again (cudagraph trees re-record up to
-``cudagraph_unexpected_rerecord_limit`` times, then run the kernels without a graph); weights
-changed in place are read by the replay as they are. A graph's output is overwritten by the next
-replay: the engine's denoiser consumes the UNet's output at once (``x - out * sigma``) and never
-holds it across calls, which is what that requires. On the CPU there are no CUDA graphs: the
-mode is inductor's default.
+as a CUDA graph and replayed, so a step is one launch instead of the UNet's many hundred kernel
+launches, whose cost on a fast card can rival the arithmetic itself at small latents and batch
+sizes (not measured here: no GPU has been lent to the project, see docs/PERFORMANCE.md). The
+UNet suits it: within a job every call has the same shapes (batch, latent size, context length).
+What it costs: each new shape (another picture size or batch, a longer prompt's context) is a
+compile (minutes for a full UNet without inductor's cache) and a recording, and every recorded
+graph keeps its memory pool reserved on the card for as long as the process lives. A parameter
+whose storage is swapped (a LoRA restored by assigning another tensor) is a changed static
+address: its graph is recorded again on the next call (cudagraph trees do not count these
+toward their re-record limit); weights changed in place are read by the replay as they are. A
+graph's output is overwritten by the next replay: the engine's denoiser consumes the UNet's
+output at once (``x - out * sigma``) and never holds it across calls, which is what that
+requires. The CPU has no CUDA graphs: there the mode is inductor's default.
 
 When no compiler can work (no C++ compiler for the CPU backend, no triton for CUDA), or torch
 fails while compiling, a warning is logged and the module runs eagerly: same pictures, no speed-up.
