@@ -2,6 +2,7 @@
 
     python bench/bench_engine.py            # everything below but the flag-gated parts
     python bench/bench_engine.py --quick    # a few minutes: steps at 256x256, a 4-step 256x256 txt2img, nothing else
+    python bench/bench_engine.py --device cuda [--compile]   # on a GPU: whole txt2img ours vs diffusers (7 below)
 
 First line: torch, threads, the CPU's name and whether it has native bf16 (AMX or AVX512-BF16).
 
@@ -43,6 +44,17 @@ First line: torch, threads, the CPU's name and whether it has native bf16 (AMX o
    about half) and many CPU minutes. --sdxl-txt2img-shapes FILE and --sdxl-txt2img-size N run
    the same code on another manifest (a tiny one, as tests/test_bench.py does).
 
+7. With --device cuda (and nothing else): the whole txt2img of 2 (prompt and negative prompt,
+   --txt2img-steps Euler steps, CFG 7, VAE decode, PIL picture), ours against diffusers, SD 1.5
+   at 512x512 and SDXL base at 1024x1024, random weights in the real shapes built directly on
+   the GPU in fp16 (and bf16 where torch.cuda.is_bf16_supported()); with --compile each also
+   compiled (CUDA graphs: core/speed.py). Each variant in a fresh process, timed after one
+   untimed warm-up job. Prints the card's name, torch and CUDA versions, then per variant the
+   total seconds, sampling it/s (steps 2 to N, between CUDA events at the steps' ends), peak GPU
+   memory (torch.cuda.max_memory_allocated) and the ratios ours/diffusers. --device cpu runs
+   the same code on the CPU; --device-sd15-folder / --device-sdxl-folder (diffusers folders),
+   --device-size, --device-dtypes and --device-families make it small enough for tests.
+
 Each measurement runs in a fresh subprocess so that peak RSS belongs to that measurement alone.
 Prints ratios against the reference measured in the same run (diffusers float32; ours / diffusers
 in each precision; load RSS / file size). Targets: the whole txt2img at least 1.2x as fast as
@@ -53,6 +65,7 @@ are not comparable.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -307,19 +320,20 @@ def report_vae_limited(size: int = 2048, limit: int = VAE_LIMIT_BYTES) -> dict:
     return r
 
 
-def random_weights(shapes: dict, dtype) -> dict:
+def random_weights(shapes: dict, dtype, device="cpu") -> dict:
     """Random tensors for a checkpoint layout: normalisation scales (the only 1-D ``.weight``
     tensors: group and layer norms) 1, everything else N(0, 0.02), so activations stay in range
-    through dozens of layers; drawn in float32 and converted one by one."""
+    through dozens of layers; drawn in float32 and converted one by one, on ``device`` (a GPU
+    run never holds the weights in host memory)."""
     import torch
 
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator(device=device).manual_seed(0)
     tensors = {}
     for key, shape in shapes.items():
         if key.endswith(".weight") and len(shape) == 1:
-            value = torch.ones(shape)
+            value = torch.ones(shape, device=device)
         else:
-            value = torch.randn(shape, generator=generator) * 0.02
+            value = torch.randn(shape, generator=generator, device=device) * 0.02
         tensors[key] = value.to(dtype)
     return tensors
 
@@ -378,26 +392,37 @@ PROMPT = "a photograph of an astronaut riding a horse on the moon, detailed"
 NEGATIVE = "blurry, low quality"
 
 
-def build_ours_txt2img(family: str, dtype, compiled: bool):
-    """Our model of the full-size layout (random weights), as the engine prepares it."""
+def build_ours_txt2img(family: str, dtype, compiled: bool, device="cpu", folder: str | None = None):
+    """Our model of the full-size layout (random weights), built on ``device`` and prepared as
+    the engine prepares it there; with ``folder`` (a diffusers folder, as tests/tiny_models.py
+    writes) the layout of that folder's weights instead."""
     import torch
 
     from core.speed import prepare_for_speed
     from core.conditioning import make_conditioner
-    from core.loading import build_model, normalise_keys
+    from core.loading import build_model, normalise_keys, read_checkpoint
     from core.models.detection import detect
     from core.text.tokenizer import load_clip_tokenizer
 
-    reference = REFERENCE if family == "sd15" else SDXL_REFERENCE
-    shapes = normalise_keys({k: tuple(v) for k, v in json.loads(reference.read_text())["tensors"].items()})
-    model = build_model(normalise_keys(random_weights(shapes, dtype)), detect(shapes), dtype=dtype, name=reference.name)
-    prepare_for_speed(model, torch.device("cpu"), compiled)
+    device = torch.device(device)
+    if folder is None:
+        reference = REFERENCE if family == "sd15" else SDXL_REFERENCE
+        shapes = normalise_keys({k: tuple(v) for k, v in json.loads(reference.read_text())["tensors"].items()})
+        metadata, name = {}, reference.name
+    else:
+        tensors, metadata = read_checkpoint(Path(folder))
+        shapes, name = {k: tuple(v.shape) for k, v in tensors.items()}, Path(folder).name
+        del tensors
+    model = build_model(normalise_keys(random_weights(shapes, dtype, device)), detect(shapes, metadata), device=device,
+                        dtype=dtype, name=name)
+    prepare_for_speed(model, device, compiled)
     return model, make_conditioner(model, load_clip_tokenizer())
 
 
-def run_ours_txt2img(model, conditioner, size: int, steps: int, previews: bool) -> tuple[object, int]:
+def run_ours_txt2img(model, conditioner, size: int, steps: int, previews: bool, on_step=None) -> tuple[object, int]:
     """One whole job as the engine runs it: prompts encoded, Euler with CFG 7, VAE decode, PIL
-    picture; with ``previews`` a live preview picture is made at every step, as the page's."""
+    picture; with ``previews`` a live preview picture is made at every step, as the page's.
+    ``on_step()`` is called at the end of every sampling step."""
     from app.preview import latent_preview
     from core.params import GenerationParams
     from core.pipelines.common import decode_latents, to_pil
@@ -407,10 +432,13 @@ def run_ours_txt2img(model, conditioner, size: int, steps: int, previews: bool) 
                               height=size, sampler="Euler", seed=1)
     made = []
 
-    def on_step(step, sigma, x, denoised):
-        made.append(latent_preview(denoised, model.spec.latent_format))
+    def each_step(step, sigma, x, denoised):
+        if previews:
+            made.append(latent_preview(denoised, model.spec.latent_format))
+        if on_step is not None:
+            on_step()
 
-    latents = sample_latents(model, conditioner, params, [1], on_step if previews else None)
+    latents = sample_latents(model, conditioner, params, [1], each_step if previews or on_step else None)
     return to_pil(decode_latents(model.vae, latents))[0], len(made)
 
 
@@ -432,37 +460,82 @@ def clip_config(hidden: int, layers: int, heads: int, activation: str):
                           bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
 
 
-def build_diffusers_txt2img(family: str, dtype, compiled: bool, channels_last: bool = False):
-    """diffusers' pipeline of the same size (its own random initialisation), Euler as ours;
-    with ``channels_last`` its UNet and VAE made channels-last by hand (diffusers' own advice)."""
+@contextlib.contextmanager
+def built_on(device, dtype):
+    """Modules constructed inside are made directly on ``device`` in ``dtype``: a full-size SDXL
+    in float32 on the host first would take about 14 GB of host memory for a GPU run."""
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def full_size_diffusers_parts(family: str) -> dict:
+    """diffusers' UNet, VAE and text encoders of the full-size layout, its own random initialisation."""
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    parts = {"text_encoder": CLIPTextModel(clip_config(768, 12, 12, "quick_gelu"))}
+    if family == "sd15":
+        parts.update(unet=build_diffusers()[0], vae=diffusers_vae(512, 0.18215))
+    else:
+        parts.update(unet=build_diffusers_sdxl()[0], vae=diffusers_vae(1024, 0.13025),
+                     text_encoder_2=CLIPTextModelWithProjection(clip_config(1280, 32, 20, "gelu")))
+    return parts
+
+
+def folder_diffusers_parts(family: str, folder: Path) -> dict:
+    """The same parts in the configurations of a diffusers folder (tiny ones, for tests), random weights."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    parts = {
+        "unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet")),
+        "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae")),
+        "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder")),
+    }
+    if family == "sdxl":
+        parts["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(folder / "text_encoder_2"))
+    return parts
+
+
+def build_diffusers_txt2img(family: str, dtype, compiled: bool, channels_last: bool = False, device="cpu",
+                            folder: str | None = None):
+    """diffusers' pipeline of the same size (its own random initialisation), Euler as ours,
+    built on ``device``; with ``folder`` in that diffusers folder's configurations; with
+    ``channels_last`` its UNet and VAE made channels-last by hand (diffusers' own advice)."""
     import torch
     from diffusers import EulerDiscreteScheduler
-    from transformers import CLIPTextModel
 
     from core.text.tokenizer import load_clip_tokenizer
 
+    device = torch.device(device)
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        timestep_spacing="linspace")
-    torch.manual_seed(0)
-    text = CLIPTextModel(clip_config(768, 12, 12, "quick_gelu"))
+    with built_on(device, dtype):
+        torch.manual_seed(0)
+        parts = full_size_diffusers_parts(family) if folder is None else folder_diffusers_parts(family, Path(folder))
     tokenizer = load_clip_tokenizer().hf
     if family == "sd15":
         from diffusers import StableDiffusionPipeline
 
-        unet, _ = build_diffusers()
-        pipe = StableDiffusionPipeline(vae=diffusers_vae(512, 0.18215), text_encoder=text, tokenizer=tokenizer, unet=unet,
-                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
+        pipe = StableDiffusionPipeline(**parts, tokenizer=tokenizer, scheduler=scheduler, safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
     else:
         from diffusers import StableDiffusionXLPipeline
-        from transformers import CLIPTextModelWithProjection
 
-        unet, _ = build_diffusers_sdxl()
-        text_2 = CLIPTextModelWithProjection(clip_config(1280, 32, 20, "gelu"))
-        pipe = StableDiffusionXLPipeline(vae=diffusers_vae(1024, 0.13025), text_encoder=text, text_encoder_2=text_2,
-                                         tokenizer=tokenizer, tokenizer_2=load_clip_tokenizer(pad_with_eos=False).hf,
-                                         unet=unet, scheduler=scheduler)
-    pipe = pipe.to(dtype=dtype)
+        pipe = StableDiffusionXLPipeline(**parts, tokenizer=tokenizer, tokenizer_2=load_clip_tokenizer(pad_with_eos=False).hf,
+                                         scheduler=scheduler)
+        # Decode in the run's precision, as ours does: diffusers would otherwise copy its VAE to
+        # float32 before every fp16 decode. Ours decodes again in float32 only after an overflow,
+        # which these random weights do not cause; the released SDXL VAE's do in fp16, so with
+        # real weights both sides pay a float32 decode (ours after a wasted fp16 one).
+        pipe.vae.register_to_config(force_upcast=False)
+    pipe = pipe.to(device=device, dtype=dtype)
     if channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
@@ -470,44 +543,102 @@ def build_diffusers_txt2img(family: str, dtype, compiled: bool, channels_last: b
     if compiled:
         from core.speed import compile_module
 
-        if not compile_module(pipe.unet, torch.device("cpu")):
+        if not compile_module(pipe.unet, device):
             raise SystemExit("no compiler works here")
     return pipe
 
 
-def measure_txt2img(which: str, family: str, size: int, steps: int, dtype_name: str, compiled: bool, previews: bool) -> dict:
+class StepClock:
+    """When each sampling step ended, on the device's clock: CUDA events on a GPU (recorded into
+    the stream, so the timing does not stall it), perf_counter on the CPU (which runs in order)."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.marks: list = []
+
+    def tick(self) -> None:
+        import torch
+
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def steps_per_second(self) -> float | None:
+        """Steps 2 to N over the time from the end of the first to the end of the last (the first
+        step can carry one-off work: text encoding left to the first call, kernels chosen);
+        None with fewer than 2 steps."""
+        if len(self.marks) < 2:
+            return None
+        if self.cuda:
+            self.marks[-1].synchronize()
+            seconds = self.marks[0].elapsed_time(self.marks[-1]) / 1000
+        else:
+            seconds = self.marks[-1] - self.marks[0]
+        return (len(self.marks) - 1) / seconds
+
+
+def synchronize(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_txt2img(which: str, family: str, size: int, steps: int, dtype_name: str, compiled: bool, previews: bool,
+                    device_name: str = "cpu", folder: str | None = None, warm_up: bool | None = None) -> dict:
     """A whole ``size`` x ``size`` txt2img (prompt and negative prompt encoded, ``steps`` Euler
-    steps with CFG 7, VAE decode, PIL picture) with a full-size model of random weights. With
-    ``compiled`` a first job of the same shape runs untimed (it compiles); the build is not timed.
+    steps with CFG 7, VAE decode, PIL picture) with a full-size model of random weights (with
+    ``folder``: of that diffusers folder's layout) on ``device_name``. With ``warm_up`` (default:
+    when ``compiled``) a first job of the same shape runs untimed (compiled, it compiles); the
+    build is not timed. Peak memory: torch's peak allocation on a GPU, peak RSS on the CPU.
     ``which``: "ours", "diffusers" (as it comes) or "diffusers-tuned" (channels-last)."""
     import torch
 
     torch.set_grad_enabled(False)
     dtype = getattr(torch, dtype_name)
+    device = torch.device(device_name)
     start = time.perf_counter()
     if which == "ours":
-        model, conditioner = build_ours_txt2img(family, dtype, compiled)
+        model, conditioner = build_ours_txt2img(family, dtype, compiled, device, folder)
 
-        def job():
+        def job(clock):
             conditioner.cache.clear()  # the text encoding belongs to the timed job
-            return run_ours_txt2img(model, conditioner, size, steps, previews)
+            return run_ours_txt2img(model, conditioner, size, steps, previews, clock.tick)
     else:
-        pipe = build_diffusers_txt2img(family, dtype, compiled, channels_last=which == "diffusers-tuned")
+        pipe = build_diffusers_txt2img(family, dtype, compiled, which == "diffusers-tuned", device, folder)
 
-        def job():
+        def job(clock):
+            def step_ended(pipe, step, timestep, tensors):
+                clock.tick()
+                return tensors
+
             out = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=7.0, width=size,
-                       height=size, generator=torch.Generator().manual_seed(1), output_type="pil")
+                       height=size, generator=torch.Generator().manual_seed(1), output_type="pil",
+                       callback_on_step_end=step_ended)
             return out.images[0], 0
+    synchronize(device)
     built = time.perf_counter() - start
     warmup = None
-    if compiled:
+    if compiled if warm_up is None else warm_up:
         start = time.perf_counter()
-        job()
+        job(StepClock(device))
+        synchronize(device)
         warmup = time.perf_counter() - start
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    clock = StepClock(device)
+    synchronize(device)
     start = time.perf_counter()
-    image, previews_made = job()
-    return {"seconds": time.perf_counter() - start, "build_seconds": built, "warmup_seconds": warmup,
-            "peak_rss_mb": peak_rss_mb(), "size": list(image.size), "previews": previews_made}
+    image, previews_made = job(clock)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mb()
+    return {"seconds": seconds, "build_seconds": built, "warmup_seconds": warmup, "peak_rss_mb": peak_rss_mb(),
+            "peak_memory_mb": peak, "steps_per_second": clock.steps_per_second(), "steps_timed": len(clock.marks),
+            "size": list(image.size), "previews": previews_made}
 
 
 def in_subprocess(*args: str, huge_pages: bool = True) -> dict:
@@ -598,6 +729,76 @@ def report_txt2img(family: str, size: int, steps: int, dtypes: dict, compiled: b
     return best
 
 
+DEVICE_SIZES = {"sd15": 512, "sdxl": 1024}
+FAMILY_LABELS = {"sd15": "SD 1.5", "sdxl": "SDXL base"}
+
+
+def device_dtypes(device) -> list[str]:
+    """The precisions to time on ``device``: fp16, and bf16 where the card computes it natively
+    (Ampere and later); on the CPU both, as the same code path's check (slow at full size)."""
+    import torch
+
+    if device.type == "cuda":
+        return ["float16"] + (["bfloat16"] if torch.cuda.is_bf16_supported() else [])
+    return ["float16", "bfloat16"]
+
+
+def device_name(device) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def report_device_txt2img(device_arg: str, families: list[str], dtypes: list[str] | None, steps: int, compiled: bool,
+                          folders: dict[str, str], size: int | None) -> dict:
+    """Ours against diffusers' pipeline on ``device_arg``, each variant (family, precision,
+    compiled or not, side) in a fresh process after an untimed warm-up job; a variant that
+    fails (out of memory, a compiler error) is reported and the rest still run."""
+    import torch
+
+    device = torch.device(device_arg)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA GPU")
+    dtypes = dtypes or device_dtypes(device)
+    sys.stdout.reconfigure(line_buffering=True)  # each variant's lines as it ends, even if a time limit stops the run
+    memory = "peak GPU memory (max allocated)" if device.type == "cuda" else "peak RSS"
+    print(f"device: {device_name(device)}; torch {torch.__version__}, CUDA {torch.version.cuda or 'none'}")
+    print(f"txt2img: prompt and negative prompt encoded, {steps} Euler steps, CFG 7, VAE decode, PIL picture; random "
+          f"weights{' (tiny layouts)' if folders else ''}; each variant in a fresh process, timed after one untimed warm-up "
+          f"job (which compiles, compiled); ours with a live preview every step; sampling it/s over steps 2 to {steps}")
+    results = {}
+    for family in families:
+        side = size or DEVICE_SIZES[family]
+        for dtype_name in dtypes:
+            for compile_it in (False, True) if compiled else (False,):
+                variant = (family, dtype_name, compile_it)
+                print(f"{FAMILY_LABELS[family]} {side}x{side}, {dtype_name}{', compiled' if compile_it else ''}:")
+                measured = {}
+                for which in ("ours", "diffusers"):
+                    spec = {"which": which, "family": family, "size": side, "steps": steps, "dtype_name": dtype_name,
+                            "compiled": compile_it, "previews": which == "ours", "device_name": device_arg,
+                            "folder": folders.get(family), "warm_up": True}
+                    try:
+                        # The engine's process settings for ours (huge pages on a CPU), diffusers as it comes.
+                        r = in_subprocess("--_device_txt2img", json.dumps(spec), huge_pages=which == "ours")
+                    except subprocess.CalledProcessError as exc:
+                        reason = exc.stderr.strip().splitlines()[-1] if exc.stderr and exc.stderr.strip() else str(exc)
+                        print(f"  {which:10s} failed: {reason}")
+                        continue
+                    measured[which] = r
+                    rate = f"{r['steps_per_second']:.2f} it/s" if r["steps_per_second"] else "n/a (one step)"
+                    print(f"  {which:10s} total {r['seconds']:8.3f} s   sampling {rate}   {memory} {r['peak_memory_mb']:.0f} MB"
+                          f"   (warm-up job {r['warmup_seconds']:.1f} s)")
+                if len(measured) == 2:
+                    ours, theirs = measured["ours"], measured["diffusers"]
+                    rates = (f", sampling it/s {ours['steps_per_second'] / theirs['steps_per_second']:.3f}"
+                             if ours["steps_per_second"] and theirs["steps_per_second"] else "")
+                    print(f"  ratio ours/diffusers: total time {ours['seconds'] / theirs['seconds']:.3f}{rates}, "
+                          f"{memory} {ours['peak_memory_mb'] / theirs['peak_memory_mb']:.3f}")
+                results[variant] = measured
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -634,6 +835,17 @@ def main() -> None:
     parser.add_argument("--sdxl-txt2img-shapes", default=str(SDXL_REFERENCE),
                         help="checkpoint manifest (key -> shape) of the model (default: the SDXL base)")
     parser.add_argument("--_sdxl_txt2img", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--device", help="only: the whole txt2img, ours vs diffusers, on this device (cuda, cuda:N or "
+                        "cpu): SD 1.5 at 512x512 and SDXL at 1024x1024 in fp16 (and bf16 where the card has it), "
+                        "--txt2img-steps steps; with --compile also both compiled")
+    parser.add_argument("--device-families", nargs="+", choices=tuple(DEVICE_SIZES), default=list(DEVICE_SIZES))
+    parser.add_argument("--device-dtypes", nargs="+", choices=("float16", "bfloat16", "float32"),
+                        help="precisions for --device (default: fp16, and bf16 where supported)")
+    parser.add_argument("--device-size", type=int, help="picture size for every family of --device (default 512 / 1024)")
+    parser.add_argument("--device-sd15-folder", help="a diffusers folder whose layout replaces the full-size SD 1.5 one "
+                        "(random weights; tests run the --device path with a tiny one)")
+    parser.add_argument("--device-sdxl-folder", help="the same for SDXL")
+    parser.add_argument("--_device_txt2img", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._sdxl_txt2img:
         shapes, size, steps, dtype_name = args._sdxl_txt2img
@@ -650,6 +862,9 @@ def main() -> None:
         which, family, size, steps, dtype_name, compiled, previews = args._txt2img
         print(json.dumps(measure_txt2img(which, family, int(size), int(steps), dtype_name, compiled == "1", previews == "1")))
         return
+    if args._device_txt2img:
+        print(json.dumps(measure_txt2img(**json.loads(args._device_txt2img))))
+        return
     if args._load:
         print(json.dumps(measure_load(*args._load)))
         return
@@ -658,6 +873,13 @@ def main() -> None:
         return
     if args._vae_limited:
         print(json.dumps(measure_vae_limited(*args._vae_limited)))
+        return
+
+    if args.device:
+        folders = {family: folder for family, folder in (("sd15", args.device_sd15_folder), ("sdxl", args.device_sdxl_folder))
+                   if folder}
+        report_device_txt2img(args.device, args.device_families, args.device_dtypes, args.txt2img_steps, args.compile,
+                              folders, args.device_size)
         return
 
     import torch

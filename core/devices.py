@@ -77,14 +77,14 @@ def cpu_flags() -> frozenset[str]:
 
 
 def available_memory(device: torch.device) -> int:
-    """Bytes this process can still allocate on ``device`` before something fails: the GPU's
-    free memory, or on the CPU the least of the system's available memory, what the
-    address-space limit (``ulimit -v``, RLIMIT_AS) leaves, and what a cgroup v2 memory limit
-    leaves. The limits matter because MemAvailable describes the machine, not this process: a
-    server run under a limit would otherwise plan for memory it may not take and be killed."""
+    """Bytes this process can still allocate on ``device`` before something fails: on a GPU what
+    the driver reports free plus what torch's caching allocator holds reserved but unused, or
+    on the CPU the least of the system's available memory, what the address-space limit
+    (``ulimit -v``, RLIMIT_AS) leaves, and what a cgroup v2 memory limit leaves. The limits
+    matter because MemAvailable describes the machine, not this process: a server run under a
+    limit would otherwise plan for memory it may not take and be killed."""
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free
+        return cuda_memory_available(device)
     candidates = [_system_available()]
     address_space = _address_space_left()
     if address_space is not None:
@@ -93,6 +93,18 @@ def available_memory(device: torch.device) -> int:
     if cgroup is not None:
         candidates.append(cgroup)
     return max(0, min(candidates))
+
+
+def cuda_memory_available(device: torch.device) -> int:
+    """The driver's free memory plus torch's reserved-but-unallocated blocks. After one job the
+    caching allocator keeps the blocks it freed (the last decode's activations, say) reserved,
+    so the driver reports them as taken although the next allocation reuses them: counting only
+    the driver's figure would make VAE tiling plan smaller tiles after every job. Blocks in a
+    CUDA graph's private pool (``--compile`` on CUDA) are counted too although only that graph
+    reuses them: a small over-estimate, which the planners' budget fractions leave room for."""
+    free, _ = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return free + max(0, cached)
 
 
 def _system_available() -> int:

@@ -1,5 +1,5 @@
-"""Speed settings: channels-last convolutions on the CPU and the opt-in ``torch.compile`` of the UNet (``--compile``), with a fallback to eager
-execution. What each is worth is measured in docs/PERFORMANCE.md.
+"""Speed settings: channels-last convolutions on the CPU and the opt-in ``torch.compile`` of the UNet
+(``--compile``), with a fallback to eager execution. What each is worth is measured in docs/PERFORMANCE.md.
 
 The module is compiled in place (``nn.Module.compile``), so its parameter names stay those of the
 checkpoint and LoRA merging keeps finding them. Weights are not frozen into the compiled code
@@ -7,6 +7,21 @@ checkpoint and LoRA merging keeps finding them. Weights are not frozen into the 
 would silently ignore it. Compiled code is cached on disk by inductor (its FX graph cache), in
 ``TORCHINDUCTOR_CACHE_DIR`` when set, so a second run with the same shapes skips most of the
 compile time.
+
+On CUDA the mode is "reduce-overhead" (``compile_mode``): inductor's kernels are recorded once
+as a CUDA graph and replayed, so a step is one launch instead of the UNet's many hundred kernel
+launches, whose cost on a fast card can rival the arithmetic itself at small latents and batch
+sizes (not measured here: no GPU has been lent to the project, see docs/PERFORMANCE.md). The
+UNet suits it: within a job every call has the same shapes (batch, latent size, context length).
+What it costs: each new shape (another picture size or batch, a longer prompt's context) is a
+compile (minutes for a full UNet without inductor's cache) and a recording, and every recorded
+graph keeps its memory pool reserved on the card for as long as the process lives. A parameter
+whose storage is swapped (a LoRA restored by assigning another tensor) is a changed static
+address: its graph is recorded again on the next call (cudagraph trees do not count these
+toward their re-record limit); weights changed in place are read by the replay as they are. A
+graph's output is overwritten by the next replay: the engine's denoiser consumes the UNet's
+output at once (``x - out * sigma``) and never holds it across calls, which is what that
+requires. The CPU has no CUDA graphs: there the mode is inductor's default.
 
 When no compiler can work (no C++ compiler for the CPU backend, no triton for CUDA), or torch
 fails while compiling, a warning is logged and the module runs eagerly: same pictures, no speed-up.
@@ -45,9 +60,15 @@ def compiler_problem(device: torch.device) -> str | None:
     return None
 
 
+def compile_mode(device: torch.device) -> str:
+    """torch.compile's mode for a module run on ``device``: CUDA graphs ("reduce-overhead") on
+    CUDA, inductor's default elsewhere (see the module notes for why and what it costs)."""
+    return "reduce-overhead" if device.type == "cuda" else "default"
+
+
 def compile_module(module: torch.nn.Module, device: torch.device) -> bool:
-    """Compile ``module``'s forward with inductor, in place. -> whether it will run compiled;
-    False (with a logged warning) when no compiler works here. Errors while compiling a
+    """Compile ``module``'s forward with inductor in ``compile_mode(device)``, in place. -> whether
+    it will run compiled; False (with a logged warning) when no compiler works here. Errors while compiling a
     particular call fall back to eager code for that call, also with a warning (dynamo's
     ``suppress_errors``), so a job never fails because of the compiler."""
     problem = compiler_problem(device)
@@ -58,7 +79,7 @@ def compile_module(module: torch.nn.Module, device: torch.device) -> bool:
 
     torch._dynamo.config.suppress_errors = True
     try:
-        module.compile(backend="inductor")
+        module.compile(backend="inductor", mode=compile_mode(device))
     except Exception as exc:  # noqa: BLE001 - any failure of the compiler means: run eagerly
         log.warning("--compile: torch.compile failed (%s); running without compiling", exc)
         return False

@@ -1,6 +1,8 @@
-"""bench/bench_engine.py's opt-in whole-SDXL txt2img measurement, run on a tiny SDXL manifest
-(the real one needs about 15 GB and many CPU minutes: run by hand, see docs/PERFORMANCE.md)."""
+"""bench/bench_engine.py's opt-in measurements that run whole jobs, on tiny layouts: the whole-SDXL
+txt2img on the CPU (the real one needs about 15 GB and many CPU minutes) and the ours-against-diffusers
+comparison of `--device cuda` (run on the CPU here; on a GPU by hand): see docs/PERFORMANCE.md."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,3 +31,60 @@ def test_sdxl_txt2img_measurement_runs_on_a_tiny_manifest(tmp_path):
     assert "finite latents: True" in lines[2]
     assert lines[3].startswith("  peak RSS ") and lines[3].endswith("fits in 24 GiB")
     assert len(lines) == 4  # nothing else is measured with --sdxl-txt2img
+
+
+def test_device_txt2img_comparison_runs_on_the_cpu_with_tiny_layouts(tmp_path):
+    """The path `bench_engine.py --device cuda` takes, on the CPU, with the tiny SD 1.5 and SDXL
+    layouts in place of the full-size ones: every variant measured, ratios printed."""
+    sd15 = tiny_models.save_diffusers_folder(tmp_path / "sd15")
+    sdxl = tiny_models.save_sdxl(tmp_path)["diffusers"]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_engine.py"), "--device", "cpu", "--device-sd15-folder", str(sd15),
+         "--device-sdxl-folder", str(sdxl), "--device-size", "64", "--txt2img-steps", "3", "--device-dtypes", "float16"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("device: cpu; torch ") and lines[0].endswith("CUDA none")
+    assert "3 Euler steps, CFG 7" in lines[1] and "(tiny layouts)" in lines[1]
+    assert lines[2] == "SD 1.5 64x64, float16:" and lines[6] == "SDXL base 64x64, float16:"
+    assert len(lines) == 10
+    for first in (3, 7):
+        for line, which in zip(lines[first:first + 2], ("ours", "diffusers")):
+            numbers = re.fullmatch(rf"  {which} +total +([\d.]+) s   sampling ([\d.]+) it/s   peak RSS (\d+) MB"
+                                   r"   \(warm-up job ([\d.]+) s\)", line)
+            assert numbers, line
+            assert all(float(n) > 0 for n in numbers.groups()), line
+        ratio = re.fullmatch(r"  ratio ours/diffusers: total time ([\d.]+), sampling it/s ([\d.]+), peak RSS ([\d.]+)",
+                             lines[first + 2])
+        assert ratio and all(float(n) > 0 for n in ratio.groups()), lines[first + 2]
+
+
+def load_bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_engine", ROOT / "bench" / "bench_engine.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_device_precisions_are_fp16_and_bf16_only_where_the_card_has_it(monkeypatch):
+    import torch
+
+    bench = load_bench()
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert bench.device_dtypes(torch.device("cuda")) == ["float16", "bfloat16"]
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert bench.device_dtypes(torch.device("cuda")) == ["float16"]
+    assert bench.device_dtypes(torch.device("cpu")) == ["float16", "bfloat16"]
+
+
+def test_sampling_rate_leaves_the_first_step_out():
+    import torch
+
+    clock = load_bench().StepClock(torch.device("cpu"))
+    clock.marks = [10.0, 12.5, 13.0, 13.5]  # steps 2 to 4 ended 2.5, 3 and 3.5 s after the first
+    assert clock.steps_per_second() == 3 / 3.5
+    clock.marks = [10.0]
+    assert clock.steps_per_second() is None
