@@ -92,12 +92,17 @@ def prepare_for_speed(model, device: torch.device, compile: bool = False) -> Non
     keep their weights arranged for oneDNN during a job (``core.models.convolution``: about 5%
     more); with ``compile`` the UNet is compiled instead (or, without a working compiler, left
     as it is)."""
+    prepare_unet_for_speed(model.unet, device, compile)
+
+
+def prepare_unet_for_speed(unet, device: torch.device, compile: bool = False) -> bool:
+    """prepare_for_speed's work on one UNet (the benchmark times a bare UNet prepared so).
+    -> whether it runs compiled."""
     if device.type == "cpu":
-        model.unet.use_memory_format(torch.channels_last)
+        unet.use_memory_format(torch.channels_last)
         # Compiled code arranges weights its own way; the eager path's copies would only cost memory.
-        use_prepacked_convolutions(model.unet, on=not compile)
-    if compile:
-        compile_module(model.unet, device)
+        use_prepacked_convolutions(unet, on=not compile)
+    return compile_module(unet, device) if compile else False
 
 
 def release_job_copies(*models) -> None:
