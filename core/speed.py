@@ -32,10 +32,12 @@ import importlib.util
 import logging
 import os
 import shutil
+from contextlib import contextmanager
 
 import torch
 
-from core.models.convolution import release_packed_weights, use_prepacked_convolutions
+from core.devices import available_memory
+from core.models.convolution import prepacked_bytes, release_packed_weights, use_prepacked_convolutions
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +107,39 @@ def prepare_unet_for_speed(unet, device: torch.device, compile: bool = False) ->
     return compile_module(unet, device) if compile else False
 
 
+# What sampling must leave available besides the arranged copies (and never less than them).
+MIN_MEMORY_LEFT = 2 * 2**30
+
+
+@contextmanager
+def arranged_while_sampling(*models):
+    """The span in which the UNets of ``models`` (None entries skipped) may keep their
+    convolution weights arranged for oneDNN (``core.models.convolution``; on only where
+    prepare_for_speed switched it on: a CPU, not compiled). The copies cost memory (2.0 GB for
+    SD 1.5 in float32), so they are made only when the memory still available after them is at
+    least as much again and never under 2 GiB (the sampling's own activations, the picture's
+    decode); short of that, sampling runs on the plain path, at the speed of channels-last alone.
+    On leaving, every copy is freed: the VAE decode that follows gets the memory back, and the
+    next sampling arranges the weights again after any extra network changed them."""
+    unets = [model.unet for model in models if model is not None and prepacked_bytes(model.unet)]
+    needed = sum(prepacked_bytes(unet) for unet in unets)
+    short = bool(unets) and available_memory(torch.device("cpu")) - needed < max(needed, MIN_MEMORY_LEFT)
+    if short:
+        log.info("not arranging convolution weights (%.1f GB): too little memory available", needed / 1e9)
+        for unet in unets:
+            use_prepacked_convolutions(unet, on=False)
+    try:
+        yield
+    finally:
+        for unet in unets:
+            release_packed_weights(unet)
+            if short:
+                use_prepacked_convolutions(unet, on=True)
+
+
 def release_job_copies(*models) -> None:
-    """After a job: free the arranged weight copies the job's UNets made (2 GB for SD 1.5 in
-    float32). The next job makes them again, after its extra networks have changed the weights."""
+    """Free the arranged weight copies of the UNets of ``models`` (None entries skipped): the
+    engine's safety net after each job, in case a job ended inside sampling."""
     for model in models:
         if model is not None:
             release_packed_weights(model.unet)

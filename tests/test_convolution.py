@@ -1,5 +1,7 @@
 """The UNet's Conv2d with weights arranged once for oneDNN (core/models/convolution.py): the same
 numbers as nn.Conv2d, a new arrangement whenever the weight changes, nothing kept after a job."""
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -82,3 +84,44 @@ def test_the_unet_runs_the_same_with_arranged_weights_and_frees_them(tiny_checkp
     release_job_copies(model)
     assert all(m._packed is None for m in packed)
     release_packed_weights(model.unet)  # nothing to free: no error
+
+
+@pytest.mark.parametrize("available, arranged", [(64 * 2**30, True), (2**30, False)])
+@torch.no_grad()
+def test_sampling_arranges_the_weights_only_when_memory_allows_and_frees_them(tiny_checkpoints, monkeypatch,
+                                                                               available, arranged):
+    import core.speed
+    from core.loading import load_model
+    from core.speed import arranged_while_sampling, prepare_for_speed
+
+    model = load_model(tiny_checkpoints["safetensors"])
+    prepare_for_speed(model, torch.device("cpu"))
+    monkeypatch.setattr(core.speed, "available_memory", lambda device: available)
+    convolutions = [m for m in model.unet.modules() if isinstance(m, Conv2d)]
+    x = torch.randn(2, 4, 8, 8)
+    context = torch.randn(2, 77, model.unet.config.context_dim)
+    expected = None
+    with arranged_while_sampling(model, None):
+        expected = model.unet(x, torch.tensor([10.0, 10.0]), context)
+        assert all((m._packed is not None) == arranged for m in convolutions)
+    assert all(m._packed is None and m.prepack for m in convolutions)  # freed; switched on again for the next time
+    torch.testing.assert_close(model.unet(x, torch.tensor([10.0, 10.0]), context), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_job_leaves_no_arranged_weights_behind(tiny_checkpoints, tmp_path):
+    from core.engine import Engine
+    from core.params import GenerationParams
+
+    engine = Engine(device="cpu", ckpt_dir=Path(tiny_checkpoints["safetensors"]).parent, output_dir=tmp_path,
+                    hash_cache=tmp_path / "h.json")
+
+    def arranged_now():
+        return sum(m._packed is not None for m in engine.loaded.model.unet.modules() if isinstance(m, Conv2d))
+
+    during = []
+    engine.txt2img(GenerationParams(prompt="a red circle", steps=2, width=64, height=64, seed=1,
+                                    checkpoint=Path(tiny_checkpoints["safetensors"]).name),
+                   progress=lambda p: during.append(arranged_now()), save=False)
+    convolutions = [m for m in engine.loaded.model.unet.modules() if isinstance(m, Conv2d)]
+    assert during and min(during) == len(convolutions) > 10  # arranged while sampling (memory allows here)
+    assert arranged_now() == 0 and all(m.prepack for m in convolutions)

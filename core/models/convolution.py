@@ -91,3 +91,9 @@ def release_packed_weights(model: nn.Module) -> None:
         if isinstance(module, Conv2d):
             module.release_packed()
 
+
+
+def prepacked_bytes(model: nn.Module) -> int:
+    """Memory the arranged copies of ``model``'s switched-on convolutions take (as much as their
+    weights), 0 when none is switched on."""
+    return sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if isinstance(m, Conv2d) and m.prepack)

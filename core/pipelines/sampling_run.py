@@ -23,6 +23,7 @@ from core.sampling.denoiser import DiscreteDenoiser
 from core.sampling.noise import ImageNoise
 from core.sampling.samplers import SAMPLERS, resolve_sampler_name
 from core.sampling.schedules import AUTOMATIC, DiscreteSchedule, get_sigmas
+from core.speed import arranged_while_sampling
 
 
 def sampling_dtype(model) -> torch.dtype:
@@ -164,7 +165,8 @@ def sample_latents(
         if callback:
             callback(i, sigma, x, denoised)
 
-    out = sampler.sample(guided, x, sigmas, callback=on_step, noise=noise, **sampler_options(params))
+    with arranged_while_sampling(model, refiner.model if refiner is not None else None):
+        out = sampler.sample(guided, x, sigmas, callback=on_step, noise=noise, **sampler_options(params))
     if keep_mask is not None:
         out = init_latent * keep_mask.to(init_latent) + out * (1 - keep_mask.to(init_latent))
     return out
