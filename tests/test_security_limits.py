@@ -21,6 +21,7 @@ import requests
 import torch
 import torch.nn.functional as F
 
+from core.allocation import use_huge_pages
 from core.errors import EngineError
 from core.params import MAX_BATCH_PIXELS, MAX_PROMPT_BYTES, MAX_SIZE, GenerationParams
 
@@ -193,8 +194,10 @@ def test_a_batch_that_does_not_fit_is_coded_picture_by_picture(monkeypatch):
 
 
 def _in_subprocess(code: str, *args: str, timeout: float) -> dict:
-    """Run ``code`` with ``args`` in a fresh Python (the project on its path); it prints one JSON line last."""
+    """Run ``code`` with ``args`` in a fresh Python (the project on its path), its allocation set up
+    as launch.py sets up the server's (core/allocation.py); it prints one JSON line last."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    use_huge_pages(env)
     done = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
