@@ -59,8 +59,9 @@ Each measurement runs in a fresh subprocess so that peak RSS belongs to that mea
 Prints ratios against the reference measured in the same run (diffusers float32; ours / diffusers
 in each precision; load RSS / file size). Targets: the whole txt2img at least 1.2x as fast as
 diffusers float32 on a CPU without native bf16 (3x on one with it); memory ratios <= 1.0, load
-ratio < 1.5. The machine's load average is printed with each part: timings on a busy machine
-are not comparable.
+ratio < 1.5, except that on a CPU ours holds its convolution weights arranged for oneDNN while
+sampling when memory allows (about 2 GB more for SD 1.5 in float32: docs/PERFORMANCE.md). The
+machine's load average is printed with each part: timings on a busy machine are not comparable.
 """
 from __future__ import annotations
 
