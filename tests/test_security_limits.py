@@ -263,7 +263,7 @@ print(json.dumps({"shape": list(out.shape), "finite": bool(torch.isfinite(out).a
 def test_decode_2048_with_the_sd_vae_under_a_12_gb_address_space():
     """The issue's check: SD's VAE (random weights) decodes a 2048x2048 picture in a process that
     may map at most 12 GB; a whole-picture attention alone would need 16 GiB. The slowest test
-    of the suite (one tiled SD-size decode at 2048x2048: 696 s on 2 idle cores, 20 minutes beside other work; peak RSS
+    of the suite (one tiled SD-size decode at 2048x2048: 923 s on 2 idle cores on 2026-12-07, 20 minutes beside other work; peak RSS
     about 6 GiB); the bench (bench/bench_engine.py --vae2k-only) records the peak."""
     limit = 12 * 10**9
     result = _in_subprocess(UNDER_AN_ADDRESS_SPACE_LIMIT, str(limit), "decode", "{}", "2048", timeout=3600)
