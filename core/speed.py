@@ -1,4 +1,5 @@
-"""Speed settings: channels-last convolutions on the CPU and the opt-in ``torch.compile`` of the UNet
+"""Speed settings: on the CPU channels-last feature maps and convolution weights arranged for
+oneDNN while sampling (``arranged_while_sampling``), and the opt-in ``torch.compile`` of the UNet
 (``--compile``), with a fallback to eager execution. What each is worth is measured in docs/PERFORMANCE.md.
 
 The module is compiled in place (``nn.Module.compile``), so its parameter names stay those of the
