@@ -19,7 +19,7 @@ import torch
 from core.devices import resolve_device, resolve_dtype
 from core.errors import NOT_FOUND, TOO_LARGE, UNAVAILABLE, EngineError
 from core.hashing import HashCache
-from core.speed import prepare_for_speed, release_job_copies
+from core.speed import prepare_for_speed
 from core.conditioning import EncodedPromptCache, make_conditioner
 from core.demo import DEMO_CHECKPOINT, is_demo, with_demo
 from core.embeddings import EmbeddingDatabase
@@ -543,7 +543,6 @@ class Engine:
                 job.error = exc  # after_job still runs: an extension must not think the job is going on
                 raise
             finally:
-                release_job_copies(loaded.model, stage.model if stage is not None else None)
                 self.extensions.run("after_job", job, results)
             return results
 

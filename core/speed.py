@@ -92,20 +92,21 @@ def compile_module(module: torch.nn.Module, device: torch.device) -> bool:
 def prepare_for_speed(model, device: torch.device, compile: bool = False) -> None:
     """What the engine does to every model it loads. On a CPU the UNet's feature maps run
     channels-last (oneDNN's preferred layout: about 8% faster per step) and its convolutions
-    keep their weights arranged for oneDNN during a job (``core.models.convolution``: about 5%
-    more); with ``compile`` the UNet is compiled instead (or, without a working compiler, left
-    as it is)."""
+    may keep their weights arranged for oneDNN while sampling (``arranged_while_sampling``);
+    with ``compile`` the UNet is compiled instead (or, without a working compiler, left as it
+    is, arranged weights included)."""
     prepare_unet_for_speed(model.unet, device, compile)
 
 
 def prepare_unet_for_speed(unet, device: torch.device, compile: bool = False) -> bool:
     """prepare_for_speed's work on one UNet (the benchmark times a bare UNet prepared so).
     -> whether it runs compiled."""
+    compiled = compile_module(unet, device) if compile else False
     if device.type == "cpu":
         unet.use_memory_format(torch.channels_last)
-        # Compiled code arranges weights its own way; the eager path's copies would only cost memory.
-        use_prepacked_convolutions(unet, on=not compile)
-    return compile_module(unet, device) if compile else False
+        # Compiled code calls oneDNN its own way; the eager path's copies would only cost memory.
+        use_prepacked_convolutions(unet, on=not compiled)
+    return compiled
 
 
 # What sampling must leave available besides the arranged copies (and never less than them).
@@ -122,8 +123,9 @@ def arranged_while_sampling(*models):
     decode); short of that, sampling runs on the plain path, at the speed of channels-last alone.
     On leaving, every copy is freed: the VAE decode that follows gets the memory back, and the
     next sampling arranges the weights again after any extra network changed them."""
-    unets = [model.unet for model in models if model is not None and prepacked_bytes(model.unet)]
-    needed = sum(prepacked_bytes(unet) for unet in unets)
+    sizes = {model.unet: prepacked_bytes(model.unet) for model in models if model is not None}
+    unets = [unet for unet, size in sizes.items() if size]
+    needed = sum(sizes.values())
     short = bool(unets) and available_memory(torch.device("cpu")) - needed < max(needed, MIN_MEMORY_LEFT)
     if short:
         log.info("not arranging convolution weights (%.1f GB): too little memory available", needed / 1e9)
@@ -136,11 +138,3 @@ def arranged_while_sampling(*models):
             release_packed_weights(unet)
             if short:
                 use_prepacked_convolutions(unet, on=True)
-
-
-def release_job_copies(*models) -> None:
-    """Free the arranged weight copies of the UNets of ``models`` (None entries skipped): the
-    engine's safety net after each job, in case a job ended inside sampling."""
-    for model in models:
-        if model is not None:
-            release_packed_weights(model.unet)

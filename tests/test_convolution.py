@@ -67,7 +67,7 @@ def test_training_other_dtypes_and_switched_off_take_the_plain_path():
 @torch.no_grad()
 def test_the_unet_runs_the_same_with_arranged_weights_and_frees_them(tiny_checkpoints):
     from core.loading import load_model
-    from core.speed import prepare_for_speed, release_job_copies
+    from core.speed import prepare_for_speed
 
     model = load_model(tiny_checkpoints["safetensors"])
     generator = torch.Generator().manual_seed(0)
@@ -81,9 +81,9 @@ def test_the_unet_runs_the_same_with_arranged_weights_and_frees_them(tiny_checkp
     assert len(packed) == len([m for m in model.unet.modules() if isinstance(m, Conv2d)]) > 10
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     assert got.is_contiguous()
-    release_job_copies(model)
+    release_packed_weights(model.unet)
     assert all(m._packed is None for m in packed)
-    release_packed_weights(model.unet)  # nothing to free: no error
+    release_packed_weights(model.unet)  # nothing left to free: no error
 
 
 @pytest.mark.parametrize("available, arranged", [(64 * 2**30, True), (2**30, False)])
