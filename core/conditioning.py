@@ -48,6 +48,7 @@ class PromptChunk:
     weights: list[float] = field(default_factory=list)
     # (position in the chunk after the start token, embedding vectors) to splice in
     fixes: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    filled: int = 0  # prompt tokens in it before padding (A1111's token counter counts them)
 
 
 def tokenize_prompt(tokenizer: ClipTokenizer, text: str, embeddings=None) -> list[PromptChunk]:
@@ -59,6 +60,7 @@ def tokenize_prompt(tokenizer: ClipTokenizer, text: str, embeddings=None) -> lis
     def close_chunk():
         nonlocal chunk, last_comma
         pad = max(0, CHUNK - len(chunk.tokens))
+        chunk.filled = len(chunk.tokens)
         chunk.tokens = [tokenizer.bos_id, *chunk.tokens, *([tokenizer.eos_id] * pad), tokenizer.eos_id]
         chunk.weights = [1.0, *chunk.weights, *([1.0] * pad), 1.0]
         chunks.append(chunk)
@@ -100,6 +102,26 @@ def tokenize_prompt(tokenizer: ClipTokenizer, text: str, embeddings=None) -> lis
     if chunk.tokens or not chunks:
         close_chunk()
     return chunks
+
+
+def chunk_token_count(chunks: list[PromptChunk]) -> int:
+    """A1111's count of a tokenized prompt: every chunk but the last counts whole (75, however a
+    BREAK or a comma cut it short), the last its own tokens."""
+    return CHUNK * (len(chunks) - 1) + chunks[-1].filled
+
+
+def prompt_token_count(tokenizer: ClipTokenizer, prompt: str, steps: int = 20, embeddings=None) -> tuple[int, int]:
+    """(tokens, limit) as A1111's token counter shows them ("80/150"): the prompt's
+    extra-network tags removed, split at AND, each prompt-editing step's text tokenized as
+    the encoder does (emphasis brackets are not tokens, BREAK fills its chunk, an embedding
+    counts its vectors); the largest count wins, and the limit is the chunks it fills x 75."""
+    from core.prompts.parser import extract_extra_networks, get_schedules, split_and
+
+    text, _ = extract_extra_networks(prompt)
+    schedules = get_schedules([part.text for part in split_and(text)], max(1, steps))
+    texts = {entry.text for schedule in schedules for entry in schedule}
+    tokens = max(chunk_token_count(tokenize_prompt(tokenizer, t, embeddings)) for t in texts)
+    return tokens, -(-max(tokens, 1) // CHUNK) * CHUNK
 
 
 class TextConditioner:

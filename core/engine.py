@@ -38,6 +38,7 @@ from core.pipelines.sampling_run import Refiner
 from core.pipelines.txt2img import txt2img
 from core.prompts.parser import extract_extra_networks
 from core.text.tokenizer import load_clip_tokenizer
+from core.vae_files import AUTOMATIC, fitted_vae_state, list_vae_files, read_vae_file, resolve_vae_choice, swap_vae_state
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,11 @@ class LoadedModel:
     hash: str | None = None
     # What the weights cannot tell, as asked for at load time: (prediction, zero_terminal_snr).
     overrides: tuple = ("auto", None)
+    # A separate VAE in place of the checkpoint's own (core/vae_files.py): its file and short
+    # hash (None: the checkpoint's own), and the checkpoint's own VAE tensors kept to put back.
+    vae_path: Path | None = None
+    vae_hash: str | None = None
+    own_vae: dict | None = None
 
 
 @dataclass
@@ -133,6 +139,10 @@ class Engine:
         self.models_dir = Path(models_dir) if models_dir else ROOT / "models"
         self.embeddings_dir = Path(embeddings_dir) if embeddings_dir else self.models_dir / "embeddings"
         self.lora_dir = Path(lora_dir) if lora_dir else self.models_dir / "Lora"
+        self.vae_dir = self.models_dir / "VAE"
+        # A1111's sd_vae: "Automatic", "None" or a file in vae_dir; it outlives checkpoint changes
+        # and is applied at every load and job (apply_vae: at once).
+        self.vae = AUTOMATIC
         self.hashes = HashCache(Path(hash_cache) if hash_cache else ROOT / "models" / ".hash-cache.json")
         self.loaded: LoadedModel | None = None
         self.loading: Loading | None = None  # while a checkpoint loads, for progress displays
@@ -225,6 +235,7 @@ class Engine:
         path = self.resolve_checkpoint(name, allow_paths)
         overrides = self.model_overrides()
         if self.loaded and self.loaded.path == path and self.loaded.overrides == overrides:
+            self._apply_vae(self.loaded)
             return self.loaded
         self.unload(keep_refiner=True)
         status = self.loading = Loading(_model_name(path), path)
@@ -244,6 +255,7 @@ class Engine:
             self.extensions.run("after_model_load", self.loaded)
         finally:
             self.loading = None
+        self._apply_vae(self.loaded)
         return self.loaded
 
     def job_model(self, checkpoint: str | None = None, allow_paths: bool = False) -> LoadedModel:
@@ -257,6 +269,54 @@ class Engine:
         if not names:
             raise EngineError(f"no checkpoint: put a model in {self.ckpt_dir}", kind=UNAVAILABLE)
         return self.load(names[0])
+
+    # --- VAE ---------------------------------------------------------------------------
+
+    def list_vaes(self) -> list[str]:
+        """The VAE files in vae_dir, as names relative to it (the choices beside Automatic, None)."""
+        return list_vae_files(self.vae_dir)
+
+    def apply_vae(self) -> None:
+        """Give the loaded model the VAE ``self.vae`` names now (with none loaded, it applies at
+        the next load). A file that cannot be read or does not fit this model is refused
+        (EngineError) and the model keeps the VAE it had. Hold exclusive() around it."""
+        if self.loaded is not None:
+            self._apply_vae(self.loaded)
+
+    def _apply_vae(self, loaded: LoadedModel) -> None:
+        wanted = resolve_vae_choice(self.vae, loaded.path, self.vae_dir)
+        if wanted == loaded.vae_path:
+            return
+        vae = loaded.model.vae
+        if wanted is None:
+            swap_vae_state(vae, loaded.own_vae)
+            loaded.own_vae, loaded.vae_path, loaded.vae_hash = None, None, None
+            return
+        state = fitted_vae_state(vae, read_vae_file(wanted), wanted.name)  # raises before anything changes
+        before = swap_vae_state(vae, state)
+        if loaded.own_vae is None:
+            loaded.own_vae = before
+        loaded.vae_path, loaded.vae_hash = wanted, None
+        log.info("VAE %s in use for %s", wanted.name, loaded.name)
+
+    def vae_fields(self, loaded: LoadedModel) -> dict[str, str | None]:
+        """A1111's infotext fields of the VAE in use: ``VAE hash`` and ``VAE`` (the file's name);
+        None for the checkpoint's own, which also drops the fields a pasted infotext brought."""
+        if loaded.vae_path is None:
+            return {"VAE hash": None, "VAE": None}
+        if loaded.vae_hash is None:
+            loaded.vae_hash = self.hashes.short(loaded.vae_path)
+        return {"VAE hash": loaded.vae_hash, "VAE": loaded.vae_path.name}
+
+    # --- prompts -------------------------------------------------------------------------
+
+    def count_tokens(self, prompt: str, steps: int = 20) -> tuple[int, int]:
+        """(tokens, limit) of ``prompt`` as A1111's counter shows them ("80/150"), counted by
+        the encoder's own tokenizer and chunking, with the loaded model's embeddings."""
+        from core.conditioning import prompt_token_count
+
+        embeddings = self.loaded.embeddings if self.loaded is not None else None
+        return prompt_token_count(self.tokenizer, prompt, steps, embeddings)
 
     def model_overrides(self) -> tuple[str, bool | None]:
         return check_prediction(self.prediction), self.zero_terminal_snr
@@ -486,6 +546,7 @@ class Engine:
             stage = self._refiner_stage(params, allow_paths) if refiner else None
             if loaded.model.spec.zero_terminal_snr:
                 fields = {**fields, "Noise Schedule": "Zero Terminal SNR"}  # A1111's sd_noise_schedule
+            fields = {**fields, **self.vae_fields(loaded)}
             job = Job(engine=self, params=params, kind=kind, model=loaded.model, started=time.time())
             results: list[GeneratedImage] = []
             try:

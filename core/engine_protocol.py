@@ -26,6 +26,7 @@ class EngineProtocol(Protocol):
     models_dir: Path  # the models' root: upscalers, VAE, ... in folders below it
     lora_dir: Path
     embeddings_dir: Path
+    vae_dir: Path  # separate VAE files (list_vaes names are relative to it)
 
     hashes: HashCache  # sha256 of model files, remembered (.entries: what is known without hashing)
     extensions: ExtensionRegistry  # the loaded extensions: UI tabs, API routes, hooks
@@ -37,6 +38,8 @@ class EngineProtocol(Protocol):
     # None (as the checkpoint says), True or False.
     prediction: str
     zero_terminal_snr: bool | None
+    # A1111's sd_vae: "Automatic", "None" or a file in vae_dir; applied at every load and job.
+    vae: str
 
     flags: JobFlags  # the running job's interrupted / skipped, reset when a job starts
 
@@ -56,6 +59,14 @@ class EngineProtocol(Protocol):
     def default_size(self, name: str | None = None, allow_paths: bool = False) -> int | None: ...
 
     def model_hash(self) -> str | None: ...
+
+    def list_vaes(self) -> list[str]: ...
+
+    def apply_vae(self) -> None: ...
+
+    # --- prompts -----------------------------------------------------------------------
+
+    def count_tokens(self, prompt: str, steps: int = 20) -> tuple[int, int]: ...
 
     # --- jobs --------------------------------------------------------------------------
 

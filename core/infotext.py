@@ -63,6 +63,8 @@ FIELDS: dict[str, tuple[str | None, type]] = {
     "Size-2": ("height", int),
     "Model hash": (None, str),
     "Model": ("checkpoint", str),
+    "VAE hash": (None, str),  # a separate VAE's short sha256 and file name (A1111's sd_vae)
+    "VAE": (None, str),
     "Clip skip": ("clip_skip", int),
     "Batch size": ("batch_size", int),
     "Variation seed": ("subseed", int),
@@ -101,6 +103,7 @@ def param_attribute(key: str) -> str | None:
 # Where create_infotext writes the fields it finds in params.extra (A1111's order).
 _EXTRA_BEFORE_CFG = ("Schedule type",)
 _EXTRA_AFTER_MODEL = (
+    "VAE hash", "VAE",
     "Variation seed", "Variation seed strength", "Seed resize from", "Denoising strength", "Eta", "S noise", "Emphasis",
 )
 _EXTRA_HIRES = (

@@ -25,6 +25,8 @@ from core.engine import (Engine, GeneratedImage, JobFlags, LoadedModel, Loading,
 from core.errors import NOT_FOUND, EngineError
 from core.extensions import ExtensionRegistry
 from core.hashing import HashCache
+from core.text.tokenizer import load_clip_tokenizer
+from core.vae_files import AUTOMATIC, list_vae_files, resolve_vae_choice
 
 LOAD_STEPS = 5  # how many times the loading share rises during a load
 
@@ -54,6 +56,9 @@ class FakeEngine:
         self.ckpt_dir = self.models_dir / "Stable-diffusion"
         self.lora_dir = self.models_dir / "Lora"
         self.embeddings_dir = self.models_dir / "embeddings"
+        self.vae_dir = self.models_dir / "VAE"
+        self.vae = AUTOMATIC
+        self.tokenizer = load_clip_tokenizer()  # count_tokens is the engine's own
         self.output_dir = root / "outputs"
         self.hashes = HashCache(None)
         self.extensions = ExtensionRegistry(self)
@@ -122,6 +127,16 @@ class FakeEngine:
         if self.loaded is not None and self.loaded.hash is None:
             self.loaded.hash = hashlib.sha256(self.loaded.name.encode()).hexdigest()[:10]
         return self.loaded.hash if self.loaded else None
+
+    def list_vaes(self) -> list[str]:
+        return list_vae_files(self.vae_dir)
+
+    def apply_vae(self) -> None:
+        """The choice judged as the engine judges it; no weights to swap, the file is recorded."""
+        if self.loaded is not None:
+            self.loaded.vae_path = resolve_vae_choice(self.vae, self.loaded.path, self.vae_dir)
+
+    count_tokens = Engine.count_tokens  # the engine's own counting, with no embeddings loaded
 
     # --- jobs --------------------------------------------------------------------------
 
