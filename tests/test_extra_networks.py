@@ -114,3 +114,171 @@ def test_odd_tag_frequency_values_are_skipped(tmp_path):
 
     assert training_tags({"ss_tag_frequency": "not json"}) == []
     assert training_tags({"ss_tag_frequency": json.dumps({"a": {"x": "many", "y": 2}, "b": 3})}) == [("y", 2)]
+
+
+# --- separate VAE files ---------------------------------------------------------------------
+
+VAE_PREFIX = "first_stage_model."
+
+
+@pytest.fixture(scope="module")
+def vae_engine(tiny_checkpoints, tmp_path_factory):
+    """A real engine on the tiny checkpoint, with models/VAE holding a VAE of other weights."""
+    from safetensors.torch import load_file
+
+    from tiny_models import engine_on_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("vae")
+    (root / "no-extensions").mkdir()
+    engine = engine_on_tiny_checkpoint(root, tiny_checkpoints["safetensors"], models_dir=root / "models",
+                                       extensions_dir=root / "no-extensions")
+    state = load_file(str(tiny_checkpoints["safetensors"]))
+    vae = {key[len(VAE_PREFIX):]: value for key, value in state.items() if key.startswith(VAE_PREFIX)}
+    generator = torch.Generator().manual_seed(5)
+    other = {key: value + 0.05 * torch.randn(value.shape, generator=generator) if value.is_floating_point() else value
+             for key, value in vae.items()}
+    engine.vae_dir.mkdir(parents=True)
+    save_file({**other, "model_ema.decay": torch.tensor(0.999)}, str(engine.vae_dir / "other.safetensors"))
+    torch.save({"state_dict": other}, engine.vae_dir / "other-pickled.pt")
+    # the same weights, as a whole checkpoint built with that VAE (the oracle)
+    save_file({**{k: v for k, v in state.items() if not k.startswith(VAE_PREFIX)},
+               **{VAE_PREFIX + k: v for k, v in other.items()}}, str(root / "built-with-other.safetensors"))
+    engine.test_root = root
+    yield engine
+    engine.vae = "Automatic"
+
+
+def decoded(engine_or_model) -> torch.Tensor:
+    from core.pipelines.common import decode_latents
+
+    model = engine_or_model.loaded.model if hasattr(engine_or_model, "loaded") else engine_or_model
+    latent = torch.linspace(-1, 1, 4 * 8 * 8).reshape(1, 4, 8, 8)
+    return decode_latents(model.vae, latent)
+
+
+def test_vae_files_are_listed(vae_engine):
+    assert vae_engine.list_vaes() == ["other-pickled.pt", "other.safetensors"]
+
+
+def test_a_swapped_vae_decodes_as_a_model_built_with_it(vae_engine):
+    from core.loading import load_model
+
+    engine = vae_engine
+    engine.vae = "None"
+    engine.load("tiny.safetensors")
+    own = decoded(engine)
+    engine.vae = "other.safetensors"
+    engine.apply_vae()
+    swapped = decoded(engine)
+    assert not torch.allclose(own, swapped, atol=1e-3)
+    oracle = load_model(engine.test_root / "built-with-other.safetensors")
+    torch.testing.assert_close(swapped, decoded(oracle))
+    assert engine.loaded.vae_path.name == "other.safetensors"
+    engine.vae = "other-pickled.pt"  # the same weights from a pickle, read with weights_only
+    engine.apply_vae()
+    torch.testing.assert_close(decoded(engine), swapped)
+    engine.vae = "None"  # the checkpoint's own again, without reading the checkpoint
+    engine.apply_vae()
+    torch.testing.assert_close(decoded(engine), own)
+    assert engine.loaded.vae_path is None and engine.loaded.own_vae is None
+
+
+def test_a_bad_vae_file_is_refused_and_the_model_keeps_its_vae(vae_engine):
+    engine = vae_engine
+    engine.vae = "other.safetensors"
+    engine.load("tiny.safetensors")
+    before = decoded(engine)
+    folder = engine.vae_dir
+    save_file({"decoder.conv_out.weight": torch.zeros(3, 3, 3, 3)}, str(folder / "partial.safetensors"))
+    (folder / "garbage.safetensors").write_bytes(b"\x00" * 64)
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("ran",))
+    torch.save({"state_dict": Boom()}, folder / "code.ckpt")
+    try:
+        for name, words in (("partial.safetensors", "weights missing"), ("garbage.safetensors", "garbage"),
+                            ("code.ckpt", "refused"), ("missing.safetensors", "not found"),
+                            ("../tiny.safetensors", "outside the VAE folder")):
+            engine.vae = name
+            with pytest.raises(EngineError, match=words):
+                engine.apply_vae()
+            assert engine.loaded.vae_path.name == "other.safetensors"
+            torch.testing.assert_close(decoded(engine), before)
+    finally:
+        for name in ("partial.safetensors", "garbage.safetensors", "code.ckpt"):
+            (folder / name).unlink()
+
+
+def test_the_vae_is_kept_when_the_checkpoint_changes(vae_engine):
+    engine = vae_engine
+    shutil.copy(engine.ckpt_dir / "tiny.safetensors", engine.ckpt_dir / "second.safetensors")
+    try:
+        engine.vae = "other.safetensors"
+        engine.load("tiny.safetensors")
+        swapped = decoded(engine)
+        engine.load("second.safetensors")
+        assert engine.loaded.vae_path.name == "other.safetensors"
+        torch.testing.assert_close(decoded(engine), swapped)
+    finally:
+        engine.unload()
+        (engine.ckpt_dir / "second.safetensors").unlink()
+
+
+def test_automatic_takes_a_vae_named_like_the_checkpoint(vae_engine):
+    engine = vae_engine
+    engine.vae = "Automatic"
+    engine.load("tiny.safetensors")
+    assert engine.loaded.vae_path is None  # no VAE named like it: the checkpoint's own
+    beside = engine.ckpt_dir / "tiny.vae.safetensors"
+    shutil.copy(engine.vae_dir / "other.safetensors", beside)
+    try:
+        engine.apply_vae()
+        assert engine.loaded.vae_path == beside
+    finally:
+        beside.unlink()
+    in_folder = engine.vae_dir / "tiny.safetensors"
+    shutil.copy(engine.vae_dir / "other.safetensors", in_folder)
+    try:
+        engine.apply_vae()
+        assert engine.loaded.vae_path == in_folder
+    finally:
+        in_folder.unlink()
+        engine.vae = "None"
+        engine.apply_vae()
+
+
+def test_a_diffusers_vae_file_is_read(vae_engine, tiny_checkpoints):
+    engine = vae_engine
+    engine.vae = "None"
+    engine.load("tiny.safetensors")
+    own = decoded(engine)
+    target = engine.vae_dir / "diffusers-layout.safetensors"
+    shutil.copy(tiny_checkpoints["diffusers"] / "vae" / "diffusion_pytorch_model.safetensors", target)
+    try:
+        engine.vae = target.name
+        engine.apply_vae()
+        torch.testing.assert_close(decoded(engine), own)  # the same weights in diffusers' names
+    finally:
+        engine.vae = "None"
+        engine.apply_vae()
+        target.unlink()
+
+
+def test_the_infotext_names_the_vae(vae_engine):
+    from core.params import GenerationParams
+
+    engine = vae_engine
+    engine.vae = "other.safetensors"
+    params = GenerationParams(prompt="a cat", steps=1, width=64, height=64, seed=3)
+    try:
+        infotext = engine.txt2img(params, save=False)[0].infotext
+        short = engine.hashes.short(engine.vae_dir / "other.safetensors")
+        assert f"Model: tiny, VAE hash: {short}, VAE: other.safetensors" in infotext
+        engine.vae = "None"
+        params = GenerationParams(prompt="a cat", steps=1, width=64, height=64, seed=3,
+                                  extra={"VAE hash": "0123456789", "VAE": "pasted.pt"})
+        infotext = engine.txt2img(params, save=False)[0].infotext
+        assert "VAE" not in infotext  # what a pasted infotext said is not written for the own VAE
+    finally:
+        engine.vae = "None"
