@@ -189,6 +189,14 @@ def _checkpoint(value: Any) -> str:
     return _folder_name(value)
 
 
+def _vae_choice(value: Any) -> str:
+    """A1111's sd_vae: "Automatic", "None" or a VAE file's name inside models/VAE (the engine
+    checks that it exists when it applies it)."""
+    if value in ("Automatic", "None"):
+        return value
+    return _folder_name(value)
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("outdir", "", "Output folder", _text,
            "where images are saved, inside the --outdir given to launch.py (empty: that folder); "
@@ -237,8 +245,11 @@ OPTIONS: tuple[Option, ...] = (
            help="the one jobs use; none set: the loaded one, else the first listed. Setting it loads it"),
     Option("sd_checkpoint_hash", None, "SHA256 hash of the current checkpoint", _text, kind=str, api=True,
            read_only=True),
-    Option("sd_vae", "Automatic", "SD VAE", help="separate VAE files are not supported yet",
-           choices=("Automatic", "None"), api=True),
+    Option("sd_vae", "Automatic", "SD VAE", _vae_choice, api=True,
+           help="Automatic: a VAE named like the checkpoint (NAME.vae.safetensors beside it, or in models/VAE), "
+                "else the checkpoint's own; None: the checkpoint's own; or a file in models/VAE"),
+    Option("extra_networks_default_multiplier", 1.0, "Default multiplier for extra networks", _float(0.0, 2.0),
+           "the weight a LoRA card puts in <lora:name:weight>", section=DEFAULTS, api=True),
     Option("CLIP_stop_at_last_layers", 1, "Clip skip", _int(1, 12), api=True),
     Option("emphasis", "Original", "Emphasis mode", choices=EMPHASIS_MODES, api=True),
     Option("eta_noise_seed_delta", 0, "Eta noise seed delta", help="only 0 is supported", choices=(0,), api=True),

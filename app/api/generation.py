@@ -93,6 +93,8 @@ class GenerationRoutes(RouteGroup):
         kept = (engine.prediction, engine.zero_terminal_snr)
         if model.overrides is not None:  # override_settings for this request
             engine.prediction, engine.zero_terminal_snr = model.overrides
+        if model.vae is not None:  # sd_vae: the saved one, or this request's override (the job applies it)
+            engine.vae = model.vae
         try:
             if model.native_size:
                 self._native_size(params, model.native_size)
@@ -105,6 +107,7 @@ class GenerationRoutes(RouteGroup):
         finally:
             if model.overrides is not None and not MODEL_OVERRIDES & set(restore):
                 engine.prediction, engine.zero_terminal_snr = kept
+            engine.vae = restore.get("sd_vae", self.settings.get("sd_vae"))  # the saved choice again
         return results, engine.loaded, state.job_timestamp
 
     async def _generate(self, kind: str, req: GenerationRequest, params: GenerationParams, restore: dict,

@@ -17,8 +17,6 @@ from app.api.schemas import (EmbeddingsResponse, LatentUpscalerModeItem, LoraIte
 from core.errors import EngineError
 from core.modelfiles import LORA_SUFFIXES
 
-_VAE_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
-
 # Schedule type -> (default rho, needs the model's own sigmas), as A1111 describes them.
 _SCHEDULER_TRAITS = {
     "Automatic": (None, False), "Uniform": (None, True), "Karras": (7.0, False), "Exponential": (None, False),
@@ -92,9 +90,9 @@ class ModelRoutes(RouteGroup):
                  "filename": str(e.path), "config": None} for e in self.checkpoints.entries()]
 
     def get_sd_vae(self) -> list[dict]:
-        folder = self.models_root / "VAE"
-        return [{"model_name": p.relative_to(folder).as_posix(), "filename": str(p)}
-                for p in _files(folder, _VAE_SUFFIXES)]
+        """The files sd_vae may name (the engine's list: what it can load), as A1111 lists them."""
+        folder = Path(self.engine.vae_dir)
+        return [{"model_name": name, "filename": str(folder / name)} for name in self.engine.list_vaes()]
 
     def get_loras(self) -> list[dict]:
         items = []

@@ -100,6 +100,8 @@ class OptionRoutes(RouteGroup):
             await self.queue.run("load checkpoint", lambda: self._set_model_overrides(*wanted, reload=reload))
         if checkpoint is not None:
             await self.queue.run("load checkpoint", lambda: load_checkpoint(self.engine, checkpoint))
+        if "sd_vae" in changes:
+            await self.queue.run("load VAE", lambda: self._set_vae(changes["sd_vae"]))
         if changes:
             await run_in_threadpool(self.save_settings, changes)
         self._settings_warning(response)
@@ -115,6 +117,19 @@ class OptionRoutes(RouteGroup):
                     engine.load(str(engine.loaded.path), allow_paths=True)
         except EngineError as exc:
             raise engine_error(exc) from None
+
+    def _set_vae(self, choice: str) -> None:
+        """sd_vae given to the engine and applied to the loaded model at once; a file that is
+        missing or does not fit is refused (the setting and the model stay as they were)."""
+        engine = self.engine
+        with engine.exclusive():
+            kept = engine.vae
+            engine.vae = choice
+            try:
+                engine.apply_vae()
+            except EngineError as exc:
+                engine.vae = kept
+                raise engine_error(exc) from None
 
     def save_settings(self, changes: dict) -> None:
         try:

@@ -44,6 +44,7 @@ class JobModel:
     from override_settings (None: the engine's), and the size fields to take from the model."""
     overrides: tuple | None = None
     native_size: tuple[str, ...] = ()
+    vae: str | None = None  # sd_vae for this job (the saved setting, or override_settings')
 
 
 def generation_params(req: GenerationRequest, img2img: bool,
@@ -59,7 +60,8 @@ def generation_params(req: GenerationRequest, img2img: bool,
     overrides = context.option_changes(req.override_settings or {}, "override_settings.")
     settings = {**context.settings, **overrides}
     values = common_values(req, settings, job_checkpoint(overrides, context))
-    model = JobModel(overrides=engine_overrides(settings) if MODEL_OVERRIDES & set(overrides) else None)
+    model = JobModel(overrides=engine_overrides(settings) if MODEL_OVERRIDES & set(overrides) else None,
+                     vae=settings.get("sd_vae"))
     if img2img:
         values.update(inpainting_values(req))
     values.update(refiner_values(req, context))
@@ -318,6 +320,7 @@ def processed_info(params: GenerationParams, results: list, loaded, job_timestam
     from core.sampling.samplers import resolve_sampler_name
 
     sampler, schedule = resolve_sampler_name(params.sampler)
+    vae_path = getattr(loaded, "vae_path", None)  # a separate VAE the job used (None: the checkpoint's own)
     if params.scheduler not in ("", "Automatic"):
         schedule = params.scheduler
     seeds = [r.seed for r in results]
@@ -355,8 +358,8 @@ def processed_info(params: GenerationParams, results: list, loaded, job_timestam
         "face_restoration_model": None,
         "sd_model_name": loaded.name if loaded is not None else None,
         "sd_model_hash": loaded.hash if loaded is not None else None,
-        "sd_vae_name": None,
-        "sd_vae_hash": None,
+        "sd_vae_name": vae_path.name if vae_path is not None else None,
+        "sd_vae_hash": getattr(loaded, "vae_hash", None) if vae_path is not None else None,
         "seed_resize_from_w": params.seed_resize_from_w or -1,
         "seed_resize_from_h": params.seed_resize_from_h or -1,
         "denoising_strength": params.denoising_strength if (img2img or params.enable_hr) else None,
