@@ -147,7 +147,11 @@ class BodyLimitMiddleware:
 class FileAccessGuard:
     """In front of Gradio's file routes: they serve only images inside the served folders
     (the outputs, fixed when the server starts), or images and exported .json files that
-    Gradio itself keeps in its upload and cache folders. Everything else (the history
+    Gradio itself keeps in its upload and cache folders, and the preview pictures of the model
+    files in the model folders (``NAME.preview.png`` beside ``NAME.safetensors``, as
+    ``core.modelfiles.preview_picture`` finds them; the extra-networks cards show them: a name
+    with ``..`` is refused, links the user placed in the folder are followed as the engine
+    follows them). Everything else (the history
     database, config.json, styles, logs, any file elsewhere, http URLs the server would fetch,
     the proxy route) is answered 403, whatever Gradio's own allow-list says.
 
@@ -159,11 +163,13 @@ class FileAccessGuard:
     FILE_ROUTES = ("/gradio_api/file=", "/gradio_api/file/")
     REFUSED_ROUTES = ("/gradio_api/proxy=",)  # this app loads no remote Spaces
 
-    def __init__(self, app, image_roots: Iterable[str | os.PathLike], gradio_dirs: Iterable[str | os.PathLike]):
+    def __init__(self, app, image_roots: Iterable[str | os.PathLike], gradio_dirs: Iterable[str | os.PathLike],
+                 preview_roots: Iterable[str | os.PathLike] = ()):
         from app.imagefiles import IMAGE_SUFFIXES
 
         self.app = app
         self.image_roots = [Path(p).resolve() for p in image_roots]
+        self.preview_roots = [Path(os.path.abspath(p)) for p in preview_roots]
         self.gradio_dirs = [Path(p).resolve() for p in gradio_dirs]
         self.image_suffixes = frozenset(IMAGE_SUFFIXES) | {".gif"}
         # The History tab's export reaches the browser as a .json file in Gradio's folders.
@@ -182,7 +188,16 @@ class FileAccessGuard:
         suffixes = {asked.suffix.lower(), real.suffix.lower()}
         if suffixes <= self.image_suffixes and any(real.is_relative_to(root) for root in self.image_roots):
             return True
+        if suffixes <= self.image_suffixes and self._is_model_preview(requested, asked):
+            return True
         return suffixes <= self.gradio_suffixes and any(real.is_relative_to(d) for d in self.gradio_dirs)
+
+    def _is_model_preview(self, requested: str, asked: Path) -> bool:
+        from core.modelfiles import is_preview_picture
+
+        if ".." in Path(requested).parts or not any(asked.is_relative_to(root) for root in self.preview_roots):
+            return False
+        return is_preview_picture(asked)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
@@ -509,13 +524,22 @@ def mount_page(app: FastAPI, engine: EngineProtocol, settings, options_path: str
     # copies them into its cache folder first): the batch folders' results are among them.
     # What the file routes serve directly is FileAccessGuard's choice: the outputs only.
     readable = paths + [str(Path(d).resolve()) for d in (allowed_dirs or ()) if str(Path(d).resolve()) not in paths]
+    # The model folders, for their preview pictures only (FileAccessGuard serves nothing else there).
+    previews = preview_folders(engine)
+    readable += [str(Path(d).resolve()) for d in previews if str(Path(d).resolve()) not in readable]
     # Gradio's own check, behind FileAccessGuard: the settings and styles are never files to serve.
     blocked = [str(Path(p).resolve()) for p in (options_path, default_settings_file(), data_dir() / "styles.csv")
                if p]
     gr.mount_gradio_app(app, demo, path="/", allowed_paths=readable, blocked_paths=blocked, show_error=True,
                         ssr_mode=False)
-    app.add_middleware(FileAccessGuard, image_roots=paths, gradio_dirs=[get_upload_folder(), get_cache_folder()])
+    app.add_middleware(FileAccessGuard, image_roots=paths, gradio_dirs=[get_upload_folder(), get_cache_folder()],
+                       preview_roots=previews)
     return demo
+
+
+def preview_folders(engine: EngineProtocol) -> list[Path]:
+    """The model folders whose cards show preview pictures: checkpoints, embeddings, LoRA."""
+    return [Path(engine.ckpt_dir), Path(engine.embeddings_dir), Path(engine.lora_dir)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,6 +31,26 @@ def preview_picture(path: Path) -> Path | None:
     return None
 
 
+# The model files a preview picture may belong to (checkpoints, LoRA, embeddings, VAE).
+PREVIEWED_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def is_preview_picture(path: Path) -> bool:
+    """Whether ``path`` is what :func:`preview_picture` finds for a model file beside it."""
+    path = Path(path)
+    lowered = path.name.lower()
+    for suffix in PREVIEW_SUFFIXES:
+        if not lowered.endswith(suffix):
+            continue
+        base = path.name[: -len(suffix)]
+        for model_suffix in PREVIEWED_SUFFIXES:
+            for written in (model_suffix, model_suffix.upper()):
+                model = path.with_name(base + written)
+                if model.is_file() and preview_picture(model) == path:
+                    return True
+    return False
+
+
 def has_suffix(path: str | os.PathLike, suffixes: tuple[str, ...] | set[str] | frozenset[str]) -> bool:
     """Whether ``path`` ends in one of ``suffixes`` (given in lower case), in any case."""
     return Path(path).suffix.lower() in suffixes

@@ -282,3 +282,132 @@ def test_the_infotext_names_the_vae(vae_engine):
         assert "VAE" not in infotext  # what a pasted infotext said is not written for the own VAE
     finally:
         engine.vae = "None"
+
+
+# --- the page: cards, clicks, previews, paste, VAE menu -------------------------------------
+
+@pytest.fixture
+def studio(tmp_path):
+    from PIL import Image
+
+    from app.page.studio import StudioUI
+    from app.settings import Settings
+    from app.styles import StyleDatabase
+    from fake_engine import FakeEngine
+
+    engine = FakeEngine(tmp_path)
+    lora = engine.lora_dir
+    (lora / "styles").mkdir(parents=True)
+    lora_file(lora / "pastel.safetensors", {"ss_tag_frequency": json.dumps({"1_x": {"pastel": 4, "soft": 7}}),
+                                            "ss_base_model_version": "sd_v1"})
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(lora / "pastel.preview.png")
+    lora_file(lora / "styles" / "ink.safetensors")
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(lora / "styles" / "ink.png")
+    engine.embeddings_dir.mkdir(parents=True)
+    torch.save({"string_to_param": {"*": torch.zeros(2, 8)}}, engine.embeddings_dir / "bad-hands.pt")
+    engine.ckpt_dir.mkdir(parents=True)
+    (engine.ckpt_dir / "sd15.safetensors").write_bytes(b"x")
+    Image.new("RGB", (8, 8)).save(engine.ckpt_dir / "sd15.preview.png")
+    engine.vae_dir.mkdir(parents=True)
+    (engine.vae_dir / "clear.safetensors").write_bytes(b"x")
+    return StudioUI(engine, settings=Settings(tmp_path / "config.json"), styles=StyleDatabase(tmp_path / "s.csv"))
+
+
+def click(kind: str, name: str, action: str = "use") -> str:
+    return json.dumps({"kind": kind, "name": name, "action": action})
+
+
+def test_cards_of_each_kind_with_their_previews(studio):
+    networks, engine = studio.extra_networks, studio.engine
+    assert [(c.name, c.preview) for c in networks.cards("lora")] == [
+        ("pastel", engine.lora_dir / "pastel.preview.png"), ("styles/ink", engine.lora_dir / "styles" / "ink.png")]
+    assert [c.name for c in networks.cards("textual_inversion")] == ["bad-hands"]
+    checkpoints = networks.cards("checkpoints")
+    assert checkpoints[0].preview == engine.ckpt_dir / "sd15.preview.png"
+    assert [c.name for c in networks.cards("lora", "  InK ")] == ["styles/ink"]
+    assert "nothing matches" in networks.cards_html("txt2img", "lora", "zebra")
+    grid = networks.cards_html("img2img", "lora")
+    assert 'data-tab="img2img"' in grid and grid.count('class="studio-card"') == 2
+    assert "/gradio_api/file=" + str(engine.lora_dir / "pastel.preview.png") in grid
+
+
+def test_a_click_adds_the_tag_the_name_or_switches_the_checkpoint(studio):
+    networks = studio.extra_networks
+    prompt, checkpoint, info = networks.pick(click("lora", "styles/ink"), "a cat")
+    assert prompt == "a cat <lora:styles/ink:1>"
+    assert networks.pick(click("textual_inversion", "bad-hands"), "")[0] == "bad-hands"
+    prompt, checkpoint, _ = networks.pick(click("checkpoints", "sd15.safetensors"), "a cat")
+    assert checkpoint == "sd15.safetensors"
+    import gradio as gr
+
+    for payload in (click("lora", "../Lora/pastel"), click("lora", "/etc/passwd"), "not json",
+                    json.dumps({"kind": "vae", "name": "x"})):
+        with pytest.raises(gr.Error):
+            networks.pick(payload, "a cat")
+
+
+def test_the_info_button_shows_training_tags_and_base_model(studio):
+    _, _, info = studio.extra_networks.pick(click("lora", "pastel", "info"), "a cat")
+    assert info.index("soft") < info.index("pastel <b>4</b>")  # most frequent first
+    assert "Base model version" in info and "sd_v1" in info
+
+
+def test_model_previews_are_served_and_nothing_else_in_the_model_folders(studio, tmp_path):
+    from app.server import FileAccessGuard
+
+    engine = studio.engine
+    guard = FileAccessGuard(None, image_roots=[engine.output_dir], gradio_dirs=[],
+                            preview_roots=[engine.ckpt_dir, engine.lora_dir, engine.embeddings_dir])
+    assert guard.allows(str(engine.lora_dir / "pastel.preview.png"))
+    assert guard.allows(str(engine.lora_dir / "styles" / "ink.png"))
+    assert guard.allows(str(engine.ckpt_dir / "sd15.preview.png"))
+    stray = engine.lora_dir / "stray.png"  # a picture with no model beside it
+    stray.write_bytes((engine.lora_dir / "styles" / "ink.png").read_bytes())
+    assert not guard.allows(str(stray))
+    assert not guard.allows(str(engine.lora_dir / "pastel.safetensors"))
+    assert not guard.allows(str(engine.lora_dir / "styles" / ".." / "pastel.preview.png"))
+    outside = tmp_path / "elsewhere.png"
+    outside.write_bytes(stray.read_bytes())
+    (tmp_path / "elsewhere.safetensors").write_bytes(b"x")
+    assert not guard.allows(str(outside))
+    assert not FileAccessGuard(None, [engine.output_dir], []).allows(str(engine.lora_dir / "pastel.preview.png"))
+
+
+def test_token_counter_html(studio):
+    tools = studio.prompt_tools
+    assert tools.count(" ".join(["cat"] * 80), 20) == '<span class="studio-token-counter">80/150</span>'
+    assert tools.count_both("", "cat BREAK dog", "x") == ('<span class="studio-token-counter">0/75</span>',
+                                                          '<span class="studio-token-counter">76/150</span>')
+
+
+def test_paste_reads_the_prompt_box_or_the_last_generation(studio):
+    import gradio as gr
+
+    from app.page.generation import text_fields
+
+    names = text_fields("txt2img")
+    infotext = "a red fox\nNegative prompt: blurry\nSteps: 33, Sampler: Euler, CFG scale: 5.5, Seed: 77, Size: 320x256"
+    values = dict(zip(names, studio.prompt_tools.paste("txt2img", names, infotext, [])))
+    assert (values["prompt"], values["negative_prompt"], values["steps"], values["cfg_scale"], values["seed"],
+            values["width"], values["height"]) == ("a red fox", "blurry", 33, 5.5, 77, 320, 256)
+    last = [{"path": None, "infotext": infotext.replace("33", "12"), "seed": 77}]
+    values = dict(zip(names, studio.prompt_tools.paste("txt2img", names, "  ", last)))
+    assert values["steps"] == 12 and values["prompt"] == "a red fox"
+    with pytest.raises(gr.Error, match="Nothing to read"):
+        studio.prompt_tools.paste("txt2img", names, "", [])
+
+
+def test_the_vae_menu_lists_files_and_saves_its_choice(studio):
+    import gradio as gr
+
+    models, engine = studio.models, studio.engine
+    assert models.vae_choices() == ["Automatic", "None", "clear.safetensors"]
+    engine.load("sd15.safetensors")
+    models.change_vae("clear.safetensors")
+    assert engine.vae == "clear.safetensors" and studio.settings["sd_vae"] == "clear.safetensors"
+    assert engine.loaded.vae_path == engine.vae_dir / "clear.safetensors"
+    with pytest.raises(gr.Error, match="not found"):
+        models.change_vae("gone.safetensors")
+    assert engine.vae == "clear.safetensors" and studio.settings["sd_vae"] == "clear.safetensors"
+    models.change_vae("None")
+    assert engine.loaded.vae_path is None and studio.settings["sd_vae"] == "None"

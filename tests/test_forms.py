@@ -70,9 +70,9 @@ def test_each_tab_takes_its_own_fields_and_notes():
 
 
 def test_lora_cards_list_every_lora_suffix(tmp_path):
-    from app.page.models import Models
+    from app.page.extra_networks import ExtraNetworks
 
     for name in ("a.safetensors", "b.pt", "c.ckpt", "d.bin", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
-    models = Models(types.SimpleNamespace(lora_dir=tmp_path), settings=None)
-    assert [name for name, _ in models.lora_entries()] == ["a", "b", "c", "d"]
+    networks = ExtraNetworks(types.SimpleNamespace(lora_dir=tmp_path), settings=None)
+    assert [card.name for card in networks.cards("lora")] == ["a", "b", "c", "d"]

@@ -690,12 +690,16 @@ def test_lora_cards_search_preview_and_insert(tmp_path):
     engine = FakeEngine(tmp_path)
     engine.lora_dir = lora
     ui = StudioUI(engine, settings=S(tmp_path / "c.json"), styles=StyleDatabase(tmp_path / "s.csv"))
-    assert [name for name, _ in ui.models.lora_entries()] == ["pastel", "styles/ink-outline"]
-    assert ui.models.lora_entries("INK") == [("styles/ink-outline", None)]
-    cards = ui.models.lora_cards("")
-    assert cards[0] == (str(lora / "pastel.png"), "pastel") and isinstance(cards[1][0], Image.Image)
-    assert ui.models.insert_lora("a cat", "pastel", 0.8) == "a cat <lora:pastel:0.8>"
-    assert ui.models.insert_lora("a cat <lora:pastel:0.8>", "pastel") == "a cat <lora:pastel:0.8>"
+    networks = ui.extra_networks
+    assert [(c.name, c.preview) for c in networks.cards("lora")] == [("pastel", lora / "pastel.png"),
+                                                                      ("styles/ink-outline", None)]
+    assert [c.name for c in networks.cards("lora", "INK")] == ["styles/ink-outline"]
+    cards = networks.cards_html("txt2img", "lora")
+    assert "pastel.png" in cards and 'data-name="styles/ink-outline"' in cards
+    ui.settings.update({"extra_networks_default_multiplier": 0.8})
+    pick = json.dumps({"kind": "lora", "name": "pastel"})
+    assert networks.pick(pick, "a cat")[0] == "a cat <lora:pastel:0.8>"
+    assert networks.pick(pick, "a cat <lora:pastel:0.5>")[0] == "a cat <lora:pastel:0.5>"
 
 
 def test_disabled_extensions_setting_reaches_the_engine(tmp_path, monkeypatch):

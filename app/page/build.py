@@ -45,6 +45,7 @@ def page_assets() -> dict[str, str]:
     (``launch()``, or ``gr.mount_gradio_app`` which drops css/head given to Blocks)."""
     css = (STATIC / "studio.css").read_text(encoding="utf-8")
     script = (STATIC / "studio.js").read_text(encoding="utf-8")
+    script += "\n" + (STATIC / "extranet.js").read_text(encoding="utf-8")  # extra-network cards, token counters
     load_js = (
         "() => {\n"
         f"  const css = {json.dumps(css)};\n"
@@ -113,8 +114,10 @@ def _model_header(demo: gr.Blocks, ui: StudioUI) -> dict[str, Any]:
             info=None if checkpoints else "No checkpoints found: put .safetensors files in models/Stable-diffusion",
             scale=6, elem_id="checkpoint",
         )
+        vae = _vae_menu(ui)
         refresh = gr.Button("↻", scale=0, elem_classes="studio-tool", elem_id="refresh_checkpoints")
     status = gr.HTML(ui.models.model_status(), elem_id="checkpoint_status")
+    _wire_vae_menu(demo, ui, vae, refresh, status)
     # Choosing a checkpoint loads it at once (after a running job), with its progress.
     checkpoint.change(ui.models.load_checkpoint, inputs=[checkpoint], outputs=[status], concurrency_id=JOB,
                       concurrency_limit=1, show_progress="hidden")
@@ -123,6 +126,23 @@ def _model_header(demo: gr.Blocks, ui: StudioUI) -> dict[str, Any]:
     download_notice, model_offer = download_panel(ui.models, checkpoint)
     demo.load(model_offer.notice, outputs=[download_notice])
     return {"checkpoint": checkpoint, "status": status, "refreshed": refreshed}
+
+
+def _vae_menu(ui: StudioUI) -> gr.Dropdown:
+    """A1111's SD VAE menu beside the checkpoint: Automatic, None and the files in models/VAE."""
+    choices = ui.models.vae_choices()
+    saved = ui.settings["sd_vae"]
+    return gr.Dropdown(choices=choices, value=saved if saved in choices else choices[0], label="SD VAE", scale=2,
+                       min_width=160, elem_id="sd_vae",
+                       info="Automatic: NAME.vae.safetensors beside the checkpoint (or in models/VAE), else its own")
+
+
+def _wire_vae_menu(demo: gr.Blocks, ui: StudioUI, vae: gr.Dropdown, refresh: gr.Button, status: gr.HTML) -> None:
+    # Applied at once (after a running job); the refresh button and every page load list the files anew.
+    vae.change(ui.models.change_vae, inputs=[vae], outputs=[status], concurrency_id=JOB, concurrency_limit=1,
+               show_progress="hidden")
+    refresh.click(ui.models.refresh_vaes, outputs=[vae], concurrency_limit=None, show_progress="hidden")
+    demo.load(ui.models.refresh_vaes, outputs=[vae], concurrency_limit=None, show_progress="hidden")
 
 
 def _wire_send_to(ui: StudioUI, send: SendTo, tabs: dict[str, GenerationTab], extras: dict[str, Any],

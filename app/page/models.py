@@ -1,6 +1,6 @@
 """The page's models: checkpoint choices and loading (with its progress), the refiner's
 choices, the size that follows the checkpoint, upscalers, the model settings handed to the
-engine, and the LoRA cards."""
+engine, and the VAE menu."""
 from __future__ import annotations
 
 import html
@@ -12,13 +12,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
-from PIL import Image, ImageDraw
 
 from app.forms import FORM_DEFAULTS, NO_REFINER, page_defaults
 from app.page.messages import error_message, loading_html
-from app.settings import Settings, engine_overrides
+from app.settings import Settings, SettingsError, engine_overrides
 from core.errors import EngineError
-from core.modelfiles import LORA_SUFFIXES, preview_picture
 from core.engine_protocol import EngineProtocol
 
 log = logging.getLogger(__name__)
@@ -146,7 +144,8 @@ class Models:
             return bar
         loaded = self.engine.loaded
         if loaded is not None:
-            return f'<div class="studio-note studio-model">Loaded: {html.escape(str(loaded.name))}</div>'
+            vae = f" with VAE {loaded.vae_path.name}" if loaded.vae_path is not None else ""
+            return f'<div class="studio-note studio-model">Loaded: {html.escape(str(loaded.name) + vae)}</div>'
         return '<div class="studio-note studio-model">No checkpoint loaded yet: it loads on first use</div>'
 
     def current_checkpoint(self) -> str | None:
@@ -220,51 +219,44 @@ class Models:
         return True
 
 
-    # ------------------------------------------------------------------ LoRA cards
+    # ------------------------------------------------------------------ VAE
 
-    def lora_entries(self, query: str = "") -> list[tuple[str, Path | None]]:
-        """(tag name, preview picture or None) for every LoRA file whose name contains ``query``
-        (case-insensitive): the name is the path below the LoRA folder without its suffix."""
-        from core.modelfiles import model_files  # linked files and folders followed
+    def vae_choices(self) -> list[str]:
+        """The VAE menu: Automatic, None, then the files in models/VAE."""
+        from core.vae_files import VAE_CHOICES
 
-        folder = Path(self.engine.lora_dir)
-        found = []
-        for path in sorted(model_files(folder, LORA_SUFFIXES)):
-            name = path.relative_to(folder).with_suffix("").as_posix()
-            if query.strip().lower() not in name.lower():
-                continue
-            found.append((name, preview_picture(path)))
-        return found
+        try:
+            files = list(self.engine.list_vaes())
+        except OSError as exc:
+            log.warning("could not list VAE files: %s", exc)
+            files = []
+        return [*VAE_CHOICES, *files]
 
-    def lora_cards(self, query: str = "") -> list[tuple[Any, str]]:
-        """Gallery items: the preview picture, or a plain card with the name's first letter."""
-        cards = []
-        for name, preview in self.lora_entries(query):
-            picture = str(preview) if preview else _letter_card(Path(name).name)
-            cards.append((picture, name))
-        return cards
+    def refresh_vaes(self) -> Any:
+        choices = self.vae_choices()
+        current = self.settings["sd_vae"]
+        return gr.Dropdown(choices=choices, value=current if current in choices else choices[0])
 
-    @staticmethod
-    def insert_lora(prompt: str, name: str, weight: float = 1.0) -> str:
-        """The prompt with ``<lora:name:weight>`` added at the end (once)."""
-        tag = f"<lora:{name}:{weight:g}>"
-        if f"<lora:{name}:" in (prompt or ""):
-            return prompt
-        return f"{(prompt or '').rstrip()} {tag}".strip()
+    def follow_vae_setting(self) -> None:
+        """The saved sd_vae (set here, or through the API) is the engine's choice."""
+        self.engine.vae = self.settings["sd_vae"]
 
-
-    def add_lora(self, prompt: str, query: str, weight: float, evt: gr.SelectData) -> str:
-        """The prompt with the LoRA card picked (``evt``) among those ``query`` lists added."""
-        entries = self.lora_entries(query)
-        if evt.index is None or not 0 <= int(evt.index) < len(entries):
-            return prompt
-        return self.insert_lora(prompt, entries[int(evt.index)][0], weight)
-
-
-def _letter_card(name: str, size: int = 128) -> Image.Image:
-    card = Image.new("RGB", (size, size), (58, 64, 84))
-    ImageDraw.Draw(card).text((size // 2 - 4, size // 2 - 6), (name[:1] or "?").upper(), fill=(230, 230, 240))
-    return card
+    def change_vae(self, choice: str | None) -> str:
+        """The VAE menu changed: the engine applies it to the loaded model at once (after a
+        running job) and the setting is saved; a file that does not fit is refused with the
+        model and the setting left as they were. -> the model status line."""
+        if not choice or choice == self.engine.vae:
+            return self.model_status()
+        kept = self.engine.vae
+        try:
+            with self.engine.exclusive():
+                self.engine.vae = choice
+                self.engine.apply_vae()
+            self.settings.update({"sd_vae": choice})
+        except (EngineError, SettingsError, OSError) as exc:
+            self.engine.vae = kept
+            raise gr.Error(error_message(exc, f"VAE {choice}"), print_exception=False) from None
+        return self.model_status()
 
 
 def _number(value: Any) -> Any:

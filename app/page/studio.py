@@ -8,10 +8,12 @@ from typing import Any, Callable, Sequence
 
 import gradio as gr
 
+from app.page.extra_networks import ExtraNetworks
 from app.page.gallery import Gallery
 from app.page.generation import Generation
 from app.page.models import Models
 from app.page.outputs import Outputs
+from app.page.prompt_tools import PromptTools
 from app.page.styles_settings import StylesSettings
 from app.page.superres import SuperResolution, default_upscaler
 from app.settings import Settings, default_settings_file
@@ -39,6 +41,9 @@ class StudioUI:
         self.gallery = Gallery(self.outputs)
         self.styles_settings = StylesSettings(self.settings, self.styles, self.outputs, self.models)
         self.models.apply_model_settings()
+        self.models.follow_vae_setting()
+        self.extra_networks = ExtraNetworks(engine, self.settings)
+        self.prompt_tools = PromptTools(engine, self.generation)
 
     def extension_tabs(self) -> list[tuple[str, str, Callable[[Any], Any]]]:
         """(extension name, tab title, build function) for every UI tab an enabled extension

@@ -8,6 +8,9 @@ import gradio as gr
 
 from app.forms import FILL_MODES, FORM_DEFAULTS as DEFAULT, FORM_FIELDS, INPAINT_AREAS, INPAINT_SOURCES, MASK_MODES, \
     OUTPAINT_DIRECTIONS, RESIZE_MODES, SAME
+from app.page.extra_networks import KINDS as EXTRA_NETWORK_KINDS
+from app.page.generation import text_fields
+from app.page.prompt_tools import EMPTY_COUNT
 from app.page.studio import StudioUI
 from app.page.uploads import mask_source_groups, size_from_image
 
@@ -48,13 +51,14 @@ def generation_tab(ui: StudioUI, tab: GenerationTab, checkpoint: Any, samplers: 
     """Lay out ``tab`` (its components go into ``tab``) and wire its events."""
     tab.fields["checkpoint"] = checkpoint
     _prompt_row(ui, tab)
-    _lora_panel(ui, tab)
+    _extra_networks_panel(ui, tab)
     with gr.Row():
         with gr.Column(scale=1):
             _settings_column(ui, tab, samplers, schedules, defaults)
         with gr.Column(scale=1):
             _results_column(tab)
     _wire(ui, tab)
+    _wire_prompt_tools(ui, tab)
 
 
 def _prompt_row(ui: StudioUI, tab: GenerationTab) -> None:
@@ -63,13 +67,22 @@ def _prompt_row(ui: StudioUI, tab: GenerationTab) -> None:
         with gr.Column(scale=6):
             f["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id=f"{name}_prompt",
                                      placeholder="Prompt (Ctrl+Enter to generate, Ctrl+Up/Down to change a word's weight)")
+            tab.tools["token_counter"] = gr.HTML(EMPTY_COUNT, elem_id=f"{name}_token_counter",
+                                                 elem_classes="studio-token-row")
             f["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{name}_neg_prompt",
                                               placeholder="Negative prompt")
+            tab.tools["negative_token_counter"] = gr.HTML(EMPTY_COUNT, elem_id=f"{name}_negative_token_counter",
+                                                          elem_classes="studio-token-row")
+            # studio.js presses it once a prompt has stopped changing (the counters' debounce)
+            tab.tools["count_tokens"] = gr.Button("Count tokens", visible="hidden", elem_id=f"{name}_token_button")
         with gr.Column(scale=2, min_width=220):
             tab.generate = gr.Button("Generate", variant="primary", elem_id=f"{name}_generate")
             with gr.Row():
                 tab.tools["interrupt"] = gr.Button("Interrupt", elem_id=f"{name}_interrupt", size="sm")
                 tab.tools["skip"] = gr.Button("Skip", elem_id=f"{name}_skip", size="sm")
+            with gr.Row():
+                tab.tools["paste"] = gr.Button("↙ Read parameters", elem_id=f"{name}_paste", size="sm",
+                                               elem_classes="studio-paste")
             f["styles"] = gr.Dropdown(choices=ui.styles.names(), value=[], multiselect=True, label="Styles",
                                       elem_id=f"{name}_styles")
             with gr.Row():
@@ -80,19 +93,50 @@ def _prompt_row(ui: StudioUI, tab: GenerationTab) -> None:
                 tab.save_style = gr.Button("Save style", size="sm", elem_id=f"{name}_save_style")
 
 
-def _lora_panel(ui: StudioUI, tab: GenerationTab) -> None:
-    name = tab.name
-    with gr.Accordion("LoRA", open=False, elem_id=f"{name}_lora"):
-        with gr.Row():
-            search = gr.Textbox(label="Search", scale=4, elem_id=f"{name}_lora_search")
-            weight = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Weight", scale=2)
-            refresh = tool_button("↻", f"{name}_lora_refresh")
-        cards = gr.Gallery(value=ui.models.lora_cards(""), label="Click a card to add its tag to the prompt", columns=8,
-                           height=200, allow_preview=False, elem_id=f"{name}_lora_cards")
-    search.change(ui.models.lora_cards, inputs=search, outputs=cards, show_progress="hidden")
-    refresh.click(ui.models.lora_cards, inputs=search, outputs=cards, show_progress="hidden")
-    cards.select(ui.models.add_lora, inputs=[tab.fields["prompt"], search, weight], outputs=tab.fields["prompt"],
-                 show_progress="hidden")
+def _extra_networks_panel(ui: StudioUI, tab: GenerationTab) -> None:
+    """A1111's extra networks: a card grid per kind, one search for all, the picked card's info;
+    a click goes through the hidden pick box and button (studio's extranet.js)."""
+    name, networks = tab.name, ui.extra_networks
+    grids = {}
+    with gr.Accordion("Extra networks", open=False, elem_id=f"{name}_extra_networks"):
+        with gr.Row(equal_height=True):
+            search = gr.Textbox(label="Search", placeholder="Filter the cards by name", scale=6, max_lines=1,
+                                elem_id=f"{name}_extranet_search")
+            refresh = tool_button("↻", f"{name}_extranet_refresh")
+        with gr.Tabs(elem_id=f"{name}_extranet_tabs"):
+            for kind, label in EXTRA_NETWORK_KINDS.items():
+                with gr.Tab(label, id=f"{name}_{kind}", elem_id=f"{name}_{kind}_tab"):
+                    grids[kind] = gr.HTML(networks.cards_html(name, kind), elem_id=f"{name}_{kind}_cards",
+                                          elem_classes="studio-cards-box")
+        info = gr.HTML("", elem_id=f"{name}_extranet_info")
+        pick = gr.Textbox(visible="hidden", elem_id=f"{name}_extranet_pick", max_lines=1)
+        pick_button = gr.Button("Use card", visible="hidden", elem_id=f"{name}_extranet_pick_button")
+    kinds = list(grids)
+
+    def draw(query: str) -> list[str]:
+        return [networks.cards_html(name, kind, query) for kind in kinds]
+
+    quick = dict(concurrency_limit=None, show_progress="hidden")
+    search.change(draw, inputs=search, outputs=list(grids.values()), trigger_mode="always_last", **quick)
+    refresh.click(draw, inputs=search, outputs=list(grids.values()), **quick)
+    pick_button.click(networks.pick, inputs=[pick, tab.fields["prompt"]],
+                      outputs=[tab.fields["prompt"], tab.fields["checkpoint"], info], **quick)
+
+
+def _wire_prompt_tools(ui: StudioUI, tab: GenerationTab) -> None:
+    """The token counters (pressed by studio's extranet.js once a prompt stops changing) and the
+    paste-parameters button (its fields: what an infotext fills on this tab)."""
+    name, f, tools = tab.name, tab.fields, tab.tools
+    quick = dict(concurrency_limit=None, show_progress="hidden")
+    tools["count_tokens"].click(ui.prompt_tools.count_both, inputs=[f["prompt"], f["negative_prompt"], f["steps"]],
+                                outputs=[tools["token_counter"], tools["negative_token_counter"]],
+                                trigger_mode="always_last", **quick)
+    names = text_fields(name)
+
+    def paste(prompt, items):
+        return ui.prompt_tools.paste(name, names, prompt, items)
+
+    tools["paste"].click(paste, inputs=[f["prompt"], tab.items], outputs=[f[n] for n in names], **quick)
 
 
 def _slider(f: dict[str, Any], name: str, low: float, high: float, step: float, label: str, elem_id: str,
