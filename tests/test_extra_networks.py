@@ -411,3 +411,35 @@ def test_the_vae_menu_lists_files_and_saves_its_choice(studio):
     assert engine.vae == "clear.safetensors" and studio.settings["sd_vae"] == "clear.safetensors"
     models.change_vae("None")
     assert engine.loaded.vae_path is None and studio.settings["sd_vae"] == "None"
+
+
+def test_sd_vae_by_the_api(vae_engine, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from app.server import create_app
+
+    engine = vae_engine
+    engine.vae = "None"
+    engine.load("tiny.safetensors")
+    app = create_app(engine, api=True, ui=False, options_path=tmp_path / "config.json")
+    job = {"prompt": "a cat", "steps": 1, "width": 64, "height": 64, "seed": 1, "save_images": False}
+    try:
+        with TestClient(app, base_url="http://127.0.0.1") as client:
+            listed = client.get("/sdapi/v1/sd-vae").json()
+            assert [item["model_name"] for item in listed] == ["other-pickled.pt", "other.safetensors"]
+            assert client.post("/sdapi/v1/options", json={"sd_vae": "other.safetensors"}).status_code == 200
+            assert client.get("/sdapi/v1/options").json()["sd_vae"] == "other.safetensors"
+            assert engine.loaded.vae_path.name == "other.safetensors"
+            refused = client.post("/sdapi/v1/options", json={"sd_vae": "missing.safetensors"})
+            assert refused.status_code == 404 and "missing.safetensors" in refused.json()["detail"]
+            assert client.get("/sdapi/v1/options").json()["sd_vae"] == "other.safetensors"
+            answer = client.post("/sdapi/v1/txt2img", json=job).json()
+            info = json.loads(answer["info"])
+            assert "VAE: other.safetensors" in info["infotexts"][0]
+            assert info["sd_vae_name"] == "other.safetensors" and len(info["sd_vae_hash"]) == 10
+            answer = client.post("/sdapi/v1/txt2img", json={**job, "override_settings": {"sd_vae": "None"}}).json()
+            assert "VAE" not in json.loads(answer["info"])["infotexts"][0]
+            assert engine.vae == "other.safetensors"  # the saved choice again after the job
+    finally:
+        engine.vae = "None"
+        engine.apply_vae()
