@@ -65,14 +65,15 @@ def _prompt_row(ui: StudioUI, tab: GenerationTab) -> None:
     name, f = tab.name, tab.fields
     with gr.Row():
         with gr.Column(scale=6):
+            # each counter is drawn into the top right corner of the prompt box after it (studio.css)
+            tab.tools["token_counter"] = gr.HTML(EMPTY_COUNT, elem_id=f"{name}_token_counter",
+                                                 elem_classes="studio-token-row", padding=False)
             f["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id=f"{name}_prompt",
                                      placeholder="Prompt (Ctrl+Enter to generate, Ctrl+Up/Down to change a word's weight)")
-            tab.tools["token_counter"] = gr.HTML(EMPTY_COUNT, elem_id=f"{name}_token_counter",
-                                                 elem_classes="studio-token-row")
+            tab.tools["negative_token_counter"] = gr.HTML(EMPTY_COUNT, elem_id=f"{name}_negative_token_counter",
+                                                          elem_classes="studio-token-row", padding=False)
             f["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{name}_neg_prompt",
                                               placeholder="Negative prompt")
-            tab.tools["negative_token_counter"] = gr.HTML(EMPTY_COUNT, elem_id=f"{name}_negative_token_counter",
-                                                          elem_classes="studio-token-row")
             # studio.js presses it once a prompt has stopped changing (the counters' debounce)
             tab.tools["count_tokens"] = gr.Button("Count tokens", visible="hidden", elem_id=f"{name}_token_button")
         with gr.Column(scale=2, min_width=220):
