@@ -40,6 +40,7 @@ COMMA_BACKTRACK = 20
 # check between groups, so that an interrupt does not wait for hundreds of chunks.
 ENCODE_GROUP = 8
 EMPHASIS_MODES = ("Original", "No norm", "None")
+MAX_COUNTED_TEXTS = 64  # prompt_token_count: distinct scheduled texts counted, at most
 
 
 @dataclass
@@ -119,7 +120,8 @@ def prompt_token_count(tokenizer: ClipTokenizer, prompt: str, steps: int = 20, e
 
     text, _ = extract_extra_networks(prompt)
     schedules = get_schedules([part.text for part in split_and(text)], max(1, steps))
-    texts = {entry.text for schedule in schedules for entry in schedule}
+    # An alternation [a|b] gives a text per step: the first MAX_COUNTED_TEXTS bound the work.
+    texts = list(dict.fromkeys(entry.text for schedule in schedules for entry in schedule))[:MAX_COUNTED_TEXTS]
     tokens = max(chunk_token_count(tokenize_prompt(tokenizer, t, embeddings)) for t in texts)
     return tokens, -(-max(tokens, 1) // CHUNK) * CHUNK
 

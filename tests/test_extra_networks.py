@@ -443,3 +443,26 @@ def test_sd_vae_by_the_api(vae_engine, tmp_path):
     finally:
         engine.vae = "None"
         engine.apply_vae()
+
+
+def test_a_saved_vae_that_is_gone_falls_back_to_automatic(tmp_path):
+    from app.page.studio import StudioUI
+    from app.settings import Settings
+    from app.styles import StyleDatabase
+    from fake_engine import FakeEngine
+
+    settings = Settings(tmp_path / "config.json")
+    settings.update({"sd_vae": "deleted.safetensors"})
+    engine = FakeEngine(tmp_path)
+    StudioUI(engine, settings=settings, styles=StyleDatabase(tmp_path / "s.csv"))
+    assert engine.vae == "Automatic"
+    engine.vae_dir.mkdir(parents=True)
+    (engine.vae_dir / "deleted.safetensors").write_bytes(b"x")
+    StudioUI(engine, settings=settings, styles=StyleDatabase(tmp_path / "s.csv"))
+    assert engine.vae == "deleted.safetensors"
+
+
+def test_many_alternations_are_counted_within_a_bound(tokenizer):
+    prompt = "[" + "|".join(f"word{i}" for i in range(200)) + "] cat"
+    tokens, limit = count(tokenizer, prompt, steps=150)
+    assert 2 <= tokens <= 75 and limit == 75

@@ -70,7 +70,11 @@ def test_page_has_every_tab_and_control(tmp_path):
     demo = build_ui(engine, settings=Settings(tmp_path / "c.json"), styles=StyleDatabase(tmp_path / "s.csv"))
     assert isinstance(demo, gr.Blocks)
     blocks = list(demo.blocks.values())
-    tabs = {b.label for b in blocks if isinstance(b, gr.Tab)}
+    # each generation tab's extra networks have tabs of their own (Checkpoints, Textual Inversion, LoRA)
+    network_tabs = {f"{tab}_{kind}_tab" for tab in ("txt2img", "img2img", "inpaint")
+                    for kind in ("checkpoints", "textual_inversion", "lora")}
+    assert network_tabs <= {b.elem_id for b in blocks if isinstance(b, gr.Tab)}
+    tabs = {b.label for b in blocks if isinstance(b, gr.Tab) and b.elem_id not in network_tabs}
     assert tabs == {"txt2img", "img2img", "Inpaint", "Super-resolution", "Gallery", "PNG Info", "Styles", "Settings"}
     ids = {getattr(b, "elem_id", None) for b in blocks}
     for tab in ("txt2img", "img2img", "inpaint"):
@@ -79,12 +83,15 @@ def test_page_has_every_tab_and_control(tmp_path):
                      "batch_size", "clip_skip", "styles", "gallery", "info", "progress", "send_to_img2img",
                      "send_to_inpaint", "send_to_extras"):
             assert f"{tab}_{part}" in ids, f"{tab}_{part}"
+    assert {f"{tab}_{part}" for tab in ("txt2img", "img2img", "inpaint")
+            for part in ("token_counter", "negative_token_counter", "paste", "extra_networks", "extranet_search")} <= ids
     assert {"txt2img_enable_hr", "img2img_image", "img2img_resize_mode", "inpaint_editor", "inpaint_mask_blur",
             "inpaint_fill", "inpaint_area", "inpaint_padding", "inpaint_mask_mode", "outpaint_directions",
             "outpaint_pixels", "extras_upscaler", "extras_generate", "gallery_images", "gallery_delete",
             "pnginfo_image", "pnginfo_send_to_txt2img", "settings_apply", "styles_save"} <= ids
     dropdowns = {b.elem_id: b for b in blocks if isinstance(b, gr.Dropdown)}
     assert [c[0] for c in dropdowns["checkpoint"].choices] == ["sd15.safetensors", "sub/other.ckpt"]
+    assert [c[0] for c in dropdowns["sd_vae"].choices] == ["Automatic", "None"]  # no files in models/VAE
     from core.sampling.samplers import SAMPLERS
 
     assert [c[0] for c in dropdowns["txt2img_sampler"].choices] == list(SAMPLERS)

@@ -238,8 +238,15 @@ class Models:
         return gr.Dropdown(choices=choices, value=current if current in choices else choices[0])
 
     def follow_vae_setting(self) -> None:
-        """The saved sd_vae (set here, or through the API) is the engine's choice."""
-        self.engine.vae = self.settings["sd_vae"]
+        """The saved sd_vae (set here, or through the API) is the engine's choice; a saved file
+        that is gone since falls back to Automatic with a warning (as A1111 does), so that the
+        start-up load and every job do not fail on it."""
+        saved = self.settings["sd_vae"]
+        if saved not in self.vae_choices():
+            log.warning("the VAE %r chosen in the settings is not in %s: using Automatic", saved,
+                        self.engine.vae_dir)
+            saved = "Automatic"
+        self.engine.vae = saved
 
     def change_vae(self, choice: str | None) -> str:
         """The VAE menu changed: the engine applies it to the loaded model at once (after a

@@ -61,6 +61,6 @@ class PromptTools:
 
 def _steps(value: Any) -> int:
     try:
-        return max(1, min(int(float(value)), 1000))
+        return max(1, min(int(float(value)), 150))  # the page's steps slider ends at 150
     except (TypeError, ValueError):
         return 20
