@@ -117,9 +117,10 @@ def test_cards_fit_their_box_and_show_their_previews(page):
     assert boxes_fit(page, grid, "#txt2img_extra_networks") == []
     widths = page.evaluate(f"[...document.querySelectorAll('{grid} .studio-card')].map(c => c.offsetWidth)")
     assert max(widths) < 300  # a grid of cards, not one card across the page
-    loaded = page.evaluate(f"""[...document.querySelectorAll('{grid} img')]
-                               .map(img => img.complete && img.naturalWidth)""")
-    assert loaded and all(width == 300 for width in loaded), loaded  # the previews came through the file route
+    pictures = f"[...document.querySelectorAll('{grid} img')]"
+    page.wait_for_function(f"() => {pictures}.every(img => img.complete)")  # lazy pictures come in as shown
+    loaded = page.evaluate(f"{pictures}.map(img => img.naturalWidth)")
+    assert len(loaded) == 12 and all(width == 300 for width in loaded), loaded  # came through the file route
     shot(page, "extranet-cards")
 
 
