@@ -48,6 +48,8 @@ def server(tiny_checkpoints, tmp_path_factory):
     (root / "data").mkdir()
     (root / "no-extensions").mkdir()
     shutil.copy(tiny_checkpoints["safetensors"], models / "Stable-diffusion" / "tiny.safetensors")
+    shutil.copy(tiny_checkpoints["safetensors"], models / "Stable-diffusion" / "second.safetensors")
+    Image.new("RGB", (300, 400), (200, 160, 40)).save(models / "Stable-diffusion" / "second.png")
     for index in range(12):  # more cards than a row holds
         name = f"style-{index:02d}" if index else "pastel"
         save_file({"lora_unet_x.lora_down.weight": torch.zeros(2, 2)}, str(models / "Lora" / f"{name}.safetensors"),
@@ -172,3 +174,29 @@ def test_the_vae_menu_lists_the_vae_files(page):
     texts = [t.replace("✓", "").strip() for t in options.all_inner_texts()]  # the chosen one has a tick
     assert {"Automatic", "None", "clearer.safetensors"} <= set(texts), texts
     shot(page, "extranet-vae-menu")
+
+
+def test_cards_fit_a_phone_width_page(page):
+    page.set_viewport_size({"width": 390, "height": 844})
+    open_extra_networks(page)
+    grid = "#txt2img_lora_cards .studio-cards"
+    assert boxes_fit(page, f"{grid} .studio-card", grid) == []
+    assert boxes_fit(page, grid, "#txt2img_extra_networks") == []
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scrolling
+    shot(page, "extranet-cards-phone")
+
+
+def test_a_checkpoint_card_switches_the_checkpoint_and_the_vae_menu_applies(page):
+    page.locator("#txt2img_extra_networks").get_by_text("Extra networks").first.click()
+    page.get_by_role("tab", name="Checkpoints", exact=True).first.click()
+    card = page.locator('#txt2img_checkpoints_cards .studio-card[data-name="second.safetensors"]')
+    assert card.locator("img").count() == 1  # its preview, second.png
+    card.locator(".studio-card-name").click()
+    wait_text(page, "checkpoint_status", "Loaded: second")
+    assert page.locator("#checkpoint input").input_value() == "second.safetensors"
+    page.locator("#sd_vae input").click()
+    page.locator("[role=option], ul.options li").filter(has_text="clearer.safetensors").first.click()
+    wait_text(page, "checkpoint_status", "with VAE clearer.safetensors")
+    page.locator("#sd_vae input").click()
+    page.locator("[role=option], ul.options li").filter(has_text="None").first.click()
+    page.wait_for_function("() => !document.getElementById('checkpoint_status').innerText.includes('with VAE')")

@@ -333,11 +333,13 @@ def test_cards_of_each_kind_with_their_previews(studio):
 
 def test_a_click_adds_the_tag_the_name_or_switches_the_checkpoint(studio):
     networks = studio.extra_networks
-    prompt, checkpoint, info = networks.pick(click("lora", "styles/ink"), "a cat")
-    assert prompt == "a cat <lora:styles/ink:1>"
+    prompt, checkpoint, info, load = networks.pick(click("lora", "styles/ink"), "a cat")
+    assert prompt == "a cat <lora:styles/ink:1>" and load is None
     assert networks.pick(click("textual_inversion", "bad-hands"), "")[0] == "bad-hands"
-    prompt, checkpoint, _ = networks.pick(click("checkpoints", "sd15.safetensors"), "a cat")
-    assert checkpoint == "sd15.safetensors"
+    prompt, checkpoint, _, load = networks.pick(click("checkpoints", "sd15.safetensors"), "a cat")
+    assert checkpoint == load == "sd15.safetensors"
+    assert list(studio.models.load_picked_checkpoint(load))[-1].endswith("Loaded: sd15</div>")
+    assert studio.engine.loaded.name == "sd15"
     import gradio as gr
 
     for payload in (click("lora", "../Lora/pastel"), click("lora", "/etc/passwd"), "not json",
@@ -347,7 +349,7 @@ def test_a_click_adds_the_tag_the_name_or_switches_the_checkpoint(studio):
 
 
 def test_the_info_button_shows_training_tags_and_base_model(studio):
-    _, _, info = studio.extra_networks.pick(click("lora", "pastel", "info"), "a cat")
+    _, _, info, _ = studio.extra_networks.pick(click("lora", "pastel", "info"), "a cat")
     assert info.index("soft") < info.index("pastel <b>4</b>")  # most frequent first
     assert "Base model version" in info and "sd_v1" in info
 

@@ -97,6 +97,7 @@ def build_ui(engine: EngineProtocol, settings: Settings | None = None,
         _wire_send_to(ui, SendTo(ui, tab_bar, tabs, extras), tabs, extras, browse, pnginfo, extensions)
         wire_styles(ui, list(tabs.values()), style_editor)
         _wire_page_load(demo, ui, header, tabs, extras)
+        _wire_checkpoint_cards(ui, header, tabs)
     demo.studio = ui  # handy for tests and scripting
     demo.studio_tabs = tabs
     demo.studio_settings_components = settings_components
@@ -143,6 +144,14 @@ def _wire_vae_menu(demo: gr.Blocks, ui: StudioUI, vae: gr.Dropdown, refresh: gr.
                show_progress="hidden")
     refresh.click(ui.models.refresh_vaes, outputs=[vae], concurrency_limit=None, show_progress="hidden")
     demo.load(ui.models.refresh_vaes, outputs=[vae], concurrency_limit=None, show_progress="hidden")
+
+
+def _wire_checkpoint_cards(ui: StudioUI, header: dict[str, Any], tabs: dict[str, GenerationTab]) -> None:
+    """A Checkpoints card clicked in a tab's extra networks loads it, with its progress in the status line."""
+    for tab in tabs.values():
+        tab.tools["extranet_picked"].then(ui.models.load_picked_checkpoint, inputs=[tab.tools["picked_checkpoint"]],
+                                          outputs=[header["status"]], concurrency_id=JOB, concurrency_limit=1,
+                                          show_progress="hidden")
 
 
 def _wire_send_to(ui: StudioUI, send: SendTo, tabs: dict[str, GenerationTab], extras: dict[str, Any],

@@ -107,21 +107,23 @@ class ExtraNetworks:
     def multiplier(self) -> float:
         return float(self.settings["extra_networks_default_multiplier"])
 
-    def pick(self, payload: str, prompt: str) -> tuple[Any, Any, str]:
+    def pick(self, payload: str, prompt: str) -> tuple[Any, Any, str, str | None]:
         """A card's click (``payload``: JSON {"kind", "name", "action": "use" | "info"}) ->
-        (the prompt, the checkpoint menu, the info panel); what it leaves alone is gr.skip()."""
+        (the prompt, the checkpoint menu, the info panel, the checkpoint to load now or None);
+        what it leaves alone is gr.skip()."""
         kind, name, action = _read_pick(payload)
         card = next((c for c in self._all(kind) if c.name == name), None)
         if card is None:
             raise gr.Error(f"{KINDS[kind]}: {name!r} is no longer in its folder (refresh the cards)",
                            print_exception=False)
         if action == "info":
-            return gr.skip(), gr.skip(), self.info_html(card)
+            return gr.skip(), gr.skip(), self.info_html(card), None
         if kind == "checkpoints":
-            return gr.skip(), name, gr.skip()
+            return gr.skip(), name, gr.skip(), name
         if kind == "lora":
-            return add_to_prompt(prompt, f"<lora:{name}:{self.multiplier():g}>", f"<lora:{name}:"), gr.skip(), gr.skip()
-        return add_to_prompt(prompt, Path(name).name), gr.skip(), gr.skip()
+            tag = f"<lora:{name}:{self.multiplier():g}>"
+            return add_to_prompt(prompt, tag, f"<lora:{name}:"), gr.skip(), gr.skip(), None
+        return add_to_prompt(prompt, Path(name).name), gr.skip(), gr.skip(), None
 
     def info_html(self, card: Card) -> str:
         """A card's file, its metadata lines and its training tags (most frequent first)."""

@@ -208,6 +208,14 @@ class Models:
             raise gr.Error(message, print_exception=False)
         yield self.model_status()
 
+    def load_picked_checkpoint(self, name: str | None) -> Iterator[Any]:
+        """After an extra-networks click: load the checkpoint a Checkpoints card named (None:
+        the click was another card's, nothing to load)."""
+        if not name:
+            yield gr.skip()
+            return
+        yield from self.load_checkpoint(name)
+
     def apply_model_settings(self) -> bool:
         """Hand the settings' sd_model_prediction and sd_noise_schedule to the engine; True when
         that changes them (the engine loads the checkpoint again at the next job). The values

@@ -120,8 +120,12 @@ def _extra_networks_panel(ui: StudioUI, tab: GenerationTab) -> None:
     quick = dict(concurrency_limit=None, show_progress="hidden")
     search.change(draw, inputs=search, outputs=list(grids.values()), trigger_mode="always_last", **quick)
     refresh.click(draw, inputs=search, outputs=list(grids.values()), **quick)
-    pick_button.click(networks.pick, inputs=[pick, tab.fields["prompt"]],
-                      outputs=[tab.fields["prompt"], tab.fields["checkpoint"], info], **quick)
+    # A checkpoint card's name, which build.py's _wire_checkpoint_cards loads after the click
+    # (setting the menu from an event does not fire the menu's own change event).
+    tab.tools["picked_checkpoint"] = gr.State(None)
+    tab.tools["extranet_picked"] = pick_button.click(
+        networks.pick, inputs=[pick, tab.fields["prompt"]],
+        outputs=[tab.fields["prompt"], tab.fields["checkpoint"], info, tab.tools["picked_checkpoint"]], **quick)
 
 
 def _wire_prompt_tools(ui: StudioUI, tab: GenerationTab) -> None:
