@@ -133,9 +133,9 @@ def _vae_menu(ui: StudioUI) -> gr.Dropdown:
     """A1111's SD VAE menu beside the checkpoint: Automatic, None and the files in models/VAE."""
     choices = ui.models.vae_choices()
     saved = ui.settings["sd_vae"]
+    # min_width: on a phone the menu wraps below the checkpoint instead of cutting its name short
     return gr.Dropdown(choices=choices, value=saved if saved in choices else choices[0], label="SD VAE", scale=2,
-                       min_width=160, elem_id="sd_vae",
-                       info="Automatic: NAME.vae.safetensors beside the checkpoint (or in models/VAE), else its own")
+                       min_width=240, elem_id="sd_vae")
 
 
 def _wire_vae_menu(demo: gr.Blocks, ui: StudioUI, vae: gr.Dropdown, refresh: gr.Button, status: gr.HTML) -> None:
