@@ -224,6 +224,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("sd_checkpoint_load_at_start", True, "Load the checkpoint when the server starts", _bool,
            "in the background, so the first Generate need not wait for it; off: it loads on first use. "
            "Applied at the next start", section=CHECKPOINTS),
+    Option("unet_compile", False, "Compile the UNet with torch.compile", _bool,
+           "inductor, cached on disk: the first steps at each new picture size take minutes, later ones are faster; "
+           "without a working compiler the model runs uncompiled (a warning in the log). Applied at the next start; "
+           "launch.py --compile turns it on for one run", section=CHECKPOINTS),
     Option("disabled_extensions", "", "Disabled extensions", _text,
            "names of folders in extensions/, separated by commas; applied at the next start", section=SAVING),
     Option("model_download_url", "", "Model download URL", _text,
@@ -270,6 +274,11 @@ def check_kept(key: str, value: Any) -> Any:
     if len(text.encode("utf-8", "surrogatepass")) > MAX_KEPT_VALUE_BYTES:
         raise ValueError(f"at most {MAX_KEPT_VALUE_BYTES} bytes of JSON for a setting this server does not use")
     return value
+
+
+def compile_unet(settings: "Settings", flag: bool) -> bool:
+    """Whether the engine compiles its UNet: the unet_compile setting, or launch.py --compile."""
+    return bool(flag or settings["unet_compile"])
 
 
 def disabled_extensions(settings: "Settings") -> set[str]:
