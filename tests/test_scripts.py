@@ -366,3 +366,63 @@ def test_a_batch_saves_a_grid_unless_grid_save_is_off(client, engine):
     assert off.status_code == 200 and sorted(set(grids(engine)) - set(before)) == saved
     one = client.post("/sdapi/v1/txt2img", json=tiny())
     assert one.status_code == 200 and sorted(set(grids(engine)) - set(before)) == saved
+
+
+# ---------------------------------------------------------------- the page (its callbacks, a stand-in engine)
+
+
+@pytest.fixture
+def studio(tmp_path):
+    from app.page.studio import StudioUI
+    from app.settings import Settings
+    from app.styles import StyleDatabase
+    from fake_engine import FakeEngine
+
+    return StudioUI(FakeEngine(tmp_path), settings=Settings(tmp_path / "config.json"),
+                    styles=StyleDatabase(tmp_path / "styles.csv"))
+
+
+def test_the_page_runs_an_xyz_plot_grid_first_and_saves_it(studio):
+    form = {"prompt": "a cat", "steps": 2, "width": CELL, "height": CELL, "seed": 5, "script": "X/Y/Z plot",
+            "xyz_x_type": "Steps", "xyz_x_values": "1, 2", "xyz_y_type": "CFG Scale", "xyz_y_values": "3-5 [3]",
+            "xyz_include_lone_images": True}
+    job = studio.generation.run_job("txt2img", studio.generation.form("txt2img", form))
+    assert len(job.items) == 1 + 6
+    grid_path = Path(job.items[0]["path"])
+    assert grid_path.parent.parent.name == "txt2img-grids"
+    grid = Image.open(grid_path)
+    assert grid.width == CELL * 3 // 4 + 2 * CELL and grid.height > 3 * CELL
+    assert "X Type: Steps" in read_infotext(grid_path)
+    calls = studio.generation.engine.calls
+    assert [(c.params.steps, c.params.cfg_scale) for c in calls] == [(1, 3.0), (2, 3.0), (1, 4.0), (2, 4.0),
+                                                                     (1, 5.0), (2, 5.0)]
+    assert all(Path(item["path"]).parent.parent.name == "txt2img-images" for item in job.items[1:])
+
+
+def test_the_page_names_a_bad_script_argument_and_saves_batch_grids(studio):
+    import gradio as gr
+
+    bad = {"script": "X/Y/Z plot", "xyz_x_type": "Steps", "xyz_x_values": "1, lots"}
+    with pytest.raises(gr.Error, match="x_values"):
+        studio.generation.run_job("txt2img", studio.generation.form("txt2img", bad))
+    job = studio.generation.run_job("txt2img", studio.generation.form(
+        "txt2img", {"prompt": "a cat", "steps": 1, "width": CELL, "height": CELL, "batch_size": 2}))
+    assert len(job.items) == 2  # the batch grid is saved, not shown
+    saved = list((Path(studio.generation.engine.output_dir) / "txt2img-grids").rglob("*.png"))
+    assert len(saved) == 1 and Image.open(saved[0]).size == (2 * CELL, CELL)
+    studio.settings.update({"grid_save": False})
+    studio.generation.run_job("txt2img", studio.generation.form(
+        "txt2img", {"prompt": "a cat", "steps": 1, "width": CELL, "height": CELL, "batch_size": 2}))
+    assert len(list((Path(studio.generation.engine.output_dir) / "txt2img-grids").rglob("*.png"))) == 1
+
+
+def test_the_page_sd_upscale_and_prompt_matrix_forms_give_a1111s_args():
+    from app.forms import complete_form, script_from_form
+
+    upscale = script_from_form("img2img", complete_form("img2img", {"script": "SD upscale", "sdu_overlap": 8,
+                                                                    "sdu_upscaler": "Lanczos", "sdu_scale": 2.0}))
+    assert upscale == ("sd upscale", ["", 8, "Lanczos", 2.0])
+    matrix = script_from_form("txt2img", complete_form("txt2img", {"script": "Prompt matrix",
+                                                                   "matrix_different_seeds": True}))
+    assert matrix == ("prompt matrix", [False, True, "positive", "comma", 0])
+    assert script_from_form("txt2img", complete_form("txt2img", {})) == (None, [])
