@@ -185,7 +185,7 @@ def test_xyz_plot_makes_a_labelled_2x3_grid_saved_with_its_infotext(client, engi
         assert np.array_equal(pixels(cell), pixels(picture))
     assert not np.array_equal(pixels(images[1]), pixels(images[2])), "seeds 1 and 2 along X differ"
     info = json.loads(body["info"])
-    assert info["all_seeds"][1:] == [1, 2, 1, 2, 1, 2]
+    assert info["all_seeds"][1:] == [1, 2, 1, 2, 1, 2] and info["index_of_first_image"] == 1
     infotexts = [json.loads(body["info"])["infotexts"][i] for i in range(7)]
     assert "Steps: 1," in infotexts[1] and "Steps: 3," in infotexts[6]
     saved = sorted(set(grids(engine)) - set(before))
@@ -366,6 +366,11 @@ def test_a_batch_saves_a_grid_unless_grid_save_is_off(client, engine):
     assert off.status_code == 200 and sorted(set(grids(engine)) - set(before)) == saved
     one = client.post("/sdapi/v1/txt2img", json=tiny())
     assert one.status_code == 200 and sorted(set(grids(engine)) - set(before)) == saved
+    plot = tiny(script_name="x/y/z plot", script_args=xyz_args("Seed", "1, 2"), do_not_save_grid=True)
+    assert client.post("/sdapi/v1/txt2img", json=plot).status_code == 200
+    unsaved = client.post("/sdapi/v1/txt2img", json={**plot, "do_not_save_grid": False, "save_images": False})
+    assert unsaved.status_code == 200 and len(unsaved.json()["images"]) == 1
+    assert sorted(set(grids(engine)) - set(before)) == saved, "do_not_save_grid and save_images false save none"
 
 
 # ---------------------------------------------------------------- the page (its callbacks, a stand-in engine)
@@ -426,3 +431,12 @@ def test_the_page_sd_upscale_and_prompt_matrix_forms_give_a1111s_args():
                                                                    "matrix_different_seeds": True}))
     assert matrix == ("prompt matrix", [False, True, "positive", "comma", 0])
     assert script_from_form("txt2img", complete_form("txt2img", {})) == (None, [])
+
+
+def test_the_page_runs_sd_upscale_on_img2img(studio):
+    form = {"prompt": "a cat", "steps": 2, "width": CELL, "height": CELL, "init_image": Image.new("RGB", (CELL, CELL)),
+            "script": "SD upscale", "sdu_overlap": 16, "sdu_upscaler": "Lanczos", "sdu_scale": 2.0}
+    job = studio.generation.run_job("img2img", studio.generation.form("img2img", form))
+    (call,) = studio.generation.engine.calls
+    assert call.kind == "sd_upscale" and len(job.items) == 1
+    assert Image.open(job.items[0]["path"]).size == (2 * CELL, 2 * CELL)

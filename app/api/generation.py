@@ -79,10 +79,11 @@ class GenerationRoutes(RouteGroup):
                                     planner=planner, grid_save=self.grid_save(req))
 
     def grid_save(self, req: GenerationRequest) -> bool:
-        """Whether the job's grids are saved: the grid_save setting, or the request's override."""
+        """Whether the job's grids are saved: the grid_save setting (or the request's override),
+        unless the request says do_not_save_grid."""
         changes = self.options_routes.option_changes(req.override_settings or {}, "override_settings.",
                                                      keep_unknown=False)
-        return bool(changes.get("grid_save", self.settings.get("grid_save")))
+        return bool(changes.get("grid_save", self.settings.get("grid_save"))) and not req.do_not_save_grid
 
     def script_planner(self, req: GenerationRequest, img2img: bool):
         """params -> the request's script plan (None without a script), checked; called again
@@ -117,8 +118,10 @@ class GenerationRoutes(RouteGroup):
             if model.native_size:
                 self._native_size(params, model.native_size)
             plan = planner(params) if planner is not None else None
+            grids = 0  # how many of the results are a script's grids (they come first)
             if plan is not None:
-                results = self._run_script(kind, plan, image, mask, on_progress, save, grid_save)
+                outcome = run_plan(engine, plan, kind, image, mask, on_progress, save=save, save_grids=grid_save)
+                results, grids = outcome.images, len(outcome.grids)
             elif kind == "txt2img":
                 results = engine.txt2img(params, progress=on_progress, save=save)
             else:
@@ -130,13 +133,7 @@ class GenerationRoutes(RouteGroup):
         finally:
             if model.overrides is not None and not MODEL_OVERRIDES & set(restore):
                 engine.prediction, engine.zero_terminal_snr = kept
-        return results, engine.loaded, state.job_timestamp
-
-    def _run_script(self, kind: str, plan, image, mask, on_progress, save: bool, grid_save: bool) -> list:
-        """A script's jobs on the device, its grids saved (the grid_save setting); the answer's
-        pictures as A1111 gives them, the grids first."""
-        outcome = run_plan(self.engine, plan, kind, image, mask, on_progress, save=save, save_grids=grid_save)
-        return outcome.images
+        return results, engine.loaded, state.job_timestamp, grids
 
     async def _generate(self, kind: str, req: GenerationRequest, params: GenerationParams, restore: dict,
                         image=None, mask=None, model: JobModel | None = None, client: Request | None = None,
@@ -144,7 +141,7 @@ class GenerationRoutes(RouteGroup):
         save = bool(value_or_default(req, "save_images"))
         model = model or JobModel()
         gone = threading.Event()  # set when the client disconnects
-        results, loaded, timestamp = await self.queue.run(
+        results, loaded, timestamp, grids = await self.queue.run(
             kind, lambda: self._run_job(kind, params, restore, image, mask, model, save, gone, planner,
                                         grid_save),
             params.batch_count, params.steps, client=client, gone=gone)
@@ -160,6 +157,7 @@ class GenerationRoutes(RouteGroup):
 
         images = await run_in_threadpool(encode_all)
         info = processed_info(params, results, loaded, timestamp, img2img=kind == "img2img")
+        info["index_of_first_image"] = grids
         if unsaved:
             info.update(unsaved_images_note(results, unsaved))
         parameters = req.model_dump()
