@@ -440,3 +440,18 @@ def test_the_page_runs_sd_upscale_on_img2img(studio):
     (call,) = studio.generation.engine.calls
     assert call.kind == "sd_upscale" and len(job.items) == 1
     assert Image.open(job.items[0]["path"]).size == (2 * CELL, 2 * CELL)
+
+
+def test_xyz_plot_on_img2img_uses_its_own_axis_list(client):
+    source = Image.new("RGB", (CELL, CELL), (200, 30, 30))
+    img2img_axes = [a.label for a in axes_for(True)]
+    args = xyz_args(img2img_axes.index("Denoising"), "0.2, 0.6", include_lone_images=True, draw_legend=False)
+    response = client.post("/sdapi/v1/img2img", json=tiny(init_images=[encode(source)], script_name="x/y/z plot",
+                                                           script_args=args))
+    assert response.status_code == 200, response.text
+    infotexts = json.loads(response.json()["info"])["infotexts"]
+    assert "Denoising strength: 0.2" in infotexts[1] and "Denoising strength: 0.6" in infotexts[2]
+    assert decode(response.json()["images"][0]).size == (2 * CELL, CELL)
+    hires = client.post("/sdapi/v1/img2img", json=tiny(init_images=[encode(source)], script_name="x/y/z plot",
+                                                        script_args=xyz_args("Hires steps", "1, 2")))
+    assert hires.status_code == 422 and "Hires steps" in hires.text  # a txt2img axis
