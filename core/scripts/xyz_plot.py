@@ -66,10 +66,6 @@ def _size(params: GenerationParams, value: str, values: list) -> GenerationParam
     return replace(params, width=int(width), height=int(height))
 
 
-def _hires(name: str) -> Callable[[GenerationParams, Any, list], GenerationParams]:
-    return lambda params, value, values: replace(params, **{name: value})
-
-
 def _checkpoint_or_none(params: GenerationParams, value: str, values: list) -> GenerationParams:
     return replace(params, refiner_checkpoint=None if value in ("", "None", "none") else value)
 
@@ -82,13 +78,13 @@ AXES: tuple[Axis, ...] = (
     Axis("Var. seed", kind=int, apply=_field("subseed")),
     Axis("Var. strength", kind=float, apply=_field("subseed_strength")),
     Axis("Steps", kind=int, apply=_field("steps")),
-    Axis("Hires steps", TXT2IMG, int, _hires("hr_second_pass_steps")),
+    Axis("Hires steps", TXT2IMG, int, _field("hr_second_pass_steps")),
     Axis("CFG Scale", kind=float, apply=_field("cfg_scale")),
     Axis("Image CFG Scale", IMG2IMG, float),
     Axis("Prompt S/R", apply=_prompt_sr, named_label=False),
     Axis("Prompt order", kind="permutations", apply=_prompt_order, named_label=False),
     Axis("Sampler", TXT2IMG, apply=_field("sampler"), named_label=False, choices="samplers"),
-    Axis("Hires sampler", TXT2IMG, apply=_hires("hr_sampler_name"), choices="samplers"),
+    Axis("Hires sampler", TXT2IMG, apply=_field("hr_sampler_name"), choices="samplers"),
     Axis("Sampler", IMG2IMG, apply=_field("sampler"), named_label=False, choices="samplers"),
     Axis("Checkpoint name", apply=_field("checkpoint"), named_label=False, choices="checkpoints"),
     Axis("Negative Guidance minimum sigma", kind=float),
@@ -108,7 +104,7 @@ AXES: tuple[Axis, ...] = (
     Axis("Denoising", kind=float, apply=_field("denoising_strength")),
     Axis("Initial noise multiplier", kind=float),
     Axis("Extra noise", kind=float),
-    Axis("Hires upscaler", TXT2IMG, apply=_hires("hr_upscaler"), choices="upscalers"),
+    Axis("Hires upscaler", TXT2IMG, apply=_field("hr_upscaler"), choices="upscalers"),
     Axis("Cond. Image Mask Weight", IMG2IMG, float, _field("inpainting_mask_weight")),
     Axis("VAE", choices="vae"),
     Axis("Styles", choices="styles"),
@@ -309,24 +305,8 @@ class XyzPlot:
             values = [[context.random_seed() if axis.label in ("Seed", "Var. seed") and v == -1 else v for v in vs]
                       for axis, vs in zip(axes, values)]
         xs, ys, zs = values
-        jobs = []
-        for iz, z in enumerate(zs):
-            for iy, y in enumerate(ys):
-                for ix, x in enumerate(xs):
-                    job = params
-                    for axis, value, all_values in zip(axes, (x, y, z), values):
-                        if axis.apply is not None:
-                            job = axis.apply(job, value, all_values)
-                    step = 0
-                    if vary[0]:
-                        step += ix
-                    if vary[1]:
-                        step += iy * (len(xs) if vary[0] else 1)
-                    if vary[2]:
-                        step += iz * (len(xs) if vary[0] else 1) * (len(ys) if vary[1] else 1)
-                    if step and job.seed != -1:
-                        job = replace(job, seed=job.seed + step)
-                    jobs.append(job)
+        jobs = [_cell(params, axes, values, (ix, iy, iz), vary)
+                for iz in range(len(zs)) for iy in range(len(ys)) for ix in range(len(xs))]
         try:
             check_jobs(jobs, "x_values")
         except EngineError as exc:
@@ -342,6 +322,22 @@ class XyzPlot:
             return _grids(results, labels, len(xs), len(ys), len(zs), draw_legend, include_sub_grids, margin, fields)
 
         return Plan(jobs=jobs, assemble=assemble, include_pictures=include_lone_images)
+
+
+def _cell(params: GenerationParams, axes: list[Axis], values: list[list[Any]], index: tuple[int, int, int],
+          vary: list[bool]) -> GenerationParams:
+    """The job of one grid cell: each axis' value applied; with vary_seeds_x/y/z its seed moved
+    on by the cell's place along those axes (A1111's numbering)."""
+    job = params
+    for axis, value_index, all_values in zip(axes, index, values):
+        if axis.apply is not None:
+            job = axis.apply(job, all_values[value_index], all_values)
+    offset, stride = 0, 1
+    for varies, position, all_values in zip(vary, index, values):
+        if varies:
+            offset += position * stride
+            stride *= len(all_values)
+    return replace(job, seed=job.seed + offset) if offset and job.seed != -1 else job
 
 
 def _infotext_fields(axes: list[Axis], values: list[list[Any]]) -> dict[str, str]:
