@@ -455,3 +455,15 @@ def test_xyz_plot_on_img2img_uses_its_own_axis_list(client):
     hires = client.post("/sdapi/v1/img2img", json=tiny(init_images=[encode(source)], script_name="x/y/z plot",
                                                         script_args=xyz_args("Hires steps", "1, 2")))
     assert hires.status_code == 422 and "Hires steps" in hires.text  # a txt2img axis
+
+
+def test_a_checkpoint_axis_loads_each_checkpoint_once_the_grid_keeps_its_order(studio):
+    form = {"prompt": "a cat", "steps": 2, "width": CELL, "height": CELL, "seed": 5, "script": "X/Y/Z plot",
+            "xyz_x_type": "Checkpoint name", "xyz_x_values": "sd15.safetensors, sub/other.ckpt",
+            "xyz_y_type": "Steps", "xyz_y_values": "1, 2", "xyz_include_lone_images": True}
+    job = studio.generation.run_job("txt2img", studio.generation.form("txt2img", form))
+    calls = studio.generation.engine.calls
+    assert [(c.params.checkpoint, c.params.steps) for c in calls] == [
+        ("sd15.safetensors", 1), ("sd15.safetensors", 2), ("sub/other.ckpt", 1), ("sub/other.ckpt", 2)]
+    shown = [(item["infotext"].split("Model: ")[1], item["infotext"].split("Steps: ")[1][0]) for item in job.items[1:]]
+    assert shown == [("sd15", "1"), ("other", "1"), ("sd15", "2"), ("other", "2")]

@@ -61,6 +61,9 @@ class Plan:
     assemble: Callable[[list[list[Any]]], list[Grid]] = lambda results: []
     sd_upscale: dict[str, Any] | None = None
     include_pictures: bool = True  # whether the answer holds the jobs' pictures after the grids
+    # The order the jobs run in (indices into jobs), when not theirs: a plot runs the cells of
+    # one checkpoint together, so each checkpoint loads once. assemble still gets them in order.
+    order: list[int] | None = None
 
 
 @dataclass
@@ -175,13 +178,16 @@ def check_grid_size(count: int, width: int, height: int, name: str) -> None:
 
 def run_plan(engine: Any, plan: Plan, kind: str, image: Any = None, mask: Any = None,
              progress: Callable[[Any], None] | None = None, save: bool = True, save_grids: bool = True) -> ScriptResult:
-    """Run ``plan``'s jobs on ``engine`` (``kind``: txt2img or img2img), then draw its grids.
-    Progress is reported over the whole plan (each job's batches in turn). An interrupt ends
-    the plan after the job it stopped; the grids show the cells made (blank cells for the rest)."""
-    results: list[list[Any]] = []
+    """Run ``plan``'s jobs on ``engine`` (``kind``: txt2img or img2img; in ``plan.order``), then
+    draw its grids. Progress is reported over the whole plan (each job's batches in turn). An
+    interrupt ends the plan after the job it stopped; the grids show the cells made (blank
+    cells for the rest). ``pictures``: every job's, in the plan's order."""
+    made_by_job: dict[int, list[Any]] = {}
     batches_before = 0
     total_batches = sum(job.batch_count for job in plan.jobs)
-    for job in plan.jobs:
+    for index in plan.order or range(len(plan.jobs)):
+        job = plan.jobs[index]
+
         def report(p, before=batches_before):
             if progress is not None:
                 progress(dataclasses.replace(p, batch=before + p.batch, batches=total_batches))
@@ -192,11 +198,11 @@ def run_plan(engine: Any, plan: Plan, kind: str, image: Any = None, mask: Any = 
             made = engine.txt2img(job, progress=report, save=save)
         else:
             made = engine.img2img(job, image, mask, progress=report, save=save)
-        results.append(made)
+        made_by_job[index] = made
         batches_before += job.batch_count
         if engine.flags.interrupted:
             break
-    results += [[] for _ in range(len(plan.jobs) - len(results))]
+    results = [made_by_job.get(index, []) for index in range(len(plan.jobs))]
     outcome = ScriptResult(pictures=[r for made in results for r in made], include_pictures=plan.include_pictures)
     if not outcome.pictures:
         return outcome

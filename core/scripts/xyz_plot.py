@@ -321,7 +321,8 @@ class XyzPlot:
         def assemble(results: list[list[Any]]) -> list[Grid]:
             return _grids(results, labels, len(xs), len(ys), len(zs), draw_legend, include_sub_grids, margin, fields)
 
-        return Plan(jobs=jobs, assemble=assemble, include_pictures=include_lone_images)
+        return Plan(jobs=jobs, assemble=assemble, include_pictures=include_lone_images,
+                    order=_run_order(axes, [len(xs), len(ys), len(zs)]))
 
 
 def _cell(params: GenerationParams, axes: list[Axis], values: list[list[Any]], index: tuple[int, int, int],
@@ -338,6 +339,22 @@ def _cell(params: GenerationParams, axes: list[Axis], values: list[list[Any]], i
             offset += position * stride
             stride *= len(all_values)
     return replace(job, seed=job.seed + offset) if offset and job.seed != -1 else job
+
+
+# Axes whose change loads a model: A1111 makes them the outer loops (its axis "cost").
+_COSTLY = frozenset({"Checkpoint name", "Refiner checkpoint"})
+
+
+def _run_order(axes: list[Axis], counts: list[int]) -> list[int] | None:
+    """Cells in the order that changes a costly axis least often (it becomes the slowest
+    loop), as A1111 orders them; None when the grid's own order (x fastest) will do."""
+    costly = [i for i, axis in enumerate(axes) if axis.label in _COSTLY]
+    if not costly or costly == [2]:
+        return None
+    loops = costly + [i for i in (2, 1, 0) if i not in costly]  # outermost first
+    strides = [1, counts[0], counts[0] * counts[1]]  # a cell's index: x + y * len(xs) + z * len(xs) * len(ys)
+    return [sum(position * strides[axis] for position, axis in zip(positions, loops))
+            for positions in itertools.product(*(range(counts[axis]) for axis in loops))]
 
 
 def _infotext_fields(axes: list[Axis], values: list[list[Any]]) -> dict[str, str]:
