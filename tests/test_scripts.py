@@ -280,6 +280,10 @@ def test_prompt_matrix_makes_every_combination_in_a_labelled_grid(client, engine
     grid = images[0]
     # 2 parts: 2 columns (red) x 2 rows (large), 2 px margins, labels above and to the left
     assert grid.width == CELL * 3 // 4 + 2 * CELL + 2 and grid.height > 2 * CELL + 2
+    top = pixels(grid)[:grid.height - (2 * CELL + 2), CELL * 3 // 4:]
+    assert (top.max(axis=2) < 60).any(), "a column's own part in black"
+    grey = (np.ptp(top, axis=2) == 0) & (abs(top[..., 0] - 153) < 4)
+    assert grey.any(), "the part a column leaves out in grey, struck through"
     info = json.loads(body["info"])
     assert [t.split("\n")[0] for t in info["infotexts"][1:]] == [
         "a circle", "a circle, red", "a circle, large", "a circle, red, large"]

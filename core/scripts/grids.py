@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from core.images import save_png
 
-# A1111's label colours: black text on white, the inactive (crossed-out) ones grey.
+# A1111's label colours: black text on white.
 LABEL_TEXT = (0, 0, 0)
 LABEL_BACKGROUND = (255, 255, 255)
 
@@ -44,42 +44,55 @@ def _font(cell_width: int, cell_height: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=max(8, (cell_width + cell_height) // 25))
 
 
-def _wrapped(text: str, font: ImageFont.FreeTypeFont, width: int) -> list[str]:
-    """``text`` in lines no wider than ``width`` pixels (long words are kept whole)."""
-    if not text:
-        return []
+# A label: a text, or lines of (text, active) as the prompt matrix writes them: the parts a
+# row or column leaves out are drawn grey and struck through, as A1111 draws them.
+INACTIVE_TEXT = (153, 153, 153)
+
+
+def _lines(label, font: ImageFont.FreeTypeFont, width: int) -> list[tuple[str, bool]]:
+    """A label as (line, active) pairs, each line no wider than ``width`` pixels (long words are
+    kept whole)."""
+    entries = [(label, True)] if isinstance(label, str) else list(label)
     average = max(1.0, font.getlength("x"))
-    lines = textwrap.wrap(text, width=max(1, int(width / average)))
-    return lines or [text]
+    out = []
+    for text, active in entries:
+        if text:
+            out += [(line, active) for line in textwrap.wrap(text, width=max(1, int(width / average))) or [text]]
+    return out
 
 
-def _block_height(lines: list[str], font: ImageFont.FreeTypeFont) -> int:
-    line = font.getbbox("Ay")[3] + max(2, font.size // 4)
-    return len(lines) * line
+def _line_height(font: ImageFont.FreeTypeFont) -> int:
+    return font.getbbox("Ay")[3] + max(2, font.size // 4)
 
 
-def _draw_lines(draw: ImageDraw.ImageDraw, lines: list[str], font, centre_x: float, centre_y: float) -> None:
-    line = font.getbbox("Ay")[3] + max(2, font.size // 4)
+def _draw_lines(draw: ImageDraw.ImageDraw, lines: list[tuple[str, bool]], font, centre_x: float,
+                centre_y: float) -> None:
+    line = _line_height(font)
     top = centre_y - len(lines) * line / 2
-    for index, text in enumerate(lines):
-        draw.text((centre_x, top + index * line + line / 2), text, font=font, fill=LABEL_TEXT, anchor="mm")
+    for index, (text, active) in enumerate(lines):
+        middle = top + index * line + line / 2
+        draw.text((centre_x, middle), text, font=font, fill=LABEL_TEXT if active else INACTIVE_TEXT, anchor="mm")
+        if not active:
+            half = font.getlength(text) / 2
+            draw.line((centre_x - half, middle, centre_x + half, middle), fill=INACTIVE_TEXT,
+                      width=max(1, font.size // 12))
 
 
-def labelled_grid(images: Sequence[Image.Image], columns_labels: Sequence[str], rows_labels: Sequence[str],
+def labelled_grid(images: Sequence[Image.Image], columns_labels: Sequence, rows_labels: Sequence,
                   margin: int = 0) -> Image.Image:
     """``images`` (row after row) in a grid of len(rows_labels) rows, the column labels drawn
     above it and the row labels to its left, as A1111's draw_grid_annotations lays them out:
-    the left strip three quarters of a cell wide, the top strip as tall as its longest label."""
+    the left strip three quarters of a cell wide, the top strip as tall as its longest label.
+    A label is a text or lines of (text, active)."""
     rows = max(1, len(rows_labels))
     grid = image_grid(images, rows, margin)
     cell_width, cell_height = images[0].size
     font = _font(cell_width, cell_height)
-    has_row_labels = any(rows_labels)
-    left = cell_width * 3 // 4 if has_row_labels else 0
-    column_lines = [_wrapped(text, font, cell_width - 8) for text in columns_labels]
-    row_lines = [_wrapped(text, font, left - 8) for text in rows_labels] if has_row_labels else []
+    left = cell_width * 3 // 4 if any(rows_labels) else 0
+    column_lines = [_lines(label, font, cell_width - 8) for label in columns_labels]
+    row_lines = [_lines(label, font, left - 8) for label in rows_labels] if left else []
     pad = max(4, font.size // 2)
-    top = max((_block_height(lines, font) for lines in column_lines), default=0)
+    top = max((len(lines) * _line_height(font) for lines in column_lines), default=0)
     top = top + 2 * pad if top else 0
     if not top and not left:
         return grid

@@ -30,10 +30,9 @@ def combinations(prompt: str, put_at_start: bool, delimiter: str) -> tuple[list[
     return parts, prompts
 
 
-def _label(parts: list[str], number: int) -> str:
-    """What a row or column of the grid adds: its parts, or "-" for none."""
-    chosen = [part.strip().strip(",").strip() for bit, part in enumerate(parts) if number & (1 << bit)]
-    return ", ".join(chosen) if chosen else "-"
+def _label(parts: list[str], number: int) -> list[tuple[str, bool]]:
+    """A row's or column's label, as A1111 draws it: every part, those it leaves out inactive."""
+    return [(part.strip().strip(",").strip(), bool(number & (1 << bit))) for bit, part in enumerate(parts)]
 
 
 class PromptMatrix:
