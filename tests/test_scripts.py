@@ -471,3 +471,32 @@ def test_a_checkpoint_axis_loads_each_checkpoint_once_the_grid_keeps_its_order(s
         ("sd15.safetensors", 1), ("sd15.safetensors", 2), ("sub/other.ckpt", 1), ("sub/other.ckpt", 2)]
     shown = [(item["infotext"].split("Model: ")[1], item["infotext"].split("Steps: ")[1][0]) for item in job.items[1:]]
     assert shown == [("sd15", "1"), ("other", "1"), ("sd15", "2"), ("other", "2")]
+
+
+def test_a_plan_reports_progress_over_all_its_jobs_and_stops_at_an_interrupt(tmp_path):
+    from core.params import GenerationParams
+    from core.scripts import ScriptContext, run_plan
+    from core.scripts.xyz_plot import XyzPlot
+    from fake_engine import FakeEngine
+
+    engine = FakeEngine(tmp_path)
+    context = ScriptContext(checkpoints=engine.list_checkpoints, find_checkpoint=lambda name, field: name,
+                            upscalers=lambda: ["Lanczos"], random_seed=lambda: 99)
+    params = GenerationParams(prompt="a cat", steps=2, width=CELL, height=CELL, batch_count=2)
+    plan = XyzPlot().plan(params, xyz_args("Steps", "1, 2, 3"), False, context)
+    assert [job.seed for job in plan.jobs] == [99, 99, 99]  # -1 fixed once, as A1111 (unless Keep -1)
+    seen = []
+    outcome = run_plan(engine, plan, "txt2img", progress=lambda p: seen.append((p.batch, p.batches)), save=False)
+    assert sorted(set(seen)) == [(b, 6) for b in range(6)]
+    assert len(outcome.pictures) == 6 and len(outcome.grids) == 1 and outcome.grids[0].path is None
+
+    def stop_in_the_second_job(p):
+        if p.batch == 2:
+            engine.interrupt()
+
+    stopped = run_plan(engine, plan, "txt2img", progress=stop_in_the_second_job, save=False)
+    assert len(stopped.pictures) == 2, "the first job's two pictures; the second stopped, the third never ran"
+    grid = pixels(stopped.grids[0].image)
+    x_left = grid.shape[1] - 3 * CELL
+    assert grid[-CELL:, x_left + CELL:].max() == 0, "the cells not made are blank, as A1111 leaves them"
+    assert grid[-CELL:, x_left:x_left + CELL].max() > 0
