@@ -480,7 +480,7 @@ def test_a_plan_reports_progress_over_all_its_jobs_and_stops_at_an_interrupt(tmp
     from fake_engine import FakeEngine
 
     engine = FakeEngine(tmp_path)
-    context = ScriptContext(checkpoints=engine.list_checkpoints, find_checkpoint=lambda name, field: name,
+    context = ScriptContext(find_checkpoint=lambda name, field: name,
                             upscalers=lambda: ["Lanczos"], random_seed=lambda: 99)
     params = GenerationParams(prompt="a cat", steps=2, width=CELL, height=CELL, batch_count=2)
     plan = XyzPlot().plan(params, xyz_args("Steps", "1, 2, 3"), False, context)

@@ -88,7 +88,7 @@ class GenerationRoutes(RouteGroup):
     def script_planner(self, req: GenerationRequest, img2img: bool):
         """params -> the request's script plan (None without a script), checked; called again
         once a job's native size is known."""
-        context = script_context(self.engine, self.models_root, self.checkpoints.find)
+        context = script_context(self.models_root, self.checkpoints.find)
         return lambda params: plan_script(req.script_name, req.script_args, params, img2img, context, self.limits)
 
     def _native_size(self, params: GenerationParams, names: tuple[str, ...]) -> None:

@@ -78,7 +78,7 @@ class InfoRoutes(RouteGroup):
 
     def get_script_info(self) -> list:
         """Each tab's scripts with their arguments (label, value, range, choices), as A1111 lists them."""
-        return script_info(script_context(self.engine, self.models_root, self.checkpoints.find))
+        return script_info(script_context(self.models_root, self.checkpoints.find))
 
     def get_empty_list(self) -> list:
         return []

@@ -8,12 +8,13 @@ from typing import Any
 
 from app.api.errors import ApiError, engine_error
 from app.api.limits import ApiLimits
+from app.api.translate import check_limits
 from core.errors import NOT_FOUND, EngineError
 from core.params import GenerationParams
 from core.scripts import Plan, ScriptContext, find_script, script_names, scripts
 
 
-def script_context(engine: Any, models_root: Any, find_checkpoint) -> ScriptContext:
+def script_context(models_root: Any, find_checkpoint) -> ScriptContext:
     """What planning needs of this server: its checkpoints (a client's names resolved as every
     request's are), its upscalers in GET /upscalers order, a source of random seeds."""
     from core.upscaling import list_upscalers
@@ -25,7 +26,6 @@ def script_context(engine: Any, models_root: Any, find_checkpoint) -> ScriptCont
             raise EngineError(exc.message.split(": ", 1)[-1], field, NOT_FOUND) from None
 
     return ScriptContext(
-        checkpoints=engine.list_checkpoints,
         find_checkpoint=find,
         upscalers=lambda: [u.name for u in list_upscalers(models_root)],
         random_seed=lambda: random.randrange(4294967294),
@@ -52,8 +52,6 @@ def check_plan_limits(plan: Plan, limits: ApiLimits) -> None:
     """A plan's jobs within what one request may ask for: each job's steps and sizes, the
     pictures of all jobs together, and their sampling steps (as many as the most pictures at
     the most steps)."""
-    from app.api.translate import check_limits
-
     for job in plan.jobs:
         try:
             check_limits(job, limits)

@@ -137,7 +137,7 @@ class Generation:
                 raise EngineError(f"checkpoint {name!r} not found", field, NOT_FOUND)
             return found
 
-        return ScriptContext(checkpoints=self.models.checkpoints, find_checkpoint=find_checkpoint,
+        return ScriptContext(find_checkpoint=find_checkpoint,
                              upscalers=self.models.upscalers, random_seed=lambda: random.randrange(4294967294))
 
     def run_script(self, tab: str, form: dict[str, Any], params: GenerationParams, plan: Plan,

@@ -37,7 +37,6 @@ class ScriptArgument:
 @dataclass
 class ScriptContext:
     """What planning needs of the server: names it can check, as plain values and look-ups."""
-    checkpoints: Callable[[], list[str]]  # the checkpoint names jobs may use
     # (a name, the argument it came in) -> the engine's checkpoint name; EngineError if none
     find_checkpoint: Callable[[str, str], str]
     upscalers: Callable[[], list[str]]  # names, in GET /upscalers order (sd upscale takes an index)
