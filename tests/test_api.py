@@ -397,7 +397,9 @@ def test_lists(shared, engine, serve):
     assert embeddings["skipped"]["too-wide"]["shape"] == 768
     memory = api.get_memory()
     assert memory["ram"]["total"] > 0 and "cuda" in memory
-    assert shared.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
+    assert shared.get("/sdapi/v1/scripts").json() == {
+        "txt2img": ["prompt matrix", "prompts from file or textbox", "x/y/z plot"],
+        "img2img": ["prompt matrix", "prompts from file or textbox", "sd upscale", "x/y/z plot"]}
 
     flagged = serve(cmd_flags={"port": 7860, "ckpt_dir": Path("/x"), "api_auth": "me:secret"})
     flags = flagged.get("/sdapi/v1/cmd-flags").json()
@@ -553,7 +555,7 @@ BAD = [
     ("txt2img", {"n_iter": 9}, 422, "n_iter"),
     ("txt2img", {"enable_hr": True, "hr_scale": 8}, 422, "hr_scale"),
     ("txt2img", {"enable_hr": True, "hr_upscaler": "nope"}, 404, "hr_upscaler"),
-    ("txt2img", {"script_name": "x/y/z plot"}, 422, "script_name"),
+    ("txt2img", {"script_name": "loopback"}, 422, "script_name"),
     ("txt2img", {"alwayson_scripts": {"controlnet": {"args": []}}}, 422, "alwayson_scripts"),
     ("txt2img", {"restore_faces": True}, 422, "restore_faces"),
     ("img2img", {"init_images": None}, 422, "init_images"),

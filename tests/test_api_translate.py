@@ -119,7 +119,6 @@ def test_the_api_reads_an_infotext_as_the_page_does():
 @pytest.mark.parametrize("field, value, message", [
     ("tiling", True, "tiling: seamless tiling is not supported"),
     ("restore_faces", True, "restore_faces: face restoration is not available on this server"),
-    ("script_name", "x/y/z plot", "script_name: script 'x/y/z plot' not found (this server has no scripts)"),
     ("alwayson_scripts", {"controlnet": {}},
      "alwayson_scripts: always-on script 'controlnet' not found (this server has none)"),
     ("hr_checkpoint_name", "sd15.safetensors", "hr_checkpoint_name: a different hires checkpoint is not supported"),

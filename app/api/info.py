@@ -1,6 +1,6 @@
 """Routes about the running job and the server: /progress (with a live preview), /interrupt,
-/skip, /png-info, /memory, and the lists clients probe for that this server has none of
-(/scripts, /script-info, /prompt-styles, /face-restorers, /hypernetworks)."""
+/skip, /png-info, /memory, the scripts (/scripts, /script-info), and the lists clients probe for
+that this server has none of (/prompt-styles, /face-restorers, /hypernetworks)."""
 from __future__ import annotations
 
 import os
@@ -11,6 +11,7 @@ from fastapi import APIRouter
 from app.api.errors import error_responses
 from app.api.group import RouteGroup
 from app.api.images import decode_image
+from app.api.scripts import script_context, script_info, scripts_list
 from app.api.schemas import MemoryResponse, PNGInfoRequest, PNGInfoResponse, ProgressResponse, ScriptsList
 
 
@@ -28,7 +29,7 @@ class InfoRoutes(RouteGroup):
         r.add_api_route("/memory", self.get_memory, methods=["GET"], response_model=MemoryResponse)
         # What clients probe for; this server has none of these.
         r.add_api_route("/scripts", self.get_scripts, methods=["GET"], response_model=ScriptsList)
-        r.add_api_route("/script-info", self.get_empty_list, methods=["GET"], response_model=list[dict[str, Any]])
+        r.add_api_route("/script-info", self.get_script_info, methods=["GET"], response_model=list[dict[str, Any]])
         r.add_api_route("/prompt-styles", self.get_empty_list, methods=["GET"], response_model=list[dict[str, Any]])
         r.add_api_route("/face-restorers", self.get_empty_list, methods=["GET"], response_model=list[dict[str, Any]])
         r.add_api_route("/hypernetworks", self.get_empty_list, methods=["GET"], response_model=list[dict[str, Any]])
@@ -72,7 +73,12 @@ class InfoRoutes(RouteGroup):
         return {"ram": _ram_stats(), "cuda": _cuda_stats()}
 
     def get_scripts(self) -> dict:
-        return {"txt2img": [], "img2img": []}
+        """A1111's names of the scripts a request's script_name may give, per tab."""
+        return scripts_list()
+
+    def get_script_info(self) -> list:
+        """Each tab's scripts with their arguments (label, value, range, choices), as A1111 lists them."""
+        return script_info(script_context(self.models_root, self.checkpoints.find))
 
     def get_empty_list(self) -> list:
         return []

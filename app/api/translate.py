@@ -112,8 +112,6 @@ def apply_infotext(req: GenerationRequest) -> None:
 
 def refuse_unsupported(req: GenerationRequest, img2img: bool) -> None:
     """Features this server does not have: refused by name rather than silently ignored."""
-    if req.script_name:
-        raise ApiError(422, f"script_name: script {req.script_name!r} not found (this server has no scripts)")
     for name in (req.alwayson_scripts or {}):
         raise ApiError(422, f"alwayson_scripts: always-on script {name!r} not found (this server has none)")
     if req.styles:
