@@ -29,9 +29,11 @@ HIRES_FIELDS = (
     "hr_resize_y", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
 )
 REFINER_FIELDS = ("refiner_checkpoint", "refiner_switch_at")
+# Seamless tiling (A1111's "Tiling" checkbox): txt2img and img2img.
+TILING_FIELDS = ("tiling",)
 FORM_FIELDS = {
-    "txt2img": COMMON_FIELDS + HIRES_FIELDS + REFINER_FIELDS,
-    "img2img": COMMON_FIELDS + ("init_image", "resize_mode", "denoising_strength") + REFINER_FIELDS,
+    "txt2img": COMMON_FIELDS + HIRES_FIELDS + REFINER_FIELDS + TILING_FIELDS,
+    "img2img": COMMON_FIELDS + ("init_image", "resize_mode", "denoising_strength") + REFINER_FIELDS + TILING_FIELDS,
     "inpaint": COMMON_FIELDS + (
         "inpaint_source", "editor", "inpaint_image", "inpaint_mask", "resize_mode", "denoising_strength",
         "mask_blur", "mask_mode", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
@@ -207,6 +209,8 @@ def params_from_form(tab: str, form: dict[str, Any],
         kwargs["resize_mode"] = label_index(form.get("resize_mode"), RESIZE_MODES)
     if tab == "inpaint":
         kwargs.update(_inpaint(read))
+    if form.get("tiling"):  # left out when off, as the other defaults
+        kwargs["tiling"] = True
     return GenerationParams(**kwargs)
 
 

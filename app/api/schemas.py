@@ -44,7 +44,7 @@ class GenerationRequest(_Request):
                                                 "(512 SD 1.x, 768 SD 2.x v, 1024 SDXL)")
     height: int | None = Field(512, description="a multiple of 8; txt2img without it: the checkpoint's native size")
     restore_faces: bool | None = None
-    tiling: bool | None = None
+    tiling: bool | None = Field(None, description="seamless tiling: the picture's edges continue each other")
     do_not_save_samples: bool | None = False
     do_not_save_grid: bool | None = False
     eta: float | None = None

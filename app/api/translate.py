@@ -120,8 +120,6 @@ def refuse_unsupported(req: GenerationRequest, img2img: bool) -> None:
         raise ApiError(422, f"styles: prompt style {req.styles[0]!r} not found (this server has no styles)")
     if req.restore_faces:
         raise ApiError(422, "restore_faces: face restoration is not available on this server")
-    if req.tiling:
-        raise ApiError(422, "tiling: seamless tiling is not supported")
     if req.s_churn:
         raise ApiError(422, "s_churn: sampler churn is not supported (use 0)")
     if req.s_min_uncond:
@@ -205,6 +203,7 @@ def common_values(req: GenerationRequest, settings: dict[str, Any], checkpoint: 
         batch_count=value_or_default(req, "n_iter"),
         denoising_strength=value_or_default(req, "denoising_strength"),
         checkpoint=checkpoint,
+        tiling=bool(req.tiling),
     )
 
 
