@@ -265,6 +265,14 @@ class Engine:
     def _embeddings(self, model) -> EmbeddingDatabase:
         return EmbeddingDatabase(self.embeddings_dir, self.tokenizer, model.spec.text.hidden_size, key=model.spec.embedding_key)
 
+    def refresh_embeddings(self) -> None:
+        """Read the embeddings folder again for the loaded model and the kept refiner: files
+        added, changed or removed since they loaded count from the next job (the encoded-prompt
+        cache follows the new database). Hold exclusive() around it."""
+        for held in (self.loaded, self.refiner):
+            if held is not None:
+                held.embeddings = self._embeddings(held.model)
+
     def unload(self, keep_refiner: bool = False) -> None:
         previous, self.loaded = self.loaded, None
         if previous is not None:

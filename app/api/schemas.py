@@ -200,6 +200,22 @@ class UpscalerItem(BaseModel):
     scale: float | None = None
 
 
+class RealesrganItem(BaseModel):
+    name: str
+    path: str | None = None
+    scale: int | None = None
+
+
+class ExtensionItem(BaseModel):
+    name: str
+    remote: str = Field(description="the repository it came from: \"\" here (this server installs none from one)")
+    branch: str
+    commit_hash: str
+    version: str
+    commit_date: int | str = Field(description="0 where there is no repository")
+    enabled: bool
+
+
 class LatentUpscalerModeItem(BaseModel):
     name: str
 

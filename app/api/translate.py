@@ -296,11 +296,16 @@ def check_limits(params: GenerationParams, limits: ApiLimits) -> None:
 
 
 def check_hires_upscaler(name: str, context: RequestContext) -> None:
-    """A hires upscaler is a latent mode or an upscaler this server has (404 naming hr_upscaler)."""
+    """A hires upscaler is a latent mode or an upscaler this server has (GET /upscalers: the
+    spandrel models present too); any other is refused (422) naming the known ones."""
     from core.pipelines.hires import LATENT_UPSCALE_MODES
 
-    if name not in LATENT_UPSCALE_MODES:
+    if name in LATENT_UPSCALE_MODES:
+        return
+    try:
         context.find_upscaler(name, "hr_upscaler")
+    except ApiError as exc:
+        raise ApiError(422, f"{exc.message}; or a latent mode: {', '.join(LATENT_UPSCALE_MODES)}") from None
 
 
 def apply_native_size(params: GenerationParams, names: tuple[str, ...], size: int, limits: ApiLimits) -> None:

@@ -286,6 +286,8 @@ class Generation:
         into its image fields (img2img: the input; inpaint: the editor and the upload), and the
         infotext's values into the fields ``names``."""
         values, notes = self.field_updates(tab, infotext, names)
+        if not self.settings["send_seed"]:
+            values = [gr.skip() if name in SEED_FIELDS else value for name, value in zip(names, values)]
         if notes:
             gr.Info("; ".join(notes[:4]))
         pictures: list[Any] = []
@@ -302,6 +304,8 @@ class Generation:
 NOT_FROM_TEXT = {"styles", "init_image", "editor", "inpaint_image", "inpaint_mask", "inpaint_source",
                  "outpaint_directions", "outpaint_pixels", "resize_mode"}
 PICTURE_FIELDS = {"txt2img": (), "img2img": ("init_image",), "inpaint": ("editor", "inpaint_image")}
+# What "send to" leaves as the target tab has it when the send_seed setting is off.
+SEED_FIELDS = ("seed", "subseed")
 
 
 def text_fields(tab: str) -> list[str]:
