@@ -254,7 +254,7 @@ OPTIONS: tuple[Option, ...] = (
 OPTION_BY_KEY = {o.key: o for o in OPTIONS}
 API_OPTIONS = tuple(o for o in OPTIONS if o.api)
 
-# Keys of other programs' settings (A1111's send_seed, ...) that clients set through the API are
+# Keys of other programs' settings (A1111's send_size, ...) that clients set through the API are
 # kept in the file and reported back, bounded: a request can neither grow the file without end
 # nor make every later GET /options huge.
 MAX_KEPT_KEYS = 1000

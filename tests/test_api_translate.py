@@ -117,8 +117,15 @@ def test_the_api_reads_an_infotext_as_the_page_does():
     assert params.inpaint_full_res is True and page["inpaint_full_res"] == "Only masked"
 
 
+@pytest.mark.parametrize("img2img", [False, True])
+def test_tiling_becomes_the_params_tiling(img2img):
+    make = StableDiffusionProcessingImg2Img if img2img else StableDiffusionProcessingTxt2Img
+    for sent, tiled in ((True, True), (False, False), (None, False)):
+        params, _, _ = generation_params(make(width=64, height=64, tiling=sent), img2img, context())
+        assert params.tiling is tiled
+
+
 @pytest.mark.parametrize("field, value, message", [
-    ("tiling", True, "tiling: seamless tiling is not supported"),
     ("restore_faces", True, "restore_faces: face restoration is not available on this server"),
     ("script_name", "x/y/z plot", "script_name: script 'x/y/z plot' not found (this server has no scripts)"),
     ("alwayson_scripts", {"controlnet": {}},
@@ -176,7 +183,7 @@ def test_a_prompt_over_the_size_limit_is_refused_first():
     from core.params import MAX_PROMPT_BYTES
 
     with pytest.raises(ApiError) as refused:
-        generation_params(txt2img(prompt="x" * (MAX_PROMPT_BYTES + 1), tiling=True), False, context())
+        generation_params(txt2img(prompt="x" * (MAX_PROMPT_BYTES + 1), restore_faces=True), False, context())
     assert refused.value.status == 422 and refused.value.message.startswith("prompt: 65537 bytes long")
 
 
