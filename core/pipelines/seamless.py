@@ -8,6 +8,10 @@ interrupted. On the CPU, ``core.models.convolution.Conv2d`` keeps its weights ar
 oneDNN kernel that pads with zeros: it takes nn.Conv2d's own path whenever ``padding_mode`` is
 not "zeros" (``Conv2d._packable``), so a tiled job pads circularly there too.
 
+A UNet compiled with --compile (core/speed.py) sees the change too: torch.compile guards on
+each convolution's padding mode, so the first tiled job compiles the UNet again (and keeps
+both versions), at the cost of that compilation.
+
 Two places stay as A1111 has them: the VAE encoder's downsampling pads its right and bottom
 edge with zeros by hand (img2img's encoding is not seamless there), and a picture decoded in
 tiles (``vae_tiling``, for sizes that do not fit in memory at once) wraps each tile on itself.
