@@ -29,7 +29,8 @@ HIRES_FIELDS = (
     "hr_resize_y", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
 )
 REFINER_FIELDS = ("refiner_checkpoint", "refiner_switch_at")
-# Seamless tiling (A1111's "Tiling" checkbox): txt2img and img2img.
+# Seamless tiling (A1111's "Tiling" checkbox): on every generation tab (A1111's img2img, which
+# holds inpainting, has it too).
 TILING_FIELDS = ("tiling",)
 FORM_FIELDS = {
     "txt2img": COMMON_FIELDS + HIRES_FIELDS + REFINER_FIELDS + TILING_FIELDS,
@@ -38,7 +39,7 @@ FORM_FIELDS = {
         "inpaint_source", "editor", "inpaint_image", "inpaint_mask", "resize_mode", "denoising_strength",
         "mask_blur", "mask_mode", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
         "outpaint_directions", "outpaint_pixels",
-    ) + REFINER_FIELDS,
+    ) + REFINER_FIELDS + TILING_FIELDS,
 }
 # Form fields with no GenerationParams attribute of their own. The hires pass has its own
 # denoising strength on the page (A1111's 0.7), sent as denoising_strength of a txt2img job.

@@ -98,7 +98,7 @@ def test_tiling_by_request_is_recorded_and_read_back(client):
 def test_tiling_on_the_page_forms():
     from app.forms import FORM_DEFAULTS, FORM_FIELDS, complete_form, params_from_form, tab_fields, values_from_infotext
 
-    assert "tiling" in FORM_FIELDS["txt2img"] and "tiling" in FORM_FIELDS["img2img"]
+    assert all("tiling" in FORM_FIELDS[tab] for tab in ("txt2img", "img2img", "inpaint"))
     assert FORM_DEFAULTS["tiling"] is False
 
     def no_styles(styles, prompt, negative):
@@ -251,3 +251,22 @@ def test_send_seed_off_keeps_the_target_tabs_seed(tmp_path):
     settings.update({"send_seed": False})
     assert isinstance(sent("seed"), type(gr.skip())) and isinstance(sent("subseed"), type(gr.skip()))
     assert sent("steps") == 5
+
+
+def test_the_pages_tiling_checkbox_reaches_the_job(tmp_path):
+    import gradio as gr
+
+    from app.page.build import build_ui
+    from app.page.studio import StudioUI
+    from app.settings import Settings
+    from app.styles import StyleDatabase
+    from fake_engine import FakeEngine
+
+    engine = FakeEngine(tmp_path)
+    page = build_ui(engine, settings=Settings(tmp_path / "page.json"), styles=StyleDatabase(tmp_path / "s.csv"))
+    boxes = {b.elem_id: b.label for b in page.blocks.values() if isinstance(b, gr.Checkbox)}
+    assert all(boxes.get(f"{tab}_tiling") == "Tiling" for tab in ("txt2img", "img2img", "inpaint"))
+    ui = StudioUI(engine, settings=Settings(tmp_path / "config.json"), styles=StyleDatabase(tmp_path / "styles.csv"))
+    list(ui.generation.stream("txt2img", dict(prompt="a pattern", steps=1, width=64, height=64, tiling=True)))
+    list(ui.generation.stream("txt2img", dict(prompt="a pattern", steps=1, width=64, height=64)))
+    assert [call.params.tiling for call in engine.calls] == [True, False]
