@@ -1,6 +1,7 @@
 """Routes of what the server has: checkpoints (listed, refreshed, unloaded, reloaded), VAEs, LoRAs,
-embeddings, samplers, schedulers, upscalers and latent upscale modes. Lists are read from the
-folders on every request: the refresh routes have nothing to do."""
+embeddings, samplers, schedulers, upscalers (A1111's Real-ESRGAN list too) and latent upscale
+modes. Lists are read from the folders on every request: the refresh routes have nothing to do,
+but for embeddings, which a checkpoint reads as it loads (/refresh-embeddings reads them again)."""
 from __future__ import annotations
 
 import re
@@ -28,8 +29,8 @@ _SCHEDULER_TRAITS = {
 
 
 class ModelRoutes(RouteGroup):
-    """/samplers, /schedulers, /upscalers, /latent-upscale-modes, /sd-models, /sd-vae, /loras,
-    /embeddings and the checkpoint routes (refresh, unload, reload)."""
+    """/samplers, /schedulers, /upscalers, /realesrgan-models, /latent-upscale-modes, /sd-models,
+    /sd-vae, /loras, /embeddings, the refresh routes and the checkpoint routes (unload, reload)."""
 
     def register(self, router: APIRouter) -> None:
         r = router
