@@ -270,3 +270,21 @@ def test_the_pages_tiling_checkbox_reaches_the_job(tmp_path):
     list(ui.generation.stream("txt2img", dict(prompt="a pattern", steps=1, width=64, height=64, tiling=True)))
     list(ui.generation.stream("txt2img", dict(prompt="a pattern", steps=1, width=64, height=64)))
     assert [call.params.tiling for call in engine.calls] == [True, False]
+
+
+def test_the_page_reads_an_upscalers_file_name_as_its_listed_name(tmp_path, models):
+    from app.page.studio import StudioUI
+    from app.settings import Settings
+    from app.styles import StyleDatabase
+    from fake_engine import FakeEngine
+
+    engine = FakeEngine(tmp_path)
+    (engine.models_dir / "RealESRGAN").mkdir(parents=True)
+    shutil.copy(models / UPSCALER_FILES[0], engine.models_dir / UPSCALER_FILES[0])
+    ui = StudioUI(engine, settings=Settings(tmp_path / "config.json"), styles=StyleDatabase(tmp_path / "styles.csv"))
+    base = "a cat\nSteps: 5, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, Hires upscale: 2, Hires upscaler: "
+    for written in ("RealESRGAN_x2plus", "R-ESRGAN 2x+"):  # an older infotext of this studio, and A1111's
+        fields, notes = ui.generation.fields_from_infotext(base + written, "txt2img")
+        assert fields["hr_upscaler"] == "R-ESRGAN 2x+" and notes == []
+    fields, notes = ui.generation.fields_from_infotext(base + '"R-ESRGAN 4x+"', "txt2img")
+    assert "hr_upscaler" not in fields and notes == ["Hires upscaler: 'R-ESRGAN 4x+' is not available"]

@@ -247,8 +247,12 @@ class Generation:
         not use. Only fields the text names are returned: the rest of the form is left as is."""
         values, value_notes = values_from_infotext(text)
         fields, notes = tab_fields(tab, values, value_notes)
-        if "hr_upscaler" in fields and fields["hr_upscaler"] not in self.models.hires_upscalers():
-            notes.append(f"Hires upscaler: {fields.pop('hr_upscaler')!r} is not available")
+        if "hr_upscaler" in fields:
+            listed = self.models.listed_hires_upscaler(fields["hr_upscaler"])
+            if listed is None:
+                notes.append(f"Hires upscaler: {fields.pop('hr_upscaler')!r} is not available")
+            else:
+                fields["hr_upscaler"] = listed
         if "checkpoint" in fields:
             model = fields.pop("checkpoint")
             match = self.models.match_checkpoint(model)
