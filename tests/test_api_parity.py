@@ -134,7 +134,7 @@ def test_extensions_in_a1111s_shape(engine, client):
         listed = client.get("/sdapi/v1/extensions").json()
     finally:
         engine.extensions.extensions.pop("sketchbook")
-    assert {"name": "sketchbook", "remote": "", "branch": "", "commit_hash": "", "version": "", "commit_date": 0,
+    assert {"name": "sketchbook", "remote": "", "branch": "", "commit_hash": "", "version": "", "commit_date": "",
             "enabled": True} in listed
 
 

@@ -102,7 +102,7 @@ class InfoRoutes(RouteGroup):
         """The extensions in this server's extensions folder (the built-in LoRA and prompt
         history, and any added), in A1111's shape. This server installs none from a repository
         and reads none, so the git fields are empty; disabled or failed ones say enabled false."""
-        return [{"name": e.name, "remote": "", "branch": "", "commit_hash": "", "version": "", "commit_date": 0,
+        return [{"name": e.name, "remote": "", "branch": "", "commit_hash": "", "version": "", "commit_date": "",
                  "enabled": e.enabled and e.error is None}
                 for e in self.engine.extensions.extensions.values()]
 

@@ -212,7 +212,7 @@ class ExtensionItem(BaseModel):
     branch: str
     commit_hash: str
     version: str
-    commit_date: int | str = Field(description="0 where there is no repository")
+    commit_date: str = Field(description="\"\" where there is no repository")
     enabled: bool
 
 
