@@ -44,15 +44,18 @@ SCRIPT_DEFAULTS: dict[str, Any] = {
 }
 SCRIPT_FIELDS = tuple(name for name in SCRIPT_DEFAULTS if not name.startswith("sdu_"))
 SD_UPSCALE_FIELDS = tuple(name for name in SCRIPT_DEFAULTS if name.startswith("sdu_"))
+# Seamless tiling (A1111's "Tiling" checkbox): on every generation tab (A1111's img2img, which
+# holds inpainting, has it too).
+TILING_FIELDS = ("tiling",)
 FORM_FIELDS = {
-    "txt2img": COMMON_FIELDS + HIRES_FIELDS + REFINER_FIELDS + SCRIPT_FIELDS,
-    "img2img": COMMON_FIELDS + ("init_image", "resize_mode", "denoising_strength") + REFINER_FIELDS + SCRIPT_FIELDS
-    + SD_UPSCALE_FIELDS,
+    "txt2img": COMMON_FIELDS + HIRES_FIELDS + REFINER_FIELDS + TILING_FIELDS + SCRIPT_FIELDS,
+    "img2img": COMMON_FIELDS + ("init_image", "resize_mode", "denoising_strength") + REFINER_FIELDS + TILING_FIELDS
+    + SCRIPT_FIELDS + SD_UPSCALE_FIELDS,
     "inpaint": COMMON_FIELDS + (
         "inpaint_source", "editor", "inpaint_image", "inpaint_mask", "resize_mode", "denoising_strength",
         "mask_blur", "mask_mode", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
         "outpaint_directions", "outpaint_pixels",
-    ) + REFINER_FIELDS,
+    ) + REFINER_FIELDS + TILING_FIELDS,
 }
 # Form fields with no GenerationParams attribute of their own. The hires pass has its own
 # denoising strength on the page (A1111's 0.7), sent as denoising_strength of a txt2img job.
@@ -224,6 +227,8 @@ def params_from_form(tab: str, form: dict[str, Any],
         kwargs["resize_mode"] = label_index(form.get("resize_mode"), RESIZE_MODES)
     if tab == "inpaint":
         kwargs.update(_inpaint(read))
+    if form.get("tiling"):  # left out when off, as the other defaults
+        kwargs["tiling"] = True
     return GenerationParams(**kwargs)
 
 

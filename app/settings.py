@@ -217,6 +217,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("default_width", 512, "Default width", _size, section=DEFAULTS),
     Option("default_height", 512, "Default height", _size, section=DEFAULTS),
     Option("default_denoising_strength", 0.75, "Default denoising strength", _float(0.0, 1.0), section=DEFAULTS),
+    Option("send_seed", True, "Send the seed when sending a picture to another tab", _bool,
+           "off: the tab it goes to keeps its own seed and variation seed (A1111's send_seed)",
+           section=DEFAULTS, api=True),
     Option("sd_model_prediction", "auto", "What the checkpoint predicts",
            help="auto: from its files (metadata, a .yaml beside it, SD 2.x's test pass); eps or v when that is "
                 "wrong. The checkpoint is loaded again at the next job",
@@ -258,7 +261,7 @@ OPTIONS: tuple[Option, ...] = (
 OPTION_BY_KEY = {o.key: o for o in OPTIONS}
 API_OPTIONS = tuple(o for o in OPTIONS if o.api)
 
-# Keys of other programs' settings (A1111's send_seed, ...) that clients set through the API are
+# Keys of other programs' settings (A1111's send_size, ...) that clients set through the API are
 # kept in the file and reported back, bounded: a request can neither grow the file without end
 # nor make every later GET /options huge.
 MAX_KEPT_KEYS = 1000

@@ -313,8 +313,12 @@ class Generation:
         not use. Only fields the text names are returned: the rest of the form is left as is."""
         values, value_notes = values_from_infotext(text)
         fields, notes = tab_fields(tab, values, value_notes)
-        if "hr_upscaler" in fields and fields["hr_upscaler"] not in self.models.hires_upscalers():
-            notes.append(f"Hires upscaler: {fields.pop('hr_upscaler')!r} is not available")
+        if "hr_upscaler" in fields:
+            listed = self.models.listed_hires_upscaler(fields["hr_upscaler"])
+            if listed is None:
+                notes.append(f"Hires upscaler: {fields.pop('hr_upscaler')!r} is not available")
+            else:
+                fields["hr_upscaler"] = listed
         if "checkpoint" in fields:
             model = fields.pop("checkpoint")
             match = self.models.match_checkpoint(model)
@@ -352,6 +356,8 @@ class Generation:
         into its image fields (img2img: the input; inpaint: the editor and the upload), and the
         infotext's values into the fields ``names``."""
         values, notes = self.field_updates(tab, infotext, names)
+        if not self.settings["send_seed"]:
+            values = [gr.skip() if name in SEED_FIELDS else value for name, value in zip(names, values)]
         if notes:
             gr.Info("; ".join(notes[:4]))
         pictures: list[Any] = []
@@ -368,6 +374,8 @@ class Generation:
 NOT_FROM_TEXT = {"styles", "init_image", "editor", "inpaint_image", "inpaint_mask", "inpaint_source",
                  "outpaint_directions", "outpaint_pixels", "resize_mode"}
 PICTURE_FIELDS = {"txt2img": (), "img2img": ("init_image",), "inpaint": ("editor", "inpaint_image")}
+# What "send to" leaves as the target tab has it when the send_seed setting is off.
+SEED_FIELDS = ("seed", "subseed")
 
 
 def text_fields(tab: str) -> list[str]:

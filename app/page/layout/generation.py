@@ -125,6 +125,7 @@ def _settings_column(ui: StudioUI, tab: GenerationTab, samplers: list[str], sche
                                             label="Denoising strength", elem_id=f"{name}_denoising_strength")
     _seed_rows(tab)
     _slider(f, "clip_skip", 1, 12, 1, "Clip skip", f"{name}_clip_skip")
+    f["tiling"] = gr.Checkbox(DEFAULT["tiling"], label="Tiling", elem_id=f"{name}_tiling")
     if name == "txt2img":
         _hires_inputs(ui, f, samplers, schedules)
     _refiner_inputs(ui, f, name)
