@@ -29,20 +29,40 @@ HIRES_FIELDS = (
     "hr_resize_y", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
 )
 REFINER_FIELDS = ("refiner_checkpoint", "refiner_switch_at")
+# The Script menu (A1111's scripts, core/scripts/) and each script's fields; "sdu_": SD upscale,
+# on img2img only. script_from_form turns them into A1111's script_args.
+NO_SCRIPT = "None"
+SCRIPT_DEFAULTS: dict[str, Any] = {
+    "script": NO_SCRIPT,
+    "xyz_x_type": "Seed", "xyz_x_values": "", "xyz_y_type": "Nothing", "xyz_y_values": "",
+    "xyz_z_type": "Nothing", "xyz_z_values": "", "xyz_draw_legend": True, "xyz_include_lone_images": False,
+    "xyz_no_fixed_seeds": False, "xyz_margin_size": 0,
+    "matrix_put_at_start": False, "matrix_different_seeds": False, "matrix_prompt_type": "positive",
+    "matrix_delimiter": "comma", "matrix_margin_size": 0,
+    "pff_iterate": False, "pff_iterate_batch": False, "pff_position": "start", "pff_text": "",
+    "sdu_overlap": 64, "sdu_upscaler": "Lanczos", "sdu_scale": 2.0,
+}
+SCRIPT_FIELDS = tuple(name for name in SCRIPT_DEFAULTS if not name.startswith("sdu_"))
+SD_UPSCALE_FIELDS = tuple(name for name in SCRIPT_DEFAULTS if name.startswith("sdu_"))
+# Seamless tiling (A1111's "Tiling" checkbox): on every generation tab (A1111's img2img, which
+# holds inpainting, has it too).
+TILING_FIELDS = ("tiling",)
 FORM_FIELDS = {
-    "txt2img": COMMON_FIELDS + HIRES_FIELDS + REFINER_FIELDS,
-    "img2img": COMMON_FIELDS + ("init_image", "resize_mode", "denoising_strength") + REFINER_FIELDS,
+    "txt2img": COMMON_FIELDS + HIRES_FIELDS + REFINER_FIELDS + TILING_FIELDS + SCRIPT_FIELDS,
+    "img2img": COMMON_FIELDS + ("init_image", "resize_mode", "denoising_strength") + REFINER_FIELDS + TILING_FIELDS
+    + SCRIPT_FIELDS + SD_UPSCALE_FIELDS,
     "inpaint": COMMON_FIELDS + (
         "inpaint_source", "editor", "inpaint_image", "inpaint_mask", "resize_mode", "denoising_strength",
         "mask_blur", "mask_mode", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
         "outpaint_directions", "outpaint_pixels",
-    ) + REFINER_FIELDS,
+    ) + REFINER_FIELDS + TILING_FIELDS,
 }
 # Form fields with no GenerationParams attribute of their own. The hires pass has its own
 # denoising strength on the page (A1111's 0.7), sent as denoising_strength of a txt2img job.
 _PAGE_ONLY_DEFAULTS: dict[str, Any] = {
     "styles": [], "hr_denoising_strength": 0.7, "init_image": None, "inpaint_source": INPAINT_SOURCES[0],
     "editor": None, "inpaint_image": None, "inpaint_mask": None, "outpaint_directions": [], "outpaint_pixels": 128,
+    **SCRIPT_DEFAULTS,
 }
 # Form fields that show a GenerationParams value as a label: field -> (attribute, labels by value).
 _LABELLED = {
@@ -207,7 +227,36 @@ def params_from_form(tab: str, form: dict[str, Any],
         kwargs["resize_mode"] = label_index(form.get("resize_mode"), RESIZE_MODES)
     if tab == "inpaint":
         kwargs.update(_inpaint(read))
+    if form.get("tiling"):  # left out when off, as the other defaults
+        kwargs["tiling"] = True
     return GenerationParams(**kwargs)
+
+
+def script_from_form(tab: str, form: dict[str, Any]) -> tuple[str | None, list[Any]]:
+    """The Script menu's choice as A1111's (script name, script_args); (None, []) for None.
+    The X/Y/Z plot's values are always text here (csv_mode), the page has no dropdown lists."""
+    title = form.get("script") or NO_SCRIPT
+    if title == NO_SCRIPT:
+        return None, []
+    name = title.lower()
+    if name == "x/y/z plot":
+        axes = []
+        for axis in ("x", "y", "z"):
+            axes += [form.get(f"xyz_{axis}_type") or "Nothing", form.get(f"xyz_{axis}_values") or "", []]
+        return name, axes + [bool(form.get("xyz_draw_legend")), bool(form.get("xyz_include_lone_images")), False,
+                             bool(form.get("xyz_no_fixed_seeds")), False, False, False,
+                             form.get("xyz_margin_size") or 0, True]
+    if name == "prompt matrix":
+        return name, [bool(form.get("matrix_put_at_start")), bool(form.get("matrix_different_seeds")),
+                      form.get("matrix_prompt_type") or "positive", form.get("matrix_delimiter") or "comma",
+                      form.get("matrix_margin_size") or 0]
+    if name == "prompts from file or textbox":
+        return name, [bool(form.get("pff_iterate")), bool(form.get("pff_iterate_batch")),
+                      form.get("pff_position") or "start", form.get("pff_text") or ""]
+    if name == "sd upscale" and tab == "img2img":
+        return name, ["", form.get("sdu_overlap") or 0, form.get("sdu_upscaler") or "Lanczos",
+                      form.get("sdu_scale") or SCRIPT_DEFAULTS["sdu_scale"]]
+    raise FormError(f"Script: {title!r} is not a script of {tab}")
 
 
 # ---------------------------------------------------------------------- infotext -> values

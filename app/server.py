@@ -587,13 +587,13 @@ def serve(args: argparse.Namespace) -> int:
         _error(f"the engine (core.engine) cannot be imported: {exc}")
         return 1
     try:
-        from app.settings import Settings, default_settings_file, disabled_extensions
+        from app.settings import Settings, compile_unet, default_settings_file, disabled_extensions
 
         settings = args.ui_settings_file or default_settings_file()
-        disabled = disabled_extensions(Settings(settings))
+        saved = Settings(settings)
         engine = Engine(device=args.device, precision=args.precision, ckpt_dir=Path(args.ckpt_dir),
                         output_dir=Path(args.outdir), lora_dir=args.lora_dir,
-                        disabled_extensions=disabled, compile=args.compile)
+                        disabled_extensions=disabled_extensions(saved), compile=compile_unet(saved, args.compile))
     except EngineError as exc:
         _error(str(exc))
         return 1

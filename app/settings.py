@@ -215,6 +215,9 @@ OPTIONS: tuple[Option, ...] = (
            choices=IMAGE_FORMATS, section=SAVING),
     Option("jpeg_quality", 90, "JPEG/WebP quality", _int(1, 100), section=SAVING, api=True),
     Option("preview_every", 5, "Live preview every N steps", _int(0, 1000), "0: no live preview", section=SAVING),
+    Option("grid_save", True, "Save grids", _bool,
+           "a job of several pictures, and a script's plot, saved as one grid too, in txt2img-grids / img2img-grids",
+           section=SAVING, api=True),
     Option("default_sampler", "Euler", "Default sampler", _sampler, section=DEFAULTS),
     Option("default_scheduler", "Automatic", "Default schedule type", _schedule, section=DEFAULTS),
     Option("default_steps", 20, "Default sampling steps", _int(1, 150), section=DEFAULTS),
@@ -222,6 +225,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("default_width", 512, "Default width", _size, section=DEFAULTS),
     Option("default_height", 512, "Default height", _size, section=DEFAULTS),
     Option("default_denoising_strength", 0.75, "Default denoising strength", _float(0.0, 1.0), section=DEFAULTS),
+    Option("send_seed", True, "Send the seed when sending a picture to another tab", _bool,
+           "off: the tab it goes to keeps its own seed and variation seed (A1111's send_seed)",
+           section=DEFAULTS, api=True),
     Option("sd_model_prediction", "auto", "What the checkpoint predicts",
            help="auto: from its files (metadata, a .yaml beside it, SD 2.x's test pass); eps or v when that is "
                 "wrong. The checkpoint is loaded again at the next job",
@@ -232,6 +238,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("sd_checkpoint_load_at_start", True, "Load the checkpoint when the server starts", _bool,
            "in the background, so the first Generate need not wait for it; off: it loads on first use. "
            "Applied at the next start", section=CHECKPOINTS),
+    Option("unet_compile", False, "Compile the UNet with torch.compile", _bool,
+           "inductor, cached on disk: the first steps at each new picture size take minutes, later ones are faster; "
+           "without a working compiler the model runs uncompiled (a warning in the log). Applied at the next start; "
+           "launch.py --compile turns it on for one run", section=CHECKPOINTS),
     Option("disabled_extensions", "", "Disabled extensions", _text,
            "names of folders in extensions/, separated by commas; applied at the next start", section=SAVING),
     Option("model_download_url", "", "Model download URL", _text,
@@ -262,7 +272,7 @@ OPTIONS: tuple[Option, ...] = (
 OPTION_BY_KEY = {o.key: o for o in OPTIONS}
 API_OPTIONS = tuple(o for o in OPTIONS if o.api)
 
-# Keys of other programs' settings (A1111's send_seed, ...) that clients set through the API are
+# Keys of other programs' settings (A1111's send_size, ...) that clients set through the API are
 # kept in the file and reported back, bounded: a request can neither grow the file without end
 # nor make every later GET /options huge.
 MAX_KEPT_KEYS = 1000
@@ -281,6 +291,11 @@ def check_kept(key: str, value: Any) -> Any:
     if len(text.encode("utf-8", "surrogatepass")) > MAX_KEPT_VALUE_BYTES:
         raise ValueError(f"at most {MAX_KEPT_VALUE_BYTES} bytes of JSON for a setting this server does not use")
     return value
+
+
+def compile_unet(settings: "Settings", flag: bool) -> bool:
+    """Whether the engine compiles its UNet: the unet_compile setting, or launch.py --compile."""
+    return bool(flag or settings["unet_compile"])
 
 
 def disabled_extensions(settings: "Settings") -> set[str]:

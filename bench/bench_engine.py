@@ -6,6 +6,12 @@
 
 First line: torch, threads, the CPU's name and whether it has native bf16 (AMX or AVX512-BF16).
 
+0. With --roofline (and nothing else, seconds): the arithmetic of one SD 1.5 UNet CFG step and
+   one 512x512 VAE decode, counted by torch's FlopCounterMode on the meta device, and the float32
+   rates this machine's kernels reach (a 4096x2048x2048 matrix multiply; SD 1.5's top-level 3x3
+   convolution with its weights arranged, as the engine samples): the least time each can take.
+   The step lines of 1 print each variant's achieved GFLOP/s against the same count.
+
 1. One CFG step of the full-size SD 1.5 UNet (random weights, batch 2 = cond + uncond,
    512x512 image = 64x64 latent), best of 3 after a warm-up call: ours (channels-last, as the
    engine runs it on a CPU, in a process with huge pages for large tensors as launch.py sets
@@ -240,6 +246,93 @@ def measure_step(which: str, latent: int, repeats: int, dtype_name: str = "float
         call()
         times.append(time.perf_counter() - start)
     return {"seconds": min(times), "warmup_seconds": warmup, "peak_rss_mb": peak_rss_mb()}
+
+
+# FlopCounterMode's operators as the networks use them (attention is counted through its two matmuls).
+OPERATOR_ROLES = {"convolution": "convolutions", "addmm": "linear layers with bias", "mm": "linear layers without bias",
+                  "bmm": "attention"}
+
+
+def counted_gflop(build, *inputs) -> dict:
+    """The arithmetic of one call, by operator, counted by torch's FlopCounterMode on the meta
+    device (a full-size network without memory or time): {"total": GFLOP, op name: GFLOP}."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"), torch.no_grad():
+        module, arguments = build(), [torch.empty(shape) if isinstance(shape, tuple) else shape for shape in inputs]
+        counter = FlopCounterMode(display=False)
+        with counter:
+            module(*arguments)
+    counts = {str(op).removeprefix("aten."): n / 1e9 for op, n in counter.get_flop_counts()["Global"].items()}
+    return {"total": counter.get_total_flops() / 1e9, **counts}
+
+
+def sd15_step_gflop(latent: int) -> dict:
+    """One CFG step (batch 2) of the SD 1.5-size UNet at a ``latent`` x ``latent`` latent."""
+    import torch
+
+    def build():
+        unet, _ = build_ours()
+        return lambda x, t, context: unet(x, t, context)
+
+    return counted_gflop(build, (2, 4, latent, latent), torch.full((2,), 500.0, device="meta"), (2, 77, 768))
+
+
+def sd15_decode_gflop(latent: int) -> dict:
+    """The SD 1.5-size VAE's decode of one ``latent`` x ``latent`` latent."""
+    from core.models.detection import detect_vae
+    from core.models.vae import AutoencoderKL
+
+    return counted_gflop(lambda: AutoencoderKL(detect_vae(sd15_shapes())).decode, (1, 4, latent, latent))
+
+
+def machine_rates(repeats: int = 10) -> dict:
+    """What this machine's float32 kernels reach, in GFLOP/s (best of ``repeats``): a large matrix
+    multiply, and a 3x3 convolution of SD 1.5's top level (320 -> 320 channels at 64x64, batch 2)
+    through the UNet's own Conv2d with its weights arranged for oneDNN, as the engine samples."""
+    import torch
+
+    from core.models.convolution import Conv2d, use_prepacked_convolutions
+
+    def best(call) -> float:
+        call()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        a, b = torch.randn(4096, 2048), torch.randn(2048, 2048)
+        matmul = 2 * 4096 * 2048 * 2048 / best(lambda: a @ b) / 1e9
+        conv = Conv2d(320, 320, 3, padding=1).eval()
+        use_prepacked_convolutions(conv, True)
+        x = torch.randn(2, 320, 64, 64).contiguous(memory_format=torch.channels_last)
+        convolution = 2 * 9 * 320 * 320 * 64 * 64 * 2 / best(lambda: conv(x)) / 1e9
+    return {"matmul_gflops": matmul, "convolution_gflops": convolution}
+
+
+def report_roofline(latent: int = 64) -> dict:
+    """The least time a step and a decode can take on this machine in float32: their counted
+    arithmetic over the rates its kernels reach. A measured step near that bound has nothing left
+    to win but arithmetic (precision, fewer operations); far from it, the kernels are fed badly."""
+    import torch
+
+    rates = in_subprocess("--_rates")  # in the engine's process setting: huge pages, as the steps run
+    step, decode = sd15_step_gflop(latent), sd15_decode_gflop(latent)
+    print(f"Roofline, float32, {torch.get_num_threads()} threads: matrix multiply 4096x2048x2048 {rates['matmul_gflops']:.0f} GFLOP/s; "
+          f"3x3 convolution 320->320 at 64x64 (batch 2, weights arranged) {rates['convolution_gflops']:.0f} GFLOP/s")
+    for label, counts in ((f"UNet step (SD 1.5 size, batch 2, latent {latent}x{latent})", step),
+                          (f"VAE decode ({latent * 8}x{latent * 8})", decode)):
+        parts = ", ".join(f"{OPERATOR_ROLES.get(op, op)} {n:.1f}" for op, n in counts.items() if op != "total")
+        convolutions = counts.get("convolution", 0.0)
+        least = convolutions / rates["convolution_gflops"] + (counts["total"] - convolutions) / rates["matmul_gflops"]
+        print(f"  {label}: {counts['total']:.1f} GFLOP ({parts}): at least {least:.2f} s "
+              f"(convolutions at the convolution rate, the rest at the matmul rate)")
+    return {"rates": rates, "step_gflop": step, "decode_gflop": decode}
 
 
 def write_checkpoint(path: Path, dtype_name: str) -> None:
@@ -681,10 +774,11 @@ def report_unet_steps(latent: int, repeats: int, compiled: bool, skip: tuple[str
         except subprocess.CalledProcessError as exc:
             print(f"  {variant_name(*variant):40s} failed: {exc.stderr.strip().splitlines()[-1] if exc.stderr else exc}")
     reference = results[("diffusers", "float32", False, False)]["seconds"]
+    arithmetic = sd15_step_gflop(latent)["total"]  # the same network on both sides
     for variant, r in results.items():
         warmup = f", warm-up {r['warmup_seconds']:.0f} s (compile)" if variant[2] else ""
         print(f"  {variant_name(*variant):40s} {r['seconds']:7.2f} s/step  {reference / r['seconds']:5.2f}x diffusers float32"
-              f"   peak RSS {r['peak_rss_mb']:6.0f} MB{warmup}")
+              f"  {arithmetic / r['seconds']:4.0f} GFLOP/s   peak RSS {r['peak_rss_mb']:6.0f} MB{warmup}")
     for dtype_name in ("float32", "bfloat16"):
         ours, theirs = (results.get((w, dtype_name, False, w == "ours")) for w in ("ours", "diffusers"))
         if ours and theirs:
@@ -804,6 +898,11 @@ def report_device_txt2img(device_arg: str, families: list[str], dtypes: list[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--roofline", action="store_true",
+                        help="only: the counted arithmetic of a 512x512 UNet step and decode, this machine's float32 "
+                             "matmul and convolution rates, and the least time those allow (seconds)")
+    parser.add_argument("--roofline-latent", type=int, default=64, help=argparse.SUPPRESS)
+    parser.add_argument("--_rates", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--skip-load", action="store_true")
     parser.add_argument("--_step", nargs=6, help=argparse.SUPPRESS)
     parser.add_argument("--compile", action="store_true",
@@ -867,6 +966,9 @@ def main() -> None:
     if args._device_txt2img:
         print(json.dumps(measure_txt2img(**json.loads(args._device_txt2img))))
         return
+    if args._rates:
+        print(json.dumps(machine_rates()))
+        return
     if args._load:
         print(json.dumps(measure_load(*args._load)))
         return
@@ -890,6 +992,9 @@ def main() -> None:
     native = f"native bf16 ({', '.join(cpu['bf16_flags'])})" if cpu["bf16_flags"] else "no native bf16 (no AMX or AVX512-BF16)"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: {cpu['name']}, {native}; "
           f"oneDNN bf16 kernels: {cpu['onednn_bf16']}; load {os.getloadavg()[0]:.1f}")
+    if args.roofline:
+        report_roofline(args.roofline_latent)
+        return
     if args.txt2img_sdxl:
         report_txt2img("sdxl", 1024, args.txt2img_steps, {"ours": "bfloat16", "diffusers": "bfloat16"}, args.compile, 1)
         return

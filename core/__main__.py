@@ -43,6 +43,8 @@ def add_generation_arguments(p: argparse.ArgumentParser, default_out: str) -> No
                    help="compile the UNet with torch.compile (inductor): slow first steps, faster after; "
                         "runs uncompiled, with a warning, where no compiler works")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--tiling", action="store_true",
+                   help="seamless tiling: the picture's edges continue each other (A1111's Tiling)")
 
 
 def add_image_arguments(p: argparse.ArgumentParser) -> None:
@@ -92,6 +94,7 @@ def params_from_args(args, native_size: int | None = None):
         batch_count=args.batch_count, clip_skip=args.clip_skip, checkpoint=args.model, subseed=args.subseed,
         subseed_strength=args.subseed_strength, seed_resize_from_w=args.seed_resize_from[0],
         seed_resize_from_h=args.seed_resize_from[1], eta=args.eta, s_noise=args.s_noise, emphasis=args.emphasis,
+        tiling=args.tiling,
     )
     if args.command == "txt2img" and args.hires_scale:
         params.enable_hr, params.hr_scale, params.hr_upscaler = True, args.hires_scale, args.hires_upscaler

@@ -35,6 +35,7 @@ from core.pipelines.hires import hires_fields, hires_fix
 from core.pipelines.img2img import img2img, prepare_input
 from core.pipelines.masking import FILL_MODES, flatten, open_image
 from core.pipelines.sampling_run import Refiner
+from core.pipelines.seamless import seamless_tiling
 from core.pipelines.txt2img import txt2img
 from core.prompts.parser import extract_extra_networks
 from core.text.tokenizer import load_clip_tokenizer
@@ -324,6 +325,14 @@ class Engine:
     def _embeddings(self, model) -> EmbeddingDatabase:
         return EmbeddingDatabase(self.embeddings_dir, self.tokenizer, model.spec.text.hidden_size, key=model.spec.embedding_key)
 
+    def refresh_embeddings(self) -> None:
+        """Read the embeddings folder again for the loaded model and the kept refiner: files
+        added, changed or removed since they loaded count from the next job (the encoded-prompt
+        cache follows the new database). Hold exclusive() around it."""
+        for held in (self.loaded, self.refiner):
+            if held is not None:
+                held.embeddings = self._embeddings(held.model)
+
     def unload(self, keep_refiner: bool = False) -> None:
         previous, self.loaded = self.loaded, None
         if previous is not None:
@@ -576,11 +585,12 @@ class Engine:
                                               loaded.model.spec.latent_format))
 
                     try:
-                        if stage is None:
-                            images = make_images(loaded, conditioner, seeds, subseeds, on_step)
-                        else:
-                            stage.used = False
-                            images = make_images(loaded, conditioner, seeds, subseeds, on_step, refiner=stage)
+                        with seamless_tiling(job_models(loaded, stage), params.tiling):
+                            if stage is None:
+                                images = make_images(loaded, conditioner, seeds, subseeds, on_step)
+                            else:
+                                stage.used = False
+                                images = make_images(loaded, conditioner, seeds, subseeds, on_step, refiner=stage)
                     except _Stop:
                         if self.flags.interrupted:
                             break
@@ -606,6 +616,11 @@ class Engine:
             finally:
                 self.extensions.run("after_job", job, results)
             return results
+
+
+def job_models(loaded: LoadedModel, stage: Refiner | None) -> list:
+    """The models a batch samples and decodes with: the job's checkpoint and its refiner, if any."""
+    return [loaded.model] if stage is None else [loaded.model, stage.model]
 
 
 def save_image_or_say_why(image, out_dir: Path, seed: int, infotext: str) -> tuple[Path | None, str | None]:
@@ -678,4 +693,6 @@ def generation_fields(params: GenerationParams, subseed: int | None) -> dict:
         fields["S noise"] = params.s_noise
     if params.emphasis != "Original":
         fields["Emphasis"] = params.emphasis
+    if params.tiling:
+        fields["Tiling"] = True  # A1111 writes the field only when on
     return fields

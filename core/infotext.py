@@ -89,6 +89,7 @@ FIELDS: dict[str, tuple[str | None, type]] = {
     "Refiner": ("refiner_checkpoint", str),  # "name [short hash]", as A1111 writes it
     "Refiner switch at": ("refiner_switch_at", float),
     "Noise Schedule": ("sd_noise_schedule", str),  # A1111's setting: "Zero Terminal SNR"
+    "Tiling": ("tiling", bool),
 }
 
 _PARAM_NAMES = {f.name for f in dataclasses.fields(GenerationParams)}
@@ -223,6 +224,10 @@ def parse_infotext(text: str) -> dict[str, str]:
 
 
 def _convert(kind: type, value: str):
+    if kind is bool:  # A1111 writes True/False; bool("False") would be True
+        if value.strip().lower() not in ("true", "false"):
+            raise ValueError(f"not true or false: {value!r}")
+        return value.strip().lower() == "true"
     if kind is int:
         try:
             return int(value)

@@ -71,6 +71,9 @@ class GenerationParams:
     # denoising is done (by the current noise level's timestep); None or "" = no refiner.
     refiner_checkpoint: str | None = None
     refiner_switch_at: float = 0.8
+    # Seamless tiling (A1111's "Tiling"): the picture's edges continue each other, so copies of
+    # it laid side by side show no seam (core/pipelines/seamless.py).
+    tiling: bool = False
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -165,6 +168,8 @@ class GenerationParams:
             bad("refiner_switch_at", f"must be between 0 and 1, got {self.refiner_switch_at!r}")
         if self.emphasis not in EMPHASIS_MODES:
             bad("emphasis", f"must be one of {', '.join(EMPHASIS_MODES)}, got {self.emphasis!r}")
+        if not isinstance(self.tiling, bool):
+            bad("tiling", f"must be true or false, got {self.tiling!r}")
 
     def _check_batch_pixels(self, name: str, width: int, height: int, where: str = "") -> None:
         pixels = self.batch_size * width * height

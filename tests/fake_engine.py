@@ -115,6 +115,9 @@ class FakeEngine:
     def unload(self, keep_refiner: bool = False) -> None:
         self.loaded = None
 
+    def refresh_embeddings(self) -> None:
+        """Painted models have no text encoder: nothing to read again."""
+
     job_model = Engine.job_model  # the engine's own choice: the asked, the loaded, else the first listed
 
     def default_size(self, name: str | None = None, allow_paths: bool = False) -> int | None:

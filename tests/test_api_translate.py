@@ -67,7 +67,8 @@ def test_hires_without_an_upscaler_is_latent_and_an_unknown_one_is_refused_by_it
     assert params.hr_upscaler == "Latent"
     with pytest.raises(ApiError) as refused:
         generation_params(txt2img(width=64, height=64, enable_hr=True, hr_upscaler="4x-Nowhere"), False, context())
-    assert (refused.value.status, refused.value.message) == (404, "hr_upscaler: upscaler '4x-Nowhere' not found")
+    assert refused.value.status == 422
+    assert refused.value.message.startswith("hr_upscaler: upscaler '4x-Nowhere' not found; or a latent mode: Latent, ")
 
 
 def test_the_hires_size_is_held_to_the_servers_limit():
@@ -116,10 +117,16 @@ def test_the_api_reads_an_infotext_as_the_page_does():
     assert params.inpaint_full_res is True and page["inpaint_full_res"] == "Only masked"
 
 
+@pytest.mark.parametrize("img2img", [False, True])
+def test_tiling_becomes_the_params_tiling(img2img):
+    make = StableDiffusionProcessingImg2Img if img2img else StableDiffusionProcessingTxt2Img
+    for sent, tiled in ((True, True), (False, False), (None, False)):
+        params, _, _ = generation_params(make(width=64, height=64, tiling=sent), img2img, context())
+        assert params.tiling is tiled
+
+
 @pytest.mark.parametrize("field, value, message", [
-    ("tiling", True, "tiling: seamless tiling is not supported"),
     ("restore_faces", True, "restore_faces: face restoration is not available on this server"),
-    ("script_name", "x/y/z plot", "script_name: script 'x/y/z plot' not found (this server has no scripts)"),
     ("alwayson_scripts", {"controlnet": {}},
      "alwayson_scripts: always-on script 'controlnet' not found (this server has none)"),
     ("hr_checkpoint_name", "sd15.safetensors", "hr_checkpoint_name: a different hires checkpoint is not supported"),
@@ -175,7 +182,7 @@ def test_a_prompt_over_the_size_limit_is_refused_first():
     from core.params import MAX_PROMPT_BYTES
 
     with pytest.raises(ApiError) as refused:
-        generation_params(txt2img(prompt="x" * (MAX_PROMPT_BYTES + 1), tiling=True), False, context())
+        generation_params(txt2img(prompt="x" * (MAX_PROMPT_BYTES + 1), restore_faces=True), False, context())
     assert refused.value.status == 422 and refused.value.message.startswith("prompt: 65537 bytes long")
 
 

@@ -88,3 +88,36 @@ def test_sampling_rate_leaves_the_first_step_out():
     assert clock.steps_per_second() == 3 / 3.5
     clock.marks = [10.0]
     assert clock.steps_per_second() is None
+
+
+def test_roofline_counts_the_arithmetic_and_prints_the_least_time(tmp_path):
+    """`bench_engine.py --roofline`: the counted arithmetic is exact for a known layer, scales with
+    the picture as a convolutional network must, and the printed bound follows from the counts."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import torch
+
+    import bench_engine
+
+    linear = bench_engine.counted_gflop(lambda: torch.nn.Linear(64, 32), (10, 64))
+    assert linear["total"] * 1e9 == 2 * 10 * 64 * 32
+    small, large = bench_engine.sd15_step_gflop(8), bench_engine.sd15_step_gflop(16)
+    assert large["convolution"] == 4 * small["convolution"]  # convolutions grow with the pixel count
+    assert large["bmm"] > 4 * small["bmm"]  # self-attention grows with its square
+    assert abs(sum(n for op, n in small.items() if op != "total") - small["total"]) < 1e-6
+
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_engine.py"), "--roofline", "--roofline-latent", "8"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 4
+    rates = re.fullmatch(r"Roofline, float32, \d+ threads: matrix multiply 4096x2048x2048 (\d+) GFLOP/s; "
+                         r"3x3 convolution 320->320 at 64x64 \(batch 2, weights arranged\) (\d+) GFLOP/s", lines[1])
+    assert rates and all(int(n) > 0 for n in rates.groups()), lines[1]
+    step = re.fullmatch(r"  UNet step \(SD 1\.5 size, batch 2, latent 8x8\): ([\d.]+) GFLOP \((.*)\): at least ([\d.]+) s "
+                        r"\(convolutions at the convolution rate, the rest at the matmul rate\)", lines[2])
+    assert step, lines[2]
+    assert abs(float(step[1]) - small["total"]) < 0.1 and "convolutions " in step[2] and "attention " in step[2]
+    matmul, convolution = (float(n) for n in rates.groups())
+    # The bound from the printed (rounded) rates brackets the printed one.
+    assert small["total"] / max(matmul + 1, convolution + 1) <= float(step[3]) <= small["total"] / min(matmul - 1, convolution - 1)
+    assert lines[3].startswith("  VAE decode (64x64): ")

@@ -508,6 +508,10 @@ def test_server_serve_binds_host_and_port_and_reports_engine_errors(monkeypatch,
     assert server.serve(args(compile=True)) == 0
     assert made[-1]["compile"] is True  # launch.py --compile reaches the engine
     served.pop()
+    (tmp_path / "config.json").write_text('{"unet_compile": true}')
+    assert server.serve(args()) == 0
+    assert made[-1]["compile"] is True  # so does the setting, at the next start
+    served.pop()
 
     assert server.serve(args(device="mps")) == 1
     assert server.serve(args(listen=True)) == 2

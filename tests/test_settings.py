@@ -156,13 +156,13 @@ def test_two_stores_over_one_file_keep_each_others_keys(tmp_path):
     config = tmp_path / "config.json"
     first, second = Settings(config), Settings(config)
     first.update({"default_steps": 31})
-    second.update({"CLIP_stop_at_last_layers": 4, "send_seed": False})
+    second.update({"CLIP_stop_at_last_layers": 4, "send_size": False})
     first.update({"jpeg_quality": 55})
-    assert stored(config) == {"default_steps": 31, "CLIP_stop_at_last_layers": 4, "send_seed": False,
+    assert stored(config) == {"default_steps": 31, "CLIP_stop_at_last_layers": 4, "send_size": False,
                               "jpeg_quality": 55}
     for reader in (first, second):
         assert (reader["default_steps"], reader["CLIP_stop_at_last_layers"], reader["jpeg_quality"]) == (31, 4, 55)
-        assert reader.kept() == {"send_seed": False}
+        assert reader.kept() == {"send_size": False}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]  # no temporary file left
 
 
@@ -197,7 +197,7 @@ def test_webuiapi_sends_every_option_back_and_nothing_changes(serve, tmp_path):
 def test_a1111_settings_this_server_does_not_use_are_kept_and_returned(serve, tmp_path):
     config = tmp_path / "config.json"
     server = serve(options_path=config)
-    a1111 = {"send_seed": False, "quicksettings_list": ["sd_model_checkpoint", "CLIP_stop_at_last_layers"],
+    a1111 = {"send_size": False, "quicksettings_list": ["sd_model_checkpoint", "CLIP_stop_at_last_layers"],
              "img2img_color_correction": True}
     answer = server.post(f"{API}/options", a1111)
     assert answer.status_code == 200, answer.text

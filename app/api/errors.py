@@ -62,6 +62,7 @@ _ERROR_MEANINGS = {
     413: "The body is larger than this server's limit",
     422: "A value out of range, over this server's limits, or not supported",
     500: "The server could not do it (e.g. cannot write its settings file)",
+    501: "A feature of A1111's API this server does not have; the message names what is missing",
 }
 
 

@@ -25,7 +25,15 @@ def find_upscaler(name: str, field: str, models_root):
     try:
         return find(name, models_root)
     except EngineError as exc:
-        raise engine_error(exc, 422, field) from None
+        raise upscaler_error(exc, field) from None
+
+
+def upscaler_error(exc: EngineError, field: str | None) -> ApiError:
+    """A request naming an upscaler this server lacks holds a value it cannot use: 422 (not
+    404, as for a missing route), the message naming the field and the upscalers it has."""
+    error = engine_error(exc, 422, field)
+    error.status = 422
+    return error
 
 
 class ExtrasRoutes(RouteGroup):
@@ -74,7 +82,7 @@ class ExtrasRoutes(RouteGroup):
         try:
             job.upscalers(self.models_root)
         except EngineError as exc:
-            raise engine_error(exc, 422, {"upscaler": "upscaler_1"}.get(exc.field)) from None
+            raise upscaler_error(exc, {"upscaler": "upscaler_1"}.get(exc.field)) from None
         return job
 
     async def _extras(self, kind: str, pictures: list[tuple[Image.Image, str]], req: ExtrasBaseRequest, job,

@@ -1,6 +1,8 @@
 """Routes about the running job and the server: /progress (with a live preview), /interrupt,
-/skip, /png-info, /memory, and the lists clients probe for that this server has none of
-(/scripts, /script-info, /prompt-styles, /face-restorers, /hypernetworks)."""
+/skip, /png-info, /memory, /extensions, the scripts (/scripts, /script-info), the lists clients
+probe for that this server has none of (/prompt-styles, /face-restorers, /hypernetworks, and old
+A1111's /artist-categories and /artists), and A1111's routes for what this server cannot do
+(interrogating, creating and training embeddings and hypernetworks): 501 naming what is missing."""
 from __future__ import annotations
 
 import os
@@ -8,14 +10,29 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from app.api.errors import error_responses
+from app.api.errors import ApiError, error_responses
 from app.api.group import RouteGroup
 from app.api.images import decode_image
-from app.api.schemas import MemoryResponse, PNGInfoRequest, PNGInfoResponse, ProgressResponse, ScriptsList
+from app.api.scripts import script_context, script_info, scripts_list
+from app.api.schemas import (ExtensionItem, MemoryResponse, PNGInfoRequest, PNGInfoResponse, ProgressResponse,
+                             ScriptsList)
+
+# A1111's routes for work this server has no models or code for -> what is missing.
+NOT_IMPLEMENTED = {
+    "/interrogate": "interrogate: this server has no captioning model (A1111's CLIP interrogator or DeepBooru); "
+                    "a picture's own generation parameters are read by POST /png-info",
+    "/create/embedding": "create/embedding: this server does not train textual-inversion embeddings; "
+                         "put trained ones in models/embeddings (GET /embeddings lists them)",
+    "/create/hypernetwork": "create/hypernetwork: this server has no hypernetworks (neither training nor "
+                            "loading them); LoRA files in models/Lora take their place",
+    "/train/embedding": "train/embedding: this server does not train textual-inversion embeddings",
+    "/train/hypernetwork": "train/hypernetwork: this server has no hypernetworks (neither training nor loading them)",
+}
 
 
 class InfoRoutes(RouteGroup):
-    """Progress and control of the running job, what a picture holds, memory, the empty lists."""
+    """Progress and control of the running job, what a picture holds, memory, the scripts, the
+    extensions, the empty lists and the 501s."""
 
     def register(self, router: APIRouter) -> None:
         r = router
@@ -26,12 +43,18 @@ class InfoRoutes(RouteGroup):
         r.add_api_route("/interrupt", self.interrupt, methods=["POST"])
         r.add_api_route("/skip", self.skip, methods=["POST"])
         r.add_api_route("/memory", self.get_memory, methods=["GET"], response_model=MemoryResponse)
-        # What clients probe for; this server has none of these.
         r.add_api_route("/scripts", self.get_scripts, methods=["GET"], response_model=ScriptsList)
-        r.add_api_route("/script-info", self.get_empty_list, methods=["GET"], response_model=list[dict[str, Any]])
+        r.add_api_route("/script-info", self.get_script_info, methods=["GET"], response_model=list[dict[str, Any]])
+        # What clients probe for; this server has none of these.
         r.add_api_route("/prompt-styles", self.get_empty_list, methods=["GET"], response_model=list[dict[str, Any]])
         r.add_api_route("/face-restorers", self.get_empty_list, methods=["GET"], response_model=list[dict[str, Any]])
         r.add_api_route("/hypernetworks", self.get_empty_list, methods=["GET"], response_model=list[dict[str, Any]])
+        r.add_api_route("/artist-categories", self.get_empty_list, methods=["GET"], response_model=list[str])
+        r.add_api_route("/artists", self.get_empty_list, methods=["GET"], response_model=list[dict[str, Any]])
+        r.add_api_route("/extensions", self.get_extensions, methods=["GET"], response_model=list[ExtensionItem])
+        for path, missing in NOT_IMPLEMENTED.items():
+            r.add_api_route(path, self.not_implemented(missing), methods=["POST"], responses=error_responses(501),
+                            summary=f"Not available here (501): {missing.split(': ', 1)[1].split(';')[0]}")
 
     def png_info(self, req: PNGInfoRequest) -> PNGInfoResponse:
         """The generation parameters (and other text chunks) stored in a picture."""
@@ -72,10 +95,31 @@ class InfoRoutes(RouteGroup):
         return {"ram": _ram_stats(), "cuda": _cuda_stats()}
 
     def get_scripts(self) -> dict:
-        return {"txt2img": [], "img2img": []}
+        """A1111's names of the scripts a request's script_name may give, per tab."""
+        return scripts_list()
+
+    def get_script_info(self) -> list:
+        """Each tab's scripts with their arguments (label, value, range, choices), as A1111 lists them."""
+        return script_info(script_context(self.models_root, self.checkpoints.find))
 
     def get_empty_list(self) -> list:
         return []
+
+    def get_extensions(self) -> list[dict]:
+        """The extensions in this server's extensions folder (the built-in LoRA and prompt
+        history, and any added), in A1111's shape. This server installs none from a repository
+        and reads none, so the git fields are empty; disabled or failed ones say enabled false."""
+        return [{"name": e.name, "remote": "", "branch": "", "commit_hash": "", "version": "", "commit_date": "",
+                 "enabled": e.enabled and e.error is None}
+                for e in self.engine.extensions.extensions.values()]
+
+    @staticmethod
+    def not_implemented(missing: str):
+        """A route handler that answers 501 with ``missing``, whatever the request holds."""
+        def refuse() -> None:
+            raise ApiError(501, missing)
+
+        return refuse
 
 
 def _ram_stats() -> dict:

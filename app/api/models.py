@@ -1,6 +1,7 @@
 """Routes of what the server has: checkpoints (listed, refreshed, unloaded, reloaded), VAEs, LoRAs,
-embeddings, samplers, schedulers, upscalers and latent upscale modes. Lists are read from the
-folders on every request: the refresh routes have nothing to do."""
+embeddings, samplers, schedulers, upscalers (A1111's Real-ESRGAN list too) and latent upscale
+modes. Lists are read from the folders on every request: the refresh routes have nothing to do,
+but for embeddings, which a checkpoint reads as it loads (/refresh-embeddings reads them again)."""
 from __future__ import annotations
 
 import re
@@ -12,8 +13,8 @@ from fastapi import APIRouter
 from app.api.checkpoints import load_checkpoint
 from app.api.errors import ApiError, error_responses
 from app.api.group import RouteGroup
-from app.api.schemas import (EmbeddingsResponse, LatentUpscalerModeItem, LoraItem, SamplerItem, SchedulerItem,
-                             SDModelItem, SDVaeItem, UpscalerItem)
+from app.api.schemas import (EmbeddingsResponse, LatentUpscalerModeItem, LoraItem, RealesrganItem, SamplerItem,
+                             SchedulerItem, SDModelItem, SDVaeItem, UpscalerItem)
 from core.errors import EngineError
 from core.modelfiles import LORA_SUFFIXES
 
@@ -26,8 +27,8 @@ _SCHEDULER_TRAITS = {
 
 
 class ModelRoutes(RouteGroup):
-    """/samplers, /schedulers, /upscalers, /latent-upscale-modes, /sd-models, /sd-vae, /loras,
-    /embeddings and the checkpoint routes (refresh, unload, reload)."""
+    """/samplers, /schedulers, /upscalers, /realesrgan-models, /latent-upscale-modes, /sd-models,
+    /sd-vae, /loras, /embeddings, the refresh routes and the checkpoint routes (unload, reload)."""
 
     def register(self, router: APIRouter) -> None:
         r = router
@@ -43,6 +44,9 @@ class ModelRoutes(RouteGroup):
         r.add_api_route("/refresh-checkpoints", self.refresh_checkpoints, methods=["POST"])
         r.add_api_route("/refresh-vae", self.refresh_vae, methods=["POST"])
         r.add_api_route("/refresh-loras", self.refresh_loras, methods=["POST"])
+        r.add_api_route("/realesrgan-models", self.get_realesrgan_models, methods=["GET"],
+                        response_model=list[RealesrganItem])
+        r.add_api_route("/refresh-embeddings", self.refresh_embeddings, methods=["POST"])
         r.add_api_route("/unload-checkpoint", self.unload_checkpoint, methods=["POST"])
         r.add_api_route("/reload-checkpoint", self.reload_checkpoint, methods=["POST"],
                         responses=error_responses(400, 404))
@@ -79,6 +83,26 @@ class ModelRoutes(RouteGroup):
                  "model_path": str(u.path) if u.path else None, "model_url": None,
                  "scale": _upscaler_scale(u.name) if u.path else None}
                 for u in list_upscalers(self.models_root)]
+
+    def get_realesrgan_models(self) -> list[dict]:
+        """A1111's Real-ESRGAN list: the model files in models/RealESRGAN, and A1111's Real-ESRGAN
+        downloads wherever the upscalers are read from, under A1111's names. This server downloads
+        none: only files present are listed."""
+        from core.modelfiles import listed_name
+        from core.upscaling import list_upscalers
+        from core.upscaling.spandrel_models import A1111_DOWNLOADS, A1111_REAL_ESRGAN
+
+        folder = self.models_root / "RealESRGAN"
+        items = []
+        for upscaler in list_upscalers(self.models_root):
+            if upscaler.path is None:
+                continue
+            stem = upscaler.path.stem.lower()
+            if stem in A1111_REAL_ESRGAN or listed_name(upscaler.path, folder) is not None:
+                scale = A1111_DOWNLOADS[stem][1] if stem in A1111_DOWNLOADS else _upscaler_scale(upscaler.name)
+                items.append({"name": upscaler.name, "path": str(upscaler.path),
+                              "scale": None if scale is None else int(scale)})
+        return items
 
     def get_latent_upscale_modes(self) -> list[dict]:
         from core.pipelines.hires import LATENT_UPSCALE_MODES
@@ -126,6 +150,15 @@ class ModelRoutes(RouteGroup):
 
     def refresh_loras(self) -> None:
         return None
+
+    async def refresh_embeddings(self) -> None:
+        """Read the embeddings folder again: files added, changed or removed since the checkpoint
+        loaded count from the next job (on the device queue, so no job is encoding meanwhile)."""
+        def refresh():
+            with self.engine.exclusive():
+                self.engine.refresh_embeddings()
+
+        await self.queue.run("refresh embeddings", refresh)
 
     async def unload_checkpoint(self) -> dict:
         """Free the loaded checkpoint (the next job loads it again)."""

@@ -44,7 +44,7 @@ class GenerationRequest(_Request):
                                                 "(512 SD 1.x, 768 SD 2.x v, 1024 SDXL)")
     height: int | None = Field(512, description="a multiple of 8; txt2img without it: the checkpoint's native size")
     restore_faces: bool | None = None
-    tiling: bool | None = None
+    tiling: bool | None = Field(None, description="seamless tiling: the picture's edges continue each other")
     do_not_save_samples: bool | None = False
     do_not_save_grid: bool | None = False
     eta: float | None = None
@@ -198,6 +198,22 @@ class UpscalerItem(BaseModel):
     model_path: str | None = None
     model_url: str | None = None
     scale: float | None = None
+
+
+class RealesrganItem(BaseModel):
+    name: str
+    path: str | None = None
+    scale: int | None = None
+
+
+class ExtensionItem(BaseModel):
+    name: str
+    remote: str = Field(description="the repository it came from: \"\" here (this server installs none from one)")
+    branch: str
+    commit_hash: str
+    version: str
+    commit_date: str = Field(description="\"\" where there is no repository")
+    enabled: bool
 
 
 class LatentUpscalerModeItem(BaseModel):

@@ -114,16 +114,12 @@ def apply_infotext(req: GenerationRequest) -> None:
 
 def refuse_unsupported(req: GenerationRequest, img2img: bool) -> None:
     """Features this server does not have: refused by name rather than silently ignored."""
-    if req.script_name:
-        raise ApiError(422, f"script_name: script {req.script_name!r} not found (this server has no scripts)")
     for name in (req.alwayson_scripts or {}):
         raise ApiError(422, f"alwayson_scripts: always-on script {name!r} not found (this server has none)")
     if req.styles:
         raise ApiError(422, f"styles: prompt style {req.styles[0]!r} not found (this server has no styles)")
     if req.restore_faces:
         raise ApiError(422, "restore_faces: face restoration is not available on this server")
-    if req.tiling:
-        raise ApiError(422, "tiling: seamless tiling is not supported")
     if req.s_churn:
         raise ApiError(422, "s_churn: sampler churn is not supported (use 0)")
     if req.s_min_uncond:
@@ -207,6 +203,7 @@ def common_values(req: GenerationRequest, settings: dict[str, Any], checkpoint: 
         batch_count=value_or_default(req, "n_iter"),
         denoising_strength=value_or_default(req, "denoising_strength"),
         checkpoint=checkpoint,
+        tiling=bool(req.tiling),
     )
 
 
@@ -299,11 +296,16 @@ def check_limits(params: GenerationParams, limits: ApiLimits) -> None:
 
 
 def check_hires_upscaler(name: str, context: RequestContext) -> None:
-    """A hires upscaler is a latent mode or an upscaler this server has (404 naming hr_upscaler)."""
+    """A hires upscaler is a latent mode or an upscaler this server has (GET /upscalers: the
+    spandrel models present too); any other is refused (422) naming the known ones."""
     from core.pipelines.hires import LATENT_UPSCALE_MODES
 
-    if name not in LATENT_UPSCALE_MODES:
+    if name in LATENT_UPSCALE_MODES:
+        return
+    try:
         context.find_upscaler(name, "hr_upscaler")
+    except ApiError as exc:
+        raise ApiError(422, f"{exc.message}; or a latent mode: {', '.join(LATENT_UPSCALE_MODES)}") from None
 
 
 def apply_native_size(params: GenerationParams, names: tuple[str, ...], size: int, limits: ApiLimits) -> None:

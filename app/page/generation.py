@@ -4,6 +4,7 @@ settings say; a result, a gallery picture or an infotext can be sent to a tab's 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 import traceback
@@ -14,8 +15,8 @@ from typing import Any, Callable, Iterator, Sequence
 import gradio as gr
 from PIL import Image
 
-from app.forms import (FORM_FIELDS, FormError, checkpoint_title_name, complete_form, params_from_form, tab_fields,
-                       values_from_infotext)
+from app.forms import (FORM_FIELDS, FormError, checkpoint_title_name, complete_form, params_from_form,
+                       script_from_form, tab_fields, values_from_infotext)
 from app.page.messages import error_message, log_html, progress_html
 from app.page.models import Models
 from app.page.outputs import Outputs
@@ -24,8 +25,10 @@ from app.preview import latent_preview
 from app.settings import Settings
 from app.styles import StyleDatabase, StyleError
 from core.engine_protocol import EngineProtocol
-from core.errors import EngineError
+from core.errors import NOT_FOUND, EngineError
 from core.params import GenerationParams
+from core.scripts import Plan, ScriptContext, find_script, run_plan
+from core.scripts.grids import grid_folder, image_grid
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,9 @@ class Generation:
         """Run one txt2img/img2img/inpaint job to the end; raises on failure."""
         params = self.make_params(tab, form)
         engine_saves = self.outputs.engine_saves(tab)
+        plan = self.script_plan(tab, form, params)
+        if plan is not None:
+            return self.run_script(tab, form, params, plan, progress, engine_saves)
         if tab == "txt2img":
             results = self.engine.txt2img(params, progress=progress, save=engine_saves)
             notes: list[str] = []
@@ -101,12 +107,72 @@ class Generation:
         job.interrupted = self.engine.flags.interrupted
         for result in results:
             self._keep(tab, job, result, params, engine_saves)
+        if len(results) > 1:  # A1111's batch grid: saved, not shown
+            first = results[0]
+            self._save_grid(tab, image_grid([r.image for r in results]), first.seed, first.infotext, job)
         expected = params.batch_count * params.batch_size
         if job.interrupted:
             job.notes.append(f"Interrupted: {len(job.items)} of {expected} images made")
         elif len(job.items) < expected:
             job.notes.append(f"Skipped: {len(job.items)} of {expected} images made")
         return job
+
+    # ------------------------------------------------------------------ scripts
+
+    def script_plan(self, tab: str, form: dict[str, Any], params: GenerationParams) -> Plan | None:
+        """The Script menu's choice as core's plan of jobs (None for None); a bad argument is a
+        message naming it."""
+        try:
+            name, args = script_from_form(tab, form)
+            if name is None:
+                return None
+            return find_script(name, tab == "img2img").plan(params, args, tab == "img2img", self.script_context())
+        except (FormError, EngineError) as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+
+    def script_context(self) -> ScriptContext:
+        def find_checkpoint(name: str, field: str) -> str:
+            found = self.models.match_checkpoint(checkpoint_title_name(name))
+            if found is None:
+                raise EngineError(f"checkpoint {name!r} not found", field, NOT_FOUND)
+            return found
+
+        return ScriptContext(find_checkpoint=find_checkpoint,
+                             upscalers=self.models.upscalers, random_seed=lambda: random.randrange(4294967294))
+
+    def run_script(self, tab: str, form: dict[str, Any], params: GenerationParams, plan: Plan,
+                   progress: Callable[[Any], None] | None, engine_saves: bool) -> JobResult:
+        """A script's jobs one after another; its grids (saved in the grids folder unless the
+        grid_save setting is off) shown first, then the pictures when the script returns them."""
+        image, mask, notes = job_pictures(tab, form, params) if tab != "txt2img" else (None, None, [])
+        outcome = run_plan(self.engine, plan, tab, image, mask, progress, save=engine_saves, save_grids=False)
+        job = JobResult(notes=list(notes))
+        job.interrupted = self.engine.flags.interrupted
+        for grid in outcome.grids:
+            path = self._save_grid(tab, grid.image, grid.seed, grid.infotext, job)
+            job.items.append({"path": str(path) if path else None, "infotext": grid.infotext, "seed": grid.seed,
+                              "image": grid.image if path is None else None})
+        shown = job if outcome.include_pictures or not outcome.grids else JobResult()  # saved, not shown
+        for result in outcome.pictures:
+            self._keep(tab, shown, result, params, engine_saves)
+        job.save_errors += shown.save_errors if shown is not job else []
+        if job.interrupted:
+            expected = sum(j.batch_count * j.batch_size for j in plan.jobs)
+            job.notes.append(f"Interrupted: {len(outcome.pictures)} of {expected} images made")
+        return job
+
+    def _save_grid(self, tab: str, image: Any, seed: int, infotext: str, job: JobResult) -> Path | None:
+        """A grid saved in the grids folder of the output folder (txt2img-grids, img2img-grids)
+        when the grid_save setting is on; None when off or the folder could not take it."""
+        from core.engine import save_image_or_say_why
+
+        if not self.settings["grid_save"]:
+            return None
+        kind = "txt2img" if tab == "txt2img" else "img2img"
+        path, save_error = save_image_or_say_why(image, grid_folder(self.outputs.output_root(), kind), seed, infotext)
+        if save_error is not None:
+            job.save_errors.append(save_error)
+        return path
 
     def _keep(self, tab: str, job: JobResult, result: Any, params: Any, engine_saves: bool) -> None:
         """Add one of the engine's results to ``job``, saved by the page unless the engine did."""
@@ -247,8 +313,12 @@ class Generation:
         not use. Only fields the text names are returned: the rest of the form is left as is."""
         values, value_notes = values_from_infotext(text)
         fields, notes = tab_fields(tab, values, value_notes)
-        if "hr_upscaler" in fields and fields["hr_upscaler"] not in self.models.hires_upscalers():
-            notes.append(f"Hires upscaler: {fields.pop('hr_upscaler')!r} is not available")
+        if "hr_upscaler" in fields:
+            listed = self.models.listed_hires_upscaler(fields["hr_upscaler"])
+            if listed is None:
+                notes.append(f"Hires upscaler: {fields.pop('hr_upscaler')!r} is not available")
+            else:
+                fields["hr_upscaler"] = listed
         if "checkpoint" in fields:
             model = fields.pop("checkpoint")
             match = self.models.match_checkpoint(model)
@@ -286,6 +356,8 @@ class Generation:
         into its image fields (img2img: the input; inpaint: the editor and the upload), and the
         infotext's values into the fields ``names``."""
         values, notes = self.field_updates(tab, infotext, names)
+        if not self.settings["send_seed"]:
+            values = [gr.skip() if name in SEED_FIELDS else value for name, value in zip(names, values)]
         if notes:
             gr.Info("; ".join(notes[:4]))
         pictures: list[Any] = []
@@ -302,6 +374,8 @@ class Generation:
 NOT_FROM_TEXT = {"styles", "init_image", "editor", "inpaint_image", "inpaint_mask", "inpaint_source",
                  "outpaint_directions", "outpaint_pixels", "resize_mode"}
 PICTURE_FIELDS = {"txt2img": (), "img2img": ("init_image",), "inpaint": ("editor", "inpaint_image")}
+# What "send to" leaves as the target tab has it when the send_seed setting is off.
+SEED_FIELDS = ("seed", "subseed")
 
 
 def text_fields(tab: str) -> list[str]:

@@ -120,6 +120,21 @@ class Models:
     def hires_upscalers(self) -> list[str]:
         return latent_upscale_modes() + [name for name in self.upscalers() if name != "None"]
 
+    def listed_hires_upscaler(self, name: str) -> str | None:
+        """The hires menu's entry for ``name`` (from an infotext): itself, or the name its model
+        file is listed under (an older infotext may give the file's stem where the menu shows
+        A1111's name); None when there is none."""
+        choices = self.hires_upscalers()
+        if name in choices:
+            return name
+        try:
+            from core.upscaling import find_upscaler
+
+            listed = find_upscaler(name, self.models_root()).name
+        except (EngineError, ImportError):
+            return None
+        return listed if listed in choices else None
+
     def match_checkpoint(self, model: str) -> str | None:
         names = self.checkpoints()
         for name in names:

@@ -59,6 +59,11 @@ def prepare_input(model, params: GenerationParams, image: Image.Image, mask: Ima
     paste_mask = crop_box = None
     if mask is not None:
         paste_mask = prepare_mask(mask, image.size, bool(params.inpainting_mask_invert), params.mask_blur, notes)
+        if not params.inpaint_full_res:
+            # The whole picture is the work area: as A1111, the picture and its (blurred) mask are
+            # brought to width x height by the resize mode first, and the answer has that size.
+            image = resize_image(image, W, H, params.resize_mode)
+            paste_mask = resize_image(paste_mask, W, H, params.resize_mode)
         if paste_mask.getextrema()[1] == 0:
             notes.append("the mask is empty: nothing to inpaint, the input is returned unchanged")
             return PreparedInput(to_tensor(image), torch.empty(0), image, paste_mask, notes=notes, empty_mask=True)
@@ -67,8 +72,7 @@ def prepare_input(model, params: GenerationParams, image: Image.Image, mask: Ima
             work_image = image.crop(crop_box).resize((W, H), Image.LANCZOS)
             work_mask = paste_mask.crop(crop_box).resize((W, H), Image.LANCZOS)
         else:
-            work_image = resize_image(image, W, H, params.resize_mode)
-            work_mask = resize_image(paste_mask, W, H, params.resize_mode)
+            work_image, work_mask = image, paste_mask
         if params.inpainting_fill == 0:
             work_image = fill_masked(work_image, work_mask)
     else:
@@ -153,8 +157,6 @@ def finish(images: list[Image.Image], prepared: PreparedInput) -> list[Image.Ima
             canvas = prepared.original.copy()
             canvas.paste(image.resize((x2 - x1, y2 - y1), Image.LANCZOS), (x1, y1))
             image = canvas
-        elif image.size != prepared.original.size:
-            image = image.resize(prepared.original.size, Image.LANCZOS)
         out.append(composite(image, prepared.original, prepared.paste_mask))
     return out
 

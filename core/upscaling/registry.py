@@ -154,6 +154,10 @@ def find_upscaler(name: str, models_root: str | os.PathLike = DEFAULT_MODELS_ROO
     folded = [info for info in available if info.name.lower() == name.lower()]
     if len(folded) == 1:
         return folded[0]
+    # A file listed under another name (A1111's for its downloads) is found by its stem too.
+    by_stem = [info for info in available if info.path is not None and info.path.stem.lower() == name.lower()]
+    if len(by_stem) == 1:
+        return by_stem[0]
     if _looks_like_path(name):
         return _info_for_path(name, root)
     names = [info.name for info in available]

@@ -32,6 +32,32 @@ KIND = "spandrel"
 # The A1111 folders that hold upscaler models (all read by spandrel here).
 FOLDERS = ("ESRGAN", "RealESRGAN", "BSRGAN", "SwinIR", "DAT", "HAT", "ScuNET")
 SUFFIXES = (".pth", ".pt", ".safetensors")
+# The upscalers A1111 offers by name and downloads on first use, by the file they download
+# (stem, lowercase) -> (A1111's name, scale). Such a file, put in its folder by hand, is listed
+# under A1111's name, so a request, a setting or an infotext naming it finds it here too.
+A1111_DOWNLOADS = {
+    "realesr-general-x4v3": ("R-ESRGAN General 4xV3", 4),
+    "realesr-general-wdn-x4v3": ("R-ESRGAN General WDN 4xV3", 4),
+    "realesr-animevideov3": ("R-ESRGAN AnimeVideo", 4),
+    "realesrgan_x4plus": ("R-ESRGAN 4x+", 4),
+    "realesrgan_x4plus_anime_6b": ("R-ESRGAN 4x+ Anime6B", 4),
+    "realesrgan_x2plus": ("R-ESRGAN 2x+", 2),
+    "scunet_color_real_gan": ("ScuNET GAN", 1),
+    "scunet_color_real_psnr": ("ScuNET PSNR", 1),
+    "003_realsr_bsrgan_dfowmfc_s64w8_swinir-l_x4_gan": ("SwinIR 4x", 4),
+    "dat_x2": ("DAT x2", 2),
+    "dat_x3": ("DAT x3", 3),
+    "dat_x4": ("DAT x4", 4),
+}
+
+# Of those, A1111's Real-ESRGAN models (its GET /realesrgan-models lists them).
+A1111_REAL_ESRGAN = frozenset(list(A1111_DOWNLOADS)[:6])
+
+
+def offered_name(path: Path) -> str:
+    """The name a model file is listed under: A1111's for the files A1111 downloads, else its stem."""
+    known = A1111_DOWNLOADS.get(path.stem.lower())
+    return known[0] if known else path.stem
 
 
 def _first_line(error: BaseException) -> str:
@@ -209,7 +235,8 @@ class SpandrelKind:
                 subdirs[:] = [d for d in subdirs if not d.startswith(".")]
                 yield from (directory / name for name in files if not name.startswith(".") and (directory / name).is_file())
 
-        return [UpscalerInfo(path.stem, path, KIND) for path in scan_folders(models_root, self.folders, candidates, self.claims)]
+        return [UpscalerInfo(offered_name(path), path, KIND)
+                for path in scan_folders(models_root, self.folders, candidates, self.claims)]
 
     def claims(self, path: Path) -> bool:
         return Path(path).suffix.lower() in SUFFIXES

@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 
 from app.forms import FILL_MODES, FORM_DEFAULTS as DEFAULT, FORM_FIELDS, INPAINT_AREAS, INPAINT_SOURCES, MASK_MODES, \
-    OUTPAINT_DIRECTIONS, RESIZE_MODES, SAME
+    NO_SCRIPT, OUTPAINT_DIRECTIONS, RESIZE_MODES, SAME
 from app.page.extra_networks import KINDS as EXTRA_NETWORK_KINDS
 from app.page.generation import text_fields
 from app.page.prompt_tools import EMPTY_COUNT
@@ -174,11 +174,14 @@ def _settings_column(ui: StudioUI, tab: GenerationTab, samplers: list[str], sche
                                             label="Denoising strength", elem_id=f"{name}_denoising_strength")
     _seed_rows(tab)
     _slider(f, "clip_skip", 1, 12, 1, "Clip skip", f"{name}_clip_skip")
+    f["tiling"] = gr.Checkbox(DEFAULT["tiling"], label="Tiling", elem_id=f"{name}_tiling")
     if name == "txt2img":
         _hires_inputs(ui, f, samplers, schedules)
     _refiner_inputs(ui, f, name)
     if name == "inpaint":
         _inpaint_options(f)
+    if name in ("txt2img", "img2img"):
+        _script_inputs(ui, f, name)
 
 
 def _size_rows(tab: GenerationTab, defaults: dict[str, Any]) -> None:
@@ -324,3 +327,73 @@ def _inpaint_options(f: dict[str, Any]) -> None:
             f["outpaint_directions"] = gr.CheckboxGroup(list(OUTPAINT_DIRECTIONS), value=DEFAULT["outpaint_directions"],
                                                         label="Grow the canvas towards", elem_id="outpaint_directions")
             _slider(f, "outpaint_pixels", 8, 512, 8, "Pixels to expand", "outpaint_pixels")
+
+
+def _script_inputs(ui: StudioUI, f: dict[str, Any], name: str) -> None:
+    """A1111's Script menu: None or one of core's scripts; a script's fields show only while it
+    is chosen (form -> script_args: app/forms.py's script_from_form)."""
+    from core.scripts import scripts
+    from core.scripts.xyz_plot import axes_for
+
+    img2img = name == "img2img"
+    titles = [script.title for script in scripts() if img2img or not script.img2img_only]
+    axes = [axis.label for axis in axes_for(img2img) if axis.apply is not None or axis.label == "Nothing"]
+    f["script"] = gr.Dropdown(choices=[NO_SCRIPT, *titles], value=DEFAULT["script"], label="Script",
+                              elem_id=f"{name}_script")
+    groups = {}
+    with gr.Column(visible=False, elem_id=f"{name}_script_xyz") as groups["X/Y/Z plot"]:
+        for axis in ("x", "y", "z"):
+            with gr.Row():
+                f[f"xyz_{axis}_type"] = gr.Dropdown(choices=axes, value=DEFAULT[f"xyz_{axis}_type"],
+                                                    label=f"{axis.upper()} type", elem_id=f"{name}_xyz_{axis}_type",
+                                                    scale=1)
+                f[f"xyz_{axis}_values"] = gr.Textbox(label=f"{axis.upper()} values", elem_id=f"{name}_xyz_{axis}_values",
+                                                     placeholder="1, 2, 3 · 1-10 (+2) · 1-10 [5] · Euler, DDIM",
+                                                     scale=3)
+        with gr.Row():
+            f["xyz_draw_legend"] = gr.Checkbox(DEFAULT["xyz_draw_legend"], label="Draw legend",
+                                               elem_id=f"{name}_xyz_draw_legend")
+            f["xyz_include_lone_images"] = gr.Checkbox(DEFAULT["xyz_include_lone_images"], label="Include Sub Images",
+                                                       elem_id=f"{name}_xyz_include_lone_images")
+            f["xyz_no_fixed_seeds"] = gr.Checkbox(DEFAULT["xyz_no_fixed_seeds"], label="Keep -1 for seeds",
+                                                  elem_id=f"{name}_xyz_no_fixed_seeds")
+        _slider(f, "xyz_margin_size", 0, 500, 2, "Grid margins (px)", f"{name}_xyz_margin_size")
+    with gr.Column(visible=False, elem_id=f"{name}_script_matrix") as groups["Prompt matrix"]:
+        with gr.Row():
+            f["matrix_put_at_start"] = gr.Checkbox(DEFAULT["matrix_put_at_start"],
+                                                   label="Put variable parts at start of prompt",
+                                                   elem_id=f"{name}_matrix_put_at_start")
+            f["matrix_different_seeds"] = gr.Checkbox(DEFAULT["matrix_different_seeds"],
+                                                      label="Use different seed for each picture",
+                                                      elem_id=f"{name}_matrix_different_seeds")
+        with gr.Row():
+            f["matrix_prompt_type"] = gr.Radio(["positive", "negative"], value=DEFAULT["matrix_prompt_type"],
+                                               label="Select prompt", elem_id=f"{name}_matrix_prompt_type")
+            f["matrix_delimiter"] = gr.Radio(["comma", "space"], value=DEFAULT["matrix_delimiter"],
+                                             label="Select joining char", elem_id=f"{name}_matrix_delimiter")
+        _slider(f, "matrix_margin_size", 0, 500, 2, "Grid margins (px)", f"{name}_matrix_margin_size")
+    with gr.Column(visible=False, elem_id=f"{name}_script_prompts") as groups["Prompts from file or textbox"]:
+        with gr.Row():
+            f["pff_iterate"] = gr.Checkbox(DEFAULT["pff_iterate"], label="Iterate seed every line",
+                                           elem_id=f"{name}_pff_iterate")
+            f["pff_iterate_batch"] = gr.Checkbox(DEFAULT["pff_iterate_batch"],
+                                                 label="Use same random seed for all lines",
+                                                 elem_id=f"{name}_pff_iterate_batch")
+            f["pff_position"] = gr.Radio(["start", "end"], value=DEFAULT["pff_position"],
+                                         label="Insert prompts at the", elem_id=f"{name}_pff_position")
+        f["pff_text"] = gr.Textbox(label="List of prompt inputs", lines=4, elem_id=f"{name}_pff_text",
+                                   placeholder='one prompt a line, or --prompt "..." --negative_prompt "..." --steps 10')
+    if img2img:
+        with gr.Column(visible=False, elem_id=f"{name}_script_sd_upscale") as groups["SD upscale"]:
+            gr.Markdown("Upscales the picture by the scale factor, then redraws it in tiles of the width x height "
+                        "above")
+            with gr.Row():
+                _slider(f, "sdu_overlap", 0, 256, 16, "Tile overlap", f"{name}_sdu_overlap")
+                _slider(f, "sdu_scale", 1.0, 4.0, 0.05, "Scale Factor", f"{name}_sdu_scale")
+            upscalers = ui.models.upscalers()
+            chosen = DEFAULT["sdu_upscaler"] if DEFAULT["sdu_upscaler"] in upscalers else next(iter(upscalers), None)
+            f["sdu_upscaler"] = gr.Radio(upscalers, value=chosen, label="Upscaler", elem_id=f"{name}_sdu_upscaler")
+    titles_shown = list(groups)
+    f["script"].change(lambda title: [gr.update(visible=title == shown) for shown in titles_shown],
+                       inputs=[f["script"]], outputs=[groups[t] for t in titles_shown], concurrency_limit=None,
+                       show_progress="hidden")
