@@ -1,46 +1,34 @@
 """Extra networks, token counters, the paste button and the VAE menu in Chromium (issue #17).
 
 The server is this module's own: the page and API over a real engine on the tiny checkpoint,
-with model folders of its own (LoRA files with previews, an embedding, a VAE file), so that
-nothing is written into the project's models/ folder. The browser fixtures are
+served in this process, with model folders of its own (LoRA files with previews, an embedding,
+a VAE file), so that nothing is written into the project's models/ folder. The browser fixtures are
 tests/test_browser.py's (its ``page`` fixture uses the ``server`` defined here)."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import subprocess
-import sys
-import textwrap
-import time
-import urllib.request
 
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from test_browser import (ROOT, TIMEOUT_MS, browser, fill, free_port, open_page, page, shot,  # noqa: F401 - fixtures
-                          value_of, wait_text)
+from test_browser import TIMEOUT_MS, browser, fill, page, shot, value_of, wait_text  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.slow]
-
-SERVE = textwrap.dedent("""
-    import sys, uvicorn
-    from pathlib import Path
-    from core.engine import Engine
-    from app.server import create_app
-    root, port = Path(sys.argv[1]), int(sys.argv[2])
-    engine = Engine(device="cpu", ckpt_dir=root / "models" / "Stable-diffusion", output_dir=root / "outputs",
-                    models_dir=root / "models", hash_cache=root / "hashes.json", extensions_dir=root / "no-extensions")
-    app = create_app(engine, api=True, ui=True, options_path=root / "data" / "config.json",
-                     allowed_paths=[root / "outputs"])
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
-""")
 
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoints, tmp_path_factory):
+    """The page and API served in this process (test_api's LiveServer) over a real engine on
+    the tiny checkpoint, with model folders of its own."""
+    from app.server import create_app
+    from app.settings import DATA_DIR_ENV
+    from core.engine import Engine
+    from test_api import LiveServer
+
     root = tmp_path_factory.mktemp("browser-extranet")
     models = root / "models"
     for folder in ("Stable-diffusion", "Lora/styles", "embeddings", "VAE"):
@@ -58,40 +46,23 @@ def server(tiny_checkpoints, tmp_path_factory):
     save_file({"lora_unet_x.lora_down.weight": torch.zeros(2, 2)},
               str(models / "Lora" / "styles" / "ink-outline-with-a-very-long-name-that-must-wrap.safetensors"))
     torch.save({"string_to_param": {"*": torch.zeros(2, 64)}}, models / "embeddings" / "bad-hands.pt")
-    vae = {k[len("first_stage_model."):]: v for k, v in
-           __import__("safetensors.torch", fromlist=["load_file"]).load_file(str(tiny_checkpoints["safetensors"])).items()
-           if k.startswith("first_stage_model.")}
+    vae = {key[len("first_stage_model."):]: value for key, value in load_file(str(tiny_checkpoints["safetensors"])).items()
+           if key.startswith("first_stage_model.")}
     save_file(vae, str(models / "VAE" / "clearer.safetensors"))
-    port = free_port()
-    env = {**os.environ, "SD_STUDIO_DATA_DIR": str(root / "data"), "GRADIO_ANALYTICS_ENABLED": "False",
-           "PYTHONUNBUFFERED": "1"}
-    log_path = root / "server.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen([sys.executable, "-c", SERVE, str(root), str(port)], cwd=ROOT, env=env,
-                                   stdout=log_file, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 180
+    kept = os.environ.get(DATA_DIR_ENV)
+    os.environ[DATA_DIR_ENV] = str(root / "data")  # styles.csv and config.json of this server's own
     try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the page did not come up in 180 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield type("Server", (), {"url": url, "root": root, "log": log_path})
+        engine = Engine(device="cpu", ckpt_dir=models / "Stable-diffusion", output_dir=root / "outputs",
+                        models_dir=models, hash_cache=root / "hashes.json", extensions_dir=root / "no-extensions")
+        app = create_app(engine, api=True, ui=True, options_path=root / "data" / "config.json",
+                         allowed_paths=[root / "outputs"])
+        with LiveServer(app) as live:
+            yield type("Server", (), {"url": live.url + "/", "root": root})
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if kept is None:
+            os.environ.pop(DATA_DIR_ENV, None)
+        else:
+            os.environ[DATA_DIR_ENV] = kept
 
 
 def open_extra_networks(page, tab: str = "txt2img"):

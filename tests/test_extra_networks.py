@@ -230,22 +230,17 @@ def test_automatic_takes_a_vae_named_like_the_checkpoint(vae_engine):
     engine.vae = "Automatic"
     engine.load("tiny.safetensors")
     assert engine.loaded.vae_path is None  # no VAE named like it: the checkpoint's own
-    beside = engine.ckpt_dir / "tiny.vae.safetensors"
-    shutil.copy(engine.vae_dir / "other.safetensors", beside)
-    try:
-        engine.apply_vae()
-        assert engine.loaded.vae_path == beside
-    finally:
-        beside.unlink()
-    in_folder = engine.vae_dir / "tiny.safetensors"
-    shutil.copy(engine.vae_dir / "other.safetensors", in_folder)
-    try:
-        engine.apply_vae()
-        assert engine.loaded.vae_path == in_folder
-    finally:
-        in_folder.unlink()
-        engine.vae = "None"
-        engine.apply_vae()
+    # beside the checkpoint as NAME.vae.safetensors, or in models/VAE under the checkpoint's name
+    for place in (engine.ckpt_dir / "tiny.vae.safetensors", engine.vae_dir / "tiny.safetensors"):
+        shutil.copy(engine.vae_dir / "other.safetensors", place)
+        try:
+            engine.apply_vae()
+            assert engine.loaded.vae_path == place
+        finally:
+            place.unlink()
+    engine.apply_vae()
+    assert engine.loaded.vae_path is None  # gone again: the checkpoint's own
+    engine.vae = "None"
 
 
 def test_a_diffusers_vae_file_is_read(vae_engine, tiny_checkpoints):
