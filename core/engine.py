@@ -300,7 +300,7 @@ class Engine:
         loaded.vae_path, loaded.vae_hash = wanted, None
         log.info("VAE %s in use for %s", wanted.name, loaded.name)
 
-    def vae_fields(self, loaded: LoadedModel) -> dict[str, str | None]:
+    def _vae_fields(self, loaded: LoadedModel) -> dict[str, str | None]:
         """A1111's infotext fields of the VAE in use: ``VAE hash`` and ``VAE`` (the file's name);
         None for the checkpoint's own, which also drops the fields a pasted infotext brought."""
         if loaded.vae_path is None:
@@ -555,7 +555,7 @@ class Engine:
             stage = self._refiner_stage(params, allow_paths) if refiner else None
             if loaded.model.spec.zero_terminal_snr:
                 fields = {**fields, "Noise Schedule": "Zero Terminal SNR"}  # A1111's sd_noise_schedule
-            fields = {**fields, **self.vae_fields(loaded)}
+            fields = {**fields, **self._vae_fields(loaded)}
             job = Job(engine=self, params=params, kind=kind, model=loaded.model, started=time.time())
             results: list[GeneratedImage] = []
             try:
