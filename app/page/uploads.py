@@ -5,9 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 import gradio as gr
-from PIL import Image, ImageChops
+from PIL import Image, ImageChops, UnidentifiedImageError
 
 from app.forms import INPAINT_SOURCES
+
+
+class PictureInput(gr.Image):
+    """gr.Image that says "not a picture" when the uploaded file is none. Gradio opens an upload
+    with Pillow before the event runs and reports a failure as "Could not preprocess input
+    component at index N ..." with the server's temporary path; this names the field and the
+    file as the person called it. (``is_template``: Gradio's frontend draws it as gr.Image.)"""
+
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Any:
+        try:
+            return super().preprocess(payload)
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError):
+            name = getattr(payload, "orig_name", None) or "the uploaded file"
+            raise gr.Error(f"{self.label or 'Image'}: {name} is not a picture (PNG, JPEG or WebP expected)",
+                           print_exception=False) from None
 
 
 def snap_to_8(width: int, height: int) -> tuple[int, int]:
