@@ -13,6 +13,9 @@ from app.page.uploads import PictureInput, mask_source_groups, size_from_image
 
 JOB = "studio-job"  # concurrency group: jobs on the device run one at a time
 SEND_TARGETS = (("img2img", "→ img2img"), ("inpaint", "→ Inpaint"), ("extras", "→ Super-resolution"))
+# The inpaint brush: white at half opacity, as A1111's mask, so the picture shows through what is
+# painted (any paint at all marks the mask: uploads.editor_image_and_mask).
+MASK_BRUSH = ("#ffffff", 0.5)
 
 
 class GenerationTab:
@@ -203,7 +206,7 @@ def _wire(ui: StudioUI, tab: GenerationTab) -> None:
 
 
 def _hires_inputs(ui: StudioUI, f: dict[str, Any], samplers: list[str], schedules: list[str]) -> None:
-    with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hires"):
+    with gr.Accordion(hires_header_label(DEFAULT["enable_hr"]), open=False, elem_id="txt2img_hires") as accordion:
         f["enable_hr"] = gr.Checkbox(DEFAULT["enable_hr"], label="Enable hires. fix", elem_id="txt2img_enable_hr")
         with gr.Row():
             f["hr_upscaler"] = gr.Dropdown(choices=ui.models.hires_upscalers(), value=DEFAULT["hr_upscaler"],
@@ -222,6 +225,21 @@ def _hires_inputs(ui: StudioUI, f: dict[str, Any], samplers: list[str], schedule
         f["hr_prompt"] = gr.Textbox(label="Hires prompt (empty = the same)", lines=1, elem_id="txt2img_hr_prompt")
         f["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt (empty = the same)", lines=1,
                                              elem_id="txt2img_hr_neg_prompt")
+    f["enable_hr"].change(hires_header, inputs=[f["enable_hr"]], outputs=[accordion], concurrency_limit=None,
+                          show_progress="hidden")
+
+
+def hires_header_label(enabled: bool) -> str:
+    return f"Hires. fix: {'on ☑' if enabled else 'off'}"
+
+
+def hires_header(enabled: bool) -> Any:
+    """The Hires. fix accordion's update when its switch changes: its header says whether it is
+    on (the switch inside is out of sight while the accordion is closed), and switching it on,
+    by hand or from an infotext sent from PNG Info, opens it."""
+    if enabled:
+        return gr.Accordion(label=hires_header_label(True), open=True)
+    return gr.Accordion(label=hires_header_label(False))
 
 
 def _refiner_inputs(ui: StudioUI, f: dict[str, Any], name: str) -> None:
@@ -242,7 +260,7 @@ def _inpaint_inputs(f: dict[str, Any]) -> None:
         f["editor"] = gr.ImageEditor(
             label="Image — paint over what to repaint", type="pil", image_mode="RGBA", height=420,
             sources=["upload", "clipboard"], layers=False, transforms=(),
-            brush=gr.Brush(default_size=24, colors=["#ffffff"], default_color="#ffffff", color_mode="fixed"),
+            brush=gr.Brush(default_size=24, colors=[MASK_BRUSH], default_color=MASK_BRUSH, color_mode="fixed"),
             eraser=gr.Eraser(default_size=24), elem_id="inpaint_editor",
         )
     with gr.Group(visible=False) as upload_group:
