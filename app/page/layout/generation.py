@@ -9,7 +9,7 @@ import gradio as gr
 from app.forms import FILL_MODES, FORM_DEFAULTS as DEFAULT, FORM_FIELDS, INPAINT_AREAS, INPAINT_SOURCES, MASK_MODES, \
     OUTPAINT_DIRECTIONS, RESIZE_MODES, SAME
 from app.page.studio import StudioUI
-from app.page.uploads import PictureInput, mask_source_groups, size_from_image
+from app.page.uploads import mask_source_groups, picture_input, size_from_image
 
 JOB = "studio-job"  # concurrency group: jobs on the device run one at a time
 SEND_TARGETS = (("img2img", "→ img2img"), ("inpaint", "→ Inpaint"), ("extras", "→ Super-resolution"))
@@ -108,7 +108,7 @@ def _settings_column(ui: StudioUI, tab: GenerationTab, samplers: list[str], sche
                      defaults: dict[str, Any]) -> None:
     name, f = tab.name, tab.fields
     if name == "img2img":
-        f["init_image"] = PictureInput(label="Input image", type="pil", image_mode=None, height=360,
+        f["init_image"] = picture_input(label="Input image", type="pil", image_mode=None, height=360,
                                    sources=["upload", "clipboard"], elem_id="img2img_image")
         f["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=DEFAULT["resize_mode"], label="Resize mode",
                                     elem_id="img2img_resize_mode")
@@ -265,9 +265,9 @@ def _inpaint_inputs(f: dict[str, Any]) -> None:
         )
     with gr.Group(visible=False) as upload_group:
         with gr.Row():
-            f["inpaint_image"] = PictureInput(label="Image", type="pil", image_mode=None, sources=["upload", "clipboard"],
+            f["inpaint_image"] = picture_input(label="Image", type="pil", image_mode=None, sources=["upload", "clipboard"],
                                           elem_id="inpaint_image", height=300)
-            f["inpaint_mask"] = PictureInput(label="Mask (white = repaint)", type="pil", image_mode=None,
+            f["inpaint_mask"] = picture_input(label="Mask (white = repaint)", type="pil", image_mode=None,
                                          sources=["upload", "clipboard"], elem_id="inpaint_mask", height=300)
     f["inpaint_source"].change(mask_source_groups, inputs=[f["inpaint_source"]], outputs=[paint_group, upload_group],
                                concurrency_limit=None, show_progress="hidden")

@@ -11,7 +11,7 @@ from app.page.layout.generation import JOB
 from app.page.models import sampler_choices
 from app.page.studio import StudioUI
 from app.page.superres import BATCH, default_upscaler
-from app.page.uploads import PictureInput
+from app.page.uploads import picture_input
 
 
 def superres_tab(ui: StudioUI, upscalers: list[str]) -> dict[str, Any]:
@@ -47,7 +47,7 @@ def superres_tab(ui: StudioUI, upscalers: list[str]) -> dict[str, Any]:
 def _source_inputs(parts: dict[str, Any], upscalers: list[str]) -> list[Any]:
     """The picture or folder, the upscaler and the size: the Upscale event's first inputs."""
     parts["mode"] = gr.Radio(["Single image", BATCH], value="Single image", label="Source", elem_id="extras_mode")
-    parts["image"] = PictureInput(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
+    parts["image"] = picture_input(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
                               elem_id="extras_image", height=360)
     with gr.Row(visible=False, elem_id="extras_batch_folders") as folders:
         input_dir = gr.Textbox(label="Input folder (batch)", elem_id="extras_input_dir")
