@@ -39,6 +39,19 @@ MEASURE_PANE = """id => {
           scrollHeight: scroller.scrollHeight, clientHeight: scroller.clientHeight, pictures};
 }"""
 
+# The preview's largest picture (drawn rectangle, as in MEASURE_PANE) and the pane.
+MEASURE_PREVIEW = """id => {
+  const pane = document.getElementById(id), p = pane.getBoundingClientRect();
+  const drawn = img => { const box = img.getBoundingClientRect();
+    const scale = Math.min(box.width / img.naturalWidth, box.height / img.naturalHeight,
+                           getComputedStyle(img).objectFit === 'scale-down' ? 1 : Infinity);
+    const w = img.naturalWidth * scale, h = img.naturalHeight * scale;
+    const left = box.left + (box.width - w) / 2, top = box.top + (box.height - h) / 2;
+    return {left, top, right: left + w, bottom: top + h, area: box.width * box.height, fit: getComputedStyle(img).objectFit}; };
+  const pictures = [...pane.querySelectorAll('.preview img')].map(drawn).sort((a, b) => b.area - a.area);
+  return {pane: {left: p.left, top: p.top, right: p.right, bottom: p.bottom}, main: pictures[0]};
+}"""
+
 ERROR_BADGES = """() => [...document.querySelectorAll('[data-testid=status-tracker] .error')]
   .filter(e => e.offsetParent !== null).length"""
 
@@ -100,6 +113,17 @@ def test_txt2img_results_fit_their_pane_one_picture_and_a_batch(page, server):
     page.wait_for_function("() => document.querySelectorAll('#txt2img_gallery img').length === 4")
     assert_pictures_fit(page, "txt2img_gallery", count=4)
     shot(page, "page-txt2img-batch")
+    # a picture clicked opens Gradio's preview in the pane: it too is drawn whole inside the pane
+    page.locator("#txt2img_gallery .thumbnail-item").nth(1).click()
+    page.wait_for_selector("#txt2img_gallery .preview img")
+    preview = page.evaluate(MEASURE_PREVIEW, "txt2img_gallery")
+    assert preview["main"]["fit"] in ("contain", "scale-down") and inside(preview["main"], preview["pane"]), preview
+    assert preview["main"]["bottom"] - preview["main"]["top"] >= 150, preview  # drawn large, not a thumbnail
+    # the preview's strip of small pictures keeps them square (the grid's rules must not reach it)
+    strip = page.evaluate("id => [...document.querySelectorAll(`#${id} .preview .thumbnail-item`)]"
+                          ".map(t => t.getBoundingClientRect()).map(r => Math.abs(r.width - r.height))", "txt2img_gallery")
+    assert strip and max(strip) <= 1, strip
+    shot(page, "page-txt2img-preview")
     assert_no_error_badge(page)
 
 
