@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from test_browser import (TIMEOUT_MS, browser, fill, go_to_tab, open_page, page, picture,  # noqa: F401
                           pytestmark, server, set_number, shot, small_job, upload_to_editor, value_of, wait_text)
@@ -253,15 +254,16 @@ def test_clamped_numbers_are_said(page, server):
 
 def test_hires_switch_shows_in_its_header_after_png_info(page, server, tmp_path):
     header = page.locator("#txt2img_hires button").first
+    switch = page.locator("#txt2img_enable_hr input")
     assert "Hires. fix: off" in header.inner_text()
+    # the switch is drawn in the closed accordion's header (it was inside, out of sight)
+    assert switch.is_visible() and not switch.is_checked() and not page.locator("#txt2img_hr_scale").is_visible()
+    assert page.evaluate(SWITCH_IN_HEADER)
     source = tmp_path / "hires.png"
-    image = Image.new("RGB", (64, 64), (90, 90, 90))
-    from PIL.PngImagePlugin import PngInfo
-
     chunk = PngInfo()
     chunk.add_text("parameters", "a hires picture\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 77, Size: 64x64, "
                                  "Model: tiny, Denoising strength: 0.5, Hires upscale: 2, Hires upscaler: Latent")
-    image.save(source, pnginfo=chunk)
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(source, pnginfo=chunk)
     go_to_tab(page, "PNG Info")
     page.locator("#pnginfo_image input[type=file]").set_input_files(str(source))
     wait_text(page, "pnginfo_parameters", "Hires upscale: 2")
@@ -269,11 +271,24 @@ def test_hires_switch_shows_in_its_header_after_png_info(page, server, tmp_path)
     page.wait_for_selector("#tab_txt2img", state="visible")
     page.wait_for_function("() => document.querySelector('#txt2img_seed input').value === '77'")
     page.wait_for_function("() => document.querySelector('#txt2img_hires button').innerText.includes('Hires. fix: on')")
-    page.locator("#txt2img_enable_hr input").wait_for(state="visible")  # opened: the switch is in sight
-    assert page.locator("#txt2img_enable_hr input").is_checked()
+    assert switch.is_checked()
+    page.locator("#txt2img_hr_scale").wait_for(state="visible")  # switched on from PNG Info: opened too
+    assert page.evaluate(SWITCH_IN_HEADER)
     shot(page, "page-hires-header")
-    page.locator("#txt2img_enable_hr input").uncheck()
+    header.click()  # folded: the switch still shows, and works
+    page.locator("#txt2img_hr_scale").wait_for(state="hidden")
+    switch.click()
     page.wait_for_function("() => document.querySelector('#txt2img_hires button').innerText.includes('Hires. fix: off')")
+    assert not switch.is_checked() and not page.locator("#txt2img_hr_scale").is_visible()  # the click did not unfold it
+
+
+# The header switch's box lies within the accordion's header strip (from the accordion's top to
+# the bottom of its header button) and clear of the header's text.
+SWITCH_IN_HEADER = """() => { const s = document.querySelector('#txt2img_enable_hr input').getBoundingClientRect();
+  const a = document.getElementById('txt2img_hires').getBoundingClientRect();
+  const h = document.querySelector('#txt2img_hires button').getBoundingClientRect();
+  const text = document.querySelector('#txt2img_hires button span').getBoundingClientRect();
+  return s.width > 0 && s.top >= a.top && s.bottom <= h.bottom && s.left > text.right && s.right <= h.right; }"""
 
 
 def test_save_style_is_confirmed(page, server):

@@ -206,37 +206,40 @@ def _wire(ui: StudioUI, tab: GenerationTab) -> None:
 
 
 def _hires_inputs(ui: StudioUI, f: dict[str, Any], samplers: list[str], schedules: list[str]) -> None:
-    with gr.Accordion(hires_header_label(DEFAULT["enable_hr"]), open=False, elem_id="txt2img_hires") as accordion:
-        f["enable_hr"] = gr.Checkbox(DEFAULT["enable_hr"], label="Enable hires. fix", elem_id="txt2img_enable_hr")
-        with gr.Row():
-            f["hr_upscaler"] = gr.Dropdown(choices=ui.models.hires_upscalers(), value=DEFAULT["hr_upscaler"],
-                                           label="Upscaler", elem_id="txt2img_hr_upscaler")
-            _slider(f, "hr_second_pass_steps", 0, 150, 1, "Hires steps (0 = same)", "txt2img_hires_steps")
-            _slider(f, "hr_denoising_strength", 0.0, 1.0, 0.01, "Denoising strength", "txt2img_hr_denoising_strength")
-        with gr.Row():
-            _slider(f, "hr_scale", 1.0, 4.0, 0.05, "Upscale by", "txt2img_hr_scale")
-            _slider(f, "hr_resize_x", 0, 4096, 8, "Resize width to (0 = by scale)", "txt2img_hr_resize_x")
-            _slider(f, "hr_resize_y", 0, 4096, 8, "Resize height to (0 = by scale)", "txt2img_hr_resize_y")
-        with gr.Row():
-            f["hr_sampler_name"] = gr.Dropdown(choices=[SAME, *samplers], value=DEFAULT["hr_sampler_name"],
-                                               label="Hires sampler", elem_id="txt2img_hr_sampler")
-            f["hr_scheduler"] = gr.Dropdown(choices=[SAME, *schedules], value=DEFAULT["hr_scheduler"],
-                                            label="Hires schedule type", elem_id="txt2img_hr_scheduler")
-        f["hr_prompt"] = gr.Textbox(label="Hires prompt (empty = the same)", lines=1, elem_id="txt2img_hr_prompt")
-        f["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt (empty = the same)", lines=1,
-                                             elem_id="txt2img_hr_neg_prompt")
+    with gr.Column(elem_classes="studio-switched"):
+        # the switch, drawn over the accordion's header (studio.css): in sight while it is closed
+        f["enable_hr"] = gr.Checkbox(DEFAULT["enable_hr"], label="Enable", container=False,
+                                     elem_id="txt2img_enable_hr", elem_classes="studio-header-switch")
+        with gr.Accordion(hires_header_label(DEFAULT["enable_hr"]), open=False, elem_id="txt2img_hires") as accordion:
+            with gr.Row():
+                f["hr_upscaler"] = gr.Dropdown(choices=ui.models.hires_upscalers(), value=DEFAULT["hr_upscaler"],
+                                               label="Upscaler", elem_id="txt2img_hr_upscaler")
+                _slider(f, "hr_second_pass_steps", 0, 150, 1, "Hires steps (0 = same)", "txt2img_hires_steps")
+                _slider(f, "hr_denoising_strength", 0.0, 1.0, 0.01, "Denoising strength", "txt2img_hr_denoising_strength")
+            with gr.Row():
+                _slider(f, "hr_scale", 1.0, 4.0, 0.05, "Upscale by", "txt2img_hr_scale")
+                _slider(f, "hr_resize_x", 0, 4096, 8, "Resize width to (0 = by scale)", "txt2img_hr_resize_x")
+                _slider(f, "hr_resize_y", 0, 4096, 8, "Resize height to (0 = by scale)", "txt2img_hr_resize_y")
+            with gr.Row():
+                f["hr_sampler_name"] = gr.Dropdown(choices=[SAME, *samplers], value=DEFAULT["hr_sampler_name"],
+                                                   label="Hires sampler", elem_id="txt2img_hr_sampler")
+                f["hr_scheduler"] = gr.Dropdown(choices=[SAME, *schedules], value=DEFAULT["hr_scheduler"],
+                                                label="Hires schedule type", elem_id="txt2img_hr_scheduler")
+            f["hr_prompt"] = gr.Textbox(label="Hires prompt (empty = the same)", lines=1, elem_id="txt2img_hr_prompt")
+            f["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt (empty = the same)", lines=1,
+                                                 elem_id="txt2img_hr_neg_prompt")
     f["enable_hr"].change(hires_header, inputs=[f["enable_hr"]], outputs=[accordion], concurrency_limit=None,
                           show_progress="hidden")
 
 
 def hires_header_label(enabled: bool) -> str:
-    return f"Hires. fix: {'on ☑' if enabled else 'off'}"
+    return f"Hires. fix: {'on' if enabled else 'off'}"
 
 
 def hires_header(enabled: bool) -> Any:
     """The Hires. fix accordion's update when its switch changes: its header says whether it is
-    on (the switch inside is out of sight while the accordion is closed), and switching it on,
-    by hand or from an infotext sent from PNG Info, opens it."""
+    on (the switch itself is drawn over the header: studio.css), and switching it on, by hand or
+    from an infotext sent from PNG Info, opens it."""
     if enabled:
         return gr.Accordion(label=hires_header_label(True), open=True)
     return gr.Accordion(label=hires_header_label(False))
