@@ -81,6 +81,15 @@ def assert_pictures_fit(page, elem_id: str, count: int | None = None) -> dict:
     return measured
 
 
+def run_and_check_fit(page, tab: str, prompt: str, seed: int, size: int = 64) -> dict:
+    """A two-step job on ``tab``; its one result picture must fit the tab's output pane."""
+    fill(page, f"{tab}_prompt", prompt)
+    small_job(page, tab, steps=2, size=size, seed=seed)
+    page.locator(f"#{tab}_generate").click()
+    wait_text(page, f"{tab}_info", f"Seed: {seed}")
+    return assert_pictures_fit(page, f"{tab}_gallery", count=1)
+
+
 def assert_no_error_badge(page):
     assert page.evaluate(ERROR_BADGES) == 0, "a red Error badge is shown"
 
@@ -138,11 +147,7 @@ def test_img2img_input_is_drawn_large_and_its_result_fits(page, server, tmp_path
                 boxBottom: box.bottom}; }""")
     # a 64-pixel upload is shown the size of its box (it was drawn at 64 px beside a large result)
     assert frame["height"] >= 200 and frame["right"] <= frame["boxRight"] + 1 and frame["bottom"] <= frame["boxBottom"] + 1
-    fill(page, "img2img_prompt", "an oil painting")
-    small_job(page, "img2img", steps=2, seed=2301)
-    page.locator("#img2img_generate").click()
-    wait_text(page, "img2img_info", "Seed: 2301")
-    assert_pictures_fit(page, "img2img_gallery", count=1)
+    run_and_check_fit(page, "img2img", "an oil painting", seed=2301)
     shot(page, "page-img2img")
 
 
@@ -154,8 +159,7 @@ def test_inpaint_brush_is_translucent_and_the_result_fits(page, server, tmp_path
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(cx - 40, cy)
     page.mouse.down()
-    for i in range(20):
-        page.mouse.move(cx - 40 + i * 4, cy, steps=2)
+    page.mouse.move(cx + 36, cy, steps=40)  # one horizontal stroke through the middle
     page.mouse.up()
     page.mouse.move(box["x"] + box["width"] + 30, cy)  # the brush cursor away from the stroke
     time.sleep(0.5)
@@ -170,11 +174,7 @@ def test_inpaint_brush_is_translucent_and_the_result_fits(page, server, tmp_path
     # white at half opacity over the blue picture: lighter than the picture, but the blue shows through
     assert blue[2] > blue[0] + 100, blue
     assert stroke != (255, 255, 255) and stroke[0] > blue[0] + 40 and stroke[2] > stroke[0] + 20, (stroke, blue)
-    fill(page, "inpaint_prompt", "a yellow sun")
-    small_job(page, "inpaint", steps=2, size=128, seed=2401)
-    page.locator("#inpaint_generate").click()
-    wait_text(page, "inpaint_info", "Seed: 2401")
-    assert_pictures_fit(page, "inpaint_gallery", count=1)
+    run_and_check_fit(page, "inpaint", "a yellow sun", seed=2401, size=128)
     shot(page, "page-inpaint")
 
 
