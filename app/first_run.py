@@ -56,6 +56,10 @@ class ModelOffer:
                 self._network[host] = bool(host) and self.reachable(url)
             return self._network[host]
 
+    def offline(self) -> bool:
+        """True when a download is wanted but its host cannot be reached."""
+        return self.needed() and not self.online(self.url())
+
     def notice(self) -> str:
         """One line for the page: what there is and what can be done."""
         if not self.needed():
@@ -115,7 +119,7 @@ def download_panel(models: Models, checkpoint: Any) -> tuple[Any, ModelOffer]:
         return (f"From `{url}`" + (f", sha256 `{sha}`" if sha else ", no sha256 to check")
                 + " (Settings: Model download URL / sha256)")
 
-    with gr.Accordion("Get a Stable Diffusion model", open=needed, visible=needed, elem_id="model_download"):
+    with gr.Accordion("Get a Stable Diffusion model", open=needed, visible=needed, elem_id="model_download") as panel:
         notice = gr.Markdown(elem_id="model_download_notice")
         # Shown, not editable: the URL and sha256 are settings (launch.py --download-model is the
         # command line's way), so no request can make the server fetch another address.
@@ -139,4 +143,12 @@ def download_panel(models: Models, checkpoint: Any) -> tuple[Any, ModelOffer]:
         return f"Downloaded and loaded **{name}**; it is now selected.", models.refresh_checkpoints(name)
 
     button.click(run, inputs=[checkpoint], outputs=[notice, checkpoint], api_name="download_model")
+
+    def fold_when_offline(_notice: str) -> tuple[Any, Any]:
+        """Offline, nothing can be downloaded: the panel folds to its one-line header (open, it
+        pushed the results below the fold) and its button stops calling for a click."""
+        offline = offer.offline()
+        return gr.Accordion(open=not offline), gr.Button(variant="secondary" if offline else "primary")
+
+    notice.change(fold_when_offline, inputs=[notice], outputs=[panel, button], show_progress="hidden")
     return notice, offer

@@ -76,6 +76,9 @@ class GeneratedImage:
     notes: list[str] = field(default_factory=list)  # things the user should know (mask resized, ...)
     # why saving failed (a full or read-only folder): the image is only in memory then
     save_error: str | None = None
+    # made from the denoised estimate at the step an interrupt stopped: shown, not saved (as
+    # A1111 with its default save_incomplete_images off)
+    incomplete: bool = False
 
 
 class _Stop(Exception):
@@ -578,8 +581,11 @@ class Engine:
                     subseeds = [first_subseed + o for o in offsets] if first_subseed is not None else None
                     self.flags.skipped = False
 
+                    so_far: dict = {}  # the last step's denoised estimate, for the picture an interrupt keeps
+
                     def on_step(step, sigma, x, denoised, batch=batch):
                         self._check_stop()
+                        so_far.update(latent=denoised, step=step + 1)
                         if progress:
                             progress(Progress(step + 1, params.steps, batch, params.batch_count, started, denoised,
                                               loaded.model.spec.latent_format))
@@ -593,6 +599,8 @@ class Engine:
                                 images = make_images(loaded, conditioner, seeds, subseeds, on_step, refiner=stage)
                     except _Stop:
                         if self.flags.interrupted:
+                            results.extend(self._interrupted_pictures(loaded, params, (seeds, subseeds), so_far, fields, job,
+                                                                    model_hash))
                             break
                         continue
                     finally:
@@ -616,6 +624,27 @@ class Engine:
             finally:
                 self.extensions.run("after_job", job, results)
             return results
+
+    @staticmethod
+    def _interrupted_pictures(loaded, params: GenerationParams, batch_seeds: tuple[list[int], list[int] | None],
+                              so_far: dict, fields: dict, job: Job, model_hash: str | None) -> list[GeneratedImage]:
+        """The pictures an interrupted batch had reached: its last denoised estimate decoded, as
+        A1111 shows them. Not saved (A1111 saves them only with save_incomplete_images, off by
+        default) and not handed to after_image_saved; none when no step had finished."""
+        if so_far.get("latent") is None:
+            return []
+        from core.pipelines.common import decode_latents
+
+        seeds, subseeds = batch_seeds
+        images = to_pil(decode_latents(loaded.model.vae, so_far["latent"]))
+        note = f"Interrupted at step {so_far['step']} of {params.steps}: the picture so far is shown, not saved"
+        pictures = []
+        for index, (seed, image) in enumerate(zip(seeds, images)):
+            extra = {**generation_fields(params, subseeds[index] if subseeds else None), **fields, **job.infotext_fields}
+            infotext = create_infotext(params, seed, loaded.name, model_hash, batch_index=index, extra=extra)
+            pictures.append(GeneratedImage(image=image, seed=seed, infotext=infotext, notes=[*job.notes, note],
+                                           incomplete=True))
+        return pictures
 
 
 def job_models(loaded: LoadedModel, stage: Refiner | None) -> list:

@@ -138,6 +138,26 @@ def test_first_run_offline_says_so_once_and_keeps_the_demo(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("online", [False, True])
+def test_offline_the_download_panel_folds_and_its_button_stops_calling(tmp_path, monkeypatch, online):
+    """Open with an orange button while nothing could be downloaded, the panel pushed the results
+    below the fold; offline it folds to its header when the page fills its notice."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from app.first_run import ModelOffer, download_panel
+
+    monkeypatch.setattr(ModelOffer, "online", lambda self, url: online)
+    models = SimpleNamespace(engine=first_run_engine(tmp_path), settings={})
+    with gr.Blocks() as demo:
+        notice, offer = download_panel(models, gr.Dropdown())
+    fold = next(block_fn.fn for block_fn in demo.fns.values() if block_fn.name == "fold_when_offline")
+    panel, button = fold(offer.notice())
+    assert offer.offline() is not online
+    assert panel.open is online and button.variant == ("primary" if online else "secondary")
+
+
 @pytest.mark.parametrize("url, why", [
     ("ftp://example.com/model.safetensors", "only http"),
     ("http://127.0.0.1:9/notes.txt", "must name a .safetensors or .ckpt"),

@@ -78,8 +78,26 @@ def test_interrupt_stops_within_one_step(engine):
         if p.step == 2:
             engine.interrupt()
 
-    results = engine.txt2img(GenerationParams(prompt="x", steps=30, width=64, height=64, batch_count=3, checkpoint="tiny.safetensors"), progress=progress, save=False)
-    assert results == [] and steps_seen == [1, 2]
+    results = engine.txt2img(GenerationParams(prompt="x", steps=30, width=64, height=64, batch_count=3, seed=12,
+                                              checkpoint="tiny.safetensors"), progress=progress, save=True)
+    assert steps_seen == [1, 2]
+    # As A1111: the picture the interrupted batch had reached (step 2's denoised estimate) is
+    # handed back, with its infotext, and not saved.
+    [partial] = results
+    assert partial.incomplete and partial.path is None and partial.seed == 12
+    assert "Seed: 12" in partial.infotext and "Interrupted at step 2 of 30" in partial.notes[-1]
+    assert pixels(partial).shape == (64, 64, 3) and pixels(partial).std() > 1
+    assert not list(engine.output_dir.rglob("*-12.png"))
+
+
+def test_an_interrupt_before_the_first_step_keeps_no_picture(engine):
+    def progress(p):
+        if p.batch == 0 and p.step == 2:
+            engine.interrupt()
+
+    results = engine.txt2img(GenerationParams(prompt="x", steps=2, width=64, height=64, batch_count=2,
+                                              checkpoint="tiny.safetensors"), progress=progress, save=False)
+    assert len(results) == 1 and not results[0].incomplete  # batch 1 finished; batch 2 never took a step
 
 
 def test_skip_stops_only_the_current_batch(engine):

@@ -128,6 +128,23 @@ def test_a1111_scale_to_covers_then_crops_and_blends_a_second_upscaler(site):
     assert blended.infotext == 'Postprocess upscale by: 2, Postprocess upscaler: "Lanczos, Nearest"'
 
 
+def test_upscaler_none_gives_the_picture_back_unchanged_as_a1111_extras_does(site):
+    from core.upscaling.extras import ExtrasJob, run_extras
+
+    root, engine, source, _ = site
+    with Image.open(source) as opened:
+        image = opened.copy()
+    for job in (ExtrasJob("None", scale=2), ExtrasJob("None", size=(60, 30), crop=True),
+                ExtrasJob("None", scale=3, upscaler_2="Lanczos", upscaler_2_visibility=0.5)):
+        kept = run_extras(image, job, models_root=root / "models")
+        assert kept.image.size == image.size and np.array_equal(pixels(kept.image), pixels(image))
+        assert "Postprocess" not in kept.infotext
+    _, info, log, items = page(site).superres.upscale("Single image", str(source), "", "", "None", "Scale by", 2, 0, 0)
+    with Image.open(items[0]["path"]) as saved:
+        assert np.array_equal(pixels(saved), pixels(image))
+    assert "no resampling" in log and items[0]["size"] == "24x20 → 24x20"
+
+
 def test_a_progress_callback_that_raises_stops_the_job(site):
     from core.upscaling.extras import ExtrasJob
 

@@ -201,7 +201,8 @@ def test_an_interrupted_job_keeps_what_it_made(engine, history):
             engine.interrupt()
 
     results = engine.txt2img(gen_params(prompt="a interrupted walrus", seed=11, batch_count=3), progress=progress)
-    assert len(results) == 1
+    # the first batch, and the picture the interrupted second had reached (shown, not saved)
+    assert [(r.seed, r.incomplete) for r in results] == [(11, False), (12, True)]
     store = history.HistoryStore(engine.output_dir / "history.sqlite3")
     (entry,) = store.search("walrus")["entries"]
     assert entry["status"] == "interrupted" and [i["seed"] for i in entry["images"]] == [11]

@@ -543,6 +543,27 @@ def test_gallery_lists_deletes_to_trash_and_restores(studio):
     assert outside.exists()
 
 
+def test_gallery_delete_picks_the_next_picture_and_a_refusal_is_a_warning_not_an_error(studio):
+    folder = studio.outputs.output_root() / "txt2img-images" / dt.date.today().isoformat()
+    made = [save_image(picture(), folder, name=str(n), infotext=f"p{n}\nSteps: 1, Seed: {n}, Size: 64x64")
+            for n in range(3)]
+    for age, path in enumerate(made):  # newest first: 2, 1, 0
+        os.utime(path, (1_700_000_000 + age, 1_700_000_000 + age))
+    listed = studio.gallery.images("All", "All")[2]
+    assert listed == [str(made[2]), str(made[1]), str(made[0])]
+    message, pictures, _, now_listed, _, info, link, picked, trash, _ = studio.gallery.delete_and_list(
+        listed[1], "All", "All", listed)
+    assert "trash" in message and now_listed == [str(made[2]), str(made[0])]
+    # the picture that took the deleted one's place is picked, in the gallery and for the next Delete
+    assert pictures.selected_index == 1 and picked == str(made[0]) and info.startswith("p0") and str(made[0]) in link
+    last = studio.gallery.delete_and_list(picked, "All", "All", now_listed)
+    assert last[3] == [str(made[2])] and last[7] == str(made[2])  # the last one gone: the one before it
+    refused = studio.gallery.delete_and_list("", "All", "All", last[3])
+    assert refused[0] == "Gallery: pick an image first"
+    assert all(update == gr.skip() for update in refused[1:])  # the page is left as it is
+    assert Path(last[3][0]).exists()
+
+
 # ------------------------------------------------------------------ previews and upscaling
 
 

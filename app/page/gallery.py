@@ -13,6 +13,7 @@ from app.imagefiles import read_metadata
 from app.page.outputs import Outputs
 
 GALLERY_TABS = ("All", "txt2img", "img2img", "extras")
+OPENED_UPDATES = 9  # what Gallery.opened returns: the listing's seven updates and the trash's two
 
 
 class Gallery:
@@ -67,9 +68,25 @@ class Gallery:
             raise gr.Error(str(exc), print_exception=False) from None
         return f"Moved to the trash: {moved}"
 
-    def delete_and_list(self, path: str | None, tab: str | None, day: str | None) -> list[Any]:
-        message = self.delete(path)
-        return [message, *self.opened(tab, day)]
+    def delete_and_list(self, path: str | None, tab: str | None, day: str | None,
+                        listed: list[str] | None = None) -> list[Any]:
+        """The Delete button's updates: the message, the new listing with the picture that took
+        the deleted one's place picked (the last one when it was last), and the trash. A refusal
+        (nothing picked, a file outside the outputs) is a warning and leaves the page as it is:
+        an error here would mark every one of these outputs as failed."""
+        try:
+            message = self.delete(path)
+        except gr.Error as exc:
+            gr.Warning(exc.message)
+            return [exc.message, *[gr.skip()] * OPENED_UPDATES]
+        place = listed.index(path) if listed and path in listed else 0
+        updates = self.opened(tab, day)
+        remaining = updates[2]
+        if remaining:
+            picked = min(place, len(remaining) - 1)
+            updates[0] = gr.Gallery(value=updates[0], selected_index=picked)
+            updates[4:7] = self.select(remaining, picked)
+        return [message, *updates]
 
     def trash(self) -> tuple[list, list[str]]:
         entries = gallery_files.list_trash(self.outputs.output_root())
@@ -90,7 +107,12 @@ class Gallery:
         return f"Restored: {back}"
 
     def restore_and_list(self, path: str | None, tab: str | None, day: str | None) -> list[Any]:
-        message = self.restore(path)
+        """The Restore button's updates; a refusal is a warning, as in delete_and_list."""
+        try:
+            message = self.restore(path)
+        except gr.Error as exc:
+            gr.Warning(exc.message)
+            return [exc.message, *[gr.skip()] * (OPENED_UPDATES + 1)]
         return [message, *self.opened(tab, day), ""]
 
     @staticmethod

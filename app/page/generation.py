@@ -111,10 +111,11 @@ class Generation:
             first = results[0]
             self._save_grid(tab, image_grid([r.image for r in results]), first.seed, first.infotext, job)
         expected = params.batch_count * params.batch_size
+        finished = sum(not item["incomplete"] for item in job.items)
         if job.interrupted:
-            job.notes.append(f"Interrupted: {len(job.items)} of {expected} images made")
-        elif len(job.items) < expected:
-            job.notes.append(f"Skipped: {len(job.items)} of {expected} images made")
+            job.notes.append(f"Interrupted: {finished} of {expected} images made")
+        elif finished < expected:
+            job.notes.append(f"Skipped: {finished} of {expected} images made")
         return job
 
     # ------------------------------------------------------------------ scripts
@@ -179,13 +180,16 @@ class Generation:
         path, save_error = result.path, result.save_error
         if save_error is not None:
             job.save_errors.append(save_error)
+        elif result.incomplete:  # an interrupted picture: shown, never saved (A1111's default)
+            path = None
         elif path is None or not engine_saves:
             path = self.outputs.save_or_say_why(
                 lambda: self.outputs.save(tab, result.image, result.infotext, params, result.seed),
                 self.outputs.folder(tab), job.save_errors)
         # "image": the picture itself when no file holds it, so the page can still show it
         job.items.append({"path": str(path) if path is not None else None, "infotext": result.infotext,
-                          "seed": result.seed, "image": result.image if path is None else None})
+                          "seed": result.seed, "image": result.image if path is None else None,
+                          "incomplete": result.incomplete})
         for note in result.notes:
             if note not in job.notes:
                 job.notes.append(note)

@@ -91,7 +91,9 @@ class StylesSettings:
             raise gr.Error(str(exc), print_exception=False) from None
         except OSError as exc:
             raise gr.Error(f"styles: cannot write {self.styles.path}: {exc}", print_exception=False) from None
-        return f"Style {style.name!r} saved to {self.styles.path}"
+        message = f"Style {style.name!r} saved to {self.styles.path}"
+        gr.Info(message)  # the tabs' log is below the results, out of sight of the Save button
+        return message
 
     def delete_style(self, name: str) -> str:
         try:

@@ -76,7 +76,7 @@ class SuperResolution:
         ``tile`` and ``overlap``."""
         try:
             from core.upscaling import open_image
-            from core.upscaling.extras import ExtrasJob
+            from core.upscaling.extras import KEEP_AS_IS, ExtrasJob
         except ImportError as exc:
             raise gr.Error(f"Super-resolution is not available: {exc}", print_exception=False) from None
         if not upscaler:
@@ -107,6 +107,8 @@ class SuperResolution:
             batch.done.append({"path": str(saved) if saved else None, "infotext": text, "seed": None,
                                "image": None if saved else result,
                                "size": f"{picture.width}x{picture.height} → {result.width}x{result.height}"})
+        if upscaler == KEEP_AS_IS and not (sd and sd.get("enabled")):
+            batch.notes.append(f"Upscaler {KEEP_AS_IS}: the picture keeps its size (no resampling, as in A1111)")
         return self._summary(batch)
 
     def _sources(self, mode: str, image_path: str | None, input_dir: str,

@@ -5,9 +5,30 @@ from __future__ import annotations
 from typing import Any
 
 import gradio as gr
-from PIL import Image, ImageChops
+from PIL import Image, ImageChops, UnidentifiedImageError
 
 from app.forms import INPAINT_SOURCES
+
+
+def picture_input(**options: Any) -> gr.Image:
+    """gr.Image(**options) that says "not a picture" when the uploaded file is none. Gradio opens
+    an upload with Pillow before the event runs and reports a failure as "Could not preprocess
+    input component at index N ..." with the server's temporary path; this names the field and
+    the file as the person called it. (The instance's preprocess is wrapped: a gr.Image subclass
+    would make Gradio write a .pyi file beside this module at import.)"""
+    image = gr.Image(**options)
+    read = image.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        try:
+            return read(payload)
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError):
+            name = getattr(payload, "orig_name", None) or "the uploaded file"
+            raise gr.Error(f"{image.label or 'Image'}: {name} is not a picture (PNG, JPEG or WebP expected)",
+                           print_exception=False) from None
+
+    image.preprocess = preprocess
+    return image
 
 
 def snap_to_8(width: int, height: int) -> tuple[int, int]:

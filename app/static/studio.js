@@ -101,3 +101,69 @@
     }
   }, true);
 })();
+
+// Clamped numbers said aloud: a slider's number box quietly turns a value outside the slider's
+// range into the nearest end (width 10000 -> 2048, steps 0 -> 1). What was typed is noted as it
+// is typed, before Gradio clamps it; when the box is left (Enter, or focus moves on) a note under
+// the slider says what was used instead. A value in range removes the note.
+(() => {
+  if (window.studioClampNotesInstalled) return;
+  window.studioClampNotesInstalled = true;
+
+  const typed = new WeakMap();  // number box -> the text last typed into it
+
+  function numberBox(event) {
+    const box = event.composedPath ? event.composedPath()[0] : event.target;
+    return box && box.tagName === "INPUT" && box.type === "number" ? box : null;
+  }
+
+  function sliderOf(box) {
+    const block = box.closest(".block");
+    const range = block && block.querySelector("input[type=range]");
+    return range ? { block, range } : null;
+  }
+
+  function showNote(block, text) {
+    let note = block.querySelector(":scope > .studio-clamp-note");
+    if (!text) {
+      if (note) note.remove();
+      return;
+    }
+    if (!note) {
+      note = document.createElement("div");
+      note.className = "studio-clamp-note";
+      note.setAttribute("role", "status");
+      block.appendChild(note);
+    }
+    note.textContent = text;
+  }
+
+  function check(box) {
+    if (!typed.has(box)) return;
+    const text = typed.get(box);
+    typed.delete(box);
+    const slider = sliderOf(box);
+    const value = parseFloat(text);
+    if (!slider || !Number.isFinite(value)) return;
+    const low = parseFloat(slider.range.min), high = parseFloat(slider.range.max);
+    const label = (slider.block.querySelector("label") || {}).innerText || "This value";
+    const name = label.trim().split("\n")[0];
+    let note = "";
+    if (Number.isFinite(high) && value > high) note = `${name}: ${text} is above the largest, ${high}: ${high} is used`;
+    else if (Number.isFinite(low) && value < low) note = `${name}: ${text} is below the smallest, ${low}: ${low} is used`;
+    showNote(slider.block, note);
+  }
+
+  document.addEventListener("input", (event) => {
+    const box = numberBox(event);
+    if (box && sliderOf(box)) typed.set(box, box.value);
+  }, true);
+  document.addEventListener("keydown", (event) => {
+    const box = numberBox(event);
+    if (box && event.key === "Enter") check(box);
+  }, true);
+  document.addEventListener("focusout", (event) => {
+    const box = numberBox(event);
+    if (box) check(box);
+  }, true);
+})();

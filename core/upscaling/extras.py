@@ -20,6 +20,7 @@ from core.upscaling.registry import ModelCache, ProgressFn, UpscalerInfo, find_u
 from core.upscaling.upscale import DEFAULT_OVERLAP, DEFAULT_TILE, postprocess_infotext, target_size
 
 NO_UPSCALER = ("", "None")
+KEEP_AS_IS = "None"  # as the first upscaler: the picture comes back unchanged
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,13 @@ def run_extras(
     if not isinstance(image, Image.Image):
         raise EngineError(f"the input is not an image (got {type(image).__name__})", "upscale")
     infos = job.upscalers(models_root)
+    if source_infotext is None and isinstance(image.info.get("parameters"), str):
+        source_infotext = image.info["parameters"]
+    if job.upscaler == KEEP_AS_IS:
+        # A1111's extras upscale step returns at once when its first upscaler is "None": no
+        # resampling, no crop, no second upscaler, no upscale fields in the infotext. (Elsewhere,
+        # in hires fix and SD upscale, "None" still reaches the size by Lanczos, as there.)
+        return ExtrasResult(image.copy(), source_infotext or "")
     plan = job.plan(image.size)
 
     def one(info: UpscalerInfo) -> Image.Image:
@@ -143,7 +151,5 @@ def run_extras(
         w, h = plan.final
         left, top = (result.width - w) // 2, (result.height - h) // 2
         result = result.crop((left, top, left + w, top + h))
-    if source_infotext is None and isinstance(image.info.get("parameters"), str):
-        source_infotext = image.info["parameters"]
     infotext = postprocess_infotext(job.upscaler_label, source=source_infotext, **plan.info)
     return ExtrasResult(result, infotext)

@@ -217,7 +217,8 @@ def build(store, engine=None, history=None) -> dict:
             favourites = gr.Checkbox(label="Favourites only", scale=1)
             order = gr.Dropdown(ORDERS, value="newest", label="Order", scale=1)
         status = gr.Markdown()
-        results = gr.Gallery(label="History", columns=6, height=420, allow_preview=False, object_fit="contain")
+        results = gr.Gallery(label="History", columns=6, height=420, allow_preview=False, object_fit="contain",
+                             elem_id="history_results", elem_classes="studio-card-list")
         with gr.Row():
             previous_page = gr.Button("◀ Previous", size="sm")
             next_page = gr.Button("Next ▶", size="sm")

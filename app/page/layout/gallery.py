@@ -36,7 +36,7 @@ def gallery_tab(ui: StudioUI) -> dict[str, Any]:
             status = gr.Markdown("", elem_id="gallery_status")
     with gr.Accordion("Trash", open=False, elem_id="gallery_trash"):
         trash = gr.Gallery(label="Deleted images", columns=8, height=240, object_fit="contain",
-                           elem_id="gallery_trash_images")
+                           elem_id="gallery_trash_images", elem_classes="studio-card-list")
         restore = gr.Button("Restore selected", size="sm", elem_id="gallery_restore")
     paths = gr.State([])
     parts["path"] = gr.State("")
@@ -48,7 +48,7 @@ def gallery_tab(ui: StudioUI) -> dict[str, Any]:
     for event in (refresh.click, which.change, date.change):
         event(ui.gallery.listing, inputs=[which, date], outputs=list_outputs, **quick)
     pictures.select(ui.gallery.picked, inputs=[paths], outputs=[parts["info"], link, parts["path"]], **quick)
-    delete.click(ui.gallery.delete_and_list, inputs=[parts["path"], which, date],
+    delete.click(ui.gallery.delete_and_list, inputs=[parts["path"], which, date, paths],
                  outputs=[status, *list_outputs, trash, trash_paths], concurrency_limit=None)
     trash.select(ui.gallery.trash_picked, inputs=[trash_paths], outputs=[trash_pick], **quick)
     restore.click(ui.gallery.restore_and_list, inputs=[trash_pick, which, date],

@@ -12,10 +12,13 @@ from app.page.extra_networks import KINDS as EXTRA_NETWORK_KINDS
 from app.page.generation import text_fields
 from app.page.prompt_tools import EMPTY_COUNT
 from app.page.studio import StudioUI
-from app.page.uploads import mask_source_groups, size_from_image
+from app.page.uploads import mask_source_groups, picture_input, size_from_image
 
 JOB = "studio-job"  # concurrency group: jobs on the device run one at a time
 SEND_TARGETS = (("img2img", "→ img2img"), ("inpaint", "→ Inpaint"), ("extras", "→ Super-resolution"))
+# The inpaint brush: white at half opacity, as A1111's mask, so the picture shows through what is
+# painted (any paint at all marks the mask: uploads.editor_image_and_mask).
+MASK_BRUSH = ("#ffffff", 0.5)
 
 
 class GenerationTab:
@@ -154,7 +157,7 @@ def _settings_column(ui: StudioUI, tab: GenerationTab, samplers: list[str], sche
                      defaults: dict[str, Any]) -> None:
     name, f = tab.name, tab.fields
     if name == "img2img":
-        f["init_image"] = gr.Image(label="Input image", type="pil", image_mode=None, height=360,
+        f["init_image"] = picture_input(label="Input image", type="pil", image_mode=None, height=360,
                                    sources=["upload", "clipboard"], elem_id="img2img_image")
         f["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=DEFAULT["resize_mode"], label="Resize mode",
                                     elem_id="img2img_resize_mode")
@@ -255,25 +258,43 @@ def _wire(ui: StudioUI, tab: GenerationTab) -> None:
 
 
 def _hires_inputs(ui: StudioUI, f: dict[str, Any], samplers: list[str], schedules: list[str]) -> None:
-    with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hires"):
-        f["enable_hr"] = gr.Checkbox(DEFAULT["enable_hr"], label="Enable hires. fix", elem_id="txt2img_enable_hr")
-        with gr.Row():
-            f["hr_upscaler"] = gr.Dropdown(choices=ui.models.hires_upscalers(), value=DEFAULT["hr_upscaler"],
-                                           label="Upscaler", elem_id="txt2img_hr_upscaler")
-            _slider(f, "hr_second_pass_steps", 0, 150, 1, "Hires steps (0 = same)", "txt2img_hires_steps")
-            _slider(f, "hr_denoising_strength", 0.0, 1.0, 0.01, "Denoising strength", "txt2img_hr_denoising_strength")
-        with gr.Row():
-            _slider(f, "hr_scale", 1.0, 4.0, 0.05, "Upscale by", "txt2img_hr_scale")
-            _slider(f, "hr_resize_x", 0, 4096, 8, "Resize width to (0 = by scale)", "txt2img_hr_resize_x")
-            _slider(f, "hr_resize_y", 0, 4096, 8, "Resize height to (0 = by scale)", "txt2img_hr_resize_y")
-        with gr.Row():
-            f["hr_sampler_name"] = gr.Dropdown(choices=[SAME, *samplers], value=DEFAULT["hr_sampler_name"],
-                                               label="Hires sampler", elem_id="txt2img_hr_sampler")
-            f["hr_scheduler"] = gr.Dropdown(choices=[SAME, *schedules], value=DEFAULT["hr_scheduler"],
-                                            label="Hires schedule type", elem_id="txt2img_hr_scheduler")
-        f["hr_prompt"] = gr.Textbox(label="Hires prompt (empty = the same)", lines=1, elem_id="txt2img_hr_prompt")
-        f["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt (empty = the same)", lines=1,
-                                             elem_id="txt2img_hr_neg_prompt")
+    with gr.Column(elem_classes="studio-switched"):
+        # the switch, drawn over the accordion's header (studio.css): in sight while it is closed
+        f["enable_hr"] = gr.Checkbox(DEFAULT["enable_hr"], label="Enable", container=False,
+                                     elem_id="txt2img_enable_hr", elem_classes="studio-header-switch")
+        with gr.Accordion(hires_header_label(DEFAULT["enable_hr"]), open=False, elem_id="txt2img_hires") as accordion:
+            with gr.Row():
+                f["hr_upscaler"] = gr.Dropdown(choices=ui.models.hires_upscalers(), value=DEFAULT["hr_upscaler"],
+                                               label="Upscaler", elem_id="txt2img_hr_upscaler")
+                _slider(f, "hr_second_pass_steps", 0, 150, 1, "Hires steps (0 = same)", "txt2img_hires_steps")
+                _slider(f, "hr_denoising_strength", 0.0, 1.0, 0.01, "Denoising strength", "txt2img_hr_denoising_strength")
+            with gr.Row():
+                _slider(f, "hr_scale", 1.0, 4.0, 0.05, "Upscale by", "txt2img_hr_scale")
+                _slider(f, "hr_resize_x", 0, 4096, 8, "Resize width to (0 = by scale)", "txt2img_hr_resize_x")
+                _slider(f, "hr_resize_y", 0, 4096, 8, "Resize height to (0 = by scale)", "txt2img_hr_resize_y")
+            with gr.Row():
+                f["hr_sampler_name"] = gr.Dropdown(choices=[SAME, *samplers], value=DEFAULT["hr_sampler_name"],
+                                                   label="Hires sampler", elem_id="txt2img_hr_sampler")
+                f["hr_scheduler"] = gr.Dropdown(choices=[SAME, *schedules], value=DEFAULT["hr_scheduler"],
+                                                label="Hires schedule type", elem_id="txt2img_hr_scheduler")
+            f["hr_prompt"] = gr.Textbox(label="Hires prompt (empty = the same)", lines=1, elem_id="txt2img_hr_prompt")
+            f["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt (empty = the same)", lines=1,
+                                                 elem_id="txt2img_hr_neg_prompt")
+    f["enable_hr"].change(hires_header, inputs=[f["enable_hr"]], outputs=[accordion], concurrency_limit=None,
+                          show_progress="hidden")
+
+
+def hires_header_label(enabled: bool) -> str:
+    return f"Hires. fix: {'on' if enabled else 'off'}"
+
+
+def hires_header(enabled: bool) -> Any:
+    """The Hires. fix accordion's update when its switch changes: its header says whether it is
+    on (the switch itself is drawn over the header: studio.css), and switching it on, by hand or
+    from an infotext sent from PNG Info, opens it."""
+    if enabled:
+        return gr.Accordion(label=hires_header_label(True), open=True)
+    return gr.Accordion(label=hires_header_label(False))
 
 
 def _refiner_inputs(ui: StudioUI, f: dict[str, Any], name: str) -> None:
@@ -294,14 +315,14 @@ def _inpaint_inputs(f: dict[str, Any]) -> None:
         f["editor"] = gr.ImageEditor(
             label="Image — paint over what to repaint", type="pil", image_mode="RGBA", height=420,
             sources=["upload", "clipboard"], layers=False, transforms=(),
-            brush=gr.Brush(default_size=24, colors=["#ffffff"], default_color="#ffffff", color_mode="fixed"),
+            brush=gr.Brush(default_size=24, colors=[MASK_BRUSH], default_color=MASK_BRUSH, color_mode="fixed"),
             eraser=gr.Eraser(default_size=24), elem_id="inpaint_editor",
         )
     with gr.Group(visible=False) as upload_group:
         with gr.Row():
-            f["inpaint_image"] = gr.Image(label="Image", type="pil", image_mode=None, sources=["upload", "clipboard"],
+            f["inpaint_image"] = picture_input(label="Image", type="pil", image_mode=None, sources=["upload", "clipboard"],
                                           elem_id="inpaint_image", height=300)
-            f["inpaint_mask"] = gr.Image(label="Mask (white = repaint)", type="pil", image_mode=None,
+            f["inpaint_mask"] = picture_input(label="Mask (white = repaint)", type="pil", image_mode=None,
                                          sources=["upload", "clipboard"], elem_id="inpaint_mask", height=300)
     f["inpaint_source"].change(mask_source_groups, inputs=[f["inpaint_source"]], outputs=[paint_group, upload_group],
                                concurrency_limit=None, show_progress="hidden")

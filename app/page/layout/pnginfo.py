@@ -7,6 +7,7 @@ import gradio as gr
 
 from app.page.layout.gallery import SEND_TARGETS
 from app.page.studio import StudioUI
+from app.page.uploads import picture_input
 
 
 def pnginfo_tab(ui: StudioUI) -> dict[str, Any]:
@@ -14,7 +15,7 @@ def pnginfo_tab(ui: StudioUI) -> dict[str, Any]:
     parts: dict[str, Any] = {"send": {}}
     with gr.Row():
         with gr.Column():
-            parts["image"] = gr.Image(label="Drop a PNG, JPEG or WebP", type="filepath", image_mode=None,
+            parts["image"] = picture_input(label="Drop a PNG, JPEG or WebP", type="filepath", image_mode=None,
                                       sources=["upload", "clipboard"], elem_id="pnginfo_image", height=420)
         with gr.Column():
             parts["parameters"] = gr.Textbox(label="Parameters", lines=6, interactive=False,

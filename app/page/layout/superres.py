@@ -11,6 +11,7 @@ from app.page.layout.generation import JOB
 from app.page.models import sampler_choices
 from app.page.studio import StudioUI
 from app.page.superres import BATCH, default_upscaler
+from app.page.uploads import picture_input
 
 
 def superres_tab(ui: StudioUI, upscalers: list[str]) -> dict[str, Any]:
@@ -46,9 +47,9 @@ def superres_tab(ui: StudioUI, upscalers: list[str]) -> dict[str, Any]:
 def _source_inputs(parts: dict[str, Any], upscalers: list[str]) -> list[Any]:
     """The picture or folder, the upscaler and the size: the Upscale event's first inputs."""
     parts["mode"] = gr.Radio(["Single image", BATCH], value="Single image", label="Source", elem_id="extras_mode")
-    parts["image"] = gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
+    parts["image"] = picture_input(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
                               elem_id="extras_image", height=360)
-    with gr.Row():
+    with gr.Row(visible=False, elem_id="extras_batch_folders") as folders:
         input_dir = gr.Textbox(label="Input folder (batch)", elem_id="extras_input_dir")
         output_dir = gr.Textbox(label="Output folder (batch; empty = the Super-resolution folder)",
                                 elem_id="extras_output_dir")
@@ -60,7 +61,15 @@ def _source_inputs(parts: dict[str, Any], upscalers: list[str]) -> list[Any]:
         scale = gr.Slider(1.0, 8.0, value=2.0, step=0.05, label="Scale by", elem_id="extras_scale")
         width = gr.Number(value=1024, precision=0, label="Width (0 = keep aspect)", elem_id="extras_width")
         height = gr.Number(value=0, precision=0, label="Height (0 = keep aspect)", elem_id="extras_height")
+    parts["mode"].change(source_fields, inputs=[parts["mode"]], outputs=[parts["image"], folders],
+                         concurrency_limit=None, show_progress="hidden")
     return [parts["mode"], parts["image"], input_dir, output_dir, parts["upscaler"], resize_mode, scale, width, height]
+
+
+def source_fields(mode: str) -> tuple[Any, Any]:
+    """(the picture field, the folder fields) as the source mode wants them: one shows."""
+    batch = mode == BATCH
+    return gr.Image(visible=not batch), gr.Row(visible=batch)
 
 
 def _sd_upscale_inputs() -> dict[str, Any]:
