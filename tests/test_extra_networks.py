@@ -350,7 +350,7 @@ def test_the_info_button_shows_training_tags_and_base_model(studio):
 
 
 def test_model_previews_are_served_and_nothing_else_in_the_model_folders(studio, tmp_path):
-    from app.server import FileAccessGuard
+    from app.guards import FileAccessGuard
 
     engine = studio.engine
     guard = FileAccessGuard(None, image_roots=[engine.output_dir], gradio_dirs=[],

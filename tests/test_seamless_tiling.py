@@ -119,7 +119,9 @@ def test_an_interrupted_tiled_job_leaves_zeros_padding(engine):
         engine.interrupt()
 
     params = GenerationParams(prompt="x", steps=3, width=64, height=64, seed=1, tiling=True)
-    assert engine.txt2img(params, progress=interrupt, save=False) == []
+    kept = engine.txt2img(params, progress=interrupt, save=False)
+    # The picture reached so far is handed back (as A1111 shows it), marked incomplete.
+    assert [r.incomplete for r in kept] == [True] and kept[0].path is None
     assert padding_modes(engine.loaded.model) == {"zeros"}
 
 

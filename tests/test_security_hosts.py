@@ -23,7 +23,8 @@ from PIL import Image
 
 from test_api import LiveServer, serve, tiny  # noqa: F401 - serve is a fixture (over this module's engine)
 
-from app.server import HostPolicy, create_app
+from app.guards import HostPolicy
+from app.server import create_app
 from launch_args import launch_args
 
 ATTACKER = "attacker.example"

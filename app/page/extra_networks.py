@@ -7,7 +7,7 @@ card switches the checkpoint.
 The cards are HTML drawn here; a click reaches :meth:`ExtraNetworks.pick` through a hidden text
 box and button (app/static/studio.js). Whatever a click sends names a card only: it is looked up
 in the folder's listing, never used as a path. Preview pictures are served by the file route
-from the model folders, which FileAccessGuard opens for model previews only (app/server.py).
+from the model folders, which FileAccessGuard opens for model previews only (app/guards.py).
 """
 from __future__ import annotations
 
