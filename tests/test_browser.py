@@ -6,6 +6,7 @@ Screenshots of each tab go to test-artifacts/ (gitignored). Skipped, with the re
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -52,6 +53,13 @@ def server(tiny_checkpoints, tmp_path_factory):
     shutil.copy(tiny_checkpoints["fp16"], ckpt_dir / "tiny_fp16.safetensors")  # listed after tiny.safetensors
     (data_dir / "config.json").write_text(json.dumps({"preview_every": 1}))
     (data_dir / "styles.csv").write_text("name,prompt,negative_prompt\nCinematic,\"{prompt}, cinematic\",cartoon\n")
+    with launched(root, ckpt_dir, out_dir, data_dir) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def launched(root: Path, ckpt_dir: Path, out_dir: Path, data_dir: Path):
+    """launch.py serving ``ckpt_dir`` on a free port until the block ends -> what tests need of it."""
     port = free_port()
     env = {**os.environ, "SD_STUDIO_DATA_DIR": str(data_dir), "GRADIO_ANALYTICS_ENABLED": "False",
            "PYTHONUNBUFFERED": "1"}
