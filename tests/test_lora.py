@@ -780,3 +780,35 @@ def test_lora_dir_option_points_the_extension_elsewhere(studio, reference, tiny_
     moved = generate(engine, "a cat <lora:moved:1>")
     assert np.array_equal(pixels(moved), pixels(reference.with_lora))
     assert "Lora hashes" in moved.infotext
+
+
+def test_xyz_plot_varies_a_lora_weight_by_prompt_sr(studio, tmp_path):
+    """A1111's way to compare LoRA weights: an X/Y/Z plot whose Prompt S/R axis replaces the
+    tag's weight. Each cell is the picture a plain job at that weight makes."""
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from app.server import create_app
+    from test_scripts import xyz_args
+
+    job = dict(prompt="a cat <lora:x:0>", steps=1, cfg_scale=1.0, width=64, height=64, seed=3, sampler_name="Euler",
+               save_images=False)
+    app = create_app(studio.engine, api=True, ui=False, options_path=tmp_path / "config.json")
+
+    def pictures(body: dict) -> list[np.ndarray]:
+        return [np.asarray(Image.open(io.BytesIO(base64.b64decode(text))), dtype=np.int16) for text in body["images"]]
+
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        args = xyz_args("Prompt S/R", "<lora:x:0>, <lora:x:0.5>, <lora:x:1>", include_lone_images=True)
+        grid, *cells = pictures(client.post("/sdapi/v1/txt2img", json={**job, "script_name": "x/y/z plot",
+                                                                         "script_args": args}).json())
+        plain = [pictures(client.post("/sdapi/v1/txt2img", json={**job, "prompt": f"a cat <lora:x:{weight}>"}).json())[0]
+                 for weight in ("0", "0.5", "1")]
+    assert len(cells) == 3 and grid.shape[1] >= 3 * 64
+    for cell, alone in zip(cells, plain):
+        assert np.array_equal(cell, alone)
+    away = [np.abs(cell - cells[0]).mean() for cell in cells]
+    assert 0 == away[0] < away[1] < away[2]  # the weight shows, growing
