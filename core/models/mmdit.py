@@ -34,6 +34,7 @@ class MMDiTConfig:
     depth: int = 24
     hidden_size: int = 1536
     num_heads: int = 24
+    # Heads are 64 wide in every released model, so their number equals the depth.
     patch_size: int = 2
     in_channels: int = 16
     out_channels: int = 16
