@@ -161,3 +161,18 @@ def test_full_size_manifest_is_what_diffusers_converter_reads(name):
     with torch.device("meta"):
         theirs = diffusers_sd3(config)
     assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+
+
+def test_bfloat16_weights_run_in_their_dtype_and_answer_in_the_latents():
+    """Weights in bf16 (how the released files are run): the inputs are cast to them, the result
+    comes back in the latent's dtype, close to the float32 network's."""
+    state = random_state_dict(TINY_SD35_MEDIUM)
+    full = model_with(TINY_SD35_MEDIUM, state)
+    half = model_with(TINY_SD35_MEDIUM, state).to(torch.bfloat16)
+    generator = torch.Generator().manual_seed(2)
+    inputs = (torch.randn(1, 16, 8, 8, generator=generator), torch.tensor([640.0]),
+              torch.randn(1, 5, 4096, generator=generator), torch.randn(1, 2048, generator=generator))
+    with torch.no_grad():
+        expected, got = full(*inputs), half(*inputs)
+    assert got.dtype == torch.float32
+    assert (got - expected).abs().mean() < 0.05 * expected.abs().mean()
