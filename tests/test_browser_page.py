@@ -155,6 +155,10 @@ def test_inpaint_brush_is_translucent_and_the_result_fits(page, server, tmp_path
     go_to_tab(page, "Inpaint")
     upload_to_editor(page, "inpaint_editor", picture(tmp_path / "paint.png", (128, 128)))
     canvas = page.locator("#inpaint_editor canvas").first
+    # The mouse reaches only what is in the viewport: the extra-networks panel above can push the
+    # editor's middle below the fold.
+    page.evaluate("() => document.querySelector('#inpaint_editor').scrollIntoView({block: 'center'})")
+    time.sleep(0.3)
     box = canvas.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(cx - 40, cy)
