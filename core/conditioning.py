@@ -341,7 +341,7 @@ def make_conditioner(model, tokenizer: ClipTokenizer, embeddings=None, clip_skip
 def text_weights_signature(model) -> tuple:
     """Where each text-encoder weight lives and how often it was changed in place: a merged LoRA
     either swaps a weight for a new tensor (another address) or writes into it (a new version)."""
-    return tuple((p.data_ptr(), p._version) for encoder in model.text_encoders for p in encoder.parameters())
+    return tuple((p.data_ptr(), p._version) for encoder in model.encoder_modules for p in encoder.parameters())
 
 
 class EncodedPromptCache:
