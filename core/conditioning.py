@@ -269,6 +269,8 @@ class SDXLConditioner:
     """SDXL base (CLIP-L + OpenCLIP bigG) and refiner (bigG only): contexts, pooled vector and
     the size/crop/aesthetic conditioning of the UNet's added embedding."""
 
+    zero_empty_negative = True  # an empty negative prompt is zeros, context and pooled
+
     def __init__(self, model, tokenizer: ClipTokenizer, embeddings=None, emphasis: str = "Original",
                  crop: tuple[int, int] = (0, 0), aesthetic_score: float = 6.0, negative_aesthetic_score: float = 2.5,
                  check_stop: Callable[[], None] | None = None):
