@@ -23,7 +23,6 @@ from core.models.flux import FluxConfig, FluxTransformer
 from core.models.mmdit import MMDiT
 from core.models.stable_diffusion import CheckpointNames, rebuild_position_ids
 from core.models.vae import AutoencoderKL
-from core.sampling.flow import FlowDenoiser, FlowSchedule, flux_shift
 
 
 def make_text_part(name: str, config) -> nn.Module:
@@ -83,15 +82,19 @@ class LatentFlow(CheckpointNames, nn.Module):
     def is_flux(self) -> bool:
         return isinstance(self.spec.transformer, FluxConfig)
 
-    def noise_schedule(self, height: int, width: int) -> FlowSchedule:
-        """The shifted flow schedule for a picture of this size: the family's fixed shift, or
-        FLUX dev's resolution-dependent one."""
+    def noise_schedule(self, height: int, width: int):
+        """The shifted flow schedule (core/sampling/flow.py) for a picture of this size: the
+        family's fixed shift, or FLUX dev's resolution-dependent one."""
+        from core.sampling.flow import FlowSchedule, flux_shift
+
         shift = self.spec.family_info.flow.shift
         return FlowSchedule(shift if shift is not None else flux_shift(height, width), timestep_scale=1.0 if self.is_flux else 1000.0)
 
-    def make_denoiser(self, schedule: FlowSchedule, distilled_guidance: float | None = None) -> FlowDenoiser:
+    def make_denoiser(self, schedule, distilled_guidance: float | None = None):
         """The denoiser samplers call: the network's velocity turned into a clean estimate.
         ``distilled_guidance``: FLUX dev's guidance input (its "Distilled CFG Scale")."""
+        from core.sampling.flow import FlowDenoiser
+
         network = self.unet
         if self.is_flux:
             guidance = distilled_guidance if self.spec.family_info.flow.distilled_guidance else None
