@@ -126,6 +126,7 @@ class FlowSchedule:
         t = torch.arange(1, TIMESTEPS + 1, dtype=torch.float64) / TIMESTEPS
         self.sigmas = shift_sigma(t, self.shift).float()
         self.log_sigmas = self.sigmas.log()
+        self.sigma_min, self.sigma_max = float(self.sigmas[0]), float(self.sigmas[-1])
 
     @classmethod
     def sd3(cls, shift: float = SD3_SHIFT) -> "FlowSchedule":
@@ -135,14 +136,6 @@ class FlowSchedule:
     def flux(cls, height: int, width: int, dynamic_shift: bool = True) -> "FlowSchedule":
         """FLUX dev (``dynamic_shift``: shifted for the picture's size) or schnell (unshifted)."""
         return cls(flux_shift(height, width) if dynamic_shift else 1.0, timestep_scale=1.0)
-
-    @property
-    def sigma_min(self) -> float:
-        return float(self.sigmas[0])
-
-    @property
-    def sigma_max(self) -> float:
-        return float(self.sigmas[-1])
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """The fractional table index of sigma, clamped to the table as DiscreteSchedule's."""
