@@ -145,3 +145,120 @@ def test_float16_encoder_stays_close_where_a_plain_half_cast_overflows():
     assert (plain - exact).abs().max() > 0.3
     assert torch.isfinite(kept).all()
     torch.testing.assert_close(kept, exact, atol=2e-2, rtol=2e-2)  # float16's own rounding (0.01 here)
+
+
+# --- the tokenizer ----------------------------------------------------------------------------------
+
+# A T5-like Unigram vocabulary: the three special pieces at T5's ids, word pieces, single letters.
+TINY_PIECES = (
+    [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    + [(f"▁{word}", -3.0 - 0.1 * i) for i, word in enumerate(("a", "photo", "of", "the", "cat", "dog", "red", "on", "mat"))]
+    + [(piece, -4.0 - 0.05 * i) for i, piece in enumerate("abcdefghijklmnopqrstuvwxyz,.")]
+    + [("s", -3.5), ("ing", -3.6)]
+)
+PROMPTS = [
+    "a photo of the cat",
+    "a red dog on the mat, sleeping.",
+    "",
+    "cats  and   dogs",  # runs of spaces
+    "Ünïcode and UPPER case: 42 €",  # pieces the vocabulary lacks -> <unk>
+    " ".join(["the red cat on the mat"] * 12),  # longer than max_length: truncated, </s> kept
+]
+
+
+def write_t5_tokenizer_json(path):
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    tokenizer = Tokenizer(models.Unigram(TINY_PIECES, unk_id=2))
+    tokenizer.normalizer = normalizers.Replace(Regex(" {2,}"), "▁")  # as T5's own (after its precompiled map)
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(path))
+    return path
+
+
+def write_clip_like_tokenizer_json(path):
+    from tokenizers import Tokenizer, models
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Tokenizer(models.BPE({"a": 0, "b": 1, "ab": 2, "</s>": 3}, [("a", "b")])).save(str(path))
+    return path
+
+
+@pytest.mark.parametrize("max_length", [16, 5, 1])
+def test_tokenizer_ids_match_transformers_t5_tokenizer_fast(tmp_path, max_length):
+    from transformers import T5TokenizerFast
+
+    from core.text.t5_tokenizer import T5Tokenizer
+
+    path = write_t5_tokenizer_json(tmp_path / "tokenizer.json")
+    ours, reference = T5Tokenizer(path), T5TokenizerFast(tokenizer_file=str(path))
+    expected = reference(PROMPTS, padding="max_length", max_length=max_length, truncation=True).input_ids
+    got = ours(PROMPTS, max_length=max_length)
+    assert got.dtype == torch.long and got.tolist() == expected
+    assert (ours.pad_id, ours.eos_id) == (0, 1)
+    if max_length == 16:
+        assert (got == 2).any() and got[0, :6].tolist() == [4, 5, 6, 7, 8, 1]  # <unk> seen; "a photo of the cat</s>"
+    assert ours("a photo of the cat", max_length).tolist() == got[:1].tolist()  # one text, not a list
+
+
+def test_token_counts_exclude_the_end_of_sequence(tmp_path):
+    from transformers import T5TokenizerFast
+
+    from core.text.t5_tokenizer import T5Tokenizer
+
+    path = write_t5_tokenizer_json(tmp_path / "tokenizer.json")
+    ours, reference = T5Tokenizer(path), T5TokenizerFast(tokenizer_file=str(path))
+    for prompt in PROMPTS:
+        assert ours.count_tokens(prompt) == len(reference(prompt, add_special_tokens=False).input_ids)
+    assert ours.count_tokens("a photo of the cat") == 5 and ours.count_tokens("") == 0
+
+
+def test_find_t5_tokenizer_in_diffusers_folders_and_beside_checkpoints(tmp_path):
+    from core.text.t5_tokenizer import find_t5_tokenizer
+
+    sd3 = write_t5_tokenizer_json(tmp_path / "sd3" / "tokenizer_3" / "tokenizer.json")
+    flux = write_t5_tokenizer_json(tmp_path / "flux" / "tokenizer_2" / "tokenizer.json")
+    write_clip_like_tokenizer_json(tmp_path / "sdxl" / "tokenizer_2" / "tokenizer.json")
+    write_clip_like_tokenizer_json(tmp_path / "checkpoints" / "tokenizer.json")
+    beside = write_t5_tokenizer_json(tmp_path / "text_encoder" / "tokenizer.json")
+    assert find_t5_tokenizer([tmp_path / "sd3"]) == sd3
+    assert find_t5_tokenizer([tmp_path / "flux"]) == flux
+    # A CLIP tokenizer (SDXL's tokenizer_2, one beside a checkpoint) is passed over; the folders' order counts.
+    assert find_t5_tokenizer([tmp_path / "sdxl", tmp_path / "checkpoints", tmp_path / "missing"]) is None
+    assert find_t5_tokenizer([tmp_path / "checkpoints", tmp_path / "text_encoder", tmp_path / "flux"]) == beside
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "tokenizer.json").write_text("{not json")
+    assert find_t5_tokenizer([tmp_path / "broken"]) is None
+    # tokenizer.json is preferred to spiece.model in one place; spiece.model alone is found.
+    (tmp_path / "text_encoder" / "spiece.model").write_bytes(b"\x00")
+    assert find_t5_tokenizer([tmp_path / "text_encoder"]) == beside
+    (tmp_path / "spm").mkdir()
+    (tmp_path / "spm" / "spiece.model").write_bytes(b"\x00")
+    assert find_t5_tokenizer([tmp_path / "spm"]) == tmp_path / "spm" / "spiece.model"
+
+
+def test_spiece_model_without_sentencepiece_says_what_is_missing(tmp_path):
+    from core.errors import EngineError
+    from core.text.t5_tokenizer import T5Tokenizer
+
+    try:
+        import sentencepiece  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("sentencepiece is installed here")
+    (tmp_path / "spiece.model").write_bytes(b"\x00")
+    with pytest.raises(EngineError, match="needs the 'sentencepiece' module.*tokenizer.json"):
+        T5Tokenizer(tmp_path / "spiece.model")
+
+
+def test_a_tokenizer_without_t5_special_pieces_is_refused(tmp_path):
+    from core.errors import EngineError
+    from core.text.t5_tokenizer import T5Tokenizer
+
+    path = write_clip_like_tokenizer_json(tmp_path / "tokenizer.json")
+    with pytest.raises(EngineError, match="not a T5 tokenizer: it has no <pad>"):
+        T5Tokenizer(path)
