@@ -22,7 +22,7 @@ attention and ``wi`` layers). bfloat16 has float32's range and needs nothing.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -54,23 +54,13 @@ class T5EncoderConfig:
     layer_norm_epsilon: float = 1e-6
 
     def to_hf(self) -> T5Config:
+        # Every field but gated_gelu has T5Config's own name.
+        same_names = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "gated_gelu"}
         return T5Config(
-            vocab_size=self.vocab_size,
-            d_model=self.d_model,
-            d_kv=self.d_kv,
-            d_ff=self.d_ff,
-            num_layers=self.num_layers,
-            num_heads=self.num_heads,
-            relative_attention_num_buckets=self.relative_attention_num_buckets,
-            relative_attention_max_distance=self.relative_attention_max_distance,
+            **same_names,
             feed_forward_proj="gated-gelu" if self.gated_gelu else "relu",
-            layer_norm_epsilon=self.layer_norm_epsilon,
             # No dropout even in training mode: the encoder is only ever run for inference here.
-            dropout_rate=0.0,
-            is_decoder=False,
-            use_cache=False,
-            pad_token_id=0,
-            eos_token_id=1,
+            dropout_rate=0.0, is_decoder=False, use_cache=False, pad_token_id=0, eos_token_id=1,
         )
 
 
@@ -104,12 +94,7 @@ class T5Encoder(nn.Module):
     def __init__(self, config: T5EncoderConfig):
         super().__init__()
         self.config = config
-        self.transformer = T5EncoderModel(config.to_hf())
-        self.transformer.requires_grad_(False)
-
-    @property
-    def device(self) -> torch.device:
-        return self.transformer.shared.weight.device
+        self.transformer = T5EncoderModel(config.to_hf()).requires_grad_(False)
 
     @property
     def float16_overflowing_parameters(self) -> tuple[str, ...]:
@@ -122,7 +107,7 @@ class T5Encoder(nn.Module):
 
     def encode(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, L) token ids -> (B, L, d_model) float32, every position attended (no mask, as diffusers)."""
-        hidden = self.transformer(input_ids=input_ids.to(self.device)).last_hidden_state
+        hidden = self.transformer(input_ids=input_ids.to(self.transformer.device)).last_hidden_state
         return hidden.float()
 
     forward = encode
