@@ -112,6 +112,18 @@ def test_checkpoint_names_round_trip_with_either_embedding_name():
     assert T5Encoder.to_checkpoint(load_ours(tiny_checkpoint()).state_dict()).keys() == file.keys()
 
 
+def test_tie_embedding_shares_one_table_after_a_load_by_assignment():
+    file = T5Encoder.from_checkpoint(relative(tiny_checkpoint(), T5XXL_PREFIX))
+    with torch.device("meta"):
+        encoder = T5Encoder(TINY)
+    encoder.load_state_dict({key: value.clone() for key, value in file.items()}, assign=True)
+    transformer = encoder.transformer
+    assert transformer.encoder.embed_tokens.weight is not transformer.shared.weight  # two copies, as a loader leaves them
+    encoder.tie_embedding()
+    assert transformer.encoder.embed_tokens.weight is transformer.shared.weight
+    torch.testing.assert_close(encoder.encode(torch.tensor([[3, 1]])), load_ours(tiny_checkpoint()).encode(torch.tensor([[3, 1]])))
+
+
 def overflowing_checkpoint() -> dict[str, torch.Tensor]:
     """Tiny weights whose feed-forward outputs pass float16's 65504, as T5 v1.1 XXL's deep layers do;
     the layer norms bring every later input back to a normal size."""
