@@ -191,15 +191,20 @@ def detect_vae(shapes: dict, prefix: str = VAE, scaling_factor: float = 0.18215)
     levels = _indices(shapes, prefix, r"encoder\.down\.(\d+)\.")
     ch_mult = tuple(shapes[prefix + f"encoder.down.{i}.block.0.conv2.weight"][0] // ch for i in levels)
     num_res_blocks = len(_indices(shapes, prefix, r"encoder\.down\.0\.block\.(\d+)\."))
+    z_channels = shapes[prefix + "decoder.conv_in.weight"][1]
+    # SD3 and FLUX.1 VAEs have no quant convs: the latent is the decoder's input as it is. A file
+    # with only one of the two is incomplete (the KeyError below), not a VAE without them.
+    quant_convs = any(prefix + f"{name}.weight" in shapes for name in ("quant_conv", "post_quant_conv"))
     return VAEConfig(
         in_channels=shapes[prefix + "encoder.conv_in.weight"][1],
         out_channels=shapes[prefix + "decoder.conv_out.weight"][0],
         ch=ch,
         ch_mult=ch_mult,
         num_res_blocks=num_res_blocks,
-        z_channels=shapes[prefix + "decoder.conv_in.weight"][1],
-        embed_dim=shapes[prefix + "post_quant_conv.weight"][1],
+        z_channels=z_channels,
+        embed_dim=shapes[prefix + "post_quant_conv.weight"][1] if quant_convs else z_channels,
         scaling_factor=scaling_factor,
+        use_quant_conv=quant_convs,
     )
 
 
