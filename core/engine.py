@@ -144,6 +144,9 @@ class Engine:
         self.embeddings_dir = Path(embeddings_dir) if embeddings_dir else self.models_dir / "embeddings"
         self.lora_dir = Path(lora_dir) if lora_dir else self.models_dir / "Lora"
         self.vae_dir = self.models_dir / "VAE"
+        # SD 3.x / FLUX.1 files without text encoders or VAE take them from here, by content
+        # (ComfyUI's and Forge's folders), with the T5 tokenizer.
+        self.text_encoder_dir = self.models_dir / "text_encoder"
         # A1111's sd_vae: "Automatic", "None" or a file in vae_dir; it outlives checkpoint changes
         # and is applied at every load and job (apply_vae: at once).
         self.vae = AUTOMATIC
@@ -252,7 +255,7 @@ class Engine:
         try:
             self.extensions.run("before_model_load", path)
             model = load_model(path, device=self.device, dtype=self.dtype, prediction=overrides[0],
-                               zero_terminal_snr=overrides[1], progress=report)
+                               zero_terminal_snr=overrides[1], progress=report, parts_folders=self.parts_folders)
             prepare_for_speed(model, self.device, self.compile)
             self.loaded = LoadedModel(path=path, name=_model_name(path), model=model, embeddings=self._embeddings(model),
                                       overrides=overrides)
@@ -273,6 +276,10 @@ class Engine:
         if not names:
             raise EngineError(f"no checkpoint: put a model in {self.ckpt_dir}", kind=UNAVAILABLE)
         return self.load(names[0])
+
+    @property
+    def parts_folders(self) -> tuple[Path, ...]:
+        return (self.text_encoder_dir, self.vae_dir)
 
     # --- VAE ---------------------------------------------------------------------------
 
@@ -357,7 +364,7 @@ class Engine:
         if self.loaded and self.loaded.path == path and self.loaded.overrides == self.model_overrides():
             return self.loaded.model.spec.default_size
         prediction, zero_terminal_snr = self.model_overrides()
-        spec = read_spec(path, prediction=prediction, zero_terminal_snr=zero_terminal_snr)
+        spec = read_spec(path, prediction=prediction, zero_terminal_snr=zero_terminal_snr, parts_folders=self.parts_folders)
         if spec.family_info.detects_prediction and spec.prediction_source == "default" and not spec.native_size:
             return None
         return spec.default_size

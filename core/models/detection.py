@@ -436,7 +436,7 @@ def _flow_text_parts(shapes: dict, family: str) -> tuple[tuple[str, object], ...
         if not any(k.startswith(prefix) for k in shapes):
             continue
         if name == "t5xxl":
-            parts.append((name, detect_t5({k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)})))
+            parts.append((name, detect_t5(shapes, f"{FLOW_TEXT}{name}.")))
             continue
         projection = shapes.get(prefix + "text_projection.weight")
         projected = family == SD3 and projection is not None

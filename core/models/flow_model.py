@@ -72,7 +72,11 @@ class LatentFlow(CheckpointNames, nn.Module):
         return next(self.unet.parameters()).device
 
     def rebuild_buffers(self, device) -> None:
+        """After the weights were assigned: CLIP's position ids made on ``device``, and T5's
+        embedding table tied again (assignment leaves two copies of it)."""
         rebuild_position_ids([m for name, m in self.text_encoders.items() if name != "t5xxl"], device)
+        if "t5xxl" in self.text_encoders:
+            self.text_encoders["t5xxl"].tie_embedding()
 
     @property
     def takes_image_conditioning(self) -> bool:
