@@ -25,7 +25,7 @@ from core.demo import DEMO_CHECKPOINT, is_demo, with_demo
 from core.embeddings import EmbeddingDatabase
 from core.extensions import ExtensionRegistry, Job
 from core.images import save_png
-from core.infotext import create_infotext
+from core.infotext import create_infotext, format_number
 from core.loading import CHECKPOINT_SUFFIXES, load_model, read_spec
 from core.modelfiles import has_suffix, name_in_folder, walk
 from core.models.families import LatentFormat
@@ -371,12 +371,16 @@ class Engine:
         path = self.resolve_checkpoint(name, allow_paths, field="refiner_checkpoint")
         if self.loaded is not None and self.loaded.path == path:
             return None
+        if self.loaded is not None and self.loaded.model.spec.family_info.flow is not None:
+            raise EngineError(f"{self.loaded.model.spec.label} checkpoints take no refiner", "refiner_checkpoint", UNAVAILABLE)
         if self.refiner is not None and self.refiner.path == path:
             return self.refiner
         self.free_refiner()
         model = load_model(path, device="cpu" if self.refiner_offload else self.device, dtype=self.dtype)
         spec = model.spec
-        if spec.is_upscaler or model.unet.config.in_channels != model.vae.config.embed_dim:
+        if spec.family_info.flow is not None:
+            raise EngineError(f"{path.name} is {spec.label}: a refiner must be a UNet checkpoint", "refiner_checkpoint")
+        if spec.is_upscaler or model.takes_image_conditioning:
             raise EngineError(f"{path.name} is {spec.label} ({'an upscaler' if spec.is_upscaler else 'an inpainting model'}); "
                               "a refiner must be a plain text-to-image checkpoint", "refiner_checkpoint")
         if self.loaded is not None and model.vae.config.embed_dim != self.loaded.model.vae.config.embed_dim:
@@ -558,6 +562,9 @@ class Engine:
             stage = self._refiner_stage(params, allow_paths) if refiner else None
             if loaded.model.spec.zero_terminal_snr:
                 fields = {**fields, "Noise Schedule": "Zero Terminal SNR"}  # A1111's sd_noise_schedule
+            flow = loaded.model.spec.family_info.flow
+            if flow is not None and flow.distilled_guidance:
+                fields = {**fields, "Distilled CFG Scale": format_number(params.distilled_cfg_scale)}
             fields = {**fields, **self._vae_fields(loaded)}
             job = Job(engine=self, params=params, kind=kind, model=loaded.model, started=time.time())
             results: list[GeneratedImage] = []

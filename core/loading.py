@@ -39,7 +39,7 @@ from core.models import diffusers_names
 from core.models.clip import FrozenOpenCLIPEmbedder
 from core.models.detection import SDXL_EMBEDDER, TEXT, UNET, VAE, ModelSpec, detect
 from core.models.normalization import LOW_PRECISION, float32_parameter_names
-from core.models.stable_diffusion import LatentDiffusion, linear_alphas_cumprod
+from core.models.stable_diffusion import LatentDiffusion
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 SAFETENSORS_DTYPES = {
@@ -389,6 +389,16 @@ def looks_like_v_prediction(unet) -> bool:
     return prediction_test_value(unet) < -1
 
 
+def container_class(spec: ModelSpec):
+    """The module tree a spec is built as: LatentFlow for the transformer families (SD 3.x,
+    FLUX.1), LatentDiffusion for the UNet ones."""
+    if spec.transformer is not None:
+        from core.models.flow_model import LatentFlow
+
+        return LatentFlow
+    return LatentDiffusion
+
+
 def build_model(
     tensors: dict[str, torch.Tensor], spec: ModelSpec, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
     name: str = "checkpoint", progress: Callable[[float], None] | None = None,
@@ -398,7 +408,7 @@ def build_model(
     ``progress(fraction)`` is called after each tensor with the share of the weights' bytes
     taken so far (this is where a memory-mapped file is read): rising, the last call 1.0."""
     with torch.device("meta"):
-        model = LatentDiffusion(spec)
+        model = container_class(spec)(spec)
     expected = model.state_dict()
     wanted = [(key, value) for key, value in model.internal_state(tensors).items() if key in expected]
     total = sum(value.numel() * value.element_size() for _, value in wanted) or 1
@@ -418,11 +428,7 @@ def build_model(
         raise EngineError(f"incomplete checkpoint, {len(missing)} weights missing (first: {missing[0]})", label=name)
     model.load_state_dict(state, strict=False, assign=True)
     # Buffers that are not in the file (position ids, schedule) are rebuilt on the target device.
-    for encoder in model.text_encoders:
-        encoder.transformer.embeddings.register_buffer(
-            "position_ids", torch.arange(encoder.config.max_positions, device=device)[None], persistent=False
-        )
-    model.register_buffer("alphas_cumprod", linear_alphas_cumprod(spec).to(device), persistent=False)
+    model.rebuild_buffers(device)
     still_meta = [n for n, b in model.named_buffers() if b.is_meta]
     if still_meta:
         raise RuntimeError(f"buffers left on the meta device: {still_meta}")

@@ -85,16 +85,10 @@ def read_vae_file(path: Path) -> dict[str, torch.Tensor]:
         tensors = {key[len(VAE):]: value for key, value in tensors.items() if key.startswith(VAE)}
     tensors = {key: value for key, value in tensors.items() if not key.startswith(IGNORED_PREFIXES)}
     if any(key.startswith(_DIFFUSERS_MARK) for key in tensors):
-        converted = {}
-        for key, value in tensors.items():
-            try:
-                new = diffusers_names.vae_key(key, tensors)
-            except KeyError:
-                raise EngineError(f"not a VAE file (unknown weight {key!r})", label=Path(path).name) from None
-            if diffusers_names.is_vae_linear_attention(new) and value.ndim == 2:
-                value = value[:, :, None, None]  # diffusers' Linear attention -> the 1x1 convolutions here
-            converted[new] = value
-        tensors = converted
+        try:
+            tensors = diffusers_names.vae_state(tensors)
+        except KeyError as e:
+            raise EngineError(f"not a VAE file (unknown weight {e.args[0]!r})", label=Path(path).name) from None
     return tensors
 
 

@@ -109,3 +109,15 @@ def text_key(key: str) -> str:
 def is_vae_linear_attention(ldm_key: str) -> bool:
     """Diffusers stores the VAE's attention projections as Linear; the checkpoint as 1x1 convs."""
     return bool(re.search(r"mid\.attn_1\.(q|k|v|proj_out)\.weight$", ldm_key))
+
+
+def vae_state(tensors: dict) -> dict:
+    """A whole diffusers AutoencoderKL state -> the ``first_stage_model.`` names (without that
+    prefix); KeyError naming the first key that is not a VAE weight."""
+    converted = {}
+    for key, value in tensors.items():
+        new = vae_key(key, tensors)
+        if is_vae_linear_attention(new) and value.ndim == 2:
+            value = value[:, :, None, None]  # diffusers' Linear attention -> the checkpoint's 1x1 convolutions
+        converted[new] = value
+    return converted
