@@ -114,6 +114,13 @@ def test_flux_dev_automatic_sigmas_equal_fluxpipeline(height, width):
     assert torch.allclose(ours, oracle, atol=1e-6, rtol=0)
 
 
+def test_flux_dev_uniform_sigmas_equal_diffusers_default_spacing():
+    scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_DEV_CONFIG)
+    scheduler.set_timesteps(20, mu=diffusers_mu(1024, 768))
+    ours = get_sigmas("Uniform", flow_sampler("Euler"), FlowSchedule.flux(1024, 768), 20)
+    assert torch.allclose(ours, scheduler.sigmas, atol=1e-6, rtol=0)
+
+
 def test_flux_dev_shift_depends_on_resolution():
     small = get_sigmas(None, "Euler", FlowSchedule.flux(512, 512), 28)
     large = get_sigmas(None, "Euler", FlowSchedule.flux(1024, 1024), 28)

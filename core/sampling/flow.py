@@ -23,7 +23,8 @@ Schedule types on a flow model ("Automatic" is "Simple", Forge's default for FLU
   1000 for SD3): t evenly spaced from sigma_max to sigma_min *of the shifted table*, then shifted
   (SGM Uniform over n + 1 points, the last dropped). "Normal" therefore equals diffusers'
   FlowMatchEulerDiscreteScheduler.set_timesteps(n) with a fixed shift, the SD3 pipeline's default.
-* "Uniform": the generic one, table index evenly spaced: sigma(linspace(1, 0.001, n)).
+* "Uniform": the generic one, table index evenly spaced: sigma(linspace(1, 0.001, n)), which is
+  diffusers' set_timesteps(n, mu=...) with dynamic shifting when no sigmas are handed to it.
 * Karras, Exponential, Polyexponential, Beta: between the table's sigma_min (sigma(0.001)) and
   sigma_max (1); "DDIM": the table's entries at its timesteps. "Align Your Steps" has tables for
   SD 1.x/SDXL sigmas only, and is refused.

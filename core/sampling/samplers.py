@@ -29,6 +29,10 @@ UniPC, LCM and Restart), named as A1111 writes them in infotext. Differences wor
   sample, a difference below 1e-5 since c_skip < 7e-6 on every LCM timestep). It needs the model's
   timesteps: pass ``schedule=`` (a DiscreteSchedule) or give ``model`` a ``schedule`` attribute
   (or a ``denoiser.schedule``, as CFGDenoiser has); without one the boundary condition is skipped.
+* Flow-matching models (SD3, FLUX; see core.sampling.flow): the ODE samplers run unchanged on the
+  clean estimate x - sigma * v. Euler a, DPM2 a and DPM++ 2S a take ``flow=True`` for the
+  rectified-flow noise step (``get_ancestral_step_flow``); ``Sampler.flow_ok`` marks the samplers
+  valid there and core.sampling.flow.flow_sampler refuses the rest.
 * UniPC: A1111's defaults (bh1, order 3, lower order at the end, time-uniform timesteps over
   ``steps``; A1111 takes the number of steps from its DDIM timestep list, which differs when steps
   does not divide 1000).
