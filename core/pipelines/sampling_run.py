@@ -143,7 +143,7 @@ def sample_latents(
     noise = image_noise(model, params, seeds, subseeds)
     first = noise.first().to(sigmas.device, sigmas.dtype)
     if init_latent is None:
-        x = sampler.initial_latent(first, sigmas)
+        x = sampler.initial_latent(first, sigmas, schedule)
     else:
         t_enc = int(min(denoising_strength, 0.999) * steps)
         sigmas = sigmas[len(sigmas) - t_enc - 2:]
