@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from core.models.families import families
+from core.models.families import FLUX_DEV, SD3, families
 
 # Key suffix -> role, tried in order; group "m" is the module name, "r" the role.
 _SUFFIXES = [
@@ -248,11 +248,43 @@ def _apply_peft_alphas(modules: dict[str, Module], metadata: dict[str, str], pef
             module.alpha = float(alpha)
 
 
+# Transformer layers only one family has, in any naming (kohya's "_" or a dotted path).
+_FLOW_LAYERS = (
+    (FLUX_DEV, re.compile(r"(?:^|[._])(?:double_blocks|single_blocks|single_transformer_blocks)[._]\d"
+                          r"|(?:^|[._])(?:img_in|txt_in|guidance_in|guidance_embedder|x_embedder)$")),
+    (SD3, re.compile(r"(?:^|[._])(?:joint_blocks[._]\d|context_block|x_block|pos_embed|t_embedder|y_embedder)")),
+)
+# diffusers' double-stream blocks are "transformer_blocks" in both families; a LoRA on those
+# alone tells by the attention's input width: FLUX.1 3072, SD 3 medium / 3.5 medium 1536, SD 3.5
+# large 2432. A transformer_blocks name at the top is never a UNet's (those sit in attentions).
+_TOP_TRANSFORMER_BLOCK = re.compile(r"^(?:transformer\.|lora_transformer_|lora_unet_|diffusion_model\.)?"
+                                    r"transformer_blocks[._]\d+[._]attn[._](?:to_[qkv]|add_[qkv]_proj)$")
+_FLOW_WIDTHS = {3072: FLUX_DEV, 1536: SD3, 2432: SD3}
+
+
+def _flow_family(modules: dict[str, Module]) -> str | None:
+    """SD 3.x or FLUX.1 when the LoRA's transformer layer names (or widths) say so."""
+    for family, pattern in _FLOW_LAYERS:
+        if any(pattern.search(name) for name in modules):
+            return family
+    for name, module in modules.items():
+        if _TOP_TRANSFORMER_BLOCK.match(name):
+            down = module.tensors.get("lora_down")
+            if down is not None and down.ndim == 2 and down.shape[1] in _FLOW_WIDTHS:
+                return _FLOW_WIDTHS[down.shape[1]]
+    return None
+
+
 def guess_family(modules: dict[str, Module], metadata: dict[str, str]) -> str | None:
     """Which model family a LoRA was trained for, when the file says (None: cannot tell). The
     widths and metadata names are the families' (core/models/families.py)."""
     lora_families = [f for f in families() if f.lora_family == f.name]
     names = list(modules)
+    flow = _flow_family(modules)
+    if flow:
+        return flow
+    if any(n.startswith(("lora_te3_", "text_encoder_3.")) for n in names):
+        return _from_metadata(lora_families, metadata)  # a T5 LoRA: SD 3.x or FLUX.1, not SDXL
     if any(n.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for n in names):
         two_encoders = [f.name for f in lora_families if f.text_in_conditioner]
         if two_encoders:
@@ -268,6 +300,12 @@ def guess_family(modules: dict[str, Module], metadata: dict[str, str]) -> str | 
                     return family
     if metadata.get("ss_v2") == "True":  # kohya's flag for SD 2.x LoRAs
         return next((f.name for f in lora_families if f.lora_context_width == 1024), None)
+    return _from_metadata(lora_families, metadata)
+
+
+def _from_metadata(lora_families, metadata: dict[str, str]) -> str | None:
+    """kohya's ``ss_base_model_version`` ("sd_v1", "sdxl_base_v1-0", "flux1", "sd3") or the
+    model spec's ``modelspec.architecture``."""
     said = (str(metadata.get("ss_base_model_version", "")), str(metadata.get("modelspec.architecture", "")))
     for family in lora_families:
         if any(value.startswith(family.lora_metadata_prefixes) for value in said if family.lora_metadata_prefixes):

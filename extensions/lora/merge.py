@@ -163,6 +163,24 @@ def internal_name(model, checkpoint_key: str, rows: tuple[int, int] | None = Non
     return hits[0] if len(hits) == 1 else None
 
 
+def _parameter_for(model, target: Target) -> tuple[str | None, Target]:
+    """The parameter a target changes, and the target as it applies to that parameter: a q/k/v
+    block of an OpenCLIP in-projection is a whole Linear of ours (no rows left), while the
+    transformers' fused q/k/v (and FLUX's linear1) are one parameter of ours too (rows kept)."""
+    name = internal_name(model, target.key, target.rows)
+    if name is not None:
+        return name, dataclasses.replace(target, rows=None)
+    if target.rows is not None:
+        return internal_name(model, target.key), target
+    return None, target
+
+
+def _ordered(target: Target, delta: torch.Tensor) -> torch.Tensor:
+    """A delta in the weight's row order: halves swapped back where the LoRA's layer orders an
+    AdaLN's outputs (scale, shift) and the weight (shift, scale)."""
+    return delta.roll(delta.shape[0] // 2, dims=0) if target.halves_swapped else delta
+
+
 def _listing(names: list[str]) -> str:
     shown = ", ".join(names[:LISTED])
     return shown + (f" ... and {len(names) - LISTED} more" if len(names) > LISTED else "")
@@ -310,7 +328,7 @@ class LoraManager:
                 if target is None:
                     skipped.append(f"{name} (no such layer in this model)")
                     continue
-                weight_key = internal_name(model, target.key, target.rows)
+                weight_key, placed = _parameter_for(model, target)
                 if weight_key is None:
                     skipped.append(f"{name} (no such layer in this model)")
                     continue
@@ -334,11 +352,9 @@ class LoraManager:
                 used += 1
                 if multiplier == 0:
                     continue
-                # A q/k/v block of a fused in-projection is a whole Linear of ours: no rows left.
-                whole = dataclasses.replace(target, rows=None)
-                plan.setdefault(weight_key, []).append(("weight", module, multiplier, whole, request.dyn))
+                plan.setdefault(weight_key, []).append(("weight", module, multiplier, placed, request.dyn))
                 if bias is not None:
-                    plan.setdefault(bias_key, []).append(("bias", module, multiplier, target, None))
+                    plan.setdefault(bias_key, []).append(("bias", module, multiplier, placed, None))
             total = len(lora.modules) + len(lora.unknown_keys)
             if skipped and not used:
                 warnings.append(f"LoRA {lora.name}: nothing in it matches the loaded model; skipped: {_listing(skipped)}")
@@ -354,10 +370,10 @@ class LoraManager:
                 merged = param.detach().to(torch.float32, copy=True)
                 for what, module, multiplier, target, dyn in entries:
                     if what == "bias":
-                        delta = module.bias_delta(tuple(param.shape), device=param.device)
+                        delta = _ordered(target, module.bias_delta(tuple(param.shape), device=param.device))
                         merged += multiplier * delta
                         continue
-                    delta = module.delta(target.shape, device=param.device, dyn=dyn)
+                    delta = _ordered(target, module.delta(target.shape, device=param.device, dyn=dyn))
                     if target.rows is not None:
                         merged[target.rows[0]:target.rows[1]] += multiplier * delta
                     else:

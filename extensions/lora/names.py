@@ -10,6 +10,11 @@ LoRA files name the layer they change in one of several ways:
 * diffusers / PEFT: dotted module paths under ``unet.``, ``text_encoder.``, ``text_encoder_2.``
   (or ``base_model.model.`` for a bare PEFT save).
 * ComfyUI-style LDM paths: ``diffusion_model.input_blocks...``.
+* SD 3.x / FLUX.1: the same prefixes over the single-file transformer names
+  (``lora_unet_double_blocks_0_img_attn_qkv``), or diffusers' names under ``transformer.``
+  (``lora_transformer_`` in kohya form); ``lora_te1_`` CLIP-L, ``lora_te2_`` CLIP-G,
+  ``lora_te3_`` T5 (FLUX, without CLIP-G: ``lora_te2_`` / ``text_encoder_2.`` too). See
+  flow_names.py.
 
 Such a name cannot be parsed back by splitting at ``_`` (``transformer_blocks``, ``to_out_0``),
 so the lookup goes the other way: :func:`build_table` starts from the checkpoint's own weight
@@ -25,18 +30,25 @@ from dataclasses import dataclass
 
 from core.models import diffusers_names
 
+from .flow_names import TRANSFORMER_ROOTS, diffusers_aliases, is_flow_checkpoint
+
 UNET = "model.diffusion_model."
 
 # Text encoders in checkpoint layouts: (key prefix, layout, component, kohya prefix).
 # "hf": transformers CLIPTextModel under "<prefix>text_model."; "open_clip": open_clip's
-# transformer with a fused in_proj_weight (SD 2.x, SDXL's second encoder).
+# transformer with a fused in_proj_weight (SD 2.x, SDXL's second encoder); "t5": transformers
+# T5EncoderModel (SD 3.x / FLUX.1).
 TEXT_LAYOUTS = (
     ("cond_stage_model.transformer.", "hf", "te", "lora_te_"),
     ("cond_stage_model.model.", "open_clip", "te", "lora_te_"),
     ("conditioner.embedders.0.transformer.", "hf", "te1", "lora_te1_"),
     ("conditioner.embedders.1.model.", "open_clip", "te2", "lora_te2_"),
+    ("text_encoders.clip_l.transformer.", "hf", "te1", "lora_te1_"),
+    ("text_encoders.clip_g.transformer.", "hf", "te2", "lora_te2_"),
+    ("text_encoders.t5xxl.transformer.", "t5", "te3", "lora_te3_"),
 )
-KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
+FLOW_CLIP_G = "text_encoders.clip_g."
+KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_", "lora_transformer_")
 
 _RESNET_LDM_TO_DIFFUSERS = {ldm: diff for diff, ldm in diffusers_names.RESNET_PARTS.items()}
 _SIMPLE_LDM_TO_DIFFUSERS = {
@@ -57,8 +69,9 @@ class Target:
 
     key: str  # the weight's key in the single-file checkpoint layout
     shape: tuple[int, ...]  # shape of the part that changes (the row block for a fused weight)
-    component: str  # "unet", "te", "te1" or "te2": which multiplier applies
+    component: str  # "unet", "te", "te1", "te2" or "te3": which multiplier applies
     rows: tuple[int, int] | None = None  # row range inside a fused q/k/v weight
+    halves_swapped: bool = False  # the LoRA's first half of rows is the weight's second (AdaLN shift/scale)
 
     @property
     def is_unet(self) -> bool:
@@ -153,7 +166,8 @@ def build_table(shapes: dict[str, tuple[int, ...]]) -> dict[str, Target]:
     file may give it (after :func:`canonical_name`)."""
     table: dict[str, Target] = {}
     unet = {k[len(UNET):]: tuple(s) for k, s in shapes.items() if k.startswith(UNET)}
-    diffusers = unet_diffusers_names(unet)
+    flow = is_flow_checkpoint(shapes)
+    diffusers = {} if flow else unet_diffusers_names(unet)
     for key, shape in unet.items():
         if not _is_layer_weight(key, shape):
             continue
@@ -162,6 +176,12 @@ def build_table(shapes: dict[str, tuple[int, ...]]) -> dict[str, Target]:
         table["lora_unet_" + flat(module)] = target
         if key in diffusers:
             table["lora_unet_" + flat(diffusers[key][: -len(".weight")])] = target
+        for alias, rows, swapped in diffusers_aliases(module, shape) if flow else ():
+            part = shape if rows is None else (rows[1] - rows[0], *shape[1:])
+            table["lora_unet_" + flat(alias)] = Target(UNET + key, part, "unet", rows, swapped)
+    # FLUX has no CLIP-G: its T5 is the second text encoder (diffusers' text_encoder_2,
+    # OneTrainer's lora_te2_) as well as kohya's lora_te3_.
+    t5_names = ("lora_te3_",) if any(k.startswith(FLOW_CLIP_G) for k in shapes) else ("lora_te3_", "lora_te2_")
     for prefix, layout, component, kohya in TEXT_LAYOUTS:
         for key, shape in shapes.items():
             if not key.startswith(prefix):
@@ -178,15 +198,27 @@ def build_table(shapes: dict[str, tuple[int, ...]]) -> dict[str, Target]:
                         table[f"{layer}self_attn_{part}_proj"] = Target(key, (width, *shape[1:]), component, rows)
                 elif m[2].endswith(".weight") and (name := _OPEN_CLIP_PARTS.get(m[2][: -len(".weight")])):
                     table[layer + name] = Target(key, shape, component)
+            elif layout == "t5" and _is_t5_layer(rest, shape):
+                for name in t5_names:
+                    table[name + flat(rest[: -len(".weight")])] = Target(key, shape, component)
     return table
 
 
+def _is_t5_layer(rest: str, shape) -> bool:
+    """A Linear of a T5 encoder block (not the embedding tables, not the layer norms)."""
+    return rest.startswith("encoder.block.") and len(shape) == 2 and not rest.endswith("relative_attention_bias.weight")
+
+
 def has_two_text_encoders(keys) -> bool:
-    return any(k.startswith("conditioner.embedders.1.") for k in keys)
+    """Whether the first text encoder is ``lora_te1_`` (SDXL; SD 3.x and FLUX.1, whose CLIP-L
+    kohya names so even beside T5 alone)."""
+    return any(k.startswith(("conditioner.embedders.1.", "text_encoders.")) for k in keys)
 
 
 _UNET_ROOTS = ("down_blocks.", "mid_block.", "up_blocks.", "conv_in", "conv_out", "conv_norm_out", "time_embedding.",
-               "add_embedding.", "input_blocks.", "middle_block.", "output_blocks.")
+               "add_embedding.", "input_blocks.", "middle_block.", "output_blocks.") + TRANSFORMER_ROOTS
+# How a text encoder's layer path starts without CLIP's text_model. level: T5's blocks.
+_TEXT_ROOTS = ("text_model", "encoder_block_", "encoder.block.")
 
 
 def canonical_name(name: str, two_text_encoders: bool = False) -> str:
@@ -194,17 +226,18 @@ def canonical_name(name: str, two_text_encoders: bool = False) -> str:
     te = "lora_te1_" if two_text_encoders else "lora_te_"
     if name.startswith(KOHYA_PREFIXES):
         _, part, rest = name.split("_", 2)
-        prefix = f"lora_{part}_"
-        if prefix != "lora_unet_" and not rest.startswith("text_model_"):
+        prefix = "lora_unet_" if part == "transformer" else f"lora_{part}_"  # diffusers' transformer
+        if prefix != "lora_unet_" and not rest.startswith(_TEXT_ROOTS):
             rest = "text_model_" + rest  # text encoders saved without transformers 4's text_model level
         return prefix + rest
     name = name.removeprefix("base_model.model.")
-    for dotted, prefix in (("unet.", "lora_unet_"), ("model.diffusion_model.", "lora_unet_"),
-                           ("diffusion_model.", "lora_unet_"), ("text_encoder_2.", "lora_te2_"),
+    for dotted, prefix in (("unet.", "lora_unet_"), ("transformer.", "lora_unet_"),
+                           ("model.diffusion_model.", "lora_unet_"), ("diffusion_model.", "lora_unet_"),
+                           ("text_encoder_3.", "lora_te3_"), ("text_encoder_2.", "lora_te2_"),
                            ("text_encoder.", te), ("cond_stage_model.transformer.", te)):
         if name.startswith(dotted):
             rest = name[len(dotted):]
-            if prefix != "lora_unet_" and not rest.startswith("text_model."):
+            if prefix != "lora_unet_" and not rest.startswith(_TEXT_ROOTS):
                 rest = "text_model." + rest
             return prefix + flat(rest)
     if name.startswith(_UNET_ROOTS):
