@@ -238,11 +238,11 @@ def flux_outputs(model, twin):
 
 
 def sd3_outputs(model, twin):
+    """Both networks on the same 12x8 latents, text and timesteps (as tests/test_mmdit.py calls them)."""
     generator = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 16, 12, 8, generator=generator)
+    x, context, pooled = (torch.randn(shape, generator=generator)
+                          for shape in ((2, 16, 12, 8), (2, 7, TINY_SD3.context_dim), (2, TINY_SD3.pooled_dim)))
     timesteps = torch.tensor([999.0, 312.5])
-    context = torch.randn(2, 7, TINY_SD3.context_dim, generator=generator)
-    pooled = torch.randn(2, TINY_SD3.pooled_dim, generator=generator)
     with torch.no_grad():
         theirs = twin(hidden_states=x, encoder_hidden_states=context, pooled_projections=pooled, timestep=timesteps,
                       return_dict=False)[0]
@@ -383,6 +383,7 @@ def lora_module(name, width):
     (["transformer.transformer_blocks.0.attn.to_q"], 3072, {}, "flux-dev"),  # double blocks alone: the width
     (["transformer.transformer_blocks.0.attn.to_q"], 1536, {}, "sd3"),
     (["transformer.transformer_blocks.0.attn.to_q"], 64, {}, None),
+    (["transformer.transformer_blocks.0.attn.to_q", "transformer.transformer_blocks.0.attn2.to_q"], 64, {}, "sd3"),
     (["transformer.transformer_blocks.0.attn.to_q"], 64, {"ss_base_model_version": "flux1"}, "flux-dev"),
     (["transformer.transformer_blocks.0.attn.to_q"], 64, {"ss_base_model_version": "sd3"}, "sd3"),
     (["lora_te1_text_model_encoder_layers_0_mlp_fc1", "lora_te3_encoder_block_0_layer_0_SelfAttention_q"], 64, {},

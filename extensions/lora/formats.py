@@ -254,11 +254,13 @@ _FLOW_LAYERS = (
                           r"|(?:^|[._])(?:img_in|txt_in|guidance_in|guidance_embedder|x_embedder)$")),
     (SD3, re.compile(r"(?:^|[._])(?:joint_blocks[._]\d|context_block|x_block|pos_embed|t_embedder|y_embedder)")),
 )
-# diffusers' double-stream blocks are "transformer_blocks" in both families; a LoRA on those
-# alone tells by the attention's input width: FLUX.1 3072, SD 3 medium / 3.5 medium 1536, SD 3.5
-# large 2432. A transformer_blocks name at the top is never a UNet's (those sit in attentions).
-_TOP_TRANSFORMER_BLOCK = re.compile(r"^(?:transformer\.|lora_transformer_|lora_unet_|diffusion_model\.)?"
-                                    r"transformer_blocks[._]\d+[._]attn[._](?:to_[qkv]|add_[qkv]_proj)$")
+# diffusers' double-stream blocks are "transformer_blocks" in both families (a name at the top,
+# never a UNet's, whose sit in attentions); only SD 3.5 medium's have a second attention. A LoRA
+# on those alone tells by the attention's input width: FLUX.1 3072, SD 3 medium / 3.5 medium
+# 1536, SD 3.5 large 2432.
+_TOP_BLOCK = r"^(?:transformer\.|lora_transformer_|lora_unet_|diffusion_model\.)?transformer_blocks[._]\d+[._]"
+_SD3_SECOND_ATTENTION = re.compile(_TOP_BLOCK + r"attn2[._]")
+_TOP_TRANSFORMER_BLOCK = re.compile(_TOP_BLOCK + r"attn[._](?:to_[qkv]|add_[qkv]_proj)$")
 _FLOW_WIDTHS = {3072: FLUX_DEV, 1536: SD3, 2432: SD3}
 
 
@@ -267,6 +269,8 @@ def _flow_family(modules: dict[str, Module]) -> str | None:
     for family, pattern in _FLOW_LAYERS:
         if any(pattern.search(name) for name in modules):
             return family
+    if any(_SD3_SECOND_ATTENTION.match(name) for name in modules):
+        return SD3
     for name, module in modules.items():
         if _TOP_TRANSFORMER_BLOCK.match(name):
             down = module.tensors.get("lora_down")
