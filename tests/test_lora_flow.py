@@ -23,6 +23,7 @@ from extensions.lora import LoraManager
 from extensions.lora.formats import Module, guess_family
 from extensions.lora.merge import checkpoint_shapes
 from extensions.lora.names import build_table, canonical_name
+from tiny_models import REFERENCE_DIR
 
 UNET = "model.diffusion_model."
 RANK, ALPHA = 4, 6.0
@@ -212,7 +213,8 @@ def kohya_file(single: dict) -> dict[str, torch.Tensor]:
     out = {}
     for module, t in single.items():
         name = "lora_unet_" + module.replace(".", "_")
-        out.update({f"{name}.lora_down.weight": t["down"], f"{name}.lora_up.weight": t["up"], f"{name}.alpha": t["alpha"]})
+        out.update({f"{name}.lora_down.weight": t["down"], f"{name}.lora_up.weight": t["up"],
+                    f"{name}.alpha": t["alpha"]})
     return out
 
 
@@ -405,11 +407,46 @@ def test_a_lora_for_another_family_is_refused_naming_both(lora, loaded, message,
              "flux": ("lora_unet_double_blocks_0_img_attn_qkv", TINY_FLUX.hidden_size),
              "sd3": ("lora_unet_joint_blocks_0_x_block_attn_qkv", TINY_SD3.hidden_size)}
     name, width = names[lora]
-    save_file({f"{name}.lora_down.weight": torch.ones(RANK, width), f"{name}.lora_up.weight": torch.ones(3 * width, RANK)},
-              lora_dir / "other.safetensors")
+    save_file({f"{name}.lora_down.weight": torch.ones(RANK, width),
+               f"{name}.lora_up.weight": torch.ones(3 * width, RANK)}, lora_dir / "other.safetensors")
     model = tiny_flow(loaded)
     saved = snapshot(model)
     activation = LoraManager().activate(model, lora_dir, tags("<lora:other:1>"))
     assert len(activation.warnings) == 1 and message in activation.warnings[0]
     assert "Lora hashes" not in activation.fields
     assert changed(model, saved) == set()
+
+
+# --- the released models' layouts (meta device) -------------------------------------------------
+
+def released_layout(name: str):
+    """(checkpoint shapes under model.diffusion_model., diffusers' transformer on the meta device)."""
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    manifest = json.loads((REFERENCE_DIR / name).read_text())
+    shapes = {UNET + key: tuple(shape) for key, shape in manifest["tensors"].items()}
+    with torch.device("meta"):
+        if name.startswith("flux"):
+            twin = FluxTransformer2DModel(**manifest["source"]["config"])
+        else:
+            twin = SD3Transformer2DModel(**manifest["config"])
+    return shapes, twin
+
+
+@pytest.mark.parametrize("name, family", [("flux1_transformer.json", "flux-dev"), ("mmdit_sd3_medium.json", "sd3"),
+                                          ("mmdit_sd35_medium.json", "sd3"), ("mmdit_sd35_large.json", "sd3")])
+def test_every_diffusers_layer_of_the_released_models_resolves_with_its_shape(name, family):
+    shapes, twin = released_layout(name)
+    table = build_table(shapes)
+    for key, value in twin.state_dict().items():
+        if not key.endswith(".weight") or value.dim() < 2:
+            continue
+        module = key[: -len(".weight")]
+        for written in ("transformer." + module, "lora_transformer_" + module.replace(".", "_")):
+            target = table.get(canonical_name(written, True))
+            assert target is not None, written
+            assert target.shape == tuple(value.shape) and target.component == "unet", written
+    # A diffusers LoRA on the attention alone is told by its width.
+    width = twin.config.num_attention_heads * twin.config.attention_head_dim
+    down = lora_module("transformer.transformer_blocks.0.attn.to_q", width)
+    assert guess_family({down.name: down}, {}) == family
