@@ -22,7 +22,7 @@ NO_REFINER = "None"
 
 COMMON_FIELDS = (
     "prompt", "negative_prompt", "styles", "checkpoint", "sampler", "scheduler", "steps", "cfg_scale",
-    "width", "height", "batch_count", "batch_size", "seed", "subseed", "subseed_strength", "clip_skip",
+    "distilled_cfg_scale", "width", "height", "batch_count", "batch_size", "seed", "subseed", "subseed_strength", "clip_skip",
 )
 HIRES_FIELDS = (
     "enable_hr", "hr_upscaler", "hr_second_pass_steps", "hr_denoising_strength", "hr_scale", "hr_resize_x",
@@ -182,6 +182,9 @@ def _common(read: _Reader) -> dict[str, Any]:
     clip_skip = read.whole("clip_skip")
     if clip_skip != PARAM_DEFAULTS.clip_skip:
         kwargs["clip_skip"] = clip_skip
+    distilled = read.real("distilled_cfg_scale")
+    if distilled != PARAM_DEFAULTS.distilled_cfg_scale:
+        kwargs["distilled_cfg_scale"] = distilled
     strength = read.real_or_default("subseed_strength")
     if strength > 0:
         kwargs.update(subseed=read.whole("subseed"), subseed_strength=strength)

@@ -20,6 +20,7 @@ def add_generation_arguments(p: argparse.ArgumentParser, default_out: str) -> No
     p.add_argument("--negative", default="", help="negative prompt")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=7.0, help="CFG scale")
+    p.add_argument("--distilled-cfg", type=float, default=3.5, help="FLUX.1 dev's Distilled CFG Scale")
     p.add_argument("--seed", type=int, default=-1, help="-1 for a random seed")
     p.add_argument("--width", type=int, default=None, help="default: the checkpoint's native size (512 for SD 1.x)")
     p.add_argument("--height", type=int, default=None, help="default: the checkpoint's native size")
@@ -89,7 +90,7 @@ def params_from_args(args, native_size: int | None = None):
 
     size = native_size or 512
     params = GenerationParams(
-        prompt=args.prompt, negative_prompt=args.negative, steps=args.steps, cfg_scale=args.cfg, seed=args.seed,
+        prompt=args.prompt, negative_prompt=args.negative, steps=args.steps, cfg_scale=args.cfg, distilled_cfg_scale=args.distilled_cfg, seed=args.seed,
         width=args.width or size, height=args.height or size, sampler=args.sampler, scheduler=args.scheduler, batch_size=args.batch_size,
         batch_count=args.batch_count, clip_skip=args.clip_skip, checkpoint=args.model, subseed=args.subseed,
         subseed_strength=args.subseed_strength, seed_resize_from_w=args.seed_resize_from[0],

@@ -269,6 +269,8 @@ class SDXLConditioner:
     """SDXL base (CLIP-L + OpenCLIP bigG) and refiner (bigG only): contexts, pooled vector and
     the size/crop/aesthetic conditioning of the UNet's added embedding."""
 
+    zero_empty_negative = True  # an empty negative prompt is zeros, context and pooled
+
     def __init__(self, model, tokenizer: ClipTokenizer, embeddings=None, emphasis: str = "Original",
                  crop: tuple[int, int] = (0, 0), aesthetic_score: float = 6.0, negative_aesthetic_score: float = 2.5,
                  check_stop: Callable[[], None] | None = None):
@@ -341,7 +343,7 @@ def make_conditioner(model, tokenizer: ClipTokenizer, embeddings=None, clip_skip
 def text_weights_signature(model) -> tuple:
     """Where each text-encoder weight lives and how often it was changed in place: a merged LoRA
     either swaps a weight for a new tensor (another address) or writes into it (a new version)."""
-    return tuple((p.data_ptr(), p._version) for encoder in model.text_encoders for p in encoder.parameters())
+    return tuple((p.data_ptr(), p._version) for encoder in model.encoder_modules for p in encoder.parameters())
 
 
 class EncodedPromptCache:

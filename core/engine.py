@@ -25,7 +25,7 @@ from core.demo import DEMO_CHECKPOINT, is_demo, with_demo
 from core.embeddings import EmbeddingDatabase
 from core.extensions import ExtensionRegistry, Job
 from core.images import save_png
-from core.infotext import create_infotext
+from core.infotext import create_infotext, format_number
 from core.loading import CHECKPOINT_SUFFIXES, load_model, read_spec
 from core.modelfiles import has_suffix, name_in_folder, walk
 from core.models.families import LatentFormat
@@ -144,6 +144,9 @@ class Engine:
         self.embeddings_dir = Path(embeddings_dir) if embeddings_dir else self.models_dir / "embeddings"
         self.lora_dir = Path(lora_dir) if lora_dir else self.models_dir / "Lora"
         self.vae_dir = self.models_dir / "VAE"
+        # SD 3.x / FLUX.1 files without text encoders or VAE take them from here, by content
+        # (ComfyUI's and Forge's folders), with the T5 tokenizer.
+        self.text_encoder_dir = self.models_dir / "text_encoder"
         # A1111's sd_vae: "Automatic", "None" or a file in vae_dir; it outlives checkpoint changes
         # and is applied at every load and job (apply_vae: at once).
         self.vae = AUTOMATIC
@@ -252,7 +255,7 @@ class Engine:
         try:
             self.extensions.run("before_model_load", path)
             model = load_model(path, device=self.device, dtype=self.dtype, prediction=overrides[0],
-                               zero_terminal_snr=overrides[1], progress=report)
+                               zero_terminal_snr=overrides[1], progress=report, parts_folders=self.parts_folders)
             prepare_for_speed(model, self.device, self.compile)
             self.loaded = LoadedModel(path=path, name=_model_name(path), model=model, embeddings=self._embeddings(model),
                                       overrides=overrides)
@@ -273,6 +276,10 @@ class Engine:
         if not names:
             raise EngineError(f"no checkpoint: put a model in {self.ckpt_dir}", kind=UNAVAILABLE)
         return self.load(names[0])
+
+    @property
+    def parts_folders(self) -> tuple[Path, ...]:
+        return (self.text_encoder_dir, self.vae_dir)
 
     # --- VAE ---------------------------------------------------------------------------
 
@@ -357,7 +364,7 @@ class Engine:
         if self.loaded and self.loaded.path == path and self.loaded.overrides == self.model_overrides():
             return self.loaded.model.spec.default_size
         prediction, zero_terminal_snr = self.model_overrides()
-        spec = read_spec(path, prediction=prediction, zero_terminal_snr=zero_terminal_snr)
+        spec = read_spec(path, prediction=prediction, zero_terminal_snr=zero_terminal_snr, parts_folders=self.parts_folders)
         if spec.family_info.detects_prediction and spec.prediction_source == "default" and not spec.native_size:
             return None
         return spec.default_size
@@ -371,12 +378,16 @@ class Engine:
         path = self.resolve_checkpoint(name, allow_paths, field="refiner_checkpoint")
         if self.loaded is not None and self.loaded.path == path:
             return None
+        if self.loaded is not None and self.loaded.model.spec.family_info.flow is not None:
+            raise EngineError(f"{self.loaded.model.spec.label} checkpoints take no refiner", "refiner_checkpoint", UNAVAILABLE)
         if self.refiner is not None and self.refiner.path == path:
             return self.refiner
         self.free_refiner()
         model = load_model(path, device="cpu" if self.refiner_offload else self.device, dtype=self.dtype)
         spec = model.spec
-        if spec.is_upscaler or model.unet.config.in_channels != model.vae.config.embed_dim:
+        if spec.family_info.flow is not None:
+            raise EngineError(f"{path.name} is {spec.label}: a refiner must be a UNet checkpoint", "refiner_checkpoint")
+        if spec.is_upscaler or model.takes_image_conditioning:
             raise EngineError(f"{path.name} is {spec.label} ({'an upscaler' if spec.is_upscaler else 'an inpainting model'}); "
                               "a refiner must be a plain text-to-image checkpoint", "refiner_checkpoint")
         if self.loaded is not None and model.vae.config.embed_dim != self.loaded.model.vae.config.embed_dim:
@@ -558,6 +569,9 @@ class Engine:
             stage = self._refiner_stage(params, allow_paths) if refiner else None
             if loaded.model.spec.zero_terminal_snr:
                 fields = {**fields, "Noise Schedule": "Zero Terminal SNR"}  # A1111's sd_noise_schedule
+            flow = loaded.model.spec.family_info.flow
+            if flow is not None and flow.distilled_guidance:
+                fields = {**fields, "Distilled CFG Scale": format_number(params.distilled_cfg_scale)}
             fields = {**fields, **self._vae_fields(loaded)}
             job = Job(engine=self, params=params, kind=kind, model=loaded.model, started=time.time())
             results: list[GeneratedImage] = []

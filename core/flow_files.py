@@ -465,6 +465,12 @@ def _read_component(folder: Path) -> dict[str, torch.Tensor] | None:
     return None
 
 
+def is_flow_diffusers_folder(folder: Path) -> bool:
+    """Whether a diffusers folder's model_index.json names an SD3 or FLUX pipeline."""
+    class_name = str(_json_table(Path(folder) / "model_index.json").get("_class_name", ""))
+    return class_name.startswith(tuple(FLOW_PIPELINES))
+
+
 def _flow_pipeline(folder: Path) -> FlowPipeline:
     class_name = str(_json_table(folder / "model_index.json").get("_class_name", ""))
     for prefix, pipeline in FLOW_PIPELINES.items():

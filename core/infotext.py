@@ -58,6 +58,7 @@ FIELDS: dict[str, tuple[str | None, type]] = {
     "Sampler": ("sampler", str),
     "Schedule type": ("scheduler", str),
     "CFG scale": ("cfg_scale", float),
+    "Distilled CFG Scale": ("distilled_cfg_scale", float),  # Forge's, FLUX.1 dev
     "Seed": ("seed", int),
     "Size-1": ("width", int),
     "Size-2": ("height", int),
@@ -103,6 +104,7 @@ def param_attribute(key: str) -> str | None:
 
 # Where create_infotext writes the fields it finds in params.extra (A1111's order).
 _EXTRA_BEFORE_CFG = ("Schedule type",)
+_EXTRA_AFTER_CFG = ("Distilled CFG Scale",)
 _EXTRA_AFTER_MODEL = (
     "VAE hash", "VAE",
     "Variation seed", "Variation seed strength", "Seed resize from", "Denoising strength", "Eta", "S noise", "Emphasis",
@@ -143,8 +145,10 @@ def create_infotext(
     fields: dict[str, object] = {"Steps": params.steps, "Sampler": params.sampler}
     for key in _EXTRA_BEFORE_CFG:
         fields[key] = _extra_field(known, key)
+    fields["CFG scale"] = format_number(params.cfg_scale)
+    for key in _EXTRA_AFTER_CFG:
+        fields[key] = _extra_field(known, key)
     fields.update({
-        "CFG scale": format_number(params.cfg_scale),
         "Seed": seed,
         "Size": f"{params.width}x{params.height}",
         "Model hash": model_hash if model_hash is not None else known.get("Model hash"),

@@ -37,9 +37,9 @@ from core.errors import NOT_FOUND, EngineError
 from core.modelfiles import has_suffix, is_safetensors
 from core.models import diffusers_names
 from core.models.clip import FrozenOpenCLIPEmbedder
-from core.models.detection import SDXL_EMBEDDER, TEXT, UNET, VAE, ModelSpec, detect
+from core.models.detection import FLOW_TEXT, SDXL_EMBEDDER, TEXT, UNET, VAE, ModelSpec, detect, detector_for
 from core.models.normalization import LOW_PRECISION, float32_parameter_names
-from core.models.stable_diffusion import LatentDiffusion, linear_alphas_cumprod
+from core.models.stable_diffusion import LatentDiffusion
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 SAFETENSORS_DTYPES = {
@@ -298,22 +298,68 @@ def normalise_keys(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A checkpoint's tensors in the single-file layout, and what its metadata says. SD 3.x and
+    FLUX.1 files and folders come in ComfyUI's layout (core/flow_files.py), their fp8 weights
+    widened to ``dtype`` (the precision the model will run in) as they are read."""
+    from core import flow_files
+
     path = Path(path)
     if not path.exists():
         raise EngineError("no such file or folder", kind=NOT_FOUND, label=str(path))
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise EngineError("a folder, but not a diffusers model (no model_index.json)", label=str(path))
+        if flow_files.is_flow_diffusers_folder(path):
+            return flow_files.read_flow_diffusers_folder(path)
         tensors, metadata = read_diffusers_folder(path)
     elif not has_suffix(path, CHECKPOINT_SUFFIXES):
         raise EngineError(f"unsupported file type {path.suffix!r} (use {', '.join(CHECKPOINT_SUFFIXES)})", label=path.name)
     else:
         tensors, metadata = read_tensor_file(path)
+        if flow_files.is_flow_layout(tensors):
+            return flow_files.normalise_flow_keys(tensors, dtype=dtype), metadata
         kind = _prediction_name(metadata.get("modelspec.prediction_type", ""))
         if kind:
             metadata["prediction"], metadata["prediction_source"] = kind, "metadata"
     return normalise_keys(tensors), metadata
+
+
+def add_separate_parts(tensors: dict[str, torch.Tensor], parts_folders, dtype: torch.dtype, label: str) -> dict[str, torch.Tensor]:
+    """An SD 3.x / FLUX.1 checkpoint completed from the separate files ComfyUI and Forge keep:
+    text encoders (models/text_encoder: clip_l, clip_g, t5xxl) and the VAE (models/VAE: ae),
+    each found by its content. Files without the family's required encoders or VAE are refused
+    naming what is missing and where to put it; SD3's optional T5 is taken when present."""
+    from core import flow_files
+
+    family = detector_for({k: () for k in tensors})
+    if family is None or family.flow is None:
+        return tensors
+    present = {name for name in flow_files.ENCODER_PARTS if any(k.startswith(f"{FLOW_TEXT}{name}.") for k in tensors)}
+    wanted = [name for name in (*family.flow.encoders, *family.flow.optional_encoders) if name not in present]
+    if not any(k.startswith(VAE) for k in tensors):
+        wanted.append("vae16")
+    found = flow_files.find_parts(parts_folders, wanted) if wanted and parts_folders else {}
+    tensors = dict(tensors)
+    for path in found.values():
+        tensors.update(flow_files.part_tensors(path, dtype=dtype)[1])
+    missing = [name for name in wanted if name not in found and name not in family.flow.optional_encoders]
+    if missing:
+        raise EngineError(flow_files.missing_parts_message(family.label, missing), kind=NOT_FOUND, label=label)
+    return tensors
+
+
+def find_t5_tokenizer_for(path: Path, parts_folders) -> Path | None:
+    """Where the T5 tokenizer of checkpoint ``path`` is: a diffusers folder's own (tokenizer_3
+    for SD3, tokenizer_2 for FLUX), beside the file (or in a folder named like it), or in the
+    separate text-encoder folders."""
+    from core.text.t5_tokenizer import find_t5_tokenizer
+
+    if path.is_dir():
+        candidates = [path / "tokenizer_3", path / "tokenizer_2"]
+    else:
+        candidates = [path.parent / path.stem, path.parent]
+    return find_t5_tokenizer([*candidates, *(parts_folders or ())])
 
 
 def _prediction_name(value) -> str | None:
@@ -389,6 +435,16 @@ def looks_like_v_prediction(unet) -> bool:
     return prediction_test_value(unet) < -1
 
 
+def container_class(spec: ModelSpec):
+    """The module tree a spec is built as: LatentFlow for the transformer families (SD 3.x,
+    FLUX.1), LatentDiffusion for the UNet ones."""
+    if spec.transformer is not None:
+        from core.models.flow_model import LatentFlow
+
+        return LatentFlow
+    return LatentDiffusion
+
+
 def build_model(
     tensors: dict[str, torch.Tensor], spec: ModelSpec, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
     name: str = "checkpoint", progress: Callable[[float], None] | None = None,
@@ -398,13 +454,13 @@ def build_model(
     ``progress(fraction)`` is called after each tensor with the share of the weights' bytes
     taken so far (this is where a memory-mapped file is read): rising, the last call 1.0."""
     with torch.device("meta"):
-        model = LatentDiffusion(spec)
+        model = container_class(spec)(spec)
     expected = model.state_dict()
     wanted = [(key, value) for key, value in model.internal_state(tensors).items() if key in expected]
     total = sum(value.numel() * value.element_size() for _, value in wanted) or 1
     done = 0
     state = {}
-    keep_float32 = float32_parameter_names(model) if dtype in LOW_PRECISION else set()
+    keep_float32 = float32_parameter_names(model, dtype) if dtype in LOW_PRECISION else set()
     for key, value in wanted:
         if tuple(value.shape) != tuple(expected[key].shape):
             raise EngineError(f"{key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}", label=name)
@@ -418,11 +474,7 @@ def build_model(
         raise EngineError(f"incomplete checkpoint, {len(missing)} weights missing (first: {missing[0]})", label=name)
     model.load_state_dict(state, strict=False, assign=True)
     # Buffers that are not in the file (position ids, schedule) are rebuilt on the target device.
-    for encoder in model.text_encoders:
-        encoder.transformer.embeddings.register_buffer(
-            "position_ids", torch.arange(encoder.config.max_positions, device=device)[None], persistent=False
-        )
-    model.register_buffer("alphas_cumprod", linear_alphas_cumprod(spec).to(device), persistent=False)
+    model.rebuild_buffers(device)
     still_meta = [n for n, b in model.named_buffers() if b.is_meta]
     if still_meta:
         raise RuntimeError(f"buffers left on the meta device: {still_meta}")
@@ -430,10 +482,11 @@ def build_model(
 
 
 def _read_with_spec(
-    path: Path, prediction: str | None, zero_terminal_snr: bool | None,
+    path: Path, prediction: str | None, zero_terminal_snr: bool | None, parts_folders=(), dtype: torch.dtype = torch.float32,
 ) -> tuple[dict[str, torch.Tensor], ModelSpec]:
     """The file's tensors and the spec the notes above give, before any test forward pass."""
-    tensors, metadata = read_checkpoint(path)
+    tensors, metadata = read_checkpoint(path, dtype=dtype)
+    tensors = add_separate_parts(tensors, parts_folders, dtype, path.name)
     if path.is_file():
         metadata.update(read_sidecar_yaml(path))
     if prediction not in (None, "", "auto"):
@@ -454,28 +507,39 @@ def _read_with_spec(
 
 
 def read_spec(
-    path: str | os.PathLike, *, prediction: str | None = None, zero_terminal_snr: bool | None = None,
+    path: str | os.PathLike, *, prediction: str | None = None, zero_terminal_snr: bool | None = None, parts_folders=(),
 ) -> ModelSpec:
     """What ``load_model`` would build, without building it (the tensors are only mapped). An
     SD 2.x file with no hint keeps ``prediction_source == "default"``: only the test forward
     pass of a loaded model tells eps from v there."""
-    return _read_with_spec(Path(path), prediction, zero_terminal_snr)[1]
+    return _read_with_spec(Path(path), prediction, zero_terminal_snr, parts_folders)[1]
 
 
 def load_model(
     path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, *,
     prediction: str | None = None, zero_terminal_snr: bool | None = None,
-    progress: Callable[[float], None] | None = None,
+    progress: Callable[[float], None] | None = None, parts_folders=(),
 ) -> LatentDiffusion:
     """``prediction``: None (or "auto") finds it out (see the module notes); "eps" or "v"
     overrides. ``zero_terminal_snr``: rescale the noise schedule (None = as the folder's
     scheduler config says, else off). ``progress(fraction)``: 0.0 first, then the share of
-    the weights read (see build_model), ending at 1.0."""
+    the weights read (see build_model), ending at 1.0. ``parts_folders``: where SD 3.x /
+    FLUX.1 files that come without text encoders or VAE find them (models/text_encoder,
+    models/VAE), and their T5 tokenizer."""
     path = Path(path)
     if progress is not None:
         progress(0.0)
-    tensors, spec = _read_with_spec(path, prediction, zero_terminal_snr)
+    tensors, spec = _read_with_spec(path, prediction, zero_terminal_snr, parts_folders, dtype)
     model = build_model(tensors, spec, device=device, dtype=dtype, name=path.name, progress=progress)
+    if any(name == "t5xxl" for name, _ in spec.text_parts):
+        from core.text.t5_tokenizer import T5Tokenizer
+
+        found = find_t5_tokenizer_for(path, parts_folders)
+        if found is None:
+            raise EngineError("its T5 text encoder needs the T5 tokenizer, which no package here ships: put its "
+                              "tokenizer.json (or spiece.model) beside the checkpoint or in models/text_encoder",
+                              kind=NOT_FOUND, label=path.name)
+        model.t5_tokenizer = T5Tokenizer(found)
     if spec.family_info.detects_prediction and spec.prediction_source == "default":
         detected = "v" if looks_like_v_prediction(model.unet) else "eps"
         model.spec = dataclasses.replace(spec, prediction=detected, prediction_source="detected")

@@ -31,6 +31,8 @@ class GenerationParams:
     negative_prompt: str = ""
     steps: int = 20
     cfg_scale: float = 7.0
+    # FLUX.1 dev's guidance input (Forge's "Distilled CFG Scale"); other families ignore it.
+    distilled_cfg_scale: float = 3.5
     seed: int = -1  # -1: a random seed; image i of a run gets seed + i
     width: int = 512
     height: int = 512
@@ -103,6 +105,9 @@ class GenerationParams:
                 bad(name, f"must be a multiple of 8 between 8 and {MAX_SIZE}, got {value}")
         if not isinstance(self.cfg_scale, (int, float)) or not 0 <= self.cfg_scale <= 100:
             bad("cfg_scale", f"must be a number between 0 and 100, got {self.cfg_scale!r}")
+        if isinstance(self.distilled_cfg_scale, bool) or not isinstance(self.distilled_cfg_scale, (int, float)) \
+                or not 0 <= self.distilled_cfg_scale <= 30:
+            bad("distilled_cfg_scale", f"must be a number between 0 and 30, got {self.distilled_cfg_scale!r}")
         if self.seed < -1 or self.seed >= 2**32:
             bad("seed", f"must be -1 (random) or between 0 and {2**32 - 1}, got {self.seed}")
         if not 1 <= self.batch_size <= 64:

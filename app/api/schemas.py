@@ -40,6 +40,8 @@ class GenerationRequest(_Request):
     n_iter: int | None = 1
     steps: int | None = 50
     cfg_scale: float | None = 7.0
+    distilled_cfg_scale: float | None = Field(3.5, description="FLUX.1 dev's guidance input (Forge's "
+                                                               "'Distilled CFG Scale'); other models ignore it")
     width: int | None = Field(512, description="a multiple of 8; txt2img without it: the checkpoint's native size "
                                                 "(512 SD 1.x, 768 SD 2.x v, 1024 SDXL)")
     height: int | None = Field(512, description="a multiple of 8; txt2img without it: the checkpoint's native size")

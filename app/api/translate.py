@@ -189,6 +189,7 @@ def common_values(req: GenerationRequest, settings: dict[str, Any], checkpoint: 
         negative_prompt=value_or_default(req, "negative_prompt"),
         steps=value_or_default(req, "steps"),
         cfg_scale=value_or_default(req, "cfg_scale"),
+        distilled_cfg_scale=value_or_default(req, "distilled_cfg_scale"),
         seed=value_or_default(req, "seed"),
         width=value_or_default(req, "width"),
         height=value_or_default(req, "height"),
@@ -371,7 +372,7 @@ def processed_info(params: GenerationParams, results: list, loaded, job_timestam
         "styles": [],
         "job_timestamp": job_timestamp,
         "clip_skip": params.clip_skip,
-        "is_using_inpainting_conditioning": unet is not None and unet.in_channels == 9,
+        "is_using_inpainting_conditioning": getattr(unet, "in_channels", None) == 9,
         "version": VERSION,
     }
 

@@ -22,6 +22,11 @@ Which hidden state becomes the cross-attention context differs by model and is d
 
 SDXL's OpenCLIP encoder also gives the pooled vector: ``ln_final`` of the last layer at the
 end-of-text token (the highest id, as open_clip's ``argmax``), times ``text_projection``.
+
+SD 3.x and FLUX.1 store both CLIPs in transformers' layout (``text_encoders.clip_l.transformer.
+text_model.*``, bigG included) with an optional ``transformer.text_projection.weight`` (a Linear,
+``CLIPTextModelWithProjection``): ``PooledCLIPEmbedder`` gives SD3 the projected pooled vector
+and FLUX the plain one (its config has no projection_dim then).
 """
 from __future__ import annotations
 
@@ -251,6 +256,40 @@ class _Thirds:
 
     def __getitem__(self, rows: slice) -> _Third:
         return _Third(rows.start)
+
+
+class PooledCLIPEmbedder(FrozenCLIPEmbedder):
+    """A CLIP text tower in transformers' layout that also gives the pooled vector: the final
+    layer norm's output at the first end-of-text token (transformers' pooler_output), through
+    ``text_projection`` when the config has a projection (SD3), as it is otherwise (FLUX)."""
+
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__(config)
+        if config.projection_dim is not None:
+            # Under the CLIPTextModel, where the file keeps it (transformer.text_projection.weight).
+            self.transformer.text_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
+            self.transformer.text_projection.requires_grad_(False)
+
+    @property
+    def has_pooled(self) -> bool:
+        return True
+
+    def encode_with_pooled(self, input_ids: torch.Tensor, clip_skip: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_ids = input_ids.to(self.device)
+        hidden, out = self._hidden(input_ids, clip_skip)
+        final = out.last_hidden_state
+        end = (input_ids == self.transformer.config.eos_token_id).int().argmax(dim=-1)
+        pooled = final[torch.arange(final.shape[0], device=final.device), end]
+        if self.config.projection_dim is not None:
+            pooled = self.transformer.text_projection(pooled)
+        return hidden, pooled
+
+    @staticmethod
+    def to_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = FrozenCLIPEmbedder.to_checkpoint(
+            {k: v for k, v in state.items() if not k.startswith("transformer.text_projection.")})
+        out.update({k: v for k, v in state.items() if k.startswith("transformer.text_projection.")})
+        return out
 
 
 def make_embedder(config: TextEncoderConfig) -> FrozenCLIPEmbedder:

@@ -35,10 +35,11 @@ VAE = "first_stage_model."
 TEXT = "cond_stage_model.transformer.text_model."  # SD 1.x CLIP-L
 OPENCLIP_TEXT = "cond_stage_model.model."  # SD 2.x / x4 OpenCLIP ViT-H
 SDXL_EMBEDDER = "conditioner.embedders."
+FLOW_TEXT = "text_encoders."  # SD 3.x / FLUX.1: text_encoders.{clip_l,clip_g,t5xxl}. (ComfyUI's layout)
 
 from core.models.families import (  # noqa: F401 (the family names, re-exported)
-    SD1, SD1_INPAINT, SD2, SD2_INPAINT, SDXL, SDXL_INPAINT, SDXL_REFINER, X4_UPSCALER, Family, LatentFormat, detector_for,
-    family_of, preview_from_metadata,
+    FLUX_DEV, FLUX_SCHNELL, SD1, SD1_INPAINT, SD2, SD2_INPAINT, SD3, SDXL, SDXL_INPAINT, SDXL_REFINER, X4_UPSCALER, Family,
+    LatentFormat, detector_for, family_of, preview_from_metadata,
 )
 # ldm's LatentUpscaleDiffusion: the low-resolution picture is noised with its own "linear"
 # schedule (betas = linspace(sqrt(1e-4), sqrt(0.02), 1000) ** 2) up to this level.
@@ -66,6 +67,11 @@ class ModelSpec:
     native_size: int | None = None  # from the file's ``modelspec.resolution`` metadata, when it says
     # the checkpoint's own latent format (its metadata's preview map); None: the family's
     latent_format_override: LatentFormat | None = None
+    # The transformer families (SD 3.x, FLUX.1; ``unet`` is None there): the network's config
+    # (MMDiTConfig / FluxConfig) and each text encoder present, by its slot name ("clip_l",
+    # "clip_g", "t5xxl") with its config, in the family's order.
+    transformer: object | None = None
+    text_parts: tuple[tuple[str, object], ...] = ()
 
     @property
     def family_info(self) -> Family:
@@ -96,11 +102,15 @@ class ModelSpec:
 
     @property
     def text_encoders(self) -> tuple[TextEncoderConfig, ...]:
+        if self.text_parts:
+            return tuple(config for _, config in self.text_parts)
         return (self.text,) if self.text2 is None else (self.text, self.text2)
 
     @property
     def text_prefixes(self) -> tuple[str, ...]:
         """Each text encoder's prefix in the checkpoint (and in our module tree)."""
+        if self.text_parts:
+            return tuple(f"{FLOW_TEXT}{name}." for name, _ in self.text_parts)
         if self.family_info.text_in_conditioner:
             return tuple(f"{SDXL_EMBEDDER}{i}." for i in range(len(self.text_encoders)))
         return ("cond_stage_model.",)
@@ -181,15 +191,20 @@ def detect_vae(shapes: dict, prefix: str = VAE, scaling_factor: float = 0.18215)
     levels = _indices(shapes, prefix, r"encoder\.down\.(\d+)\.")
     ch_mult = tuple(shapes[prefix + f"encoder.down.{i}.block.0.conv2.weight"][0] // ch for i in levels)
     num_res_blocks = len(_indices(shapes, prefix, r"encoder\.down\.0\.block\.(\d+)\."))
+    z_channels = shapes[prefix + "decoder.conv_in.weight"][1]
+    # SD3 and FLUX.1 VAEs have no quant convs: the latent is the decoder's input as it is. A file
+    # with only one of the two is incomplete (the KeyError below), not a VAE without them.
+    quant_convs = any(prefix + f"{name}.weight" in shapes for name in ("quant_conv", "post_quant_conv"))
     return VAEConfig(
         in_channels=shapes[prefix + "encoder.conv_in.weight"][1],
         out_channels=shapes[prefix + "decoder.conv_out.weight"][0],
         ch=ch,
         ch_mult=ch_mult,
         num_res_blocks=num_res_blocks,
-        z_channels=shapes[prefix + "decoder.conv_in.weight"][1],
-        embed_dim=shapes[prefix + "post_quant_conv.weight"][1],
+        z_channels=z_channels,
+        embed_dim=shapes[prefix + "post_quant_conv.weight"][1] if quant_convs else z_channels,
         scaling_factor=scaling_factor,
+        use_quant_conv=quant_convs,
     )
 
 
@@ -403,3 +418,72 @@ def detect_sdxl(shapes: dict, metadata: dict) -> ModelSpec:
         family=family, unet=unet, vae=vae, text=text, text2=text2, prediction=prediction, prediction_source=source,
         size_embed_dim=extra // numbers,
     )
+
+
+# --- the transformer families (SD 3.x, FLUX.1) ----------------------------------------------
+
+def _flow_text_parts(shapes: dict, family: str) -> tuple[tuple[str, object], ...]:
+    """The text encoders present under ``text_encoders.``, in the family's order, each with its
+    config read from the shapes. CLIP-L and bigG give SD3 their penultimate layer without the
+    final norm (diffusers' hidden_states[-2]) and a projected pooled vector; FLUX takes only
+    CLIP-L's pooled output (no projection) and T5's last layer."""
+    from core.models.t5 import detect_t5
+
+    facts = family_of(family).flow
+    parts = []
+    for name in (*facts.encoders, *facts.optional_encoders):
+        prefix = f"{FLOW_TEXT}{name}.transformer."
+        if not any(k.startswith(prefix) for k in shapes):
+            continue
+        if name == "t5xxl":
+            parts.append((name, detect_t5(shapes, f"{FLOW_TEXT}{name}.")))
+            continue
+        projection = shapes.get(prefix + "text_projection.weight")
+        projected = family == SD3 and projection is not None
+        parts.append((name, detect_clip_text(
+            shapes, prefix + "text_model.", skip_last=1 if family == SD3 else 0, final_norm=family != SD3,
+            honour_clip_skip=False, projection_dim=projection[0] if projected else None,
+            hidden_act="gelu" if name == "clip_g" else "quick_gelu", pad_with_eos=name != "clip_g",
+        )))
+    return tuple(parts)
+
+
+def missing_text_encoders(spec: ModelSpec) -> list[str]:
+    """The text encoders this transformer-family spec needs and does not have."""
+    present = {name for name, _ in spec.text_parts}
+    return [name for name in spec.family_info.flow.encoders if name not in present]
+
+
+def _flow_vae(shapes: dict, family: str, metadata: dict) -> VAEConfig:
+    _require(shapes, [VAE + "encoder.conv_in.weight"], family_of(family).label)
+    vae = detect_vae(shapes, scaling_factor=_scale(metadata, family))
+    return dataclasses.replace(vae, shift_factor=family_of(family).latent.shift)
+
+
+def _flow_spec(family: str, transformer, shapes: dict, metadata: dict) -> ModelSpec:
+    parts = _flow_text_parts(shapes, family)
+    clip_l = next((config for name, config in parts if name == "clip_l"), None)
+    return ModelSpec(family=family, unet=None, vae=_flow_vae(shapes, family, metadata), text=clip_l,
+                     prediction="flow", transformer=transformer, text_parts=parts)
+
+
+def detect_sd3(shapes: dict, metadata: dict) -> ModelSpec:
+    """SD 3 medium, 3.5 medium and large (large turbo is large's layout)."""
+    from core.models.mmdit import detect_mmdit
+
+    try:
+        config = detect_mmdit({k[len(UNET):]: v for k, v in shapes.items() if k.startswith(UNET)})
+    except (KeyError, ValueError) as e:
+        raise EngineError(f"incomplete SD 3.x checkpoint: {e}") from None
+    return _flow_spec(SD3, config, shapes, metadata)
+
+
+def detect_flux_family(shapes: dict, metadata: dict) -> ModelSpec:
+    """FLUX.1 dev (guidance_in: the distilled guidance input) or schnell (none)."""
+    from core.models.flux import detect_flux
+
+    try:
+        config = detect_flux({k[len(UNET):]: v for k, v in shapes.items() if k.startswith(UNET)})
+    except (KeyError, ValueError) as e:
+        raise EngineError(f"incomplete FLUX.1 checkpoint: {e}") from None
+    return _flow_spec(FLUX_DEV if config.guidance_embed else FLUX_SCHNELL, config, shapes, metadata)

@@ -16,7 +16,11 @@ What an entry holds:
 * ``lora_family`` / ``lora_context_width`` / ``lora_metadata_prefixes``: how a LoRA made for
   it is recognised (extensions/lora);
 * ``text_in_conditioner``: text encoders under ``conditioner.embedders.N.`` (sgm layout);
-* ``refiner``, ``upscaler``, ``detects_prediction``: roles and what loading must find out.
+* ``refiner``, ``upscaler``, ``detects_prediction``: roles and what loading must find out;
+* ``flow``: how the network is sampled: None for the UNet families (discrete 1000-step noise
+  schedule, eps or v), else a ``FlowFacts`` (SD 3.x and FLUX.1: rectified flow, a transformer
+  predicting the velocity; the sigma shift, the distilled guidance input, the text encoders
+  the family needs and may do without).
 
 Entries are looked up by name; ``register`` adds one (tests add a fake family this way).
 Detection asks each registered detector, newest first, whether it claims a state dict.
@@ -89,6 +93,33 @@ def _sdxl_conditioner(model, tokenizer, embeddings, clip_skip, emphasis, check_s
     return SDXLConditioner(model, tokenizer, embeddings, emphasis, check_stop=check_stop)
 
 
+def _flow_conditioner(model, tokenizer, embeddings, clip_skip, emphasis, check_stop):
+    from core.flow_conditioning import FlowConditioner
+
+    return FlowConditioner(model, tokenizer, emphasis, check_stop)
+
+
+@dataclass(frozen=True)
+class FlowFacts:
+    """What a rectified-flow family needs beyond its latent format.
+
+    ``shift``: the sigma shift of its schedule (SD3: 3.0); None: resolution dependent (FLUX dev,
+    as diffusers' FluxPipeline computes it from the picture's token count).
+    ``distilled_guidance``: the network takes the guidance value as an input (FLUX dev's
+    "Distilled CFG Scale"); real CFG is then optional (cfg_scale 1 = off, as Forge).
+    ``encoders``: the text encoders it needs; ``optional_encoders``: those it can do without
+    (SD3's T5: zeros in its place, as diffusers and ComfyUI do).
+    ``t5_tokens``: how many T5 tokens a prompt is padded/truncated to (diffusers' defaults)."""
+
+    shift: float | None = 3.0
+    distilled_guidance: bool = False
+    encoders: tuple[str, ...] = ()
+    optional_encoders: tuple[str, ...] = ()
+    t5_tokens: int = 256
+    default_steps: int = 28
+    default_cfg: float = 5.0
+
+
 def _detector(name: str) -> Callable:
     """A detector of core/models/detection.py, imported when called (detection imports us)."""
 
@@ -124,6 +155,7 @@ class Family:
     # then returns its ModelSpec (of this family or a sibling). Siblings leave both None.
     claims: Callable[[dict], bool] | None = field(default=None, compare=False)
     detect: Callable[[dict, dict], object] | None = field(default=None, compare=False)
+    flow: FlowFacts | None = None  # None: a UNet family on the discrete schedule
 
     def size_for(self, prediction: str) -> int:
         return self.v_size if self.v_size and prediction == "v" else self.default_size
@@ -186,6 +218,14 @@ SD1, SD1_INPAINT = "sd1", "sd1-inpaint"
 SD2, SD2_INPAINT = "sd2", "sd2-inpaint"
 SDXL, SDXL_INPAINT, SDXL_REFINER = "sdxl", "sdxl-inpaint", "sdxl-refiner"
 X4_UPSCALER = "x4-upscaler"
+SD3 = "sd3"
+FLUX_DEV, FLUX_SCHNELL = "flux-dev", "flux-schnell"
+
+# SD 3.x and FLUX.1 share the 16-channel autoencoder design; their scale and shift differ (the
+# released VAEs' configs: SD3 1.5305 / 0.0609, FLUX 0.3611 / 0.1159). No published preview map
+# is used: the live preview of these families is off until one is fitted.
+SD3_LATENT = LatentFormat(16, 1.5305, 0.0609)
+FLUX_LATENT = LatentFormat(16, 0.3611, 0.1159)
 
 _SD1_LORA = dict(lora_family=SD1, lora_context_width=768, lora_metadata_prefixes=("sd_v1", "stable-diffusion-v1"))
 _SD2_LORA = dict(lora_family=SD2, lora_context_width=1024, lora_metadata_prefixes=("sd_v2", "stable-diffusion-v2"))
@@ -205,3 +245,26 @@ register(Family(SDXL, "SDXL", claims=_has_prefix("conditioner.embedders."), dete
                 **_SDXL, **_SDXL_LORA))
 register(Family(SDXL_INPAINT, "SDXL inpainting", **_SDXL, **_SDXL_LORA))
 register(Family(SDXL_REFINER, "SDXL refiner", refiner=True, **_SDXL, **_SDXL_LORA))
+
+# The transformer families, asked before the UNet ones (registered last): their keys never
+# overlap (joint_blocks / double_blocks under model.diffusion_model.).
+register(Family(
+    SD3, "SD 3.x", latent=SD3_LATENT, default_size=1024, conditioner=_flow_conditioner,
+    claims=_has_prefix("model.diffusion_model.joint_blocks."), detect=_detector("detect_sd3"),
+    lora_family=SD3, lora_metadata_prefixes=("sd3", "stable-diffusion-v3"),
+    flow=FlowFacts(shift=3.0, encoders=("clip_l", "clip_g"), optional_encoders=("t5xxl",), t5_tokens=256,
+                   default_steps=28, default_cfg=5.0),
+))
+_FLUX = dict(latent=FLUX_LATENT, default_size=1024, conditioner=_flow_conditioner, lora_family=FLUX_DEV,
+             lora_metadata_prefixes=("flux",))
+register(Family(
+    FLUX_DEV, "FLUX.1 dev", claims=_has_prefix("model.diffusion_model.double_blocks."), detect=_detector("detect_flux_family"),
+    flow=FlowFacts(shift=None, distilled_guidance=True, encoders=("clip_l", "t5xxl"), t5_tokens=512,
+                   default_steps=20, default_cfg=1.0),
+    **_FLUX,
+))
+register(Family(
+    FLUX_SCHNELL, "FLUX.1 schnell",
+    flow=FlowFacts(shift=1.0, encoders=("clip_l", "t5xxl"), t5_tokens=256, default_steps=4, default_cfg=1.0),
+    **_FLUX,
+))

@@ -298,6 +298,10 @@ class FluxTransformer(nn.Module):
         self.single_blocks = nn.ModuleList([SingleStreamBlock(config) for _ in range(config.depth_single)])
         self.final_layer = LastLayer(dim, config.out_channels)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.img_in.weight.dtype
+
     def forward(self, img: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor,
                 guidance: torch.Tensor | None = None) -> torch.Tensor:
         """img (B, C, H, W) latent, H and W even; timesteps (B,) in [0, 1] (the flow's sigma);

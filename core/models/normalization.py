@@ -36,11 +36,32 @@ def _as(parameter: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | No
     return parameter.to(dtype) if parameter is not None else None
 
 
-def float32_parameter_names(model: nn.Module) -> set[str]:
-    """State-dict names of the parameters that stay float32 whatever dtype the model is loaded
-    in: every GroupNorm's weight and bias."""
-    return {
+def float32_parameter_names(model: nn.Module, dtype: torch.dtype | None = None) -> set[str]:
+    """State-dict names of the parameters that stay float32 when the model is loaded in ``dtype``
+    (None: in either low precision): every GroupNorm's weight and bias, whatever the dtype, and
+    for float16 the ones a module names in ``float16_overflowing_parameters`` (T5's feed-forward
+    outputs, which pass float16's 65504; bfloat16 has float32's range)."""
+    names = {
         f"{module_name}.{parameter_name}" if module_name else parameter_name
         for module_name, module in model.named_modules() if isinstance(module, nn.GroupNorm)
         for parameter_name, _ in module.named_parameters(recurse=False)
     }
+    if dtype in (None, torch.float16):
+        for module_name, module in model.named_modules():
+            names.update(f"{module_name}.{name}" if module_name else name
+                         for name in getattr(module, "float16_overflowing_parameters", ()))
+    return names
+
+
+def cast_keeping_float32(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """``model.to(dtype)`` for a model built in float32, except the parameters
+    ``float32_parameter_names`` keeps float32 in that dtype (as the loader does)."""
+    keep = float32_parameter_names(model, dtype) if dtype in LOW_PRECISION else set()
+    for name, parameter in model.named_parameters():
+        if parameter.is_floating_point():
+            parameter.data = parameter.data.to(torch.float32 if name in keep else dtype)
+    for buffer_owner in model.modules():
+        for name, buffer in buffer_owner.named_buffers(recurse=False):
+            if buffer.is_floating_point():
+                setattr(buffer_owner, name, buffer.to(dtype))
+    return model

@@ -15,6 +15,8 @@ from core.models.clip import FrozenCLIPEmbedder, make_embedder
 from core.models.detection import ModelSpec
 from core.models.unet import UNetModel
 from core.models.vae import AutoencoderKL
+from core.sampling.denoiser import DiscreteDenoiser
+from core.sampling.schedules import DiscreteSchedule
 
 # Our module tree's name for SD 1.x's text encoder weights.
 TEXT_INTERNAL = "cond_stage_model.transformer."
@@ -43,7 +45,64 @@ def rescale_zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     return out.to(alphas_cumprod.dtype)
 
 
-class LatentDiffusion(nn.Module):
+def rebuild_position_ids(encoders, device) -> None:
+    for encoder in encoders:
+        embeddings = getattr(encoder.transformer, "embeddings", None)  # CLIP towers; T5 has none
+        if embeddings is not None:
+            embeddings.register_buffer(
+                "position_ids", torch.arange(encoder.config.max_positions, device=device)[None], persistent=False)
+
+
+class CheckpointNames:
+    """Translation between a container's module tree and the single-file checkpoint's names:
+    every key is the file's own except the text encoders', which each embedder converts
+    (``from_checkpoint`` / ``to_checkpoint`` / ``internal_names``; an embedder without them,
+    T5, is stored as it is). The container lists its encoders with their prefixes (``_slots``)."""
+
+    def _slots(self) -> list:
+        raise NotImplementedError
+
+    @staticmethod
+    def _converter(embedder, name: str):
+        return getattr(type(embedder), name, None) or (lambda mine: dict(mine))
+
+    def _convert_text_encoders(self, tensors: dict[str, torch.Tensor], convert) -> dict[str, torch.Tensor]:
+        """``tensors`` with each text encoder's share replaced by ``convert(embedder, share)``
+        (keys relative to that encoder's prefix); every other tensor kept as it is."""
+        slots = self._slots()
+        out = {}
+        for key, value in tensors.items():
+            if not any(key.startswith(prefix) for prefix, _ in slots):
+                out[key] = value
+        for prefix, embedder in slots:
+            mine = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            out.update({prefix + k: v for k, v in convert(embedder, mine).items()})
+        return out
+
+    def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state dict under the single-file checkpoint's key names (OpenCLIP q/k/v fused)."""
+        return self._convert_text_encoders(
+            self.state_dict(), lambda embedder, mine: self._converter(embedder, "to_checkpoint")(mine))
+
+    def internal_names(self, checkpoint_key: str) -> list[tuple[str, int | None]]:
+        """Where a checkpoint key lives in this module tree: [(parameter name, third)], third
+        being 0/1/2 for the q/k/v rows of a fused OpenCLIP in-projection, else None."""
+        for prefix, embedder in self._slots():
+            if checkpoint_key.startswith(prefix):
+                names = getattr(type(embedder), "internal_names", None)
+                relative = checkpoint_key[len(prefix):]
+                found = names(relative) if names is not None else [(relative, None)]
+                return [(prefix + name, third) for name, third in found]
+        return [(checkpoint_key, None)]
+
+    def internal_state(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Checkpoint-named tensors -> our state-dict names (text encoders converted; OpenCLIP
+        in-projections split into views, no copy)."""
+        return self._convert_text_encoders(
+            tensors, lambda embedder, mine: self._converter(embedder, "from_checkpoint")(mine))
+
+
+class LatentDiffusion(CheckpointNames, nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
@@ -80,33 +139,29 @@ class LatentDiffusion(nn.Module):
     def _slots(self) -> list[tuple[str, FrozenCLIPEmbedder]]:
         return list(zip(self.spec.text_prefixes, self.text_encoders))
 
-    def _convert_text_encoders(self, tensors: dict[str, torch.Tensor], convert) -> dict[str, torch.Tensor]:
-        """``tensors`` with each text encoder's share replaced by ``convert(embedder, share)``
-        (keys relative to that encoder's prefix); every other tensor kept as it is."""
-        slots = self._slots()
-        out = {}
-        for key, value in tensors.items():
-            if not any(key.startswith(prefix) for prefix, _ in slots):
-                out[key] = value
-        for prefix, embedder in slots:
-            mine = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            out.update({prefix + k: v for k, v in convert(embedder, mine).items()})
-        return out
+    @property
+    def encoder_modules(self) -> list[nn.Module]:
+        """Every text encoder module (what the code common to all families iterates)."""
+        return self.text_encoders
 
-    def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
-        """The state dict under the single-file checkpoint's key names (OpenCLIP q/k/v fused)."""
-        return self._convert_text_encoders(self.state_dict(), lambda embedder, mine: embedder.to_checkpoint(mine))
+    @property
+    def device(self) -> torch.device:
+        return self.alphas_cumprod.device
 
-    def internal_names(self, checkpoint_key: str) -> list[tuple[str, int | None]]:
-        """Where a checkpoint key lives in this module tree: [(parameter name, third)], third
-        being 0/1/2 for the q/k/v rows of a fused OpenCLIP in-projection, else None."""
-        for prefix, embedder in self._slots():
-            if checkpoint_key.startswith(prefix):
-                names = type(embedder).internal_names(checkpoint_key[len(prefix):])
-                return [(prefix + name, third) for name, third in names]
-        return [(checkpoint_key, None)]
+    def rebuild_buffers(self, device) -> None:
+        """The buffers a file does not hold (position ids, the noise schedule), made on ``device``
+        after the weights were assigned to a model built on the meta device."""
+        rebuild_position_ids(self.encoder_modules, device)
+        self.register_buffer("alphas_cumprod", linear_alphas_cumprod(self.spec).to(device), persistent=False)
 
-    def internal_state(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Checkpoint-named tensors -> our state-dict names (text encoders converted; OpenCLIP
-        in-projections split into views, no copy)."""
-        return self._convert_text_encoders(tensors, lambda embedder, mine: type(embedder).from_checkpoint(mine))
+    @property
+    def takes_image_conditioning(self) -> bool:
+        """An inpainting (or x4) UNet: more input channels than the latent has."""
+        return self.unet.config.in_channels > self.vae.config.embed_dim
+
+    def noise_schedule(self, height: int, width: int) -> DiscreteSchedule:
+        """The 1000-step training schedule (the same for every picture size)."""
+        return DiscreteSchedule(self.alphas_cumprod)
+
+    def make_denoiser(self, schedule: DiscreteSchedule, distilled_guidance: float | None = None) -> DiscreteDenoiser:
+        return DiscreteDenoiser(self.unet, schedule, self.spec.prediction)

@@ -3,6 +3,10 @@
 Module names mirror the checkpoint keys (``encoder.down.0.block.1.conv2``,
 ``decoder.mid.attn_1.q``...). The downsampling factor is 2 ** (levels - 1): SD uses
 f=8 (four levels), the paper's LDM-4 and the x4 upscaler f=4 (three levels).
+
+SD3 and FLUX.1 use the same network with a 16-channel latent and without the 1x1
+``quant_conv`` / ``post_quant_conv`` around it (``use_quant_conv=False``): the encoder's last
+convolution gives the mean and log-variance directly, and the decoder takes the latent as is.
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ class VAEConfig:
     """The autoencoder's shape under ldm's ``ddconfig`` names: level i is ``ch * ch_mult[i]``
     channels wide with ``num_res_blocks`` resnets; the encoder ends in ``2 * z_channels``
     channels, which quant_conv maps to the mean and log-variance of an ``embed_dim``-channel
-    latent. Then how sampling scales that latent, and the GroupNorm groups."""
+    latent (without quant convs, SD3/FLUX, ``embed_dim`` equals ``z_channels``). Then how
+    sampling scales that latent, and the GroupNorm groups."""
 
     in_channels: int = 3
     out_channels: int = 3
@@ -33,6 +38,11 @@ class VAEConfig:
     scaling_factor: float = 0.18215
     shift_factor: float = 0.0  # sampling latent = (VAE latent - shift) * scale; the family's (0 for SD)
     norm_groups: int = 32  # GroupNorm groups; see UNetConfig.norm_groups
+    use_quant_conv: bool = True  # SD 1.x/2.x/XL: True; SD3 and FLUX.1: False (no quant_conv, post_quant_conv)
+
+    def __post_init__(self):
+        if not self.use_quant_conv and self.embed_dim != self.z_channels:
+            raise ValueError(f"without quant convs the latent has z_channels={self.z_channels} channels, not embed_dim={self.embed_dim}")
 
     @property
     def downsample_factor(self) -> int:
@@ -212,16 +222,23 @@ class AutoencoderKL(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
-        self.quant_conv = nn.Conv2d(2 * config.z_channels, 2 * config.embed_dim, 1)
-        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+        if config.use_quant_conv:
+            self.quant_conv = nn.Conv2d(2 * config.z_channels, 2 * config.embed_dim, 1)
+            self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.quant_conv.weight.dtype
+        return self.encoder.conv_in.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.conv_in.weight.device
 
     def encode_moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images in [-1, 1] -> (mean, logvar) of the posterior, unscaled."""
-        moments = self.quant_conv(self.encoder(images.to(self.dtype)))
+        moments = self.encoder(images.to(self.dtype))
+        if self.config.use_quant_conv:
+            moments = self.quant_conv(moments)
         mean, logvar = moments.chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
@@ -237,4 +254,4 @@ class AutoencoderKL(nn.Module):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """scaled latents -> images in [-1, 1] (not clamped)."""
         z = latents.to(self.dtype) / self.config.scaling_factor + self.config.shift_factor
-        return self.decoder(self.post_quant_conv(z))
+        return self.decoder(self.post_quant_conv(z) if self.config.use_quant_conv else z)

@@ -65,7 +65,7 @@ def encode_pixels(vae, images: torch.Tensor, tiled: bool | None = None, notes: l
     float32; ``notes`` gets a line saying so."""
     from core.pipelines import vae_tiling
 
-    device = vae.quant_conv.weight.device
+    device = vae.device
     images = images.to(device)
     tiled, separately = _coding_plan(vae, images.shape[0], images.shape[2] * images.shape[3], device, tiled)
 

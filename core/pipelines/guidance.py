@@ -43,7 +43,7 @@ def build_guided_denoiser(
     encoded = {text: conditioner.encode(text) for text in positive_texts | negative_texts}
     finish = getattr(conditioner, "finish", None)
     negatives = {text: encoded[text] for text in negative_texts}
-    if finish is not None and all(text == "" for text in negative_texts):
+    if getattr(conditioner, "zero_empty_negative", False) and all(text == "" for text in negative_texts):
         # SDXL: an empty negative prompt is zeros, context and pooled (A1111, sgm, diffusers).
         negatives = {text: conditioner.zeros_like(e) for text, e in negatives.items()}
     length = max(e.shape[0] for e in [*encoded.values(), *negatives.values()])

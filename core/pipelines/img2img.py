@@ -48,7 +48,7 @@ def encode(model, image: torch.Tensor, notes: list[str] | None = None) -> torch.
     """Pixels in [-1, 1] -> latents (the posterior mean: deterministic for a given picture),
     tiled when large, redone in float32 when half precision overflows (see
     ``common.encode_pixels``; ``notes`` hears of it)."""
-    return encode_pixels(model.vae, image.to(model.alphas_cumprod.device), notes=notes)
+    return encode_pixels(model.vae, image.to(model.device), notes=notes)
 
 
 @torch.no_grad()
@@ -101,7 +101,7 @@ def prepare_input(model, params: GenerationParams, image: Image.Image, mask: Ima
 def inpainting_conditioning(model, prepared: PreparedInput, weight: float) -> torch.Tensor:
     """For 9-channel checkpoints: [mask, latent of the picture with the masked part greyed out].
     ``weight`` < 1 lets some of the original show through ("conditional mask weight")."""
-    image = prepared.image.to(model.alphas_cumprod.device)
+    image = prepared.image.to(model.device)
     if prepared.work_mask is not None:
         mask = torch.from_numpy(np.asarray(prepared.work_mask, dtype=np.float32) / 255).round()[None, None].to(image.device)
     else:
@@ -125,7 +125,7 @@ def img2img_latents(
         return init_latent  # nothing to denoise: the input through the autoencoder only
     keep_mask = None
     image_conditioning = None
-    is_inpainting_model = model.unet.config.in_channels > model.vae.config.embed_dim
+    is_inpainting_model = model.takes_image_conditioning
     if prepared.latent_mask is not None:
         repaint = prepared.latent_mask.to(init_latent)
         keep_mask = (1 - repaint).expand(n, -1, -1, -1)

@@ -19,8 +19,8 @@ from core.errors import EngineError
 from core.params import GenerationParams
 from core.pipelines.common import encode_pixels
 from core.pipelines.guidance import build_guided_denoiser, prepare_prompt
-from core.sampling.denoiser import DiscreteDenoiser
 from core.sampling.noise import ImageNoise
+from core.sampling.flow import flow_sampler
 from core.sampling.samplers import SAMPLERS, resolve_sampler_name
 from core.sampling.schedules import AUTOMATIC, DiscreteSchedule, get_sigmas
 from core.speed import arranged_while_sampling
@@ -33,13 +33,17 @@ def sampling_dtype(model) -> torch.dtype:
 
 
 def sampler_and_sigmas(model, params: GenerationParams, steps: int):
+    """The sampler, the model's noise schedule for this picture size (FLUX dev's shift depends
+    on it) and the sigmas the sampler visits."""
     sampler_name, schedule_name = resolve_sampler_name(params.sampler)
     if params.scheduler and params.scheduler != AUTOMATIC:
         schedule_name = params.scheduler
     sampler = SAMPLERS[sampler_name]
-    schedule = DiscreteSchedule(model.alphas_cumprod)
+    if model.spec.family_info.flow is not None:
+        sampler = flow_sampler(sampler)  # refuses those made for variance-exploding noise
+    schedule = model.noise_schedule(params.height, params.width)
     sigmas = get_sigmas(schedule_name, sampler, schedule, steps, family=model.spec.family)
-    return sampler, schedule, sigmas.to(model.alphas_cumprod.device, sampling_dtype(model))
+    return sampler, schedule, sigmas.to(model.device, sampling_dtype(model))
 
 
 def image_noise(model, params: GenerationParams, seeds: list[int], subseeds: list[int] | None) -> ImageNoise:
@@ -131,9 +135,9 @@ def sample_latents(
     prepared = prepare_prompt(params.prompt, params.negative_prompt, steps)
     size = (params.height, params.width)
     guided = build_guided_denoiser(
-        DiscreteDenoiser(model.unet, schedule, model.spec.prediction), conditioner, prepared, params.cfg_scale, size
+        model.make_denoiser(schedule, params.distilled_cfg_scale), conditioner, prepared, params.cfg_scale, size
     )
-    if model.unet.config.in_channels > model.vae.config.embed_dim and image_conditioning is None:
+    if model.takes_image_conditioning and image_conditioning is None:
         image_conditioning = blank_inpainting_conditioning(model, len(seeds), params.height, params.width)
     guided.image_conditioning = image_conditioning
     noise = image_noise(model, params, seeds, subseeds)
@@ -144,7 +148,7 @@ def sample_latents(
         t_enc = int(min(denoising_strength, 0.999) * steps)
         sigmas = sigmas[len(sigmas) - t_enc - 2:]
         init_latent = init_latent.to(sigmas.device, sigmas.dtype)
-        x = init_latent + first * sigmas[0]
+        x = schedule.noise_latent(init_latent, first, sigmas[0])
         if keep_mask is not None:
             guided.init_latent, guided.keep_mask = init_latent, keep_mask.to(init_latent)
 
@@ -153,7 +157,7 @@ def sample_latents(
 
         def make_second():
             return build_guided_denoiser(
-                DiscreteDenoiser(second.unet, DiscreteSchedule(second.alphas_cumprod), second.spec.prediction),
+                second.make_denoiser(second.noise_schedule(params.height, params.width)),
                 refiner.conditioner, prepared, params.cfg_scale, size,
             )
 
@@ -176,7 +180,7 @@ def sample_latents(
 def blank_inpainting_conditioning(model, n: int, height: int, width: int) -> torch.Tensor:
     """An inpainting checkpoint used for txt2img: "repaint everything" (mask of ones) over the
     latent of a mid-grey picture, as A1111 does."""
-    grey = torch.zeros(1, 3, height, width, device=model.alphas_cumprod.device)
+    grey = torch.zeros(1, 3, height, width, device=model.device)
     latent = encode_pixels(model.vae, grey)  # with the fp16-overflow retry
     mask = torch.ones_like(latent[:, :1])
     return torch.cat([mask, latent], dim=1).expand(n, -1, -1, -1)

@@ -29,6 +29,10 @@ UniPC, LCM and Restart), named as A1111 writes them in infotext. Differences wor
   sample, a difference below 1e-5 since c_skip < 7e-6 on every LCM timestep). It needs the model's
   timesteps: pass ``schedule=`` (a DiscreteSchedule) or give ``model`` a ``schedule`` attribute
   (or a ``denoiser.schedule``, as CFGDenoiser has); without one the boundary condition is skipped.
+* Flow-matching models (SD3, FLUX; see core.sampling.flow): the ODE samplers run unchanged on the
+  clean estimate x - sigma * v. Euler a, DPM2 a and DPM++ 2S a take ``flow=True`` for the
+  rectified-flow noise step (``get_ancestral_step_flow``); ``Sampler.flow_ok`` marks the samplers
+  valid there and core.sampling.flow.flow_sampler refuses the rest.
 * UniPC: A1111's defaults (bh1, order 3, lower order at the end, time-uniform timesteps over
   ``steps``; A1111 takes the number of steps from its DDIM timestep list, which differs when steps
   does not divide 1000).
@@ -65,6 +69,37 @@ def get_ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> 
     sigma_up = min(sigma_to, eta * math.sqrt(sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2))
     sigma_down = math.sqrt(max(sigma_to**2 - sigma_up**2, 0.0))
     return sigma_down, sigma_up
+
+
+def get_ancestral_step_flow(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tuple[float, float, float]:
+    """The rectified-flow ancestral step (x_sigma = (1 - sigma) x0 + sigma noise), as ComfyUI's
+    ``*_RF`` samplers take it: (sigma_down, sigma_up, scale) such that ``scale * x_down + sigma_up *
+    fresh noise`` is at sigma_to when x_down is at sigma_down. Adding noise alone (the VE step) would
+    leave the signal at 1 - sigma_down: the scale brings it to 1 - sigma_to, and sigma_up tops the
+    noise up to sigma_to, i.e. (scale * sigma_down)^2 + sigma_up^2 = sigma_to^2. eta 1 steps down to
+    sigma_to^2 / sigma_from; eta 0 is the deterministic step."""
+    if not eta or sigma_to == 0:
+        return sigma_to, 0.0, 1.0
+    sigma_down = max(sigma_to * (1 + (sigma_to / sigma_from - 1) * eta), 0.0)
+    scale = (1 - sigma_to) / (1 - sigma_down)
+    sigma_up = math.sqrt(max(sigma_to**2 - (scale * sigma_down) ** 2, 0.0))
+    return sigma_down, sigma_up, scale
+
+
+def _ancestral_step(sigma_from: float, sigma_to: float, eta: float, flow: bool) -> tuple[float, float, float]:
+    """(sigma_down, sigma_up, scale) of the ancestral step for the model's kind (scale 1: VE)."""
+    if flow:
+        return get_ancestral_step_flow(sigma_from, sigma_to, eta)
+    return (*get_ancestral_step(sigma_from, sigma_to, eta), 1.0)
+
+
+def _renoise(x: torch.Tensor, noise, sigma_up: float, scale: float, s_noise: float) -> torch.Tensor:
+    """The ancestral step's second half: rescale (flow models) and add fresh noise."""
+    if scale != 1.0:
+        x = x * scale
+    if sigma_up > 0:
+        x = x + noise(x) * (s_noise * sigma_up)
+    return x
 
 
 def _noise(noise: Noise) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -190,58 +225,75 @@ def sample_dpmpp_2m(model, x, sigmas, callback: Callback = None, noise: Noise = 
 
 
 @torch.no_grad()
-def sample_euler_ancestral(model, x, sigmas, callback: Callback = None, noise: Noise = None, eta: float = 1.0, s_noise: float = 1.0):
+def sample_euler_ancestral(
+    model, x, sigmas, callback: Callback = None, noise: Noise = None, eta: float = 1.0, s_noise: float = 1.0, flow: bool = False
+):
+    """Euler steps to sigma_down, then fresh noise up to the next sigma; ``flow`` takes the
+    rectified-flow step (ComfyUI's euler_ancestral_RF) for flow-matching models."""
     noise = _noise(noise)
     s = sigmas.tolist()
     for i in range(len(s) - 1):
         denoised = model(x, sigmas[i])
-        sigma_down, sigma_up = get_ancestral_step(s[i], s[i + 1], eta)
+        sigma_down, sigma_up, scale = _ancestral_step(s[i], s[i + 1], eta, flow)
         x = x + to_d(x, s[i], denoised) * (sigma_down - s[i])
-        if sigma_up > 0:
-            x = x + noise(x) * (s_noise * sigma_up)
+        x = _renoise(x, noise, sigma_up, scale, s_noise)
         if callback:
             callback(i, s[i], x, denoised)
     return x
 
 
 @torch.no_grad()
-def sample_dpm_2_ancestral(model, x, sigmas, callback: Callback = None, noise: Noise = None, eta: float = 1.0, s_noise: float = 1.0):
+def sample_dpm_2_ancestral(
+    model, x, sigmas, callback: Callback = None, noise: Noise = None, eta: float = 1.0, s_noise: float = 1.0, flow: bool = False
+):
+    """DPM2 steps to sigma_down, then fresh noise (``flow``: the rectified-flow step)."""
     noise = _noise(noise)
     s = sigmas.tolist()
     for i in range(len(s) - 1):
         denoised = model(x, sigmas[i])
-        sigma_down, sigma_up = get_ancestral_step(s[i], s[i + 1], eta)
+        sigma_down, sigma_up, scale = _ancestral_step(s[i], s[i + 1], eta, flow)
         d = to_d(x, s[i], denoised)
         if sigma_down == 0:
             x = x + d * (sigma_down - s[i])
         else:
             x = _dpm2_step(model, x, sigmas, d, s[i], sigma_down)
-        if sigma_up > 0:
-            x = x + noise(x) * (s_noise * sigma_up)
+        x = _renoise(x, noise, sigma_up, scale, s_noise)
         if callback:
             callback(i, s[i], x, denoised)
     return x
 
 
+def _flow_log_snr_midpoint(sigma: float, sigma_to: float) -> float:
+    """The sigma halfway in half-log-SNR log((1 - sigma) / sigma) between two flow sigmas (the
+    solver's log-sigma midpoint in VE). At sigma 1 (log-SNR -inf) it is sigma itself."""
+    return 1 / (1 + math.sqrt((1 - sigma) / sigma * (1 - sigma_to) / sigma_to))
+
+
 @torch.no_grad()
-def sample_dpmpp_2s_ancestral(model, x, sigmas, callback: Callback = None, noise: Noise = None, eta: float = 1.0, s_noise: float = 1.0):
-    """Ancestral sampling with DPM-Solver++(2S) steps (midpoint in log-sigma)."""
+def sample_dpmpp_2s_ancestral(
+    model, x, sigmas, callback: Callback = None, noise: Noise = None, eta: float = 1.0, s_noise: float = 1.0, flow: bool = False
+):
+    """Ancestral sampling with DPM-Solver++(2S) steps: midpoint in log-sigma, or with ``flow`` in
+    the flow's half-log-SNR with the rectified-flow noise step (ComfyUI's dpmpp_2s_ancestral_RF).
+    The step x' = (s'/s) x + (1 - s'/s) denoised is exact for a constant denoised in both kinds."""
     noise = _noise(noise)
     s = sigmas.tolist()
     for i in range(len(s) - 1):
         denoised = model(x, sigmas[i])
-        sigma_down, sigma_up = get_ancestral_step(s[i], s[i + 1], eta)
+        sigma_down, sigma_up, scale = _ancestral_step(s[i], s[i + 1], eta, flow)
         if sigma_down == 0:
             x = x + to_d(x, s[i], denoised) * (sigma_down - s[i])
         else:
-            sigma_mid = math.sqrt(s[i] * sigma_down)
-            ratio = sigma_mid / s[i]
-            x_2 = ratio * x + (1 - ratio) * denoised
-            denoised_2 = model(x_2, sigmas.new_tensor(sigma_mid))
+            sigma_mid = _flow_log_snr_midpoint(s[i], sigma_down) if flow else math.sqrt(s[i] * sigma_down)
+            if sigma_mid < s[i]:
+                ratio = sigma_mid / s[i]
+                x_2 = ratio * x + (1 - ratio) * denoised
+                denoised_2 = model(x_2, sigmas.new_tensor(sigma_mid))
+            else:  # from flow's sigma 1 the midpoint is the start: a first-order step
+                denoised_2 = denoised
             ratio = sigma_down / s[i]
             x = ratio * x + (1 - ratio) * denoised_2
-        if sigma_up > 0:
-            x = x + noise(x) * (s_noise * sigma_up)
+        x = _renoise(x, noise, sigma_up, scale, s_noise)
         if callback:
             callback(i, s[i], x, denoised)
     return x
@@ -614,13 +666,21 @@ class Sampler:
     aliases: tuple[str, ...] = ()
     # A1111's default options (eta, s_noise, ...), applied by ``sample``; read-only.
     defaults: dict = field(default_factory=dict, hash=False, compare=False)
+    # Whether it is valid on flow-matching models (SD3, FLUX): the ODE solvers in sigma, and the
+    # ancestral ones that take ``flow`` (see core.sampling.flow.flow_sampler).
+    flow_ok: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
 
-    def initial_latent(self, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
-        scale = (1 + sigmas[0] ** 2) ** 0.5 if self.ddpm_initial_noise else sigmas[0]
-        return noise * scale
+    def initial_latent(self, noise: torch.Tensor, sigmas: torch.Tensor, schedule=None) -> torch.Tensor:
+        """The first latent: DDPM-scaled noise for DDIM-type samplers, else pure noise at
+        sigmas[0] as the schedule's kind makes it (sigma * noise without a schedule)."""
+        if self.ddpm_initial_noise:
+            return noise * (1 + sigmas[0] ** 2) ** 0.5
+        if schedule is not None:
+            return schedule.initial_latent(noise, sigmas[0])
+        return noise * sigmas[0]
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -636,10 +696,10 @@ class Sampler:
         return self.function(model, x, sigmas, callback=callback, noise=noise, **kwargs)
 
 
-def _k(name, function, schedule="Uniform", discard=False, aliases=(), **defaults) -> Sampler:
+def _k(name, function, schedule="Uniform", discard=False, aliases=(), flow_ok=False, **defaults) -> Sampler:
     """A k-diffusion-style sampler whose "Automatic" is one of the schedule types."""
     sigmas = partial(schedules.compute_sigmas, schedule, discard_penultimate=discard)
-    return Sampler(name, function, sigmas, False, schedule, discard, tuple(aliases), defaults)
+    return Sampler(name, function, sigmas, False, schedule, discard, tuple(aliases), defaults, flow_ok=flow_ok)
 
 
 _STOCHASTIC = {"eta": 1.0, "s_noise": 1.0}
@@ -647,17 +707,17 @@ _STOCHASTIC = {"eta": 1.0, "s_noise": 1.0}
 SAMPLERS = {
     s.name: s
     for s in (
-        _k("Euler", sample_euler, aliases=("k_euler",)),
-        _k("Euler a", sample_euler_ancestral, aliases=("k_euler_a", "k_euler_ancestral"), **_STOCHASTIC),
-        _k("Heun", sample_heun, aliases=("k_heun",)),
-        _k("DPM2", sample_dpm_2, "Karras", discard=True, aliases=("k_dpm_2",)),
-        _k("DPM2 a", sample_dpm_2_ancestral, "Karras", discard=True, aliases=("k_dpm_2_a",), **_STOCHASTIC),
-        _k("DPM++ 2S a", sample_dpmpp_2s_ancestral, "Karras", aliases=("k_dpmpp_2s_a",), **_STOCHASTIC),
-        _k("DPM++ 2M", sample_dpmpp_2m, "Karras", aliases=("k_dpmpp_2m",)),
+        _k("Euler", sample_euler, aliases=("k_euler",), flow_ok=True),
+        _k("Euler a", sample_euler_ancestral, aliases=("k_euler_a", "k_euler_ancestral"), flow_ok=True, **_STOCHASTIC),
+        _k("Heun", sample_heun, aliases=("k_heun",), flow_ok=True),
+        _k("DPM2", sample_dpm_2, "Karras", discard=True, aliases=("k_dpm_2",), flow_ok=True),
+        _k("DPM2 a", sample_dpm_2_ancestral, "Karras", discard=True, aliases=("k_dpm_2_a",), flow_ok=True, **_STOCHASTIC),
+        _k("DPM++ 2S a", sample_dpmpp_2s_ancestral, "Karras", aliases=("k_dpmpp_2s_a",), flow_ok=True, **_STOCHASTIC),
+        _k("DPM++ 2M", sample_dpmpp_2m, "Karras", aliases=("k_dpmpp_2m",), flow_ok=True),
         _k("DPM++ SDE", sample_dpmpp_sde, "Karras", aliases=("k_dpmpp_sde",), **_STOCHASTIC),
         _k("DPM++ 2M SDE", sample_dpmpp_2m_sde, "Exponential", aliases=("k_dpmpp_2m_sde",), **_STOCHASTIC, solver_type="midpoint"),
         _k("DPM++ 3M SDE", sample_dpmpp_3m_sde, "Exponential", discard=True, aliases=("k_dpmpp_3m_sde",), **_STOCHASTIC),
-        _k("LMS", sample_lms, aliases=("k_lms",)),
+        _k("LMS", sample_lms, aliases=("k_lms",), flow_ok=True),
         Sampler("DDIM", sample_ddim, schedules.ddim_sigmas, True, None, aliases=("ddim",), defaults={"eta": 0.0}),
         Sampler("PLMS", sample_plms, schedules.ddim_sigmas, True, None, aliases=("plms",)),
         Sampler("UniPC", sample_unipc, schedules.unipc_sigmas, True, None, aliases=("unipc",)),

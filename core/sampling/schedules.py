@@ -70,6 +70,17 @@ class DiscreteSchedule:
         log_sigma = (1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]
         return log_sigma.exp()
 
+    # How a latent is noised to sigma, asked per schedule kind (flow-matching models blend instead).
+    @staticmethod
+    def noise_latent(latent: torch.Tensor, noise: torch.Tensor, sigma) -> torch.Tensor:
+        """Variance-exploding noising: x = x0 + sigma * noise (img2img's starting latent)."""
+        return latent + noise * sigma
+
+    @staticmethod
+    def initial_latent(noise: torch.Tensor, sigma) -> torch.Tensor:
+        """A pure-noise latent at sigma (txt2img)."""
+        return noise * sigma
+
 
 def append_zero(sigmas: torch.Tensor) -> torch.Tensor:
     return torch.cat([sigmas, sigmas.new_zeros(1)])
@@ -306,7 +317,8 @@ def compute_sigmas(
 ) -> torch.Tensor:
     """One schedule type's sigmas; with ``discard_penultimate`` one more step is computed and the
     next-to-last sigma dropped (A1111's discard_next_to_last_sigma)."""
-    function = SCHEDULES[label]
+    # A schedule kind may compute some types its own way (FlowSchedule: Simple, Normal, SGM Uniform).
+    function = getattr(schedule, "schedule_overrides", {}).get(label, SCHEDULES[label])
     if function is align_your_steps_sigmas:
         function = partial(function, family=family)
     sigmas = function(schedule, steps + 1 if discard_penultimate else steps)

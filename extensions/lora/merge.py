@@ -114,8 +114,8 @@ def model_family(model) -> str | None:
 
 
 def _text_slots(model) -> list[tuple[str, torch.nn.Module]]:
-    """(checkpoint prefix, embedder) of each text encoder of a LatentDiffusion; [] otherwise."""
-    spec, encoders = getattr(model, "spec", None), getattr(model, "text_encoders", None)
+    """(checkpoint prefix, embedder) of each text encoder of a model container; [] otherwise."""
+    spec, encoders = getattr(model, "spec", None), getattr(model, "encoder_modules", None)
     if spec is None or encoders is None:
         return []
     return list(zip(spec.text_prefixes, encoders))

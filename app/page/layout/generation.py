@@ -172,6 +172,8 @@ def _settings_column(ui: StudioUI, tab: GenerationTab, samplers: list[str], sche
     _size_rows(tab, defaults)
     f["cfg_scale"] = gr.Slider(1.0, 30.0, value=defaults["cfg_scale"], step=0.5, label="CFG scale",
                                elem_id=f"{name}_cfg_scale")
+    # Forge's name; only FLUX.1 dev reads it (CFG scale 1 turns the real guidance off there).
+    _slider(f, "distilled_cfg_scale", 0.0, 30.0, 0.1, "Distilled CFG Scale (FLUX.1 dev)", f"{name}_distilled_cfg_scale")
     if name != "txt2img":
         f["denoising_strength"] = gr.Slider(0.0, 1.0, value=defaults["denoising_strength"], step=0.01,
                                             label="Denoising strength", elem_id=f"{name}_denoising_strength")
