@@ -54,8 +54,8 @@ SCALE_WEIGHT = ".scale_weight"
 # ComfyUI's fp8 matmuls scale their inputs too; a weight upcast here runs in the compute dtype,
 # where inputs need no scale.
 SCALE_INPUT = ".scale_input"
-PART_FOLDERS = {"vae16": "models/VAE"}
-PART_FOLDER_DEFAULT = "models/text_encoder"
+TEXT_ENCODER_FOLDER = "models/text_encoder"
+VAE_FOLDER = "models/VAE"
 
 
 # --- fp8 ------------------------------------------------------------------------------------
@@ -114,6 +114,8 @@ def _part_key(part: str, key: str) -> str | None:
     if part == "vae16":
         return VAE + key
     key = key.removeprefix("transformer.")
+    if part == "t5xxl" and key.startswith(("decoder.", "lm_head.")):
+        return None  # a whole encoder-decoder T5 file: only its encoder is used
     if part in CLIP_WIDTHS.values() and not key.startswith(("text_model.", "text_projection")):
         key = "text_model." + key  # transformers 5's CLIPTextModel and some merges have no text_model level
     return PART_PREFIXES[part] + key
@@ -238,10 +240,10 @@ def missing_parts_message(label: str, missing: Iterable[str]) -> str:
     lacks, fixes = [], []
     if encoders:
         lacks.append("text encoders" if len(encoders) > 1 else "text encoder")
-        fixes.append(f"put {_names(encoders)} in {PART_FOLDER_DEFAULT}")
+        fixes.append(f"put {_names(encoders)} in {TEXT_ENCODER_FOLDER}")
     if "vae16" in missing:
         lacks.append("VAE")
-        fixes.append(f"put the {label} VAE in {PART_FOLDERS['vae16']}")
+        fixes.append(f"put the {label} VAE in {VAE_FOLDER}")
     return f"this {label} file has no {' or '.join(lacks)}: {'; '.join(fixes)}"
 
 

@@ -105,6 +105,7 @@ def test_comfyui_forge_checkpoint_parts_are_normalised():
         "text_encoders.clip_g.transformer.text_projection.weight": small(4, 4),
         "text_encoders.t5xxl.transformer.encoder.embed_tokens.weight": embed,
         "text_encoders.t5xxl.transformer.encoder.final_layer_norm.weight": small(4),
+        "text_encoders.t5xxl.transformer.decoder.final_layer_norm.weight": small(4),
     }
     out = normalise_flow_keys(checkpoint)
     assert set(out) == {
@@ -189,6 +190,14 @@ def test_part_tensors_reads_a_separate_file_under_the_normalised_prefix(tmp_path
     part, tensors = part_tensors(tmp_path / "t5xxl_fp8_e4m3fn.safetensors")
     assert part == "t5xxl"
     assert tensors["text_encoders.t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.weight"].dtype == torch.bfloat16
+
+    scaled = t5_skeleton(torch.float8_e4m3fn) | {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn),
+                                                 "encoder.block.0.layer.0.SelfAttention.q.scale_weight": torch.tensor(0.5)}
+    save_file(scaled, tmp_path / "t5xxl_fp8_e4m3fn_scaled.safetensors")
+    part, tensors = part_tensors(tmp_path / "t5xxl_fp8_e4m3fn_scaled.safetensors", dtype=torch.float16)
+    assert part == "t5xxl" and len(tensors) == 3
+    assert torch.equal(tensors["text_encoders.t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.weight"],
+                       torch.full((8, 8), 0.5, dtype=torch.float16))
 
     save_file(vae_skeleton(), tmp_path / "ae.safetensors")
     assert set(part_tensors(tmp_path / "ae.safetensors")[1]) == {
