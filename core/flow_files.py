@@ -167,10 +167,12 @@ def normalise_flow_keys(tensors: dict[str, torch.Tensor], dtype: torch.dtype = t
 
 # --- separate text encoder and VAE files ------------------------------------------------------
 
-def identify_part(shapes: dict[str, tuple]) -> str | None:
+def identify_part(shapes: dict[str, tuple], file_name: str = "") -> str | None:
     """"clip_l", "clip_g", "t5xxl" or "vae16" for a separate encoder or VAE file's key -> shape
     table (with or without ``transformer.``/``text_model.`` levels), else None. By content:
-    T5 by its blocks, CLIP by width and depth, the VAE by its 16 latent channels."""
+    T5 by its blocks, CLIP by width and depth, the VAE by its 16 latent channels. A CLIP tower
+    of another size (a fine-tune's, a test's) is told by its file name (clip_l / clip_g), as
+    ComfyUI's and Forge's folders name them."""
     bare = {}
     for key, shape in shapes.items():
         for prefix in (VAE, "vae.", "transformer.", "text_model."):
@@ -184,7 +186,8 @@ def identify_part(shapes: dict[str, tuple]) -> str | None:
     tokens = bare.get("embeddings.token_embedding.weight")
     if tokens is not None and len(tokens) == 2:
         layers = len({m[1] for key in bare if (m := re.match(r"encoder\.layers\.(\d+)\.", key))})
-        return CLIP_WIDTHS.get((tokens[1], layers))
+        named = [part for part in CLIP_WIDTHS.values() if part in file_name.lower()]
+        return CLIP_WIDTHS.get((tokens[1], layers)) or (named[0] if len(named) == 1 else None)
     return None
 
 
@@ -193,7 +196,7 @@ def part_tensors(path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16) -
     fp8 upcast to ``dtype``; EngineError naming the file when it is none of the parts."""
     path = Path(path)
     tensors = upcast_fp8(loading.read_tensor_file(path)[0], dtype)
-    part = identify_part({key: tuple(value.shape) for key, value in tensors.items()})
+    part = identify_part({key: tuple(value.shape) for key, value in tensors.items()}, path.name)
     if part is None:
         raise EngineError("not a CLIP-L, CLIP-G, T5-XXL or 16-channel VAE file", label=path.name)
     return part, _part_tensors(part, tensors, path.name)
@@ -220,7 +223,7 @@ def find_parts(folders: Iterable[str | os.PathLike], needed: Iterable[str]) -> d
         for path in model_files(folder, (".safetensors",)):
             header = loading.safetensors_header(path)
             shapes = {key: info["shape"] for key, info in header.items() if key != "__metadata__"}
-            part = identify_part(shapes) if shapes else None
+            part = identify_part(shapes, path.name) if shapes else None
             if part in needed:
                 rank = (_is_fp8_file(header), str(path), path)
                 if part not in choices or rank[:2] < choices[part][:2]:

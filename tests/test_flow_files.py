@@ -171,6 +171,9 @@ def test_identify_part_by_content():
     assert identify_part(shapes_of(clip_skeleton(768, 12, prefix=""))) == "clip_l"
     assert identify_part(shapes_of(clip_skeleton(1280, 32, prefix="transformer.text_model."))) == "clip_g"
     assert identify_part(shapes_of(clip_skeleton(768, 11))) is None  # not a released CLIP-L
+    # ... unless its file says which one it is
+    assert identify_part(shapes_of(clip_skeleton(768, 11)), "my_clip_l_finetune.safetensors") == "clip_l"
+    assert identify_part(shapes_of(clip_skeleton(768, 11)), "clip_l_and_clip_g.safetensors") is None
     assert identify_part(shapes_of(t5_skeleton())) == "t5xxl"
     assert identify_part({"transformer." + k: v for k, v in shapes_of(t5_skeleton()).items()}) == "t5xxl"
     assert identify_part(shapes_of(vae_skeleton())) == "vae16"
