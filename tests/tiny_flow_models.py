@@ -90,8 +90,10 @@ def sd3_components(seed: int = 0, with_t5: bool = True) -> dict:
     return {name: module.eval() for name, module in parts.items()}
 
 
-def flux_components(seed: int = 0, dev: bool = True) -> dict:
-    """FLUX's parts: the transformer (heads 128 wide for the real rotary axes), VAE, CLIP-L, T5."""
+def flux_components(seed: int = 0, dev: bool = True, velocity_scale: float = 1.0) -> dict:
+    """FLUX's parts: the transformer (heads 128 wide for the real rotary axes), VAE, CLIP-L, T5.
+    ``velocity_scale`` shrinks the transformer's output layer: random weights otherwise predict
+    velocities of magnitude ~30 that drown what img2img starts from."""
     from diffusers import FluxTransformer2DModel
     from transformers import CLIPTextModel
 
@@ -106,6 +108,9 @@ def flux_components(seed: int = 0, dev: bool = True) -> dict:
         "text_encoder_2": tiny_t5(),
     }
     randomise(parts.values(), seed + 1)
+    with torch.no_grad():
+        for p in parts["transformer"].proj_out.parameters():
+            p.mul_(velocity_scale)
     return {name: module.eval() for name, module in parts.items()}
 
 
