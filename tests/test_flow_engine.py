@@ -166,14 +166,31 @@ def test_command_line_runs_sd3_and_flux(models, tmp_path):
         assert ("Distilled CFG Scale: 3" in read_infotext(file)) == (model.suffix == ".safetensors")
 
 
-def test_a_file_without_its_parts_says_what_to_put_where(engine, models):
+def test_a_file_without_its_parts_takes_them_from_the_folders_and_names_them(engine, models):
+    """A transformer-only FLUX file: refused naming what to put where; once the parts are in
+    models/text_encoder and models/VAE, the same picture as the bundled file, and Forge's
+    "Module N" fields name the files used."""
     from safetensors.torch import load_file, save_file
 
     bundled = load_file(models / "Stable-diffusion" / "tiny-flux.safetensors")
-    save_file({k: v for k, v in bundled.items() if k.startswith("model.diffusion_model.")},
-              models / "Stable-diffusion" / "bare-flux.safetensors")
+    bare = models / "Stable-diffusion" / "bare-flux.safetensors"
+    save_file({k: v for k, v in bundled.items() if k.startswith("model.diffusion_model.")}, bare)
+    encoders, vaes = models / "text_encoder", models / "VAE"
     try:
         with pytest.raises(EngineError, match="no text encoders or VAE: put clip_l and t5xxl in models/text_encoder"):
             engine.txt2img(flux_job(checkpoint="bare-flux.safetensors"), save=False)
+        encoders.mkdir(), vaes.mkdir()
+        for name, prefix in (("clip_l", "text_encoders.clip_l."), ("t5xxl_fp16", "text_encoders.t5xxl."),
+                             ("ae", "first_stage_model.")):
+            folder = vaes if name == "ae" else encoders
+            save_file({k[len(prefix):]: v for k, v in bundled.items() if k.startswith(prefix)}, folder / f"{name}.safetensors")
+        shutil.copy(models / "Stable-diffusion" / "tokenizer.json", encoders / "tokenizer.json")
+        (separate,) = engine.txt2img(flux_job(checkpoint="bare-flux.safetensors"), save=False)
+        (whole,) = engine.txt2img(flux_job(), save=False)
+        assert np.array_equal(pixels(separate), pixels(whole))
+        assert "Module 1: ae, Module 2: clip_l, Module 3: t5xxl_fp16" in separate.infotext
+        assert "Module 1" not in whole.infotext and "Schedule type: Simple" in whole.infotext
     finally:
-        (models / "Stable-diffusion" / "bare-flux.safetensors").unlink()
+        bare.unlink()
+        shutil.rmtree(encoders, ignore_errors=True)
+        shutil.rmtree(vaes, ignore_errors=True)
