@@ -569,6 +569,11 @@ class Engine:
         with self._lock:
             self.flags = JobFlags()
             loaded = self.job_model(params.checkpoint, allow_paths)
+            if loaded.model.spec.family_info.flow is not None and params.tiling:
+                # Seamless tiling wraps convolutions around; a transformer attends over the whole
+                # picture with fixed positions, so there is nothing to wrap (only the VAE would).
+                raise EngineError(f"seamless tiling works with UNet checkpoints, not {loaded.model.spec.label}", "tiling",
+                                  UNAVAILABLE)
             if loaded.model.spec.family_info.flow is not None and params.scheduler in ("", AUTOMATIC_SCHEDULE):
                 # What "Automatic" is on a flow model, written down as Forge writes it.
                 params = dataclasses.replace(params, scheduler=FLOW_AUTOMATIC)

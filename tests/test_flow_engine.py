@@ -128,6 +128,9 @@ def test_samplers_for_other_noise_and_refiners_are_refused_by_name(engine):
         engine.txt2img(flux_job(sampler="DPM++ 2M SDE"), save=False)
     with pytest.raises(EngineError, match="take no refiner"):
         engine.txt2img(flux_job(refiner_checkpoint="tiny-sd3"), save=False)
+    with pytest.raises(EngineError, match="seamless tiling works with UNet checkpoints, not FLUX.1 dev") as refused:
+        engine.txt2img(flux_job(tiling=True), save=False)
+    assert refused.value.field == "tiling"
 
 
 @pytest.fixture(scope="module")
