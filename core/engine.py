@@ -282,7 +282,9 @@ class Engine:
 
     @property
     def parts_folders(self) -> tuple[Path, ...]:
-        return (self.text_encoder_dir, self.vae_dir)
+        """Where SD 3.x / FLUX.1 parts are looked for: models/text_encoder, ComfyUI's older
+        models/clip, models/VAE."""
+        return (self.text_encoder_dir, self.models_dir / "clip", self.vae_dir)
 
     # --- VAE ---------------------------------------------------------------------------
 
