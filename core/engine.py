@@ -5,6 +5,7 @@ A lock makes jobs run one at a time on the device.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import re
@@ -18,6 +19,8 @@ import torch
 
 from core.devices import resolve_device, resolve_dtype
 from core.errors import NOT_FOUND, TOO_LARGE, UNAVAILABLE, EngineError
+from core.sampling.flow import FLOW_AUTOMATIC
+from core.sampling.schedules import AUTOMATIC as AUTOMATIC_SCHEDULE
 from core.hashing import HashCache
 from core.speed import prepare_for_speed
 from core.conditioning import EncodedPromptCache, make_conditioner
@@ -279,7 +282,9 @@ class Engine:
 
     @property
     def parts_folders(self) -> tuple[Path, ...]:
-        return (self.text_encoder_dir, self.vae_dir)
+        """Where SD 3.x / FLUX.1 parts are looked for: models/text_encoder, ComfyUI's older
+        models/clip, models/VAE."""
+        return (self.text_encoder_dir, self.models_dir / "clip", self.vae_dir)
 
     # --- VAE ---------------------------------------------------------------------------
 
@@ -566,12 +571,18 @@ class Engine:
         with self._lock:
             self.flags = JobFlags()
             loaded = self.job_model(params.checkpoint, allow_paths)
+            if loaded.model.spec.family_info.flow is not None and params.tiling:
+                # Seamless tiling wraps convolutions around; a transformer attends over the whole
+                # picture with fixed positions, so there is nothing to wrap (only the VAE would).
+                raise EngineError(f"seamless tiling works with UNet checkpoints, not {loaded.model.spec.label}", "tiling",
+                                  UNAVAILABLE)
+            if loaded.model.spec.family_info.flow is not None and params.scheduler in ("", AUTOMATIC_SCHEDULE):
+                # What "Automatic" is on a flow model, written down as Forge writes it.
+                params = dataclasses.replace(params, scheduler=FLOW_AUTOMATIC)
             stage = self._refiner_stage(params, allow_paths) if refiner else None
             if loaded.model.spec.zero_terminal_snr:
                 fields = {**fields, "Noise Schedule": "Zero Terminal SNR"}  # A1111's sd_noise_schedule
-            flow = loaded.model.spec.family_info.flow
-            if flow is not None and flow.distilled_guidance:
-                fields = {**fields, "Distilled CFG Scale": format_number(params.distilled_cfg_scale)}
+            fields = {**fields, **flow_fields(loaded.model.spec, params)}
             fields = {**fields, **self._vae_fields(loaded)}
             job = Job(engine=self, params=params, kind=kind, model=loaded.model, started=time.time())
             results: list[GeneratedImage] = []
@@ -696,14 +707,28 @@ _TITLE_HASH = re.compile(r"(.+?) \[[0-9a-fA-F]{8,64}\]")
 
 def normalise_sampler(params: GenerationParams) -> GenerationParams:
     """An old combined name ("DPM++ 2M Karras") becomes sampler + schedule type, as A1111 records it."""
-    import dataclasses
-
     from core.sampling.samplers import resolve_sampler_name
 
     sampler, schedule = resolve_sampler_name(params.sampler)
     if params.scheduler in ("", "Automatic") and schedule != "Automatic":
         return dataclasses.replace(params, sampler=sampler, scheduler=schedule)
     return dataclasses.replace(params, sampler=sampler)
+
+
+def flow_fields(spec, params: GenerationParams) -> dict:
+    """SD 3.x / FLUX.1 infotext fields as Forge writes them: FLUX dev's "Distilled CFG Scale",
+    and "Module 1", "Module 2", ... naming the separate files (VAE, text encoders) the
+    checkpoint was completed from, by file name without suffix."""
+    flow = spec.family_info.flow
+    if flow is None:
+        return {}
+    fields = {}
+    if flow.distilled_guidance:
+        fields["Distilled CFG Scale"] = format_number(params.distilled_cfg_scale)
+    order = {"vae16": 0, "clip_l": 1, "clip_g": 2, "t5xxl": 3}
+    for number, (_, file) in enumerate(sorted(spec.part_files, key=lambda part: order.get(part[0], 9)), start=1):
+        fields[f"Module {number}"] = Path(file).stem
+    return fields
 
 
 def inpaint_fields(params: GenerationParams) -> dict:

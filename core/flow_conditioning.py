@@ -5,7 +5,8 @@ As diffusers' StableDiffusion3Pipeline and FluxPipeline build them (the parity t
 * SD 3.x: CLIP-L and bigG each read their penultimate layer without the final norm
   (77-token chunks with A1111's emphasis, as for SDXL), joined along the features (768 + 1280)
   and zero-padded to T5's width (4096); T5's last layer (``t5_tokens`` tokens, padded) follows
-  along the tokens. Without a T5 encoder its place holds 77 zero tokens. The pooled vector is
+  along the tokens. Without a T5 encoder its place holds as many zero tokens (diffusers 0.42;
+  ComfyUI puts 77 there). The pooled vector is
   both CLIPs' projected pooled outputs joined (768 + 1280).
 * FLUX.1: T5's last layer is the whole context; CLIP-L gives only its pooled output (768,
   not projected).
@@ -24,10 +25,6 @@ from core.conditioning import CHUNK, TextConditioner
 from core.errors import EngineError
 from core.prompts.parser import parse_attention
 from core.sampling.denoiser import Conditioning
-
-# diffusers' SD3 pipeline: the zero context that stands in for a missing T5 encoder is
-# tokenizer_max_length (77) tokens long.
-NO_T5_TOKENS = 77
 
 
 @dataclass
@@ -75,17 +72,17 @@ class FlowConditioner:
     @torch.no_grad()
     def encode_t5(self, text: str) -> torch.Tensor:
         if self.t5 is None:
-            return torch.zeros(NO_T5_TOKENS, self.context_dim)
+            return torch.zeros(self.t5_tokens, self.context_dim)
         if self.check_stop is not None:
             self.check_stop()
         ids = self.t5_tokenizer([plain_text(text)], max_length=self.t5_tokens)
-        return self.t5.encode(ids)[0].float()
+        return self.t5.encode(ids)[0]
 
     def encode(self, text: str) -> FlowText:
         if text not in self.cache:
             encoded = [clip.encode_with_pooled(text) for clip in self.clips]
             t5 = self.encode_t5(text)
-            pooled = torch.cat([p for _, p in encoded]).float()
+            pooled = torch.cat([p.to(encoded[0][0].dtype) for _, p in encoded])
             clip = None
             if not self.is_flux:
                 clip = torch.cat([z for z, _ in encoded], dim=-1)

@@ -54,8 +54,8 @@ SCALE_WEIGHT = ".scale_weight"
 # ComfyUI's fp8 matmuls scale their inputs too; a weight upcast here runs in the compute dtype,
 # where inputs need no scale.
 SCALE_INPUT = ".scale_input"
-PART_FOLDERS = {"vae16": "models/VAE"}
-PART_FOLDER_DEFAULT = "models/text_encoder"
+TEXT_ENCODER_FOLDER = "models/text_encoder"
+VAE_FOLDER = "models/VAE"
 
 
 # --- fp8 ------------------------------------------------------------------------------------
@@ -114,6 +114,8 @@ def _part_key(part: str, key: str) -> str | None:
     if part == "vae16":
         return VAE + key
     key = key.removeprefix("transformer.")
+    if part == "t5xxl" and key.startswith(("decoder.", "lm_head.")):
+        return None  # a whole encoder-decoder T5 file: only its encoder is used
     if part in CLIP_WIDTHS.values() and not key.startswith(("text_model.", "text_projection")):
         key = "text_model." + key  # transformers 5's CLIPTextModel and some merges have no text_model level
     return PART_PREFIXES[part] + key
@@ -165,10 +167,12 @@ def normalise_flow_keys(tensors: dict[str, torch.Tensor], dtype: torch.dtype = t
 
 # --- separate text encoder and VAE files ------------------------------------------------------
 
-def identify_part(shapes: dict[str, tuple]) -> str | None:
+def identify_part(shapes: dict[str, tuple], file_name: str = "") -> str | None:
     """"clip_l", "clip_g", "t5xxl" or "vae16" for a separate encoder or VAE file's key -> shape
     table (with or without ``transformer.``/``text_model.`` levels), else None. By content:
-    T5 by its blocks, CLIP by width and depth, the VAE by its 16 latent channels."""
+    T5 by its blocks, CLIP by width and depth, the VAE by its 16 latent channels. A CLIP tower
+    of another size (a fine-tune's, a test's) is told by its file name (clip_l / clip_g), as
+    ComfyUI's and Forge's folders name them."""
     bare = {}
     for key, shape in shapes.items():
         for prefix in (VAE, "vae.", "transformer.", "text_model."):
@@ -182,7 +186,8 @@ def identify_part(shapes: dict[str, tuple]) -> str | None:
     tokens = bare.get("embeddings.token_embedding.weight")
     if tokens is not None and len(tokens) == 2:
         layers = len({m[1] for key in bare if (m := re.match(r"encoder\.layers\.(\d+)\.", key))})
-        return CLIP_WIDTHS.get((tokens[1], layers))
+        named = [part for part in CLIP_WIDTHS.values() if part in file_name.lower()]
+        return CLIP_WIDTHS.get((tokens[1], layers)) or (named[0] if len(named) == 1 else None)
     return None
 
 
@@ -191,7 +196,7 @@ def part_tensors(path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16) -
     fp8 upcast to ``dtype``; EngineError naming the file when it is none of the parts."""
     path = Path(path)
     tensors = upcast_fp8(loading.read_tensor_file(path)[0], dtype)
-    part = identify_part({key: tuple(value.shape) for key, value in tensors.items()})
+    part = identify_part({key: tuple(value.shape) for key, value in tensors.items()}, path.name)
     if part is None:
         raise EngineError("not a CLIP-L, CLIP-G, T5-XXL or 16-channel VAE file", label=path.name)
     return part, _part_tensors(part, tensors, path.name)
@@ -218,7 +223,7 @@ def find_parts(folders: Iterable[str | os.PathLike], needed: Iterable[str]) -> d
         for path in model_files(folder, (".safetensors",)):
             header = loading.safetensors_header(path)
             shapes = {key: info["shape"] for key, info in header.items() if key != "__metadata__"}
-            part = identify_part(shapes) if shapes else None
+            part = identify_part(shapes, path.name) if shapes else None
             if part in needed:
                 rank = (_is_fp8_file(header), str(path), path)
                 if part not in choices or rank[:2] < choices[part][:2]:
@@ -238,10 +243,10 @@ def missing_parts_message(label: str, missing: Iterable[str]) -> str:
     lacks, fixes = [], []
     if encoders:
         lacks.append("text encoders" if len(encoders) > 1 else "text encoder")
-        fixes.append(f"put {_names(encoders)} in {PART_FOLDER_DEFAULT}")
+        fixes.append(f"put {_names(encoders)} in {TEXT_ENCODER_FOLDER}")
     if "vae16" in missing:
         lacks.append("VAE")
-        fixes.append(f"put the {label} VAE in {PART_FOLDERS['vae16']}")
+        fixes.append(f"put the {label} VAE in {VAE_FOLDER}")
     return f"this {label} file has no {' or '.join(lacks)}: {'; '.join(fixes)}"
 
 

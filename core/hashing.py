@@ -20,11 +20,17 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def model_file(path: Path) -> Path:
-    """The file whose hash names a model: the file itself, or a diffusers folder's UNet weights."""
+    """The file whose hash names a model: the file itself, or a diffusers folder's denoising
+    network weights (unet/, or transformer/ for SD 3.x and FLUX.1; of a sharded one, the first
+    shard)."""
     if path.is_dir():
-        for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
-            if (path / "unet" / name).is_file():
-                return path / "unet" / name
+        for part in ("unet", "transformer"):
+            for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
+                if (path / part / name).is_file():
+                    return path / part / name
+            shards = sorted((path / part).glob("diffusion_pytorch_model-*.safetensors"))
+            if shards:
+                return shards[0]
     return path
 
 

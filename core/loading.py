@@ -325,16 +325,19 @@ def read_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32)
     return normalise_keys(tensors), metadata
 
 
-def add_separate_parts(tensors: dict[str, torch.Tensor], parts_folders, dtype: torch.dtype, label: str) -> dict[str, torch.Tensor]:
+def add_separate_parts(
+    tensors: dict[str, torch.Tensor], parts_folders, dtype: torch.dtype, label: str,
+) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
     """An SD 3.x / FLUX.1 checkpoint completed from the separate files ComfyUI and Forge keep:
     text encoders (models/text_encoder: clip_l, clip_g, t5xxl) and the VAE (models/VAE: ae),
     each found by its content. Files without the family's required encoders or VAE are refused
-    naming what is missing and where to put it; SD3's optional T5 is taken when present."""
+    naming what is missing and where to put it; SD3's optional T5 is taken when present.
+    -> (the completed tensors, the file each added part came from)."""
     from core import flow_files
 
     family = detector_for({k: () for k in tensors})
     if family is None or family.flow is None:
-        return tensors
+        return tensors, {}
     present = {name for name in flow_files.ENCODER_PARTS if any(k.startswith(f"{FLOW_TEXT}{name}.") for k in tensors)}
     wanted = [name for name in (*family.flow.encoders, *family.flow.optional_encoders) if name not in present]
     if not any(k.startswith(VAE) for k in tensors):
@@ -346,7 +349,7 @@ def add_separate_parts(tensors: dict[str, torch.Tensor], parts_folders, dtype: t
     missing = [name for name in wanted if name not in found and name not in family.flow.optional_encoders]
     if missing:
         raise EngineError(flow_files.missing_parts_message(family.label, missing), kind=NOT_FOUND, label=label)
-    return tensors
+    return tensors, found
 
 
 def find_t5_tokenizer_for(path: Path, parts_folders) -> Path | None:
@@ -486,7 +489,7 @@ def _read_with_spec(
 ) -> tuple[dict[str, torch.Tensor], ModelSpec]:
     """The file's tensors and the spec the notes above give, before any test forward pass."""
     tensors, metadata = read_checkpoint(path, dtype=dtype)
-    tensors = add_separate_parts(tensors, parts_folders, dtype, path.name)
+    tensors, parts = add_separate_parts(tensors, parts_folders, dtype, path.name)
     if path.is_file():
         metadata.update(read_sidecar_yaml(path))
     if prediction not in (None, "", "auto"):
@@ -503,6 +506,8 @@ def _read_with_spec(
         zero_terminal_snr = metadata.get("zero_terminal_snr") == "1"
     if zero_terminal_snr:
         spec = dataclasses.replace(spec, zero_terminal_snr=True)
+    if parts:
+        spec = dataclasses.replace(spec, part_files=tuple(sorted((name, str(file)) for name, file in parts.items())))
     return tensors, spec
 
 

@@ -102,7 +102,7 @@ def prepare_unet_for_speed(unet, device: torch.device, compile: bool = False) ->
     """prepare_for_speed's work on one UNet (the benchmark times a bare UNet prepared so).
     -> whether it runs compiled."""
     compiled = compile_module(unet, device) if compile else False
-    if device.type == "cpu":
+    if device.type == "cpu" and hasattr(unet, "use_memory_format"):  # the UNets; transformers have no feature maps
         unet.use_memory_format(torch.channels_last)
         # Compiled code calls oneDNN its own way; the eager path's copies would only cost memory.
         use_prepacked_convolutions(unet, on=not compiled)

@@ -105,6 +105,7 @@ def test_comfyui_forge_checkpoint_parts_are_normalised():
         "text_encoders.clip_g.transformer.text_projection.weight": small(4, 4),
         "text_encoders.t5xxl.transformer.encoder.embed_tokens.weight": embed,
         "text_encoders.t5xxl.transformer.encoder.final_layer_norm.weight": small(4),
+        "text_encoders.t5xxl.transformer.decoder.final_layer_norm.weight": small(4),
     }
     out = normalise_flow_keys(checkpoint)
     assert set(out) == {
@@ -170,6 +171,9 @@ def test_identify_part_by_content():
     assert identify_part(shapes_of(clip_skeleton(768, 12, prefix=""))) == "clip_l"
     assert identify_part(shapes_of(clip_skeleton(1280, 32, prefix="transformer.text_model."))) == "clip_g"
     assert identify_part(shapes_of(clip_skeleton(768, 11))) is None  # not a released CLIP-L
+    # ... unless its file says which one it is
+    assert identify_part(shapes_of(clip_skeleton(768, 11)), "my_clip_l_finetune.safetensors") == "clip_l"
+    assert identify_part(shapes_of(clip_skeleton(768, 11)), "clip_l_and_clip_g.safetensors") is None
     assert identify_part(shapes_of(t5_skeleton())) == "t5xxl"
     assert identify_part({"transformer." + k: v for k, v in shapes_of(t5_skeleton()).items()}) == "t5xxl"
     assert identify_part(shapes_of(vae_skeleton())) == "vae16"
@@ -189,6 +193,14 @@ def test_part_tensors_reads_a_separate_file_under_the_normalised_prefix(tmp_path
     part, tensors = part_tensors(tmp_path / "t5xxl_fp8_e4m3fn.safetensors")
     assert part == "t5xxl"
     assert tensors["text_encoders.t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.weight"].dtype == torch.bfloat16
+
+    scaled = t5_skeleton(torch.float8_e4m3fn) | {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn),
+                                                 "encoder.block.0.layer.0.SelfAttention.q.scale_weight": torch.tensor(0.5)}
+    save_file(scaled, tmp_path / "t5xxl_fp8_e4m3fn_scaled.safetensors")
+    part, tensors = part_tensors(tmp_path / "t5xxl_fp8_e4m3fn_scaled.safetensors", dtype=torch.float16)
+    assert part == "t5xxl" and len(tensors) == 3
+    assert torch.equal(tensors["text_encoders.t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.weight"],
+                       torch.full((8, 8), 0.5, dtype=torch.float16))
 
     save_file(vae_skeleton(), tmp_path / "ae.safetensors")
     assert set(part_tensors(tmp_path / "ae.safetensors")[1]) == {

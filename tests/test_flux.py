@@ -119,10 +119,17 @@ def test_dev_output_depends_on_guidance_and_rejects_none():
             model(latent, timesteps, context, pooled, None)
 
 
-def test_odd_latent_size_is_refused():
+def test_odd_latent_sides_are_padded_and_cropped_back():
+    """A 7-wide latent runs as the 8-wide one whose last column wraps around (circular padding):
+    the answer keeps the 7 columns, equal to the padded run's first 7."""
     model = tiny_flux(guidance_embed=False)
-    with pytest.raises(ValueError, match="must be even"):
-        model(torch.zeros(1, 16, 6, 7), torch.zeros(1), torch.zeros(1, 1, 4096), torch.zeros(1, 768))
+    x = torch.randn(1, 16, 6, 7)
+    args = (torch.full((1,), 0.5), torch.randn(1, 3, 4096), torch.randn(1, 768))
+    with torch.no_grad():
+        out = model(x, *args)
+        padded = model(torch.cat([x, x[..., :1]], dim=-1), *args)
+    assert out.shape == x.shape
+    assert torch.allclose(out, padded[..., :7], atol=1e-6)
 
 
 @pytest.mark.parametrize("guidance_embed", [True, False])

@@ -14,6 +14,7 @@ import torch
 from core.models.normalization import cast_keeping_float32, float32_parameter_names
 from core.models.t5 import T5XXL_PREFIX, T5Encoder, T5EncoderConfig, detect_t5
 from tiny_models import REFERENCE_DIR
+from tiny_flow_models import write_t5_tokenizer_json
 
 MANIFEST = json.loads((REFERENCE_DIR / "t5xxl_encoder.json").read_text())
 # google/t5-v1_1-xxl's config.json with the sizes cut (heads stay several, buckets the real 32).
@@ -161,13 +162,6 @@ def test_float16_encoder_stays_close_where_a_plain_half_cast_overflows():
 
 # --- the tokenizer ----------------------------------------------------------------------------------
 
-# A T5-like Unigram vocabulary: the three special pieces at T5's ids, word pieces, single letters.
-TINY_PIECES = (
-    [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    + [(f"▁{word}", -3.0 - 0.1 * i) for i, word in enumerate(("a", "photo", "of", "the", "cat", "dog", "red", "on", "mat"))]
-    + [(piece, -4.0 - 0.05 * i) for i, piece in enumerate("abcdefghijklmnopqrstuvwxyz,.")]
-    + [("s", -3.5), ("ing", -3.6)]
-)
 PROMPTS = [
     "a photo of the cat",
     "a red dog on the mat, sleeping.",
@@ -176,19 +170,6 @@ PROMPTS = [
     "Ünïcode and UPPER case: 42 €",  # pieces the vocabulary lacks -> <unk>
     " ".join(["the red cat on the mat"] * 12),  # longer than max_length: truncated, </s> kept
 ]
-
-
-def write_t5_tokenizer_json(path):
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-
-    tokenizer = Tokenizer(models.Unigram(TINY_PIECES, unk_id=2))
-    tokenizer.normalizer = normalizers.Replace(Regex(" {2,}"), "▁")  # as T5's own (after its precompiled map)
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(path))
-    return path
 
 
 def write_clip_like_tokenizer_json(path):

@@ -72,6 +72,9 @@ class ModelSpec:
     # "clip_g", "t5xxl") with its config, in the family's order.
     transformer: object | None = None
     text_parts: tuple[tuple[str, object], ...] = ()
+    # The separate files a checkpoint was completed from (part name, path): SD3/FLUX encoders
+    # and VAE from models/text_encoder and models/VAE (Forge's "Module N" infotext fields).
+    part_files: tuple[tuple[str, str], ...] = ()
 
     @property
     def family_info(self) -> Family:

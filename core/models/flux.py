@@ -307,9 +307,12 @@ class FluxTransformer(nn.Module):
         """img (B, C, H, W) latent, H and W even; timesteps (B,) in [0, 1] (the flow's sigma);
         context (B, L, 4096) T5 states; pooled (B, 768) CLIP-L; guidance (B,) the distilled
         guidance value (dev; required there, ignored by schnell) -> the velocity, (B, C, H, W)."""
+        full_height, full_width = img.shape[-2:]
+        # FLUX packs 2x2 latent patches: an odd side (a picture side that is not a multiple of 16)
+        # is padded to even (circularly, as ComfyUI does) and the answer cropped back.
+        if full_height % 2 or full_width % 2:
+            img = F.pad(img, (0, full_width % 2, 0, full_height % 2), mode="circular")
         height, width = img.shape[-2:]
-        if height % 2 or width % 2:
-            raise ValueError(f"FLUX packs 2x2 latent patches: the latent's size {height}x{width} must be even")
         dtype = self.img_in.weight.dtype
         x = self.img_in(pack_latent(img).to(dtype))
         vec = self.time_in(timestep_embedding(timesteps).to(dtype))
@@ -326,4 +329,4 @@ class FluxTransformer(nn.Module):
         for block in self.single_blocks:
             x = block(x, vec, cos, sin)
         x = self.final_layer(x[:, txt.shape[1]:], vec)
-        return unpack_latent(x, height, width)
+        return unpack_latent(x, height, width)[..., :full_height, :full_width]

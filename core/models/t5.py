@@ -114,7 +114,8 @@ class T5Encoder(nn.Module):
     def encode(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, L) token ids -> (B, L, d_model) float32, every position attended (no mask, as diffusers)."""
         hidden = self.transformer(input_ids=input_ids.to(self.transformer.device)).last_hidden_state
-        return hidden.float()
+        # float32 for every model; float64 stays (the parity tests' double-precision runs).
+        return hidden if hidden.dtype == torch.float64 else hidden.float()
 
     forward = encode
 
