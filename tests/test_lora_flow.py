@@ -6,10 +6,16 @@ LoraManager.activate with a folder and prompt tags, as the engine calls it."""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+
+from core.engine import Engine
 
 from core.models.clip import TextEncoderConfig
 from core.models.detection import ModelSpec
@@ -18,6 +24,7 @@ from core.models.flux import FluxConfig
 from core.models.mmdit import MMDiTConfig
 from core.models.t5 import T5EncoderConfig
 from core.models.vae import VAEConfig
+from core.params import GenerationParams
 from core.prompts.parser import extract_extra_networks
 from extensions.lora import LoraManager
 from extensions.lora.formats import Module, guess_family
@@ -25,6 +32,7 @@ from extensions.lora.merge import checkpoint_shapes
 from extensions.lora.names import build_table, canonical_name
 from tiny_models import REFERENCE_DIR
 
+ROOT = Path(__file__).resolve().parent.parent
 UNET = "model.diffusion_model."
 RANK, ALPHA = 4, 6.0
 TAG_WEIGHT = 0.7
@@ -450,3 +458,59 @@ def test_every_diffusers_layer_of_the_released_models_resolves_with_its_shape(na
     width = twin.config.num_attention_heads * twin.config.attention_head_dim
     down = lora_module("transformer.transformer_blocks.0.attn.to_q", width)
     assert guess_family({down.name: down}, {}) == family
+
+
+# --- through the engine -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def flux_studio(tmp_path_factory):
+    """An engine with the LoRA extension over models/ holding a tiny FLUX.1 dev single file."""
+    from tiny_flow_models import flux_components, flux_scheduler, save_flow_folder, save_single_file
+
+    root = tmp_path_factory.mktemp("flow-lora")
+    shutil.copytree(ROOT / "extensions" / "lora", root / "extensions" / "lora", ignore=shutil.ignore_patterns("__pycache__"))
+    folder = save_flow_folder(root / "build", flux_components(0, velocity_scale=0.05), "FluxPipeline", flux_scheduler("dev"))
+    save_single_file(folder, root / "models" / "Stable-diffusion" / "tiny-flux.safetensors")
+    (root / "models" / "Lora").mkdir()
+    engine = Engine(device="cpu", ckpt_dir=root / "models" / "Stable-diffusion", output_dir=root / "out",
+                    hash_cache=root / "hashes.json", extensions_dir=root / "extensions", models_dir=root / "models")
+    assert engine.extensions.extensions["lora"].enabled, engine.extensions.extensions["lora"].error
+    return SimpleNamespace(engine=engine, lora=root / "models" / "Lora")
+
+
+def flux_picture(engine, prompt):
+    params = GenerationParams(prompt=prompt, steps=2, cfg_scale=1.0, width=64, height=48, seed=3,
+                              checkpoint="tiny-flux.safetensors")
+    (result,) = engine.txt2img(params, save=False)
+    return result, np.asarray(result.image, dtype=np.int16)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_flux_lora_through_the_engine_changes_the_picture_and_comes_out(flux_studio):
+    engine = flux_studio.engine
+    _, plain = flux_picture(engine, "a red cat")
+    model = engine.loaded.model
+    saved = snapshot(model)
+    shapes = checkpoint_shapes(model)
+    file = {}
+    for seed, (name, key) in enumerate([
+            ("lora_unet_double_blocks_0_img_attn_qkv", UNET + "double_blocks.0.img_attn.qkv.weight"),
+            ("lora_unet_single_blocks_1_linear2", UNET + "single_blocks.1.linear2.weight"),
+            ("lora_te1_text_model_encoder_layers_0_mlp_fc1",
+             "text_encoders.clip_l.transformer.text_model.encoder.layers.0.mlp.fc1.weight"),
+            ("lora_te3_encoder_block_0_layer_0_SelfAttention_v",
+             "text_encoders.t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.v.weight")]):
+        generator = torch.Generator().manual_seed(seed)
+        out_width, in_width = shapes[key]
+        file[f"{name}.lora_down.weight"] = 0.3 * torch.randn(RANK, in_width, generator=generator)
+        file[f"{name}.lora_up.weight"] = 0.3 * torch.randn(out_width, RANK, generator=generator)
+    save_file(file, flux_studio.lora / "style.safetensors", metadata={"ss_base_model_version": "flux1"})
+
+    result, styled = flux_picture(engine, "a red cat <lora:style:1>")
+    assert result.notes == []  # every module found its layer
+    assert 'Lora hashes: "style: ' in result.infotext
+    assert np.abs(styled - plain).mean() > 1
+    assert len(changed(model, saved)) == 4
+    _, again = flux_picture(engine, "a red cat")
+    assert np.array_equal(again, plain)
+    assert changed(model, saved) == set()
