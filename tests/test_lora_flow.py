@@ -468,8 +468,10 @@ def flux_studio(tmp_path_factory):
     from tiny_flow_models import flux_components, flux_scheduler, save_flow_folder, save_single_file
 
     root = tmp_path_factory.mktemp("flow-lora")
-    shutil.copytree(ROOT / "extensions" / "lora", root / "extensions" / "lora", ignore=shutil.ignore_patterns("__pycache__"))
-    folder = save_flow_folder(root / "build", flux_components(0, velocity_scale=0.05), "FluxPipeline", flux_scheduler("dev"))
+    shutil.copytree(ROOT / "extensions" / "lora", root / "extensions" / "lora",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    parts = flux_components(0, velocity_scale=0.05)
+    folder = save_flow_folder(root / "build", parts, "FluxPipeline", flux_scheduler("dev"))
     save_single_file(folder, root / "models" / "Stable-diffusion" / "tiny-flux.safetensors")
     (root / "models" / "Lora").mkdir()
     engine = Engine(device="cpu", ckpt_dir=root / "models" / "Stable-diffusion", output_dir=root / "out",

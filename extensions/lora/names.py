@@ -210,8 +210,8 @@ def _is_t5_layer(rest: str, shape) -> bool:
 
 
 def has_two_text_encoders(keys) -> bool:
-    """Whether the first text encoder is ``lora_te1_`` (SDXL; SD 3.x and FLUX.1, whose CLIP-L
-    kohya names so even beside T5 alone)."""
+    """Whether the first text encoder is ``lora_te1_``: SDXL's, and CLIP-L of SD 3.x and FLUX.1
+    (kohya numbers it 1 there even when T5 is its only companion)."""
     return any(k.startswith(("conditioner.embedders.1.", "text_encoders.")) for k in keys)
 
 
