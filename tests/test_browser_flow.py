@@ -6,12 +6,12 @@ folder holds the tiny SD 1.x checkpoint and a tiny FLUX.1 dev file (tests/tiny_f
 Screenshots go to test-artifacts/ (flow-*.png)."""
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
 
-from test_browser import browser, go_to_tab, launched, page, pytestmark, shot, value_of, wait_text  # noqa: F401
+from test_browser import (browser, go_to_tab, launched, page, pytestmark, server_folders, shot,  # noqa: F401
+                          value_of, wait_text)
 
 SD1, FLUX = "tiny.safetensors", "tiny_flux.safetensors"  # listed in this order: the page starts on SD 1.x
 
@@ -21,15 +21,12 @@ def server(tiny_checkpoints, tmp_path_factory):
     from tiny_flow_models import flux_components, flux_scheduler, save_flow_folder, save_single_file
 
     root = tmp_path_factory.mktemp("browser-flow")
-    ckpt_dir, out_dir, data_dir = root / "models" / "Stable-diffusion", root / "outputs", root / "data"
-    ckpt_dir.mkdir(parents=True)
-    data_dir.mkdir()
+    ckpt_dir, out_dir, data_dir = server_folders(root)
     shutil.copy(tiny_checkpoints["safetensors"], ckpt_dir / SD1)
     # velocity_scale as tests/test_flow_engine.py: random weights otherwise draw noise of huge values
     folder = save_flow_folder(root / "build" / "flux", flux_components(0, velocity_scale=0.02), "FluxPipeline",
                               flux_scheduler("dev"))
     save_single_file(folder, ckpt_dir / FLUX)
-    (data_dir / "config.json").write_text(json.dumps({"preview_every": 1}))
     with launched(root, ckpt_dir, out_dir, data_dir) as started:
         yield started
 
