@@ -115,7 +115,6 @@ class JobFlags:
     skipped: bool = False
 
 
-
 def _known_size(spec) -> int | None:
     """``spec.default_size``, or None for an SD 2.x file that says nothing of eps or v (read
     from its header, before its test pass: its size depends on which it is)."""
@@ -145,6 +144,7 @@ def generation_defaults(family: Family | None, size: int | None) -> dict[str, An
         "distilled_cfg_scale": bool(flow and flow.distilled_guidance),
         "samplers": list(FLOW_SAMPLERS if flow else SAMPLERS),
     }
+
 
 class Engine:
     def __init__(
