@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -31,7 +31,7 @@ from core.images import save_png
 from core.infotext import create_infotext, format_number
 from core.loading import CHECKPOINT_SUFFIXES, load_model, read_spec
 from core.modelfiles import has_suffix, name_in_folder, walk
-from core.models.families import LatentFormat
+from core.models.families import Family, LatentFormat
 from core.params import MAX_SIZE, GenerationParams
 from core.pipelines.common import resolve_seed, to_pil
 from core.pipelines.hires import hires_fields, hires_fix
@@ -116,6 +116,37 @@ class LoadedModel:
 class JobFlags:
     interrupted: bool = False
     skipped: bool = False
+
+
+def _known_size(spec) -> int | None:
+    """``spec.default_size``, or None for an SD 2.x file that says nothing of eps or v (read
+    from its header, before its test pass: its size depends on which it is)."""
+    if spec.family_info.detects_prediction and spec.prediction_source == "default" and not spec.native_size:
+        return None
+    return spec.default_size
+
+
+def generation_defaults(family: Family | None, size: int | None) -> dict[str, Any]:
+    """The generation settings a checkpoint of ``family`` (None: unknown, taken as a UNet one)
+    starts from, as Forge sets them up when one is chosen:
+
+    * "size": its picture size (Engine.default_size), None when unknown;
+    * "steps", "cfg_scale": a flow family's own (FlowFacts: SD 3.x 28 / 5, FLUX.1 dev 20 / 1,
+      schnell 4 / 1); None for the UNet families, which leave them to the user's defaults;
+    * "distilled_cfg_scale": True when the network takes Forge's Distilled CFG Scale (FLUX.1 dev);
+    * "samplers": the sampler names it takes (the flow families refuse the SDE, Restart,
+      DDIM-type and LCM samplers)."""
+    from core.sampling.flow import FLOW_SAMPLERS
+    from core.sampling.samplers import SAMPLERS
+
+    flow = family.flow if family is not None else None
+    return {
+        "size": size,
+        "steps": flow.default_steps if flow else None,
+        "cfg_scale": flow.default_cfg if flow else None,
+        "distilled_cfg_scale": bool(flow and flow.distilled_guidance),
+        "samplers": list(FLOW_SAMPLERS if flow else SAMPLERS),
+    }
 
 
 class Engine:
@@ -363,16 +394,29 @@ class Engine:
         with the current overrides; None (or left out): the loaded model. Read from the file's
         header without loading it; None when that cannot tell (an SD 2.x file with no hint of
         eps or v, until it is loaded and its test pass has run)."""
+        spec = self._header_spec(name, allow_paths)
+        return _known_size(spec) if spec is not None else None
+
+    def generation_defaults(self, name: str | None = None, allow_paths: bool = False) -> dict[str, Any]:
+        """What a page sets up for checkpoint ``name`` before anything is generated with it, read
+        as default_size reads the size (the file's header; None: the loaded model, and when
+        none is, the answer for a UNet checkpoint of unknown size). See ``generation_defaults``."""
+        spec = self._header_spec(name, allow_paths)
+        if spec is None:
+            return generation_defaults(None, None)
+        return generation_defaults(spec.family_info, _known_size(spec))
+
+    def _header_spec(self, name: str | None, allow_paths: bool):
+        """Checkpoint ``name``'s ModelSpec: the loaded model's when it is that file with the
+        current overrides, else read from the file's header; None (or left out): the loaded
+        model's, None when nothing is loaded."""
         if name is None:
-            return self.loaded.model.spec.default_size if self.loaded else None
+            return self.loaded.model.spec if self.loaded else None
         path = self.resolve_checkpoint(name, allow_paths)
         if self.loaded and self.loaded.path == path and self.loaded.overrides == self.model_overrides():
-            return self.loaded.model.spec.default_size
+            return self.loaded.model.spec
         prediction, zero_terminal_snr = self.model_overrides()
-        spec = read_spec(path, prediction=prediction, zero_terminal_snr=zero_terminal_snr, parts_folders=self.parts_folders)
-        if spec.family_info.detects_prediction and spec.prediction_source == "default" and not spec.native_size:
-            return None
-        return spec.default_size
+        return read_spec(path, prediction=prediction, zero_terminal_snr=zero_terminal_snr, parts_folders=self.parts_folders)
 
     # --- the refiner --------------------------------------------------------------------
 

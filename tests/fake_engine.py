@@ -4,7 +4,8 @@ Jobs paint solid pictures from their params (the colour tells the picture's plac
 report progress as the engine does (core.engine.Progress, with a flat latent for previews) and
 save through the engine's own saving code. Every job is recorded in ``calls``. Checkpoints are
 names (``checkpoints``; no files) that load in ``load_seconds`` while ``loading`` says how far;
-``fail`` makes every job raise it; ``native_size`` is what ``default_size`` says of a checkpoint.
+``fail`` makes every job raise it; ``native_size`` is what ``default_size`` says of a checkpoint;
+``families`` names the model family (core/models/families.py) of a checkpoint, SD 1.x when unnamed.
 tests/test_engine_protocol.py keeps this class to the protocol, as it does the real engine.
 """
 from __future__ import annotations
@@ -21,10 +22,11 @@ import numpy as np
 from PIL import Image
 
 from core.engine import (Engine, GeneratedImage, JobFlags, LoadedModel, Loading, Progress, check_prediction,
-                         save_image_or_say_why)
+                         generation_defaults, save_image_or_say_why)
 from core.errors import NOT_FOUND, EngineError
 from core.extensions import ExtensionRegistry
 from core.hashing import HashCache
+from core.models.families import SD1, family_of
 from core.text.tokenizer import load_clip_tokenizer
 from core.vae_files import AUTOMATIC, list_vae_files, resolve_vae_choice
 
@@ -51,7 +53,7 @@ class FakeEngine:
 
     def __init__(self, root: Path, checkpoints: tuple[str, ...] | list[str] = ("sd15.safetensors", "sub/other.ckpt"),
                  fail: BaseException | None = None, steps_delay: float = 0.01, load_seconds: float = 0.0,
-                 native_size: int | None = None):
+                 native_size: int | None = None, families: dict[str, str] | None = None):
         self.models_dir = root / "models"
         self.ckpt_dir = self.models_dir / "Stable-diffusion"
         self.lora_dir = self.models_dir / "Lora"
@@ -72,6 +74,7 @@ class FakeEngine:
         self.steps_delay = steps_delay
         self.load_seconds = load_seconds
         self.native_size = native_size
+        self.families = dict(families or {})
         self.calls: list[Call] = []
         self.interrupts = 0
         self._lock = threading.Lock()
@@ -125,6 +128,14 @@ class FakeEngine:
             return self.loaded.model.spec.default_size if self.loaded else None
         self.resolve_checkpoint(name, allow_paths)
         return self.native_size
+
+    def generation_defaults(self, name: str | None = None, allow_paths: bool = False) -> dict[str, Any]:
+        """The engine's answer for the family ``families`` gives the checkpoint (or the loaded one)."""
+        if name is None and self.loaded is None:
+            return generation_defaults(None, None)
+        path = self.resolve_checkpoint(name, allow_paths) if name is not None else self.loaded.path
+        family = next((family for listed, family in self.families.items() if self.ckpt_dir / listed == path), SD1)
+        return generation_defaults(family_of(family), self.default_size(name, allow_paths))
 
     def model_hash(self) -> str | None:
         if self.loaded is not None and self.loaded.hash is None:

@@ -43,12 +43,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_checkpoints, tmp_path_factory):
-    root = tmp_path_factory.mktemp("browser")
+def server_folders(root: Path) -> tuple[Path, Path, Path]:
+    """The checkpoints, outputs and data folders ``launched`` serves under ``root`` (the first and
+    last made, empty)."""
     ckpt_dir, out_dir, data_dir = root / "models" / "Stable-diffusion", root / "outputs", root / "data"
     ckpt_dir.mkdir(parents=True)
     data_dir.mkdir()
+    return ckpt_dir, out_dir, data_dir
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoints, tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser")
+    ckpt_dir, out_dir, data_dir = server_folders(root)
     shutil.copy(tiny_checkpoints["safetensors"], ckpt_dir / "tiny.safetensors")
     shutil.copy(tiny_checkpoints["fp16"], ckpt_dir / "tiny_fp16.safetensors")  # listed after tiny.safetensors
     (data_dir / "config.json").write_text(json.dumps({"preview_every": 1}))

@@ -67,7 +67,7 @@ def test_the_protocol_lists_what_the_app_uses():
     assert {"output_dir", "ckpt_dir", "models_dir", "lora_dir", "embeddings_dir", "loaded", "loading", "flags",
             "prediction", "zero_terminal_snr", "hashes", "extensions"} <= set(ATTRIBUTES)
     assert {"txt2img", "img2img", "sd_upscale", "extras", "load", "unload", "job_model", "resolve_checkpoint",
-            "list_checkpoints", "default_size", "model_hash", "exclusive", "interrupt", "skip"} <= set(METHODS)
+            "list_checkpoints", "default_size", "generation_defaults", "model_hash", "exclusive", "interrupt", "skip"} <= set(METHODS)
 
 
 def test_the_real_engine_keeps_to_the_protocol(real_engine):

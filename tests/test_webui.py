@@ -778,25 +778,42 @@ def test_refiner_fields_become_params_and_come_back_from_infotext(tmp_path, stud
     assert "refiner_checkpoint" not in fields and notes == ["Refiner: 'gone [0123456789]' is not in the checkpoint folder"]
 
 
+def followed_sizes(out: list) -> list:
+    """Each tab's (width, height) of a Models.follow_checkpoint answer (after the followed state)."""
+    from app.page.models import FOLLOW_OUTPUTS
+
+    per_tab = len(FOLLOW_OUTPUTS)
+    return [out[1 + i:3 + i] for i in range(0, len(out) - 1, per_tab)]
+
+
 def test_size_follows_the_checkpoint_until_the_user_changes_it(studio):
     native = {"sd15.safetensors": 512, "sub/other.ckpt": 1024, "v2.safetensors": None}
-    studio.engine.default_size = native.get
+    studio.engine.checkpoints.append("v2.safetensors")
+    studio.engine.default_size = lambda name, allow_paths=False: native[name]
     skip = gr.skip()
+
+    def tabs(*sizes):  # each tab's (width, height), then steps, CFG scale and sampler as the Settings give them
+        return [v for width, height in zip(sizes[::2], sizes[1::2]) for v in (width, height, 20, 7.0, "Euler")]
+
+    def skipped(pair):
+        return all(isinstance(v, type(skip)) for v in pair)
+
     # three tabs' (width, height); the second tab's size was changed by the user
-    out = studio.models.follow_checkpoint_size("sub/other.ckpt", None, 512, 512, 640, 512, 512, 512)
-    assert out[0] == [1024, 1024] and out[1:3] == [1024, 1024] and out[5:] == [1024, 1024]
-    assert all(isinstance(v, type(skip)) for v in out[3:5])
-    out = studio.models.follow_checkpoint_size("sd15.safetensors", [1024, 1024], 1024.0, 1024.0, 640, 512, 1024, 768)
-    assert out[0] == [512, 512] and out[1:3] == [512, 512]
-    assert all(isinstance(v, type(skip)) for v in out[3:])
-    # a size that cannot be read from the file: nothing changes
-    out = studio.models.follow_checkpoint_size("v2.safetensors", [512, 512], 512, 512, 512, 512, 512, 512)
-    assert out[0] == [512, 512] and all(isinstance(v, type(skip)) for v in out[1:])
+    out = studio.models.follow_checkpoint("sub/other.ckpt", None, *tabs(512, 512, 640, 512, 512, 512))
+    first, second, third = followed_sizes(out)
+    assert out[0]["size"] == [1024, 1024] and first == third == [1024, 1024] and skipped(second)
+    out = studio.models.follow_checkpoint("sd15.safetensors", out[0], *tabs(1024.0, 1024.0, 640, 512, 1024, 768))
+    first, second, third = followed_sizes(out)
+    assert out[0]["size"] == [512, 512] and first == [512, 512] and skipped(second) and skipped(third)
+    # a size that cannot be read from the file: the size stays
+    out = studio.models.follow_checkpoint("v2.safetensors", {"size": [512, 512]}, *tabs(512, 512, 512, 512, 512, 512))
+    assert out[0]["size"] == [512, 512] and all(skipped(pair) for pair in followed_sizes(out))
     # on page load only while the Settings' default size is the stock 512x512
-    assert studio.models.follow_checkpoint_size("sub/other.ckpt", None, 512, 512, page_load=True)[:3] == [[1024, 1024], 1024, 1024]
+    out = studio.models.follow_checkpoint("sub/other.ckpt", None, *tabs(512, 512), page_load=True)
+    assert out[0]["size"] == [1024, 1024] and followed_sizes(out) == [[1024, 1024]]
     studio.settings.update({"default_width": 640})
-    out = studio.models.follow_checkpoint_size("sub/other.ckpt", None, 640, 512, page_load=True)
-    assert out[0] is None and all(isinstance(v, type(skip)) for v in out[1:])
+    out = studio.models.follow_checkpoint("sub/other.ckpt", None, *tabs(640, 512), page_load=True)
+    assert "size" not in out[0] and skipped(followed_sizes(out)[0])
 
 
 def test_model_settings_reach_the_engine_and_are_saved(tmp_path):

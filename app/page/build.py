@@ -29,7 +29,7 @@ from app.page.layout.settings import settings_tab  # noqa: E402
 from app.page.layout.styles import styles_tab, wire_styles  # noqa: E402
 from app.page.layout.superres import superres_tab  # noqa: E402
 from core.engine_protocol import EngineProtocol  # noqa: E402
-from app.page.models import sampler_choices  # noqa: E402
+from app.page.models import FOLLOW_INPUTS, FOLLOW_OUTPUTS, sampler_choices  # noqa: E402
 from app.page.studio import StudioUI  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.styles import StyleDatabase  # noqa: E402
@@ -168,8 +168,9 @@ def _wire_send_to(ui: StudioUI, send: SendTo, tabs: dict[str, GenerationTab], ex
 
 def _wire_page_load(demo: gr.Blocks, ui: StudioUI, header: dict[str, Any], tabs: dict[str, GenerationTab],
                     extras: dict[str, Any]) -> None:
-    """On every page load: the current defaults, models and styles; and width and height
-    follow the checkpoint's native size while the user leaves them."""
+    """On every page load: the current defaults, models and styles; and the fields that follow
+    the checkpoint (Models.follow_checkpoint: size, steps, CFG scale, the Distilled CFG Scale
+    slider, the samplers) follow it while the user leaves them."""
     checkpoint = header["checkpoint"]
     defaulted = [(tab.fields[name], name) for tab in tabs.values() for name in SETTING_DEFAULTS if name in tab.fields]
     pickers = [tab.fields["styles"] for tab in tabs.values()]
@@ -177,13 +178,14 @@ def _wire_page_load(demo: gr.Blocks, ui: StudioUI, header: dict[str, Any], tabs:
     for refiner in refiners:
         header["refreshed"].then(ui.models.refresh_refiners, inputs=[refiner], outputs=[refiner],
                                  show_progress="hidden")
-    sizes = [tab.fields[key] for tab in tabs.values() for key in ("width", "height")]
-    page_size = gr.State(None)  # the native size the page last put into the size fields
-    checkpoint.change(ui.models.follow_checkpoint_size, inputs=[checkpoint, page_size, *sizes],
-                      outputs=[page_size, *sizes], concurrency_limit=None, show_progress="hidden")
+    following = [tab.fields[key] for tab in tabs.values() for key in FOLLOW_INPUTS]
+    followers = [tab.fields[key] for tab in tabs.values() for key in FOLLOW_OUTPUTS]
+    followed = gr.State(None)  # what the page last put into the fields that follow the checkpoint
+    checkpoint.change(ui.models.follow_checkpoint, inputs=[checkpoint, followed, *following],
+                      outputs=[followed, *followers], concurrency_limit=None, show_progress="hidden")
 
     def follow_on_load(name, page_set, *values):
-        return ui.models.follow_checkpoint_size(name, page_set, *values, page_load=True)
+        return ui.models.follow_checkpoint(name, page_set, *values, page_load=True)
 
     demo.load(None, js=page_assets()["load_js"])
     demo.load(ui.models.watch_model, outputs=[header["status"]], concurrency_limit=None, show_progress="hidden")
@@ -191,6 +193,6 @@ def _wire_page_load(demo: gr.Blocks, ui: StudioUI, header: dict[str, Any], tabs:
               outputs=[*(c for c, _ in defaulted), checkpoint, *pickers, tabs["txt2img"].fields["hr_upscaler"],
                        extras["upscaler"], *refiners],
               concurrency_limit=None, show_progress="hidden").then(
-        follow_on_load, inputs=[checkpoint, page_size, *sizes], outputs=[page_size, *sizes],
+        follow_on_load, inputs=[checkpoint, followed, *following], outputs=[followed, *followers],
         show_progress="hidden").then(
         None, js="() => { window.studioPageReady = true; }")

@@ -71,35 +71,69 @@ class Models:
         choices = self.refiner_choices()
         return gr.Dropdown(choices=choices, value=current if current in [n for _, n in choices] else NO_REFINER)
 
-    def native_size(self, checkpoint: str | None) -> int | None:
-        """The checkpoint's own picture size (Engine.default_size: 512 SD 1.x, 768 SD 2.x v,
-        1024 SDXL, or its metadata's), None when it cannot tell without loading it."""
+    def checkpoint_defaults(self, checkpoint: str | None) -> dict[str, Any] | None:
+        """What the engine says a page sets up for ``checkpoint`` (EngineProtocol's
+        generation_defaults: size, steps, CFG scale, Distilled CFG Scale, samplers), read from
+        its header; None when there is none or it cannot be read."""
         if not checkpoint:
             return None
         try:
-            return self.engine.default_size(checkpoint)
-        except Exception as exc:  # an unreadable file: the size stays as it is
-            log.warning("could not read the size of %s: %s", checkpoint, exc)
+            return self.engine.generation_defaults(checkpoint)
+        except Exception as exc:  # an unreadable file: the fields stay as they are
+            log.warning("could not read %s: %s", checkpoint, exc)
             return None
 
-    def follow_checkpoint_size(self, checkpoint: str | None, page_set: list | None, *sizes: Any,
-                               page_load: bool = False) -> list[Any]:
-        """Width and height follow the checkpoint: ``sizes`` are each tab's (width, height) in
-        turn; a tab whose size is still the one the page put there (``page_set``, the native
-        size it last applied; None: the Settings defaults) gets the new checkpoint's native
-        size, one the user changed is left alone. On page load the defaults from Settings win
-        unless they are the stock 512x512. -> [new page_set, width, height, width, height, ...]."""
-        native = self.native_size(checkpoint)
-        defaults = page_defaults(self.settings)
-        default = [defaults["width"], defaults["height"]]
-        if native is None or (page_load and default != [FORM_DEFAULTS["width"], FORM_DEFAULTS["height"]]):
-            return [page_set, *[gr.skip() for _ in sizes]]
-        before = list(page_set) if page_set else default
-        out: list[Any] = [[native, native]]
-        for width, height in zip(sizes[::2], sizes[1::2]):
-            untouched = [_number(width), _number(height)] == before
-            out += [native, native] if untouched else [gr.skip(), gr.skip()]
+    def native_size(self, checkpoint: str | None) -> int | None:
+        """The checkpoint's own picture size (512 SD 1.x, 768 SD 2.x v, 1024 SDXL, SD 3.x and
+        FLUX.1, or its metadata's), None when it cannot tell without loading it."""
+        defaults = self.checkpoint_defaults(checkpoint)
+        return defaults["size"] if defaults else None
+
+    def follow_checkpoint(self, checkpoint: str | None, followed: dict | None, *values: Any,
+                          page_load: bool = False) -> list[Any]:
+        """The generation fields follow the chosen checkpoint, as Forge's do: ``values`` are each
+        tab's FOLLOW_INPUTS in turn. Width and height take its native size, steps and CFG scale
+        its family's own (SD 3.x, FLUX.1) or the Settings' defaults (UNet families); a tab's pair
+        is changed only while it still holds what the page put there last (``followed``: by
+        pair, {"size": [w, h], "sampling": [steps, cfg]}; a pair not in it: the Settings'
+        defaults), one the user changed is left alone. On page load the Settings' defaults win
+        unless they are the stock ones (512x512; 20 steps, CFG 7). The Distilled CFG Scale
+        slider shows only for a checkpoint that takes it, and the sampler menu lists only the
+        samplers it takes. -> [new followed, then each tab's FOLLOW_OUTPUTS]."""
+        facts = self.checkpoint_defaults(checkpoint)
+        tabs = [values[i:i + len(FOLLOW_INPUTS)] for i in range(0, len(values), len(FOLLOW_INPUTS))]
+        if facts is None:
+            return [followed, *[gr.skip() for _ in range(len(tabs) * len(FOLLOW_OUTPUTS))]]
+        settings = page_defaults(self.settings)
+        followed = dict(followed or {})
+        own_sampling = None if facts["steps"] is None else [facts["steps"], facts["cfg_scale"]]
+        size = _follow(followed, "size", [settings["width"], settings["height"]],
+                       [facts["size"]] * 2 if facts["size"] else None, page_load)
+        sampling = _follow(followed, "sampling", [settings["steps"], settings["cfg_scale"]],
+                           own_sampling or [settings["steps"], settings["cfg_scale"]], page_load)
+        out: list[Any] = [followed]
+        for width, height, steps, cfg_scale, sampler in tabs:
+            out += _followed_pair(size, [width, height]) + _followed_pair(sampling, [steps, cfg_scale])
+            out += [gr.Slider(visible=facts["distilled_cfg_scale"]), self._sampler_menu(facts["samplers"], sampler)]
         return out
+
+    def sampler_menu(self, checkpoint: str | None, sampler: str | None) -> Any:
+        """The sampler menu for ``checkpoint`` (after a paste: an infotext's sampler that the
+        checkpoint refuses is replaced, and said)."""
+        facts = self.checkpoint_defaults(checkpoint)
+        if facts is None:
+            return gr.skip()
+        menu = self._sampler_menu(facts["samplers"], sampler)
+        if sampler and sampler not in facts["samplers"]:
+            gr.Info(f"Sampler: {sampler} does not work with {checkpoint}: {menu.value} instead")
+        return menu
+
+    def _sampler_menu(self, samplers: list[str], current: str | None) -> Any:
+        """The sampler dropdown listing ``samplers``, keeping ``current`` when it is one of them,
+        else the Settings' default sampler, else the first."""
+        default = self.settings["default_sampler"]
+        value = current if current in samplers else default if default in samplers else samplers[0]
+        return gr.Dropdown(choices=samplers, value=value)
 
     def models_root(self) -> Path:
         return Path(self.engine.models_dir)
@@ -289,8 +323,33 @@ class Models:
         return self.model_status()
 
 
-def _number(value: Any) -> Any:
+# Each generation tab's fields that follow the checkpoint: what follow_checkpoint reads of a tab, and what it sets.
+FOLLOW_INPUTS = ("width", "height", "steps", "cfg_scale", "sampler")
+FOLLOW_OUTPUTS = ("width", "height", "steps", "cfg_scale", "distilled_cfg_scale", "sampler")
+
+
+def _follow(followed: dict, key: str, default: list, wanted: list | None, page_load: bool) -> tuple[list, list] | None:
+    """(what the page put into pair ``key`` last, what it puts there now), recorded in
+    ``followed``; None when the pair stays as it is: nothing is wanted, or on page load the
+    Settings' ``default`` is not the stock one (FORM_DEFAULTS)."""
+    stock = {"size": ["width", "height"], "sampling": ["steps", "cfg_scale"]}[key]
+    if wanted is None or (page_load and not _same(default, [FORM_DEFAULTS[name] for name in stock])):
+        return None
+    before = followed.get(key) or default
+    followed[key] = wanted
+    return before, wanted
+
+
+def _followed_pair(follow: tuple[list, list] | None, values: list) -> list[Any]:
+    """A tab's pair: the wanted values when it still holds what the page put there, else left alone."""
+    if follow is None or not _same(values, follow[0]):
+        return [gr.skip(), gr.skip()]
+    return list(follow[1])
+
+
+def _same(values: list, others: list) -> bool:
+    """The same numbers (the page sends 1024.0 for 1024, or "7" from a text box)."""
     try:
-        return int(float(value))
+        return [float(v) for v in values] == [float(o) for o in others]
     except (TypeError, ValueError):
-        return value
+        return False

@@ -144,7 +144,9 @@ def _wire_prompt_tools(ui: StudioUI, tab: GenerationTab) -> None:
     def paste(prompt, items):
         return ui.prompt_tools.paste(name, names, prompt, items)
 
-    tools["paste"].click(paste, inputs=[f["prompt"], tab.items], outputs=[f[n] for n in names], **quick)
+    # a pasted sampler the chosen checkpoint refuses (an SD 1.x infotext's on FLUX.1) is replaced, and said
+    tools["paste"].click(paste, inputs=[f["prompt"], tab.items], outputs=[f[n] for n in names], **quick).then(
+        ui.models.sampler_menu, inputs=[f["checkpoint"], f["sampler"]], outputs=[f["sampler"]], **quick)
 
 
 def _slider(f: dict[str, Any], name: str, low: float, high: float, step: float, label: str, elem_id: str,
@@ -172,8 +174,10 @@ def _settings_column(ui: StudioUI, tab: GenerationTab, samplers: list[str], sche
     _size_rows(tab, defaults)
     f["cfg_scale"] = gr.Slider(1.0, 30.0, value=defaults["cfg_scale"], step=0.5, label="CFG scale",
                                elem_id=f"{name}_cfg_scale")
-    # Forge's name; only FLUX.1 dev reads it (CFG scale 1 turns the real guidance off there).
-    _slider(f, "distilled_cfg_scale", 0.0, 30.0, 0.1, "Distilled CFG Scale (FLUX.1 dev)", f"{name}_distilled_cfg_scale")
+    # Forge's name; only FLUX.1 dev reads it (CFG scale 1 turns the real guidance off there). Shown
+    # once the chosen checkpoint is one that takes it (Models.follow_checkpoint, on page load too).
+    _slider(f, "distilled_cfg_scale", 0.0, 30.0, 0.1, "Distilled CFG Scale (FLUX.1 dev)", f"{name}_distilled_cfg_scale",
+            visible=False)
     if name != "txt2img":
         f["denoising_strength"] = gr.Slider(0.0, 1.0, value=defaults["denoising_strength"], step=0.01,
                                             label="Denoising strength", elem_id=f"{name}_denoising_strength")
