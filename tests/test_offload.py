@@ -1,0 +1,283 @@
+"""core/offload.py: the transformer's blocks streamed through a device one at a time, text encoders
+visiting it for each prompt, the plan between that and keeping everything resident, the engine's
+``offload`` setting; and the loader's memory (mapped tensors, peak resident memory of a ~200 MB
+FLUX file in a fresh process).
+
+No accelerator is needed: the "device" is ``meta`` (a tensor there has no data, so a block that
+ran on it without its weights arriving would fail) or the CPU itself, and what is on it at each
+moment is recorded by forward hooks registered after the streaming ones."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import core.offload as offload
+from core.models.flux import FluxConfig, FluxTransformer
+from core.models.mmdit import MMDiT, MMDiTConfig
+from core.offload import (RESIDENT, STREAM, EncoderVisits, encoder_visits, offload_plan, place, stream_blocks,
+                          streamed_blocks, tensor_bytes)
+from tiny_models import REFERENCE_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+META = torch.device("meta")
+GIB = 2**30
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny_network(kind: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if kind == "flux":
+        return FluxTransformer(FluxConfig(hidden_size=256, num_heads=2, depth=2, depth_single=3)).eval()
+    return MMDiT(MMDiTConfig(depth=3, hidden_size=128, num_heads=2, pos_embed_max_size=8, mlp_hidden=512)).eval()
+
+
+def network_inputs(kind: str, device=torch.device("cpu")):
+    generator = torch.Generator().manual_seed(1)
+    if kind == "flux":
+        args = (torch.randn(1, 16, 6, 8, generator=generator), torch.tensor([0.5]), torch.randn(1, 5, 4096, generator=generator),
+                torch.randn(1, 768, generator=generator))
+        return [a.to(device) for a in args], {"guidance": torch.tensor([3.5], device=device)}
+    args = (torch.randn(1, 16, 8, 8, generator=generator), torch.tensor([500.0]), torch.randn(1, 7, 4096, generator=generator),
+            torch.randn(1, 2048, generator=generator))
+    return [a.to(device) for a in args], {}
+
+
+def on(device: torch.device, module: torch.nn.Module) -> bool:
+    return all(p.device.type == device.type for p in [*module.parameters(), *module.buffers()])
+
+
+def device_bytes(network: torch.nn.Module, device: torch.device) -> int:
+    """Bytes of the network's weights on ``device`` now, shared ones once."""
+    found = {id(t): t.numel() * t.element_size() for t in [*network.parameters(), *network.buffers()]
+             if t.device.type == device.type}
+    return sum(found.values())
+
+
+class Recorder:
+    """Forward hooks on every block (after the streaming ones): which block runs, what is on the
+    device then, and whether the block's weights went home after."""
+
+    def __init__(self, network: torch.nn.Module, device: torch.device):
+        self.network, self.device, self.blocks = network, device, streamed_blocks(network)
+        self.ran, self.peak, self.problems = [], 0, []
+        for index, block in enumerate(self.blocks):
+            block.register_forward_pre_hook(lambda module, args, i=index: self.before(i))
+            block.register_forward_hook(lambda module, args, output, i=index: self.after(i))
+
+    def before(self, index: int) -> None:
+        self.ran.append(index)
+        self.peak = max(self.peak, device_bytes(self.network, self.device))
+        if not on(self.device, self.blocks[index]):
+            self.problems.append(f"block {index} runs without its weights on the device")
+
+    def after(self, index: int) -> None:
+        if not on(torch.device("cpu"), self.blocks[index]):
+            self.problems.append(f"block {index} kept weights on the device after its forward")
+
+    def on_device_while_running(self, index: int) -> list[int]:
+        return [i for i, block in enumerate(self.blocks) if on(self.device, block)]
+
+
+def resident_bytes(network: torch.nn.Module) -> int:
+    return tensor_bytes(network) - sum(tensor_bytes(block) for block in streamed_blocks(network))
+
+
+@pytest.mark.parametrize("kind", ["flux", "sd3"])
+def test_each_block_is_on_the_device_exactly_while_it_runs(kind):
+    network = tiny_network(kind)
+    blocks = streamed_blocks(network)
+    assert len(blocks) == (5 if kind == "flux" else 3)
+    handle = stream_blocks(network, META, prefetch=False)
+    recorder = Recorder(network, META)
+    # Who else is on the device while a block runs: nobody.
+    others = []
+    for index, block in enumerate(blocks):
+        block.register_forward_pre_hook(lambda module, args, i=index: others.append(
+            [j for j, b in enumerate(blocks) if j != i and not on(torch.device("cpu"), b)]))
+    args, kwargs = network_inputs(kind, META)
+    out = network(*args, **kwargs)
+    assert out.device == META and out.shape == args[0].shape
+    assert recorder.problems == []
+    assert recorder.ran == list(range(len(blocks)))
+    assert others == [[]] * len(blocks)
+    # The layers around the blocks live on the device; the blocks, between forwards, in CPU memory.
+    assert all(on(torch.device("cpu"), block) for block in blocks)
+    largest = max(tensor_bytes(block) for block in blocks)
+    assert resident_bytes(network) < recorder.peak <= largest + resident_bytes(network)
+    assert device_bytes(network, META) == resident_bytes(network) and handle.device_bytes() == 0
+    handle.remove()
+    recorder.ran.clear()
+    with pytest.raises(RuntimeError):  # no hooks any more: CPU block weights meet meta inputs
+        network(*args, **kwargs)
+
+
+def test_prefetch_brings_the_next_block_while_one_runs():
+    network = tiny_network("flux")
+    blocks = streamed_blocks(network)
+    stream_blocks(network, META, prefetch=True)
+    present = []
+    for index, block in enumerate(blocks):
+        block.register_forward_pre_hook(lambda module, args: present.append([j for j, b in enumerate(blocks) if on(META, b)]))
+    recorder = Recorder(network, META)
+    args, kwargs = network_inputs("flux", META)
+    network(*args, **kwargs)
+    assert present == [[0, 1], [1, 2], [2, 3], [3, 4], [4]]
+    two_largest = sum(sorted(tensor_bytes(block) for block in blocks)[-2:])
+    assert recorder.peak <= two_largest + resident_bytes(network)
+    assert all(on(torch.device("cpu"), block) for block in blocks)
+
+
+@pytest.mark.parametrize("kind", ["flux", "sd3"])
+def test_a_streamed_run_gives_the_plain_run_and_keeps_the_weights(kind):
+    network = tiny_network(kind)
+    args, kwargs = network_inputs(kind)
+    parameters = dict(network.named_parameters())
+    state = {k: v.clone() for k, v in network.state_dict().items()}
+    with torch.no_grad():
+        plain = network(*args, **kwargs)
+        handle = stream_blocks(network, torch.device("cpu"))
+        assert handle.prefetch is False  # off the CUDA: a copy could not overlap the compute
+        streamed = network(*args, **kwargs)
+        again = network(*args, **kwargs)
+    assert torch.equal(streamed, plain) and torch.equal(again, plain)
+    # The same Parameter objects with the same values: LoRA merging and state dicts are unaffected.
+    assert all(parameters[name] is p for name, p in network.named_parameters())
+    assert all(torch.equal(v, state[k]) for k, v in network.state_dict().items())
+    handle.remove()
+
+
+def test_tied_tensors_travel_once_and_come_home():
+    module = torch.nn.Module()
+    module.first = torch.nn.Embedding(10, 4)
+    module.second = torch.nn.Linear(4, 10, bias=False)
+    module.second.weight = module.first.weight
+    home = module.first.weight
+    visits = EncoderVisits([module], META)
+    with visits():
+        assert module.first.weight.device == META and module.second.weight is module.first.weight
+    assert module.first.weight is home and module.second.weight is home
+    assert visits.arrived(torch.ones(2)).device == META and visits.arrived(None) is None
+    idle = EncoderVisits()
+    with idle():
+        pass
+    assert idle.arrived(home) is home
+
+
+def test_networks_without_blocks_are_refused():
+    with pytest.raises(ValueError, match="double_blocks"):
+        stream_blocks(torch.nn.Linear(2, 2), META)
+
+
+def manifest_parameters(name: str, prefix: str = "") -> int:
+    manifest = json.loads((REFERENCE_DIR / name).read_text())
+    return sum(int(torch.Size(shape).numel()) for key, shape in manifest["tensors"].items() if key.startswith(prefix))
+
+
+def test_the_plan_for_the_released_sizes():
+    flux_dev = manifest_parameters("flux1_transformer.json") * 2  # bf16
+    sd35_large = manifest_parameters("mmdit_sd35_large.json") * 2
+    t5 = manifest_parameters("t5xxl_encoder.json") * 2  # fp16
+    card_24gb = 23 * GIB  # what a 24 GB card has free beside the desktop
+    assert offload_plan(flux_dev, t5, card_24gb) == STREAM
+    assert not offload.blocks_fit(flux_dev, card_24gb)  # FLUX.1 dev's blocks stream even alone
+    assert offload_plan(sd35_large, t5, card_24gb) == STREAM
+    assert offload.blocks_fit(sd35_large, card_24gb)  # SD 3.5 large stays resident once T5 is out
+    assert offload_plan(sd35_large, t5, 80 * GIB) == RESIDENT
+    assert offload_plan(flux_dev, t5, None) == RESIDENT  # a CPU: nothing to offload to
+    edge = flux_dev + t5 + offload.ACTIVATION_HEADROOM
+    assert offload_plan(flux_dev, t5, edge) == RESIDENT and offload_plan(flux_dev, t5, edge - 1) == STREAM
+
+
+@pytest.fixture(scope="module")
+def flux_file(tmp_path_factory):
+    """A tiny FLUX.1 dev single file (diffusers' components in ComfyUI's layout) and its tokenizer."""
+    from tiny_flow_models import flux_components, flux_scheduler, save_flow_folder, save_single_file
+
+    root = tmp_path_factory.mktemp("offload")
+    folder = save_flow_folder(root / "build", flux_components(0), "FluxPipeline", flux_scheduler("dev"))
+    return save_single_file(folder, root / "models" / "Stable-diffusion" / "tiny-flux.safetensors")
+
+
+def placed(path: Path, free: int | None, mode: str, monkeypatch):
+    from core.loading import load_model
+
+    model = load_model(path)
+    monkeypatch.setattr(offload, "free_device_bytes", lambda device: free)
+    return model, place(model, META, mode)
+
+
+def test_place_keeps_a_model_resident_where_it_fits(flux_file, monkeypatch):
+    model, placement = placed(flux_file, 10 * GIB, "auto", monkeypatch)
+    assert placement.plan == RESIDENT and placement.blocks is None and model.offload is placement
+    assert on(META, model)
+    assert encoder_visits(model).visitors == []
+
+
+def test_place_sends_the_encoders_out_first(flux_file, monkeypatch):
+    model, _ = placed(flux_file, 10 * GIB, "auto", monkeypatch)
+    size = tensor_bytes(model.unet) + tensor_bytes(model.vae)
+    model, placement = placed(flux_file, size + offload.ACTIVATION_HEADROOM, "auto", monkeypatch)
+    assert placement.plan == STREAM and placement.blocks is None
+    assert on(META, model.unet) and on(META, model.vae)
+    assert all(on(torch.device("cpu"), e) for e in model.encoder_modules)
+    assert len(encoder_visits(model).visitors) == len(model.encoder_modules) == 2
+
+
+def test_always_streams_and_the_conditioner_takes_the_encoders_along(flux_file, monkeypatch):
+    from core.flow_conditioning import FlowConditioner
+    from core.text.tokenizer import load_clip_tokenizer
+
+    model, placement = placed(flux_file, 10 * GIB, "always", monkeypatch)
+    assert placement.plan == STREAM and placement.blocks is not None
+    assert on(META, model.vae) and on(META, model.unet.img_in) and model.device == META
+    assert all(on(torch.device("cpu"), block) for block in streamed_blocks(model.unet))
+    t5 = model.text_part("t5xxl")
+    seen = []
+    t5.transformer.register_forward_pre_hook(lambda module, args, kwargs: seen.append(on(META, module)), with_kwargs=True)
+    conditioner = FlowConditioner(model, load_clip_tokenizer())
+    encoded = conditioner.encode("a red cat")
+    assert seen == [True]  # T5 ran on the device ...
+    assert all(on(torch.device("cpu"), e) for e in model.encoder_modules)  # ... and went home after
+    assert encoded.t5.device == META and encoded.pooled.device == META
+    assert place(model, torch.device("cpu"), "always") is None and place(model, META, "never") is None
+    with pytest.raises(ValueError, match="offload must be"):
+        place(model, META, "sometimes")
+
+
+def test_encoders_run_where_they_are_when_the_device_is_full(flux_file, monkeypatch):
+    model, _ = placed(flux_file, 0, "always", monkeypatch)
+    visits = encoder_visits(model)
+    with visits():
+        assert all(on(torch.device("cpu"), e) for e in model.encoder_modules)
+    assert visits.arrived(torch.ones(1)).device == META
+
+
+def test_only_flow_checkpoints_load_into_cpu_memory_first(flux_file, tmp_path):
+    from safetensors.torch import save_file
+
+    other = tmp_path / "unet.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, other)
+    cuda = torch.device("cuda")
+    assert offload.load_device("auto", cuda, flux_file) == torch.device("cpu")
+    assert offload.load_device("always", cuda, flux_file) == torch.device("cpu")
+    assert offload.load_device("never", cuda, flux_file) == cuda
+    assert offload.load_device("auto", cuda, other) == cuda
+    assert offload.load_device("auto", torch.device("cpu"), flux_file) == torch.device("cpu")
+
+
+def test_the_engine_setting_and_the_launch_flag(tmp_path):
+    import launch
+    from core.engine import Engine
+    from core.errors import EngineError
+
+    assert launch.build_parser().parse_args([]).offload == "auto"
+    assert launch.build_parser().parse_args(["--offload", "never"]).offload == "never"
+    assert Engine(device="cpu", ckpt_dir=tmp_path, models_dir=tmp_path, offload="always").offload == "always"
+    with pytest.raises(EngineError, match="offload"):
+        Engine(device="cpu", ckpt_dir=tmp_path, models_dir=tmp_path, offload="sometimes")
