@@ -211,8 +211,8 @@ def stream_blocks(network: nn.Module, compute_device: torch.device | str, prefet
 
 class EncoderVisits:
     """Text encoders kept in CPU memory between prompts (an offloaded model's): ``with visits():``
-    brings them to the device for the span when they fit there beside what is resident, else they
-    run on the CPU; ``arrived(tensor)`` puts an encoder's output on the compute device. With no
+    brings each to the device for the span where it fits beside what is there, the others run
+    on the CPU; ``arrived(tensor)`` puts an encoder's output on the compute device. With no
     encoders (a model resident on its device) both do nothing."""
 
     def __init__(self, encoders=(), compute_device: torch.device | None = None):
@@ -222,22 +222,20 @@ class EncoderVisits:
 
     @contextmanager
     def __call__(self):
-        if not self.visitors:
-            yield
-            return
-        free = free_device_bytes(self.device)
-        needed = sum(visitor.bytes for visitor in self.visitors)
-        # A prompt's activations are small beside the sampling's.
-        visiting = free is None or needed + ACTIVATION_HEADROOM // 4 <= free
-        if visiting:
-            for visitor in self.visitors:
-                visitor.enter(self.device)
+        free = free_device_bytes(self.device) if self.visitors else None
+        visiting = []
         try:
+            for visitor in self.visitors:
+                # In order (CLIP before T5), each where it fits beside those already brought; a
+                # prompt's activations are small beside the sampling's.
+                if free is None or visitor.bytes + ACTIVATION_HEADROOM // 4 <= free:
+                    visiting.append(visitor)
+                    visitor.enter(self.device)
+                    free = None if free is None else free - visitor.bytes
             yield
         finally:
-            if visiting:
-                for visitor in self.visitors:
-                    visitor.leave()
+            for visitor in visiting:
+                visitor.leave()
 
     def arrived(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
         if tensor is None or not self.visitors:
