@@ -365,3 +365,116 @@ def test_loading_peak_memory(flux_file, tmp_path):
     assert measured_plain["touched"] < 1.6 * size, measured_plain
     assert measured_fp8["weights"] == measured_plain["weights"]
     assert measured_fp8["touched"] < 1.6 * measured_fp8["weights"], measured_fp8
+
+
+# --- docs/MODELS_FLOW.md: its tables are these computations -----------------------------------
+
+GB = 1e9
+CARDS_GB = (8, 12, 16, 24)
+RAM_GB = (24, 32, 64)
+CARD_RESERVE = 1e9  # the driver and a desktop on the card
+RAM_RESERVE = 3e9  # the system, Python and torch beside the weights
+
+
+def manifest_tensors(name: str) -> dict[str, list[int]]:
+    return json.loads((REFERENCE_DIR / name).read_text())["tensors"]
+
+
+def parameters(tensors: dict[str, list[int]], prefix: str = "") -> int:
+    return sum(int(torch.Size(shape).numel()) for key, shape in tensors.items() if key.startswith(prefix))
+
+
+def vae16_parameters() -> int:
+    """The SD3/FLUX autoencoder: the 4-channel one of vae_standalone.json with a 16-channel latent
+    (encoder.conv_out 2 x 16 channels, decoder.conv_in 16) and no quant convolutions."""
+    vae = manifest_tensors("vae_standalone.json")
+    latent16 = {**vae, "encoder.conv_out.weight": [32, 512, 3, 3], "encoder.conv_out.bias": [32],
+                "decoder.conv_in.weight": [512, 16, 3, 3]}
+    return parameters({k: v for k, v in latent16.items() if "quant_conv" not in k})
+
+
+def largest_block(tensors: dict[str, list[int]], lists: tuple[str, ...]) -> int:
+    blocks = {".".join(key.split(".")[:2]) for key in tensors if key.startswith(lists)}
+    return max(parameters(tensors, block + ".") for block in blocks)
+
+
+def flow_parts() -> dict[str, int]:
+    flux = manifest_tensors("flux1_transformer.json")
+    sdxl = manifest_tensors("sdxl_base.json")
+    guidance = parameters(flux, "guidance_in.")
+    return {
+        "SD 3.5 large transformer": parameters(manifest_tensors("mmdit_sd35_large.json")),
+        "SD 3.5 medium transformer": parameters(manifest_tensors("mmdit_sd35_medium.json")),
+        "FLUX.1 dev transformer": parameters(flux),
+        "FLUX.1 schnell transformer": parameters(flux) - guidance,
+        "T5-XXL encoder (t5xxl)": parameters(manifest_tensors("t5xxl_encoder.json")),
+        "CLIP-G encoder (clip_g)": parameters(sdxl, "conditioner.embedders.1."),
+        "CLIP-L encoder (clip_l)": parameters(sdxl, "conditioner.embedders.0."),
+        "16-channel VAE (ae)": vae16_parameters(),
+    }
+
+
+def flow_models() -> dict[str, dict]:
+    """Each model's bytes in bf16/fp16: transformer + VAE, encoders (in the order they visit), and
+    what streaming keeps on the device (the layers around the blocks, the two largest blocks)."""
+    parts = flow_parts()
+    t5, clip_g, clip_l, vae = (parts[name] * 2 for name in ("T5-XXL encoder (t5xxl)", "CLIP-G encoder (clip_g)",
+                                                            "CLIP-L encoder (clip_l)", "16-channel VAE (ae)"))
+    models = {}
+    for name, manifest, encoders, lists in (
+        ("SD 3.5 large", "mmdit_sd35_large.json", (clip_l, clip_g, t5), ("joint_blocks.",)),
+        ("SD 3.5 medium", "mmdit_sd35_medium.json", (clip_l, clip_g, t5), ("joint_blocks.",)),
+        ("FLUX.1 dev", "flux1_transformer.json", (clip_l, t5), ("double_blocks.", "single_blocks.")),
+    ):
+        tensors = manifest_tensors(manifest)
+        blocks = parameters({k: v for k, v in tensors.items() if k.startswith(lists)})
+        streamed_share = (parameters(tensors) - blocks + 2 * largest_block(tensors, lists)) * 2 + vae
+        models[name] = dict(model=parameters(tensors) * 2 + vae, encoders=encoders, streamed=streamed_share)
+    return models
+
+
+def card_cell(model: dict, card_gb: int) -> str:
+    free = card_gb * GB - CARD_RESERVE
+    encoders = sum(model["encoders"])
+    if offload.offload_plan(model["model"], encoders, free) == RESIDENT:
+        return "all resident"
+    if offload.blocks_fit(model["model"], free):
+        transformer, left = "transformer resident", free - model["model"]
+    elif model["streamed"] + offload.ACTIVATION_HEADROOM <= free:
+        transformer, left = "blocks streamed", free - model["streamed"]
+    else:
+        return "does not fit"
+    on_cpu = []
+    for size in model["encoders"]:  # as EncoderVisits decides: in order, each where it fits
+        if size + offload.ACTIVATION_HEADROOM // 4 <= left:
+            left -= size
+        else:
+            on_cpu.append(size)
+    if not on_cpu:
+        return f"{transformer}, encoders visit"
+    return f"{transformer}, T5 on the CPU" if on_cpu == [model["encoders"][-1]] else f"{transformer}, encoders on the CPU"
+
+
+def ram_cell(model: dict, ram_gb: int) -> str:
+    total = model["model"] + sum(model["encoders"])  # bf16; float32 twice that
+    if 2 * total + RAM_RESERVE <= ram_gb * GB:
+        return "yes"
+    return "bf16 only" if total + RAM_RESERVE <= ram_gb * GB else "no"
+
+
+def doc_rows() -> list[str]:
+    rows = [f"| {name} | {count:,} | {count * 2 / GB:.2f} GB | {count / GB:.2f} GB |" for name, count in flow_parts().items()]
+    models = flow_models()
+    for name, model in models.items():
+        total = model["model"] + sum(model["encoders"])
+        rows.append(f"| {name} | {total / GB:.1f} GB | " + " | ".join(ram_cell(model, ram) for ram in RAM_GB) + " |")
+    for name, model in models.items():
+        rows.append(f"| {name} | " + " | ".join(card_cell(model, card) for card in CARDS_GB) + " |")
+    rows.append(f"{models['SD 3.5 large']['streamed'] / GB:.1f} GB for\nSD 3.5 large, {models['FLUX.1 dev']['streamed'] / GB:.1f} GB for FLUX.1 dev")
+    return rows
+
+
+def test_the_models_doc_tables_are_computed_from_the_manifests():
+    doc = (ROOT / "docs" / "MODELS_FLOW.md").read_text()
+    missing = [row for row in doc_rows() if row not in doc]
+    assert missing == [], "docs/MODELS_FLOW.md lacks (or has other numbers than) these rows:\n" + "\n".join(missing)
