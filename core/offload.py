@@ -172,6 +172,11 @@ class BlockStream:
         self.arrived[index] = (event, copies)
 
     def _before(self, index: int) -> None:
+        if index == 0:
+            # A new forward. A forward that failed inside a block left copies here (its after-hook
+            # never ran): they may be stale (a LoRA merged since) and only hold memory.
+            for stale in list(self.arrived):
+                self._after(stale)
         self._bring(index)
         event, copies = self.arrived[index]
         if event is not None:

@@ -152,6 +152,27 @@ def test_a_streamed_run_gives_the_plain_run_and_keeps_the_weights(kind):
     handle.remove()
 
 
+def test_a_forward_that_failed_inside_a_block_leaves_nothing_behind():
+    network = tiny_network("sd3")
+    args, kwargs = network_inputs("sd3")
+    handle = stream_blocks(network, META, prefetch=False)
+    failing = streamed_blocks(network)[1]
+
+    def fail(module, args):
+        raise MemoryError("out of device memory")
+
+    hook = failing.register_forward_pre_hook(fail)
+    meta_args = [a.to(META) for a in args]
+    with pytest.raises(MemoryError):
+        network(*meta_args, **kwargs)
+    assert handle.device_bytes() > 0  # block 1 arrived, its forward never ran to its end
+    hook.remove()
+    recorder = Recorder(network, META)
+    network(*meta_args, **kwargs)
+    assert recorder.problems == [] and handle.device_bytes() == 0
+    assert recorder.peak <= max(tensor_bytes(b) for b in streamed_blocks(network)) + resident_bytes(network)
+
+
 def test_tied_tensors_travel_once_and_come_home():
     module = torch.nn.Module()
     module.first = torch.nn.Embedding(10, 4)
