@@ -173,6 +173,31 @@ def test_a_forward_that_failed_inside_a_block_leaves_nothing_behind():
     assert recorder.peak <= max(tensor_bytes(b) for b in streamed_blocks(network)) + resident_bytes(network)
 
 
+def test_weights_to_pin_are_packed_into_one_buffer_in_place(monkeypatch):
+    """CUDA's page-locking is registered on one buffer per block (offload.pin_buffer says why):
+    the block's tensors become views of it, the same objects with the same values."""
+    block = tiny_network("flux").double_blocks[0]
+    block.register_buffer("steps", torch.arange(3))  # an integer buffer among bf16/float32 weights
+    block.img_attn.qkv.weight.data = block.img_attn.qkv.weight.data.t().contiguous().t()  # not contiguous
+    block.to(torch.bfloat16)
+    before = {name: (t, t.clone()) for name, t in [*block.named_parameters(), *block.named_buffers()]}
+    pinned = []
+    monkeypatch.setattr(offload, "pin_buffer", lambda buffer, owner: pinned.append((buffer, owner)) or True)
+    visitor = offload.Visitor(block, pin=True)
+    ((buffer, owner),) = pinned
+    assert owner is visitor and visitor.pinned
+    start, end = buffer.data_ptr(), buffer.data_ptr() + buffer.numel()
+    assert visitor.bytes <= buffer.numel() < visitor.bytes + len(before) * offload.PACKING_ALIGNMENT
+    for name, tensor in [*block.named_parameters(), *block.named_buffers()]:
+        original, value = before[name]
+        assert tensor is original and torch.equal(tensor, value), name
+        assert start <= tensor.data_ptr() < end and (tensor.data_ptr() - start) % offload.PACKING_ALIGNMENT == 0, name
+    assert not offload.Visitor(block).pinned  # off the CUDA nothing is pinned
+    monkeypatch.undo()
+    if not torch.cuda.is_available():  # page-locking without CUDA: refused with a warning, no error
+        assert offload.pin_buffer(torch.zeros(16, dtype=torch.uint8), visitor) is False
+
+
 def test_tied_tensors_travel_once_and_come_home():
     module = torch.nn.Module()
     module.first = torch.nn.Embedding(10, 4)
