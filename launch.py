@@ -53,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
         "model runs uncompiled, with a warning in the log",
     )
     parser.add_argument(
+        "--offload",
+        choices=["auto", "never", "always"],
+        default="auto",
+        help="SD 3.x / FLUX.1 on a GPU: keep the text encoders in CPU memory and stream the transformer's "
+        "blocks through the GPU when the model does not fit it (auto), never, or always (least GPU memory, "
+        "slowest); see docs/MODELS_FLOW.md (default: auto)",
+    )
+    parser.add_argument(
         "--ckpt-dir",
         type=Path,
         default=DEFAULT_CKPT_DIR,

@@ -262,7 +262,8 @@ def serve(args: argparse.Namespace) -> int:
         saved = Settings(settings)
         engine = Engine(device=args.device, precision=args.precision, ckpt_dir=Path(args.ckpt_dir),
                         output_dir=Path(args.outdir), lora_dir=args.lora_dir,
-                        disabled_extensions=disabled_extensions(saved), compile=compile_unet(saved, args.compile))
+                        disabled_extensions=disabled_extensions(saved), compile=compile_unet(saved, args.compile),
+                        offload=args.offload)
     except EngineError as exc:
         _error(str(exc))
         return 1

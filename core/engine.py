@@ -23,6 +23,7 @@ from core.sampling.flow import FLOW_AUTOMATIC
 from core.sampling.schedules import AUTOMATIC as AUTOMATIC_SCHEDULE
 from core.hashing import HashCache
 from core.speed import prepare_for_speed
+from core.offload import OFFLOAD_MODES, load_device, place
 from core.conditioning import EncodedPromptCache, make_conditioner
 from core.demo import DEMO_CHECKPOINT, is_demo, with_demo
 from core.embeddings import EmbeddingDatabase
@@ -163,11 +164,18 @@ class Engine:
         models_dir: str | Path | None = None,
         lora_dir: str | Path | None = None,
         compile: bool = False,
+        offload: str = "auto",
     ):
         """``compile``: compile each loaded UNet with torch.compile (inductor), falling back to
-        eager execution with a logged warning where no compiler works (core/speed.py)."""
+        eager execution with a logged warning where no compiler works (core/speed.py).
+        ``offload``: "auto", "never" or "always": whether SD 3.x / FLUX.1 models that do not fit
+        the accelerator keep their text encoders in CPU memory and stream their transformer's
+        blocks (core/offload.py; "always" streams whatever fits)."""
         self.device = resolve_device(device)
         self.compile = compile
+        if offload not in OFFLOAD_MODES:
+            raise EngineError(f"must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}", "offload")
+        self.offload = offload
         self.dtype = resolve_dtype(precision, self.device)
         # Upscaler models follow a precision that was asked for; under auto each kind picks the
         # device's auto precision where its models support it (fp16 or else bf16 on GPUs).
@@ -288,9 +296,12 @@ class Engine:
 
         try:
             self.extensions.run("before_model_load", path)
-            model = load_model(path, device=self.device, dtype=self.dtype, prediction=overrides[0],
-                               zero_terminal_snr=overrides[1], progress=report, parts_folders=self.parts_folders)
+            # Offloading (core/offload.py): a flow model is read into CPU memory, then placed.
+            model = load_model(path, device=load_device(self.offload, self.device, path), dtype=self.dtype,
+                               prediction=overrides[0], zero_terminal_snr=overrides[1], progress=report,
+                               parts_folders=self.parts_folders)
             prepare_for_speed(model, self.device, self.compile)
+            place(model, self.device, self.offload)
             self.loaded = LoadedModel(path=path, name=_model_name(path), model=model, embeddings=self._embeddings(model),
                                       overrides=overrides)
             self.extensions.run("after_model_load", self.loaded)

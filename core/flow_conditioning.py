@@ -23,6 +23,7 @@ import torch
 
 from core.conditioning import CHUNK, TextConditioner
 from core.errors import EngineError
+from core.offload import encoder_visits
 from core.prompts.parser import parse_attention
 from core.sampling.denoiser import Conditioning
 
@@ -63,6 +64,9 @@ class FlowConditioner:
         self.t5_tokens = facts.t5_tokens
         self.context_dim = self.spec.transformer.context_dim
         self.check_stop = check_stop
+        # Offloaded models (core/offload.py) keep their encoders in CPU memory: they visit the
+        # device while a prompt is encoded, and what they give is put on the compute device.
+        self.visits = encoder_visits(model)
         self.cache: dict[str, FlowText] = {}
 
     @property
@@ -80,13 +84,14 @@ class FlowConditioner:
 
     def encode(self, text: str) -> FlowText:
         if text not in self.cache:
-            encoded = [clip.encode_with_pooled(text) for clip in self.clips]
-            t5 = self.encode_t5(text)
+            with self.visits():
+                encoded = [clip.encode_with_pooled(text) for clip in self.clips]
+                t5 = self.encode_t5(text)
             pooled = torch.cat([p.to(encoded[0][0].dtype) for _, p in encoded])
             clip = None
             if not self.is_flux:
                 clip = torch.cat([z for z, _ in encoded], dim=-1)
-            self.cache[text] = FlowText(clip, t5, pooled)
+            self.cache[text] = FlowText(*map(self.visits.arrived, (clip, t5, pooled)))
         return self.cache[text]
 
     def zeros_like(self, encoded: FlowText) -> FlowText:

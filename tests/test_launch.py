@@ -495,7 +495,7 @@ def test_server_serve_binds_host_and_port_and_reports_engine_errors(monkeypatch,
     assert server.serve(args()) == 0
     assert server.serve(args(listen=True, insecure=True, port=8123)) == 0
     assert made[0] == dict(device="cpu", precision="fp32", ckpt_dir=tmp_path / "ck", output_dir=tmp_path / "out", lora_dir=None,
-                           disabled_extensions=set(), compile=False)
+                           disabled_extensions=set(), compile=False, offload="auto")
     assert [(host, port) for _, host, port in served] == [("127.0.0.1", 7999), ("0.0.0.0", 8123)]
     _, _, options = served[0][0]
     assert (options["api"], options["ui"]) == (False, True)
@@ -507,6 +507,9 @@ def test_server_serve_binds_host_and_port_and_reports_engine_errors(monkeypatch,
     served.pop()
     assert server.serve(args(compile=True)) == 0
     assert made[-1]["compile"] is True  # launch.py --compile reaches the engine
+    served.pop()
+    assert server.serve(args(offload="always")) == 0
+    assert made[-1]["offload"] == "always"  # launch.py --offload reaches the engine
     served.pop()
     (tmp_path / "config.json").write_text('{"unet_compile": true}')
     assert server.serve(args()) == 0
