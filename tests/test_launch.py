@@ -421,7 +421,7 @@ def test_generate_builds_params_and_returns_saved_pngs(webui, tmp_path: Path):
     engine = FakeEngine(tmp_path)
     ui = studio(webui, engine, tmp_path)
     *_, last = ui.generation.stream("txt2img", ("a cat", "blurry", [], "sd15.safetensors", "DDIM", "Karras", 12.0, 6.5,
-                                         64.0, 96.0, 2.0, 1.0, 42.0))
+                                         3.5, 64.0, 96.0, 2.0, 1.0, 42.0))
     (call,) = engine.calls
     assert call.params == GenerationParams(prompt="a cat", negative_prompt="blurry", steps=12, cfg_scale=6.5, seed=42,
                                            width=64, height=96, sampler="DDIM", scheduler="Karras", batch_size=1,
