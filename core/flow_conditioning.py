@@ -110,6 +110,7 @@ class FlowConditioner:
     def finish(self, encoded: FlowText, size: tuple[int, int] | None = None, negative: bool = False) -> Conditioning:
         context = encoded.t5
         if encoded.clip is not None:
+            # On the CLIP towers' device and dtype: SD3's T5 stand-in zeros are made on the CPU.
             clip = torch.nn.functional.pad(encoded.clip, (0, self.context_dim - encoded.clip.shape[-1]))
-            context = torch.cat([clip.to(context), context])
+            context = torch.cat([clip, context.to(clip)])
         return Conditioning(context, encoded.pooled.to(context))
