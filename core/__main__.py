@@ -40,6 +40,9 @@ def add_generation_arguments(p: argparse.ArgumentParser, default_out: str) -> No
     p.add_argument("--out", default=default_out, help="folder for the PNGs")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
+    p.add_argument("--offload", choices=["auto", "never", "always"], default="auto",
+                   help="SD 3.x / FLUX.1 on a GPU: stream the transformer's blocks through it when the model does "
+                        "not fit (see docs/MODELS_FLOW.md)")
     p.add_argument("--compile", action="store_true",
                    help="compile the UNet with torch.compile (inductor): slow first steps, faster after; "
                         "runs uncompiled, with a warning, where no compiler works")
@@ -122,7 +125,8 @@ def run_generation(args) -> list[Path]:
     if not model_path.exists():
         raise EngineError(f"--model: {args.model}: no such file or folder")
     engine = Engine(device=args.device, precision=args.precision, ckpt_dir=model_path.parent,
-                    embeddings_dir=args.embeddings_dir, lora_dir=args.lora_dir, compile=args.compile)
+                    embeddings_dir=args.embeddings_dir, lora_dir=args.lora_dir, compile=args.compile,
+                    offload=args.offload)
     native = engine.default_size(str(model_path), allow_paths=True) if None in (args.width, args.height) else None
     params = params_from_args(args, native)
     bar = tqdm(total=params.steps * params.batch_count, disable=args.no_progress, unit="step", file=sys.stderr)
