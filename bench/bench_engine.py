@@ -947,6 +947,19 @@ def main() -> None:
                         "(random weights; tests run the --device path with a tiny one)")
     parser.add_argument("--device-sdxl-folder", help="the same for SDXL")
     parser.add_argument("--_device_txt2img", help=argparse.SUPPRESS)
+    parser.add_argument("--flow", action="store_true",
+                        help="only: the SD 3.5 medium and FLUX.1 transformer steps, ours vs diffusers, at full width with "
+                             "the depth cut (bench/bench_flow.py), in bfloat16 and float32")
+    parser.add_argument("--flow-latent", type=int, default=32, help="latent side of the --flow steps (32: 256x256)")
+    parser.add_argument("--flow-dtypes", nargs="+", choices=("bfloat16", "float32"), default=["bfloat16", "float32"])
+    parser.add_argument("--flow-repeats", type=int, default=3, help="float32 calls per --flow variant (best of)")
+    parser.add_argument("--flow-bf16-repeats", type=int, default=1,
+                        help="bfloat16 calls per --flow variant (best of; minutes each on a CPU without native bf16)")
+    parser.add_argument("--flow-sd3-depth", type=int, default=2, help="joint blocks of the --flow SD 3.5 medium (of 24)")
+    parser.add_argument("--flow-flux-depth", type=int, nargs=2, default=[1, 2], metavar=("DOUBLE", "SINGLE"),
+                        help="double and single blocks of the --flow FLUX.1 (of 19 and 38)")
+    parser.add_argument("--flow-tiny", action="store_true", help="--flow with narrow layouts (tests)")
+    parser.add_argument("--_flow", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._sdxl_txt2img:
         shapes, size, steps, dtype_name = args._sdxl_txt2img
@@ -966,6 +979,11 @@ def main() -> None:
     if args._device_txt2img:
         print(json.dumps(measure_txt2img(**json.loads(args._device_txt2img))))
         return
+    if args._flow:
+        from bench_flow import measure_flow_step
+
+        print(json.dumps(measure_flow_step(*json.loads(args._flow))))
+        return
     if args._rates:
         print(json.dumps(machine_rates()))
         return
@@ -984,6 +1002,13 @@ def main() -> None:
                    if folder}
         report_device_txt2img(args.device, args.device_families, args.device_dtypes, args.txt2img_steps, args.compile,
                               folders, args.device_size)
+        return
+
+    if args.flow:
+        from bench_flow import report_flow_steps
+
+        report_flow_steps(args.flow_latent, {"float32": args.flow_repeats, "bfloat16": args.flow_bf16_repeats},
+                          args.flow_dtypes, args.flow_sd3_depth, tuple(args.flow_flux_depth), args.flow_tiny)
         return
 
     import torch
