@@ -745,6 +745,17 @@ def in_subprocess(*args: str, huge_pages: bool = True) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def in_subprocess_or_report(label: str, *args: str, huge_pages: bool = True) -> dict | None:
+    """in_subprocess's answer, or None after printing "  <label> failed: <the error's last line>"
+    (out of memory, a compiler error), so that the other variants of a report still run."""
+    try:
+        return in_subprocess(*args, huge_pages=huge_pages)
+    except subprocess.CalledProcessError as exc:
+        reason = exc.stderr.strip().splitlines()[-1] if exc.stderr and exc.stderr.strip() else str(exc)
+        print(f"  {label} failed: {reason}")
+        return None
+
+
 # (which, dtype, compiled, channels_last) of the UNet step variants; ours runs as the engine runs it
 # on a CPU (channels-last, huge pages), diffusers as it comes (channels-first, torch's default
 # allocation) and, for comparison, tuned as ours is: channels-last in a process with huge pages.
@@ -874,12 +885,10 @@ def report_device_txt2img(device_arg: str, families: list[str], dtypes: list[str
                     spec = {"which": which, "family": family, "size": side, "steps": steps, "dtype_name": dtype_name,
                             "compiled": compile_it, "previews": which == "ours", "device_name": device_arg,
                             "folder": folders.get(family), "warm_up": True}
-                    try:
-                        # The engine's process settings for ours (huge pages on a CPU), diffusers as it comes.
-                        r = in_subprocess("--_device_txt2img", json.dumps(spec), huge_pages=which == "ours")
-                    except subprocess.CalledProcessError as exc:
-                        reason = exc.stderr.strip().splitlines()[-1] if exc.stderr and exc.stderr.strip() else str(exc)
-                        print(f"  {which:10s} failed: {reason}")
+                    # The engine's process settings for ours (huge pages on a CPU), diffusers as it comes.
+                    r = in_subprocess_or_report(f"{which:10s}", "--_device_txt2img", json.dumps(spec),
+                                                huge_pages=which == "ours")
+                    if r is None:
                         continue
                     measured[which] = r
                     rate = f"{r['steps_per_second']:.2f} it/s" if r["steps_per_second"] else "n/a (one step)"

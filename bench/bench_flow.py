@@ -22,11 +22,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import time
 
-from bench_engine import ROOT, cpu_description, in_subprocess
+from bench_engine import ROOT, cpu_description, in_subprocess_or_report
 
 # The text tokens each pipeline feeds the transformer: SD3's 77 CLIP tokens + 256 T5 tokens
 # (StableDiffusion3Pipeline's max_sequence_length), FLUX's T5 tokens (256: schnell's length and
@@ -255,11 +254,9 @@ def report_flow_steps(latent: int, repeats: dict, dtypes: list[str], sd3_depth: 
             measured = {}
             for which in ("ours", "diffusers"):
                 spec = (family, which, dtype_name, latent, repeats[dtype_name], dataclasses.asdict(config))
-                try:
-                    r = in_subprocess("--_flow", json.dumps(spec), huge_pages=which == "ours")
-                except subprocess.CalledProcessError as exc:
-                    reason = exc.stderr.strip().splitlines()[-1] if exc.stderr and exc.stderr.strip() else str(exc)
-                    print(f"  {which:9s} {dtype_name:8s} failed: {reason}")
+                r = in_subprocess_or_report(f"{which:9s} {dtype_name:8s}", "--_flow", json.dumps(spec),
+                                            huge_pages=which == "ours")
+                if r is None:
                     continue
                 measured[which] = r
                 runs = ", ".join(f"{t:.2f}" for t in r["times"])
