@@ -61,6 +61,16 @@ First line: torch, threads, the CPU's name and whether it has native bf16 (AMX o
    the same code on the CPU; --device-sd15-folder / --device-sdxl-folder (diffusers folders),
    --device-size, --device-dtypes and --device-families make it small enough for tests.
 
+8. With --flow (and nothing else; bench/bench_flow.py): one transformer step of SD 3.5 medium
+   (MMDiT, CFG batch 2) and FLUX.1 dev (batch 1 with its guidance input), ours against diffusers'
+   SD3Transformer2DModel / FluxTransformer2DModel holding the same random weights (converted by
+   diffusers' single-file converters), at 512x512 (--flow-latent), in bfloat16 and float32
+   (--flow-dtypes): full width, depth cut (--flow-sd3-depth, --flow-flux-depth) so that the whole
+   part takes minutes on a CPU without native bf16, the full-depth figure estimated from the
+   per-block one. Best of --flow-repeats (float32) / --flow-bf16-repeats (bfloat16) calls per
+   variant, each in a fresh process: s/step, ratio ours/diffusers, peak RSS while stepping.
+   --flow-tiny runs the same code on narrow layouts (tests/test_bench.py).
+
 Each measurement runs in a fresh subprocess so that peak RSS belongs to that measurement alone.
 Prints ratios against the reference measured in the same run (diffusers float32; ours / diffusers
 in each precision; load RSS / file size). Targets: the whole txt2img at least 1.2x as fast as
@@ -959,7 +969,7 @@ def main() -> None:
     parser.add_argument("--flow", action="store_true",
                         help="only: the SD 3.5 medium and FLUX.1 transformer steps, ours vs diffusers, at full width with "
                              "the depth cut (bench/bench_flow.py), in bfloat16 and float32")
-    parser.add_argument("--flow-latent", type=int, default=32, help="latent side of the --flow steps (32: 256x256)")
+    parser.add_argument("--flow-latent", type=int, default=64, help="latent side of the --flow steps (64: 512x512)")
     parser.add_argument("--flow-dtypes", nargs="+", choices=("bfloat16", "float32"), default=["bfloat16", "float32"])
     parser.add_argument("--flow-repeats", type=int, default=3, help="float32 calls per --flow variant (best of)")
     parser.add_argument("--flow-bf16-repeats", type=int, default=1,

@@ -39,7 +39,8 @@ SD35_MEDIUM_DUAL_SHARE = 13 / 24  # joint blocks with attn2 (0..12 of 24)
 
 def sd3_config(depth: int, tiny: bool):
     """SD 3.5 medium's published config (tests/test_mmdit.py FULL_SIZE) cut to ``depth`` joint
-    blocks, attn2 in the same share of them; ``tiny``: 128 wide, for tests."""
+    blocks, attn2 in the same share of them; ``tiny``: 128 wide (the MLP 4x that, as diffusers
+    builds it), for tests."""
     from core.models.mmdit import MMDiTConfig
 
     dual = tuple(range(max(1, round(depth * SD35_MEDIUM_DUAL_SHARE))))
