@@ -972,7 +972,7 @@ def main() -> None:
     parser.add_argument("--flow-latent", type=int, default=64, help="latent side of the --flow steps (64: 512x512)")
     parser.add_argument("--flow-dtypes", nargs="+", choices=("bfloat16", "float32"), default=["bfloat16", "float32"])
     parser.add_argument("--flow-repeats", type=int, default=3, help="float32 calls per --flow variant (best of)")
-    parser.add_argument("--flow-bf16-repeats", type=int, default=1,
+    parser.add_argument("--flow-bf16-repeats", type=int, default=2,
                         help="bfloat16 calls per --flow variant (best of; minutes each on a CPU without native bf16)")
     parser.add_argument("--flow-sd3-depth", type=int, default=2, help="joint blocks of the --flow SD 3.5 medium (of 24)")
     parser.add_argument("--flow-flux-depth", type=int, nargs=2, default=[1, 2], metavar=("DOUBLE", "SINGLE"),

@@ -129,7 +129,7 @@ def test_flow_transformer_steps_run_on_tiny_layouts(tmp_path):
     outputs agree: to float32 rounding in float32, to bf16's in bfloat16), ratios printed."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "bench_engine.py"), "--flow", "--flow-tiny", "--flow-latent", "8",
-         "--flow-repeats", "2", "--flow-sd3-depth", "2", "--flow-flux-depth", "1", "2"],
+         "--flow-repeats", "2", "--flow-bf16-repeats", "1", "--flow-sd3-depth", "2", "--flow-flux-depth", "1", "2"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
