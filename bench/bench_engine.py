@@ -61,6 +61,16 @@ First line: torch, threads, the CPU's name and whether it has native bf16 (AMX o
    the same code on the CPU; --device-sd15-folder / --device-sdxl-folder (diffusers folders),
    --device-size, --device-dtypes and --device-families make it small enough for tests.
 
+8. With --flow (and nothing else; bench/bench_flow.py): one transformer step of SD 3.5 medium
+   (MMDiT, CFG batch 2) and FLUX.1 dev (batch 1 with its guidance input), ours against diffusers'
+   SD3Transformer2DModel / FluxTransformer2DModel holding the same random weights (converted by
+   diffusers' single-file converters), at 512x512 (--flow-latent), in bfloat16 and float32
+   (--flow-dtypes): full width, depth cut (--flow-sd3-depth, --flow-flux-depth) so that the whole
+   part takes minutes on a CPU without native bf16, the full-depth figure estimated from the
+   per-block one. Best of --flow-repeats (float32) / --flow-bf16-repeats (bfloat16) calls per
+   variant, each in a fresh process: s/step, ratio ours/diffusers, peak RSS while stepping.
+   --flow-tiny runs the same code on narrow layouts (tests/test_bench.py).
+
 Each measurement runs in a fresh subprocess so that peak RSS belongs to that measurement alone.
 Prints ratios against the reference measured in the same run (diffusers float32; ours / diffusers
 in each precision; load RSS / file size). Targets: the whole txt2img at least 1.2x as fast as
@@ -745,6 +755,17 @@ def in_subprocess(*args: str, huge_pages: bool = True) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def in_subprocess_or_report(label: str, *args: str, huge_pages: bool = True) -> dict | None:
+    """in_subprocess's answer, or None after printing "  <label> failed: <the error's last line>"
+    (out of memory, a compiler error), so that the other variants of a report still run."""
+    try:
+        return in_subprocess(*args, huge_pages=huge_pages)
+    except subprocess.CalledProcessError as exc:
+        reason = exc.stderr.strip().splitlines()[-1] if exc.stderr and exc.stderr.strip() else str(exc)
+        print(f"  {label} failed: {reason}")
+        return None
+
+
 # (which, dtype, compiled, channels_last) of the UNet step variants; ours runs as the engine runs it
 # on a CPU (channels-last, huge pages), diffusers as it comes (channels-first, torch's default
 # allocation) and, for comparison, tuned as ours is: channels-last in a process with huge pages.
@@ -874,12 +895,10 @@ def report_device_txt2img(device_arg: str, families: list[str], dtypes: list[str
                     spec = {"which": which, "family": family, "size": side, "steps": steps, "dtype_name": dtype_name,
                             "compiled": compile_it, "previews": which == "ours", "device_name": device_arg,
                             "folder": folders.get(family), "warm_up": True}
-                    try:
-                        # The engine's process settings for ours (huge pages on a CPU), diffusers as it comes.
-                        r = in_subprocess("--_device_txt2img", json.dumps(spec), huge_pages=which == "ours")
-                    except subprocess.CalledProcessError as exc:
-                        reason = exc.stderr.strip().splitlines()[-1] if exc.stderr and exc.stderr.strip() else str(exc)
-                        print(f"  {which:10s} failed: {reason}")
+                    # The engine's process settings for ours (huge pages on a CPU), diffusers as it comes.
+                    r = in_subprocess_or_report(f"{which:10s}", "--_device_txt2img", json.dumps(spec),
+                                                huge_pages=which == "ours")
+                    if r is None:
                         continue
                     measured[which] = r
                     rate = f"{r['steps_per_second']:.2f} it/s" if r["steps_per_second"] else "n/a (one step)"
@@ -947,6 +966,19 @@ def main() -> None:
                         "(random weights; tests run the --device path with a tiny one)")
     parser.add_argument("--device-sdxl-folder", help="the same for SDXL")
     parser.add_argument("--_device_txt2img", help=argparse.SUPPRESS)
+    parser.add_argument("--flow", action="store_true",
+                        help="only: the SD 3.5 medium and FLUX.1 transformer steps, ours vs diffusers, at full width with "
+                             "the depth cut (bench/bench_flow.py), in bfloat16 and float32")
+    parser.add_argument("--flow-latent", type=int, default=64, help="latent side of the --flow steps (64: 512x512)")
+    parser.add_argument("--flow-dtypes", nargs="+", choices=("bfloat16", "float32"), default=["bfloat16", "float32"])
+    parser.add_argument("--flow-repeats", type=int, default=3, help="float32 calls per --flow variant (best of)")
+    parser.add_argument("--flow-bf16-repeats", type=int, default=2,
+                        help="bfloat16 calls per --flow variant (best of; minutes each on a CPU without native bf16)")
+    parser.add_argument("--flow-sd3-depth", type=int, default=2, help="joint blocks of the --flow SD 3.5 medium (of 24)")
+    parser.add_argument("--flow-flux-depth", type=int, nargs=2, default=[1, 2], metavar=("DOUBLE", "SINGLE"),
+                        help="double and single blocks of the --flow FLUX.1 (of 19 and 38)")
+    parser.add_argument("--flow-tiny", action="store_true", help="--flow with narrow layouts (tests)")
+    parser.add_argument("--_flow", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._sdxl_txt2img:
         shapes, size, steps, dtype_name = args._sdxl_txt2img
@@ -966,6 +998,11 @@ def main() -> None:
     if args._device_txt2img:
         print(json.dumps(measure_txt2img(**json.loads(args._device_txt2img))))
         return
+    if args._flow:
+        from bench_flow import measure_flow_step
+
+        print(json.dumps(measure_flow_step(*json.loads(args._flow))))
+        return
     if args._rates:
         print(json.dumps(machine_rates()))
         return
@@ -984,6 +1021,13 @@ def main() -> None:
                    if folder}
         report_device_txt2img(args.device, args.device_families, args.device_dtypes, args.txt2img_steps, args.compile,
                               folders, args.device_size)
+        return
+
+    if args.flow:
+        from bench_flow import report_flow_steps
+
+        report_flow_steps(args.flow_latent, {"float32": args.flow_repeats, "bfloat16": args.flow_bf16_repeats},
+                          args.flow_dtypes, args.flow_sd3_depth, tuple(args.flow_flux_depth), args.flow_tiny)
         return
 
     import torch

@@ -121,3 +121,37 @@ def test_roofline_counts_the_arithmetic_and_prints_the_least_time(tmp_path):
     # The bound from the printed (rounded) rates brackets the printed one.
     assert small["total"] / max(matmul + 1, convolution + 1) <= float(step[3]) <= small["total"] / min(matmul - 1, convolution - 1)
     assert lines[3].startswith("  VAE decode (64x64): ")
+
+
+def test_flow_transformer_steps_run_on_tiny_layouts(tmp_path):
+    """`bench_engine.py --flow` on narrow SD 3.5 medium / FLUX.1 layouts: every (model, precision,
+    side) measured in its own process, both sides given the same weights and inputs (their first
+    outputs agree: to float32 rounding in float32, to bf16's in bfloat16), ratios printed."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_engine.py"), "--flow", "--flow-tiny", "--flow-latent", "8",
+         "--flow-repeats", "2", "--flow-bf16-repeats", "1", "--flow-sd3-depth", "2", "--flow-flux-depth", "1", "2"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("Transformer steps (SD 3.x / FLUX.1), ours vs diffusers; torch ") and "(tiny layouts)" in lines[0]
+    assert len(lines) == 16 and lines[15].startswith("  load now ")
+    assert lines[1] == ("SD 3.5 medium: width 128, 2 heads, 2 of 24 joint blocks (1 with attn2); batch 2 (CFG), "
+                        "latent 8x8 (64x64), 333 text tokens; full depth = x12.00")
+    assert lines[8] == ("FLUX.1 dev: width 256, 2 heads, 1 of 19 double + 2 of 38 single blocks; batch 1 with guidance 3.5, "
+                        "latent 8x8 (64x64), 256 text tokens; full depth = x19.00")
+    for first, scale in ((2, 12.0), (9, 19.0)):
+        for offset, (dtype_name, calls, tolerance) in enumerate((("bfloat16", 1, 0.2), ("float32", 2, 1e-4))):
+            block = lines[first + 3 * offset:first + 3 * offset + 3]
+            for line, which in zip(block, ("ours", "diffusers")):
+                numbers = re.fullmatch(rf"  {which} +{dtype_name} +([\d.]+) s/step \(best of {calls}: ([\d., ]+)\), "
+                                       r"full depth ~([\d.]+) s   peak RSS (\d+) MB   finite: True", line)
+                assert numbers, line
+                seconds, runs = float(numbers[1]), [float(n) for n in numbers[2].split(", ")]
+                assert seconds > 0 and len(runs) == calls and abs(min(runs) - seconds) < 0.01, line
+                assert abs(float(numbers[3]) - seconds * scale) <= 0.05 + 0.001 * seconds * scale, line
+                assert int(numbers[4]) > 0
+            ratio = re.fullmatch(rf"  ratio ours/diffusers in {dtype_name}: time ([\d.]+), peak RSS ([\d.]+); "
+                                 r"first 16 outputs differ by at most ([\d.e+-]+)", block[2])
+            assert ratio and float(ratio[1]) > 0 and float(ratio[2]) > 0, block[2]
+            assert float(ratio[3]) <= tolerance, block[2]
