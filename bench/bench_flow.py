@@ -81,13 +81,13 @@ def build_ours(family: str, config):
 
 def flux_converter(hidden_size: int):
     """diffusers' FLUX single-file converter; it hard-codes FLUX.1's width (3072), so a narrower
-    (test) layout takes the width-patched copy tests/test_flux.py checks its parity with."""
+    (test) layout takes the width-patched copy the parity tests use (tests/diffusers_oracle.py)."""
     from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
 
     if hidden_size == 3072:
         return convert_flux_transformer_checkpoint_to_diffusers
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_flux import diffusers_converter
+    from diffusers_oracle import diffusers_converter
 
     return diffusers_converter(hidden_size)
 

@@ -2,6 +2,8 @@
 arguments, that make a diffusers pipeline take the steps our "Euler" or "DDIM" takes."""
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from core.sampling.schedules import DiscreteSchedule, automatic_sigmas
@@ -24,3 +26,19 @@ def oracle_scheduler(sampler: str, steps: int, alphas_cumprod: torch.Tensor, **c
     scheduler = DDIMScheduler(**BETAS, steps_offset=1, timestep_spacing="leading", set_alpha_to_one=False,
                               clip_sample=False, **config)
     return scheduler, {"num_inference_steps": steps}
+
+
+def diffusers_converter(hidden_size: int):
+    """diffusers' convert_flux_transformer_checkpoint_to_diffusers. It hard-codes FLUX.1's width
+    (``inner_dim = 3072``) for splitting the single blocks' fused linear1, so for a narrow model
+    the one constant is set to its width; the full-size layout tests use it unchanged."""
+    from diffusers.loaders import single_file_utils
+
+    original = single_file_utils.convert_flux_transformer_checkpoint_to_diffusers
+    if hidden_size == 3072:
+        return original
+    source = inspect.getsource(original)
+    assert source.count("inner_dim = 3072") == 1
+    namespace = dict(vars(single_file_utils))
+    exec(compile(source.replace("inner_dim = 3072", f"inner_dim = {hidden_size}"), single_file_utils.__file__, "exec"), namespace)
+    return namespace[original.__name__]

@@ -4,13 +4,13 @@ diffusers' own single-file converter; config detection; the full-size layouts on
 against tests/reference/flux1_transformer.json."""
 from __future__ import annotations
 
-import inspect
 import json
 
 import pytest
 import torch
 
 from core.models.flux import CHECKPOINT_PREFIX, FluxConfig, FluxTransformer, detect_flux, strip_checkpoint_prefix
+from diffusers_oracle import diffusers_converter
 from tiny_models import REFERENCE_DIR
 
 # Width and depth cut; heads stay 128 wide so the rotary axes are the real 16/56/56.
@@ -28,22 +28,6 @@ def tiny_flux(guidance_embed: bool, seed: int = 0) -> FluxTransformer:
             # Random everywhere, RMSNorm scales too, so a scale applied to the wrong tensor shows.
             param.copy_(1 + 0.2 * torch.randn_like(param) if name.endswith(".scale") else 0.05 * torch.randn_like(param))
     return model
-
-
-def diffusers_converter(hidden_size: int):
-    """diffusers' convert_flux_transformer_checkpoint_to_diffusers. It hard-codes FLUX.1's width
-    (``inner_dim = 3072``) for splitting the single blocks' fused linear1, so for a narrow model
-    the one constant is set to its width; the full-size layout tests use it unchanged."""
-    from diffusers.loaders import single_file_utils
-
-    original = single_file_utils.convert_flux_transformer_checkpoint_to_diffusers
-    if hidden_size == 3072:
-        return original
-    source = inspect.getsource(original)
-    assert source.count("inner_dim = 3072") == 1
-    namespace = dict(vars(single_file_utils))
-    exec(compile(source.replace("inner_dim = 3072", f"inner_dim = {hidden_size}"), single_file_utils.__file__, "exec"), namespace)
-    return namespace[original.__name__]
 
 
 def convert_consuming_everything(state_dict: dict, hidden_size: int) -> dict:

@@ -111,7 +111,7 @@ def single_file_to_diffusers(family: str):
         from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
 
         return convert_sd3_transformer_checkpoint_to_diffusers
-    from test_flux import diffusers_converter
+    from diffusers_oracle import diffusers_converter
 
     return diffusers_converter(TINY_FLUX.hidden_size)
 
