@@ -19,11 +19,8 @@ import torch
 
 from core.devices import resolve_device, resolve_dtype
 from core.errors import NOT_FOUND, TOO_LARGE, UNAVAILABLE, EngineError
-from core.sampling.flow import FLOW_AUTOMATIC
-from core.sampling.schedules import AUTOMATIC as AUTOMATIC_SCHEDULE
 from core.hashing import HashCache
 from core.speed import prepare_for_speed
-from core.offload import OFFLOAD_MODES, load_device, place
 from core.conditioning import EncodedPromptCache, make_conditioner
 from core.demo import DEMO_CHECKPOINT, is_demo, with_demo
 from core.embeddings import EmbeddingDatabase
@@ -32,6 +29,7 @@ from core.images import save_png
 from core.infotext import create_infotext, format_number
 from core.loading import CHECKPOINT_SUFFIXES, load_model, read_spec
 from core.modelfiles import has_suffix, name_in_folder, walk
+from core.offload import OFFLOAD_MODES, load_device, place
 from core.models.families import Family, LatentFormat
 from core.params import MAX_SIZE, GenerationParams
 from core.pipelines.common import resolve_seed, to_pil
@@ -42,6 +40,8 @@ from core.pipelines.sampling_run import Refiner
 from core.pipelines.seamless import seamless_tiling
 from core.pipelines.txt2img import txt2img
 from core.prompts.parser import extract_extra_networks
+from core.sampling.flow import FLOW_AUTOMATIC
+from core.sampling.schedules import AUTOMATIC as AUTOMATIC_SCHEDULE
 from core.text.tokenizer import load_clip_tokenizer
 from core.vae_files import AUTOMATIC, fitted_vae_state, list_vae_files, read_vae_file, resolve_vae_choice, swap_vae_state
 
