@@ -307,10 +307,13 @@ def encoder_visits(model) -> EncoderVisits:
 def is_flow_checkpoint(path: str | Path) -> bool:
     """Whether a checkpoint is SD 3.x / FLUX.1 (reading its header or model_index.json only)."""
     from core import flow_files, loading
+    from core.modelfiles import is_safetensors
 
     path = Path(path)
     if path.is_dir():
         return flow_files.is_flow_diffusers_folder(path)
+    if not is_safetensors(path):  # a pickled .ckpt has no header to read; it loads as it always did
+        return False
     return flow_files.is_flow_layout(loading.safetensors_header(path))
 
 

@@ -323,6 +323,10 @@ def test_only_flow_checkpoints_load_into_cpu_memory_first(flux_file, tmp_path):
     assert offload.load_device("never", cuda, flux_file) == cuda
     assert offload.load_device("auto", cuda, other) == cuda
     assert offload.load_device("auto", torch.device("cpu"), flux_file) == torch.device("cpu")
+    # A pickled checkpoint has no header to read: it loads where it always did.
+    pickled = tmp_path / "sd15.ckpt"
+    torch.save({"state_dict": {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}}, pickled)
+    assert offload.load_device("auto", cuda, pickled) == cuda
 
 
 def test_the_engine_setting_and_the_launch_flag(tmp_path):
