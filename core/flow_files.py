@@ -191,11 +191,14 @@ def identify_part(shapes: dict[str, tuple], file_name: str = "") -> str | None:
     return None
 
 
-def part_tensors(path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16) -> tuple[str, dict[str, torch.Tensor]]:
+def part_tensors(
+    path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16, shapes_only: bool = False,
+) -> tuple[str, dict[str, torch.Tensor]]:
     """A separate encoder/VAE file -> (its part name, its tensors under the normalised prefix),
-    fp8 upcast to ``dtype``; EngineError naming the file when it is none of the parts."""
+    fp8 upcast to ``dtype`` (``shapes_only``: meta tensors from the header); EngineError naming
+    the file when it is none of the parts."""
     path = Path(path)
-    tensors = upcast_fp8(loading.read_tensor_file(path)[0], dtype)
+    tensors = upcast_fp8(loading.read_tensor_file(path, shapes_only)[0], dtype)
     part = identify_part({key: tuple(value.shape) for key, value in tensors.items()}, path.name)
     if part is None:
         raise EngineError("not a CLIP-L, CLIP-G, T5-XXL or 16-channel VAE file", label=path.name)

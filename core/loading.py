@@ -179,9 +179,20 @@ def read_pickle_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
 
 
-def read_tensor_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors_shapes(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The file's tensors as meta tensors (dtype and shape, no data) and its metadata, from the
+    header alone: all that detection needs (read_spec), without touching an fp8 file's weights."""
+    header, _ = read_safetensors_header(path)
+    metadata = header.pop("__metadata__", None) or {}
+    tensors = {key: torch.empty(info["shape"], dtype=SAFETENSORS_DTYPES[info["dtype"]], device="meta")
+               for key, info in header.items()}
+    return tensors, {str(k): str(v) for k, v in metadata.items()}
+
+
+def read_tensor_file(path: Path, shapes_only: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A file's tensors and metadata; ``shapes_only``: a .safetensors file as meta tensors."""
     if is_safetensors(path):
-        return read_safetensors(path)
+        return read_safetensors_shapes(path) if shapes_only else read_safetensors(path)
     return read_pickle_checkpoint(path), {}
 
 
@@ -298,10 +309,13 @@ def normalise_keys(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def read_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_checkpoint(
+    path: str | os.PathLike, dtype: torch.dtype = torch.float32, shapes_only: bool = False,
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """A checkpoint's tensors in the single-file layout, and what its metadata says. SD 3.x and
     FLUX.1 files and folders come in ComfyUI's layout (core/flow_files.py), their fp8 weights
-    widened to ``dtype`` (the precision the model will run in) as they are read."""
+    widened to ``dtype`` (the precision the model will run in) as they are read.
+    ``shapes_only``: single .safetensors files as meta tensors, read from their headers."""
     from core import flow_files
 
     path = Path(path)
@@ -316,7 +330,7 @@ def read_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32)
     elif not has_suffix(path, CHECKPOINT_SUFFIXES):
         raise EngineError(f"unsupported file type {path.suffix!r} (use {', '.join(CHECKPOINT_SUFFIXES)})", label=path.name)
     else:
-        tensors, metadata = read_tensor_file(path)
+        tensors, metadata = read_tensor_file(path, shapes_only)
         if flow_files.is_flow_layout(tensors):
             return flow_files.normalise_flow_keys(tensors, dtype=dtype), metadata
         kind = _prediction_name(metadata.get("modelspec.prediction_type", ""))
@@ -326,7 +340,7 @@ def read_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32)
 
 
 def add_separate_parts(
-    tensors: dict[str, torch.Tensor], parts_folders, dtype: torch.dtype, label: str,
+    tensors: dict[str, torch.Tensor], parts_folders, dtype: torch.dtype, label: str, shapes_only: bool = False,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
     """An SD 3.x / FLUX.1 checkpoint completed from the separate files ComfyUI and Forge keep:
     text encoders (models/text_encoder: clip_l, clip_g, t5xxl) and the VAE (models/VAE: ae),
@@ -345,7 +359,7 @@ def add_separate_parts(
     found = flow_files.find_parts(parts_folders, wanted) if wanted and parts_folders else {}
     tensors = dict(tensors)
     for path in found.values():
-        tensors.update(flow_files.part_tensors(path, dtype=dtype)[1])
+        tensors.update(flow_files.part_tensors(path, dtype=dtype, shapes_only=shapes_only)[1])
     missing = [name for name in wanted if name not in found and name not in family.flow.optional_encoders]
     if missing:
         raise EngineError(flow_files.missing_parts_message(family.label, missing), kind=NOT_FOUND, label=label)
@@ -486,10 +500,12 @@ def build_model(
 
 def _read_with_spec(
     path: Path, prediction: str | None, zero_terminal_snr: bool | None, parts_folders=(), dtype: torch.dtype = torch.float32,
+    shapes_only: bool = False,
 ) -> tuple[dict[str, torch.Tensor], ModelSpec]:
-    """The file's tensors and the spec the notes above give, before any test forward pass."""
-    tensors, metadata = read_checkpoint(path, dtype=dtype)
-    tensors, parts = add_separate_parts(tensors, parts_folders, dtype, path.name)
+    """The file's tensors (``shapes_only``: meta tensors where the files' headers tell them) and
+    the spec the notes above give, before any test forward pass."""
+    tensors, metadata = read_checkpoint(path, dtype=dtype, shapes_only=shapes_only)
+    tensors, parts = add_separate_parts(tensors, parts_folders, dtype, path.name, shapes_only)
     if path.is_file():
         metadata.update(read_sidecar_yaml(path))
     if prediction not in (None, "", "auto"):
@@ -517,7 +533,7 @@ def read_spec(
     """What ``load_model`` would build, without building it (the tensors are only mapped). An
     SD 2.x file with no hint keeps ``prediction_source == "default"``: only the test forward
     pass of a loaded model tells eps from v there."""
-    return _read_with_spec(Path(path), prediction, zero_terminal_snr, parts_folders)[1]
+    return _read_with_spec(Path(path), prediction, zero_terminal_snr, parts_folders, shapes_only=True)[1]
 
 
 def load_model(

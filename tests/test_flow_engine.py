@@ -197,3 +197,31 @@ def test_a_file_without_its_parts_takes_them_from_the_folders_and_names_them(eng
         bare.unlink()
         shutil.rmtree(encoders, ignore_errors=True)
         shutil.rmtree(vaes, ignore_errors=True)
+
+
+def test_reading_a_checkpoints_spec_touches_no_weights(models, tmp_path, monkeypatch):
+    """What the page asks when a checkpoint is chosen (its size and defaults) comes from the
+    headers alone, even for an fp8 file whose encoders are separate files: no weight is mapped
+    or widened (FLUX.1's would be gigabytes)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import core.loading as loading
+    from core.loading import read_spec
+
+    bundled = load_file(models / "Stable-diffusion" / "tiny-flux.safetensors")
+    save_file({k: v.to(torch.float8_e4m3fn) for k, v in bundled.items() if k.startswith("model.diffusion_model.")},
+              tmp_path / "flux-fp8.safetensors")
+    encoders = tmp_path / "text_encoder"
+    encoders.mkdir()
+    for name, prefix in (("clip_l", "text_encoders.clip_l."), ("t5xxl_fp8_e4m3fn", "text_encoders.t5xxl."), ("ae", "first_stage_model.")):
+        save_file({k[len(prefix):]: v.to(torch.float8_e4m3fn) if name != "ae" else v for k, v in bundled.items()
+                   if k.startswith(prefix)}, encoders / f"{name}.safetensors")
+
+    def mapped(*args, **kwargs):
+        raise AssertionError("a weight was read")
+
+    monkeypatch.setattr(loading, "read_safetensors", mapped)
+    spec = read_spec(tmp_path / "flux-fp8.safetensors", parts_folders=(encoders,))
+    assert spec.family == "flux-dev" and spec.default_size == 1024
+    assert [name for name, _ in spec.text_parts] == ["clip_l", "t5xxl"] and dict(spec.part_files).keys() == {"clip_l", "t5xxl", "vae16"}
